@@ -1,0 +1,116 @@
+"""Model and engine configuration: frozen, checked once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class ModelConfigError(ValueError):
+    """A checkpoint's config.json cannot be served by this engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """The subset of a Hugging Face `config.json` that the Llama-family decoder needs."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False  # q/k/v bias (Qwen2 always has it)
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    torch_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ModelConfigError(
+                f"unsupported architecture {self.architecture!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ModelConfigError("num_attention_heads must be a multiple of num_key_value_heads")
+        rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type"))
+        if rope_type not in (None, "default", "linear", "llama3"):
+            raise ModelConfigError(f"unsupported rope_scaling type {rope_type!r}")
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """Build from a parsed config.json; missing or mistyped fields are a ModelConfigError."""
+        archs = cfg.get("architectures") or []
+        if not isinstance(archs, list) or not archs:
+            raise ModelConfigError("config.json has no 'architectures' list")
+        try:
+            heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            eos = cfg.get("eos_token_id")
+            eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (
+                () if eos is None else (int(eos),))
+            arch = str(archs[0])
+            return cls(
+                architecture=arch,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_hidden_layers=int(cfg["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                rope_scaling=cfg.get("rope_scaling"),
+                attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                bos_token_id=cfg.get("bos_token_id"),
+                eos_token_ids=eos_ids,
+                torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
+            )
+        except KeyError as exc:
+            raise ModelConfigError(f"config.json is missing {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ModelConfigError):
+                raise
+            raise ModelConfigError(f"config.json has a malformed field: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the engine runs a model. Runtime findings (block count, eos ids) live elsewhere."""
+
+    model: str  # a Hugging Face checkpoint directory
+    kv_cache_bytes: int = 256 * 1024 * 1024
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 1024  # per-step token budget (chunked prefill)
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    dtype: str = "float32"
+    enable_prefix_caching: bool = True
+    preemption_mode: str = "recompute"  # "recompute" | "swap"
+    swap_space_bytes: int = 64 * 1024 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.kv_cache_bytes <= 0:
+            raise ValueError("kv_cache_bytes must be positive")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError("preemption_mode must be 'recompute' or 'swap'")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be float32, bfloat16 or float16")
