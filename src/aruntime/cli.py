@@ -21,7 +21,10 @@ class UsageError(Exception):
     """Bad input on the command line: printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Only the chosen subcommand's module is imported (its arguments are needed); the others
+    are listed by name and help alone."""
+    words = [w for w in argv if not w.startswith("-")]
     parser = argparse.ArgumentParser(prog="aruntime", description="ARuntime command line")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -34,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
             target = groups[word]
         p = target.add_parser(path[-1], help=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if list(path) == words[:len(path)]:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except UsageError as exc:
@@ -50,4 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aruntime.cli import main as _main  # the package's module, so UsageError is one class
+
+    sys.exit(_main())

@@ -1,0 +1,47 @@
+"""UTC time, written one way: RFC 3339 with a `Z` suffix. Durations come from monotonic clocks
+(`time.monotonic`), never from these wall-clock helpers."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+# Strict on purpose: an offset other than `Z` (even `+00:00`) means someone formatted a time by
+# hand, and records that compare or hash times must all spell them the same way.
+_RFC3339_Z = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z$")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(dt: datetime) -> str:
+    """`2025-01-02T03:04:05Z`, or with microseconds when there are any: `...05.250000Z`.
+
+    A naive datetime is refused: guessing its zone is how off-by-hours bugs are born."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("naive datetime: give it a timezone (UTC) before formatting")
+    dt = dt.astimezone(timezone.utc)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if dt.microsecond:
+        text += f".{dt.microsecond:06d}"
+    return text + "Z"
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse `YYYY-MM-DDTHH:MM:SS[.fraction]Z` into an aware UTC datetime.
+
+    Fractions beyond microseconds are truncated (Python's datetime holds no more)."""
+    match = _RFC3339_Z.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 UTC time like '2025-01-02T03:04:05Z' (must end in 'Z')"
+        )
+    base, fraction = match.groups()
+    try:
+        dt = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid calendar time: {exc}") from None
+    micros = int((fraction or "0").ljust(6, "0")[:6])
+    return dt.replace(microsecond=micros, tzinfo=timezone.utc)
