@@ -99,8 +99,6 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "float32"
     enable_prefix_caching: bool = True
-    preemption_mode: str = "recompute"  # "recompute" | "swap"
-    swap_space_bytes: int = 64 * 1024 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,7 +108,5 @@ class EngineConfig:
             raise ValueError("kv_cache_bytes must be positive")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
-        if self.preemption_mode not in ("recompute", "swap"):
-            raise ValueError("preemption_mode must be 'recompute' or 'swap'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")

@@ -1,0 +1,82 @@
+"""Attention over the paged KV cache.
+
+Cache layout per layer: [2, kv_heads, num_blocks, block_size, head_dim]. Gathering a sequence's
+blocks along the block axis yields [kv_heads, seq_len, head_dim] that is already contiguous, so
+decode attention needs one `index_select` per K and V into a reused scratch buffer and one SDPA
+call for the whole decode batch: grouped-query heads ride as the query-length axis against their
+shared KV head, so no KV head is ever repeated (PERF_NOTES: the repeat copies cost more than the
+matmuls). Prefill chunks run one SDPA each, causal, over their cached context plus themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class PrefillSegment:
+    row: int  # first row of this chunk in the flattened token batch
+    num_tokens: int
+    start: int  # tokens of the sequence already in the cache before this chunk
+    block_ids: torch.Tensor | None  # blocks covering [0, start + num_tokens) when start > 0
+    mask: torch.Tensor | None  # [num_tokens, start + num_tokens] causal mask when start > 0
+
+
+@dataclass(slots=True)
+class AttentionBatch:
+    kv_cache: torch.Tensor  # [layers, 2, kv_heads, num_blocks, block_size, head_dim]
+    positions: torch.Tensor  # [T]
+    slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of each new token
+    num_decode: int = 0  # rows [0, num_decode) are single-token steps with context
+    decode_block_ids: torch.Tensor | None = None  # [num_decode * max_blocks], padded
+    decode_max_blocks: int = 0
+    decode_mask: torch.Tensor | None = None  # [1, num_decode, 1, max_blocks * block_size]
+    prefills: list[PrefillSegment] = field(default_factory=list)
+    scratch: torch.Tensor | None = None  # flat buffer reused for gathered K and V
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: AttentionBatch,
+                    layer: int) -> torch.Tensor:
+    """q: [T, heads, d]; k, v: [T, kv_heads, d] for the new tokens. Writes k, v to the cache,
+    returns attention output [T, heads, d]."""
+    cache = batch.kv_cache[layer]
+    kv_heads, num_blocks, block_size, d = cache.shape[1:]
+    for i, new in enumerate((k, v)):
+        cache[i].view(kv_heads, num_blocks * block_size, d).index_copy_(
+            1, batch.slot_mapping, new.transpose(0, 1))
+    out = torch.empty_like(q)
+    if batch.num_decode:
+        out[:batch.num_decode] = _decode(q[:batch.num_decode], cache, batch)
+    for seg in batch.prefills:
+        rows = slice(seg.row, seg.row + seg.num_tokens)
+        qs = q[rows].transpose(0, 1).unsqueeze(0)
+        if seg.start == 0:
+            o = F.scaled_dot_product_attention(
+                qs, k[rows].transpose(0, 1).unsqueeze(0), v[rows].transpose(0, 1).unsqueeze(0),
+                is_causal=True, enable_gqa=True)
+        else:
+            length = seg.start + seg.num_tokens
+            ks, vs = (cache[i].index_select(1, seg.block_ids).view(kv_heads, -1, d)[:, :length]
+                      .unsqueeze(0) for i in range(2))
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=True)
+        out[rows] = o[0].transpose(0, 1)
+    return out
+
+
+def _decode(q: torch.Tensor, cache: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+    b, heads, d = q.shape
+    kv_heads, _, block_size, _ = cache.shape[1:]
+    group = heads // kv_heads
+    n = b * batch.decode_max_blocks
+    gathered = []
+    for i in range(2):
+        size = kv_heads * n * block_size * d
+        buf = batch.scratch[i * size:(i + 1) * size].view(kv_heads, n, block_size, d)
+        torch.index_select(cache[i], 1, batch.decode_block_ids, out=buf)
+        gathered.append(buf.view(kv_heads, b, batch.decode_max_blocks * block_size, d))
+    qd = q.view(b, kv_heads, group, d).transpose(0, 1)  # [kv_heads, b, group, d]
+    o = F.scaled_dot_product_attention(qd, gathered[0], gathered[1], attn_mask=batch.decode_mask)
+    return o.transpose(0, 1).reshape(b, heads, d)

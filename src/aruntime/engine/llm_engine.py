@@ -1,0 +1,150 @@
+"""The engine: schedule → execute → update, one iteration per `step()` (vLLM v1's shape).
+
+Not thread-safe: one thread owns it (the engine core process's loop, or InprocClient's thread).
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import torch
+
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.loader import load_checkpoint
+from aruntime.engine.block_pool import BlockPool
+from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.runner import ModelRunner
+from aruntime.engine.sampler import logprobs_of, sample
+from aruntime.engine.sampling import SamplingParams
+from aruntime.engine.scheduler import Scheduler
+from aruntime.engine.sequence import Sequence
+from aruntime.engine.stopping import StopChecker
+from aruntime.state.keys import KeyScheme
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        ckpt = load_checkpoint(config.model)
+        self.config = config
+        self.checkpoint = ckpt
+        self.tokenizer = ckpt.tokenizer
+        self.model_config = mc = ckpt.config
+        self.revision = ckpt.revision
+        max_len = min(config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+        self.runner = ModelRunner(config, mc, ckpt.weights(), max_len)
+        self.device = str(self.runner.device)
+        # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
+        self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)
+        self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching)
+        self.key_scheme = KeyScheme(config.block_size, self.revision)
+        self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
+                                   config.max_num_batched_tokens)
+        eos = set(mc.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos)
+        self.seqs: dict[str, Sequence] = {}
+        self._stops: dict[str, StopChecker] = {}
+        self._generators: dict[str, torch.Generator] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    arrival_time: float | None = None, tenant_salt: bytes = b"") -> None:
+        if request_id in self.seqs:
+            raise ValueError(f"request id {request_id!r} is already in the engine")
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens; this model's context "
+                             f"is {self.max_model_len} tokens, output included")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        seq = Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
+                       arrival_time)
+        self.seqs[request_id] = seq
+        self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
+                                              self.max_model_len, len(prompt_token_ids))
+        if params.seed is not None:
+            self._generators[request_id] = torch.Generator(self.runner.device).manual_seed(params.seed)
+        self.scheduler.add(seq)
+        self.prompt_tokens_total += len(prompt_token_ids)
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self.seqs.get(request_id)
+        if seq is not None:
+            self._drop(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if not sched.chunks:
+            return []
+        sampling, logits = self.runner.execute(sched)
+        for chunk in sched.chunks:
+            self.scheduler.on_computed(chunk)
+        if not sampling:
+            return []
+        seqs = [c.seq for c in sampling]
+        tokens = sample(logits, [s.params for s in seqs],
+                        [self._generators.get(s.request_id) for s in seqs])
+        now = time.time()
+        return [self._append(seq, tok, logits[i], now) for i, (seq, tok) in enumerate(zip(seqs, tokens))]
+
+    def _append(self, seq: Sequence, token: int, logits_row: torch.Tensor, now: float) -> RequestOutput:
+        seq.token_ids.append(token)
+        self.generation_tokens_total += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        stop = self._stops[seq.request_id]
+        text = stop.push(token, seq.num_output_tokens)
+        lp = None
+        if seq.params.logprobs is not None:
+            lp = [logprobs_of(logits_row, token, seq.params.logprobs)]
+        out = RequestOutput(
+            request_id=seq.request_id, new_token_ids=[token], new_text=text,
+            finished=stop.finish_reason is not None, finish_reason=stop.finish_reason,
+            stop_reason=stop.stop_reason, logprobs=lp, num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens, arrival_time=seq.arrival_time,
+            first_token_time=seq.first_token_time, finish_time=now if stop.finish_reason else None)
+        if out.finished:
+            self._drop(seq)
+        return out
+
+    def _drop(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        del self.seqs[seq.request_id]
+        self._stops.pop(seq.request_id, None)
+        self._generators.pop(seq.request_id, None)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            num_running=len(s.running), num_waiting=len(s.waiting),
+            num_preempted_total=s.num_preemptions, kv_usage=self.pool.usage(),
+            num_blocks=self.pool.num_blocks, num_free_blocks=self.pool.num_free,
+            prefix_query_tokens_total=s.prefix_query_tokens,
+            prefix_hit_tokens_total=s.prefix_hit_tokens,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total)
+
+    def generate(self, prompts: list[list[int]],
+                 params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:
+        """Offline batch: run every prompt to completion; one accumulated output each, in order."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"gen-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+        results = {rid: RequestOutput(rid, [], "") for rid in ids}
+        for rid, prompt, p in zip(ids, prompts, plist):
+            self.add_request(rid, prompt, p)
+        while self.has_unfinished_requests():
+            for delta in self.step():
+                acc = results[delta.request_id]
+                logprobs = (acc.logprobs or []) + delta.logprobs if delta.logprobs else acc.logprobs
+                results[delta.request_id] = msgspec.structs.replace(
+                    delta, new_token_ids=acc.new_token_ids + delta.new_token_ids,
+                    new_text=acc.new_text + delta.new_text, logprobs=logprobs)
+        return [results[rid] for rid in ids]

@@ -1,0 +1,140 @@
+"""The Llama-family decoder (Llama, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
+SwiGLU, optional q/k/v bias. One definition; KV lives in the paged cache the runner owns.
+
+Tokens of all scheduled sequences are flattened into one [T, hidden] batch so every projection
+is a single large matmul; only attention is split (see `attention.py`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from aruntime.engine.attention import AttentionBatch, paged_attention
+from aruntime.engine.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif kind == "llama3":  # the frequency-dependent scaling Llama 3.1 checkpoints ship with
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        inv_freq = torch.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv_freq.float()
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for every position, indexed per token (positions differ per sequence)."""
+
+    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), rope_inv_freq(cfg))
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, head_dim]
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        # q/k/v and gate/up are fused so each is one matmul; `load_weights` concatenates them.
+        self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.split), bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, batch: AttentionBatch) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(self.input_layernorm(x)).split(self.split, dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        q, k = rotary(batch.positions, q, k)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        attn = paged_attention(q, k, v, batch, self.layer_idx)
+        x = x + self.o_proj(attn.reshape(t, -1))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(nn.functional.silu(gate) * up)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Serves LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM checkpoints."""
+
+    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg, max_positions)
+
+    def forward(self, token_ids: torch.Tensor, batch: AttentionBatch,
+                logits_rows: torch.Tensor) -> torch.Tensor:
+        """Logits for the rows in `logits_rows` only: the LM head is the largest matmul, and only
+        each sampling sequence's last token needs it."""
+        x = self.embed_tokens(token_ids)
+        for layer in self.layers:
+            x = layer(x, self.rotary, batch)
+        return self.lm_head(self.norm(x[logits_rows])).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up."""
+        w = {k.removeprefix("model."): v for k, v in weights.items()}
+        if self.cfg.tie_word_embeddings or "lm_head.weight" not in w:
+            w["lm_head.weight"] = w["embed_tokens.weight"]
+        self.embed_tokens.weight.copy_(w["embed_tokens.weight"])
+        self.norm.weight.copy_(w["norm.weight"])
+        self.lm_head.weight.copy_(w["lm_head.weight"])
+        for i, layer in enumerate(self.layers):
+            p = f"layers.{i}."
+            layer.qkv_proj.weight.copy_(torch.cat(
+                [w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]))
+            if self.cfg.attention_bias:
+                layer.qkv_proj.bias.copy_(torch.cat([w[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]))
+            layer.o_proj.weight.copy_(w[p + "self_attn.o_proj.weight"])
+            layer.gate_up_proj.weight.copy_(torch.cat(
+                [w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]))
+            layer.down_proj.weight.copy_(w[p + "mlp.down_proj.weight"])
+            layer.input_layernorm.weight.copy_(w[p + "input_layernorm.weight"])
+            layer.post_attention_layernorm.weight.copy_(w[p + "post_attention_layernorm.weight"])

@@ -1,0 +1,110 @@
+"""Owns the model, the paged KV memory and the tensors of one step.
+
+Turns a plain SchedulerOutput into a flattened token batch (single-token steps first, then
+prefill chunks), runs the model, and returns logits for the chunks that sample.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aruntime.engine.attention import AttentionBatch, PrefillSegment
+from aruntime.engine.config import EngineConfig, ModelConfig
+from aruntime.engine.model import LlamaForCausalLM
+from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_config: ModelConfig,
+                 weights: dict[str, torch.Tensor], max_positions: int) -> None:
+        self.device = resolve_device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.block_size = config.block_size
+        mc = model_config
+        self.model = LlamaForCausalLM(mc, max_positions)
+        self.model.load_weights(weights)
+        self.model.to(self.device, self.dtype).eval()
+        self.model.rotary.to(self.device, torch.float32)
+        per_block = (mc.num_hidden_layers * 2 * mc.num_key_value_heads * config.block_size
+                     * mc.head_dim * self.dtype.itemsize)
+        self.num_blocks = config.kv_cache_bytes // per_block
+        if self.num_blocks < 1:
+            raise ValueError(f"--kv-cache-bytes {config.kv_cache_bytes} is below one KV block "
+                             f"({per_block} bytes for this model)")
+        self.kv_cache = torch.zeros(mc.num_hidden_layers, 2, mc.num_key_value_heads,
+                                    self.num_blocks, config.block_size, mc.head_dim,
+                                    dtype=self.dtype, device=self.device)
+        self._scratch = torch.empty(0, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], torch.Tensor]:
+        """Run one step. Returns the chunks that sample, in the order of the logits rows."""
+        chunks = sorted(out.chunks, key=lambda c: c.num_tokens != 1)  # stable: decodes first
+        bs = self.block_size
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sampling: list[ScheduledChunk] = []
+        batch = AttentionBatch(self.kv_cache, torch.empty(0), torch.empty(0))
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        for c in chunks:
+            seq, row = c.seq, len(token_ids)
+            span = range(c.start, c.start + c.num_tokens)
+            token_ids += seq.token_ids[c.start:c.start + c.num_tokens]
+            positions += span
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in span]
+            length = c.start + c.num_tokens
+            num_blocks = -(-length // bs)
+            if c.num_tokens == 1:
+                decode_tables.append(table[:num_blocks])
+                decode_lens.append(length)
+            else:
+                batch.prefills.append(self._segment(row, c, table[:num_blocks]))
+            if c.samples:
+                sample_rows.append(row + c.num_tokens - 1)
+                sampling.append(c)
+        dev = self.device
+        batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
+        batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        if decode_tables:
+            self._decode_inputs(batch, decode_tables, decode_lens)
+        logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
+                            torch.tensor(sample_rows, dtype=torch.long, device=dev))
+        return sampling, logits
+
+    def _segment(self, row: int, c: ScheduledChunk, table: list[int]) -> PrefillSegment:
+        if c.start == 0:
+            return PrefillSegment(row, c.num_tokens, 0, None, None)
+        dev = self.device
+        q_pos = torch.arange(c.start, c.start + c.num_tokens, device=dev)
+        mask = torch.arange(c.start + c.num_tokens, device=dev)[None, :] <= q_pos[:, None]
+        return PrefillSegment(row, c.num_tokens, c.start,
+                              torch.tensor(table, dtype=torch.long, device=dev), mask)
+
+    def _decode_inputs(self, batch: AttentionBatch, tables: list[list[int]], lens: list[int]) -> None:
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]  # block 0 as filler; masked out
+        dev, bs = self.device, self.block_size
+        batch.num_decode = len(tables)
+        batch.decode_max_blocks = width
+        batch.decode_block_ids = torch.tensor(padded, dtype=torch.long, device=dev).view(-1)
+        lengths = torch.tensor(lens, device=dev)
+        batch.decode_mask = (torch.arange(width * bs, device=dev)[None, :] < lengths[:, None])[None, :, None, :]
+        _, _, kv_heads, _, _, d = self.kv_cache.shape
+        need = 2 * kv_heads * len(tables) * width * bs * d
+        if self._scratch.numel() < need:  # grows to the largest batch seen, then is reused
+            self._scratch = torch.empty(need, dtype=self.dtype, device=dev)
+        batch.scratch = self._scratch

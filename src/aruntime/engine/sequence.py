@@ -1,0 +1,54 @@
+"""One request's state inside the engine: its tokens, blocks and progress. No tensors."""
+
+from __future__ import annotations
+
+import enum
+import time
+
+from aruntime.engine.sampling import SamplingParams
+from aruntime.state.keys import BlockKey, block_key
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 root: BlockKey, arrival_time: float | None = None) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.token_ids = list(prompt_token_ids)  # prompt, then outputs
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed_tokens = 0  # tokens whose KV is in this sequence's blocks
+        self.num_cached_tokens = 0  # prompt tokens served by the prefix cache at first schedule
+        self.block_table: list[int] = []
+        self.num_published_blocks = 0  # leading full blocks already offered to the prefix cache
+        self.status = SequenceStatus.WAITING
+        self.arrival_time = time.time() if arrival_time is None else arrival_time
+        self.first_token_time: float | None = None
+        self.scheduled_once = False
+        self._root = root
+        self._keys: list[BlockKey] = []
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    def block_keys(self, block_size: int, upto: int) -> list[BlockKey]:
+        """Keys of the first `upto` full blocks, extended lazily (each key chains the last)."""
+        while len(self._keys) < upto:
+            i = len(self._keys)
+            parent = self._keys[-1] if self._keys else self._root
+            self._keys.append(block_key(parent, self.token_ids[i * block_size:(i + 1) * block_size]))
+        return self._keys[:upto]

@@ -1,0 +1,46 @@
+"""Canonical block keys: the same prefix gives the same key in every process, on every machine,
+after every restart. A key chains its parent, so it covers the whole prefix, the model revision
+and the tenant's salt; Python's seeded `hash()` is never used."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NewType
+
+BlockKey = NewType("BlockKey", bytes)
+
+KEY_SCHEME_NAME = "aruntime.blockkey"
+KEY_SCHEME_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScheme:
+    """What every engine and store announces; two parties with different schemes never match."""
+
+    block_size: int
+    model_revision: str
+    name: str = KEY_SCHEME_NAME
+    version: int = KEY_SCHEME_VERSION
+
+    def root(self, tenant_salt: bytes = b"") -> BlockKey:
+        """The fixed parent of a prefix's first block, for one tenant namespace."""
+        header = f"{self.name}/v{self.version}\0{self.block_size}\0{self.model_revision}\0"
+        return BlockKey(hashlib.sha256(header.encode() + tenant_salt).digest())
+
+
+def block_key(parent: BlockKey, token_ids: Sequence[int]) -> BlockKey:
+    """Key of one full block: sha256(parent key || token ids as little-endian uint32)."""
+    return BlockKey(hashlib.sha256(parent + struct.pack(f"<{len(token_ids)}I", *token_ids)).digest())
+
+
+def prefix_keys(root: BlockKey, token_ids: Sequence[int], block_size: int) -> list[BlockKey]:
+    """Keys of every full block of `token_ids`, in order."""
+    keys: list[BlockKey] = []
+    parent = root
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = block_key(parent, token_ids[start:start + block_size])
+        keys.append(parent)
+    return keys
