@@ -26,14 +26,22 @@ class PrefillSegment:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Single-token steps of similar context length, padded to one width and run as one SDPA."""
+
+    row: int
+    num_seqs: int
+    max_blocks: int
+    block_ids: torch.Tensor  # [num_seqs * max_blocks], padded with a filler block
+    mask: torch.Tensor  # [1, num_seqs, 1, max_blocks * block_size]
+
+
+@dataclass(slots=True)
 class AttentionBatch:
     kv_cache: torch.Tensor  # [layers, 2, kv_heads, num_blocks, block_size, head_dim]
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of each new token
-    num_decode: int = 0  # rows [0, num_decode) are single-token steps with context
-    decode_block_ids: torch.Tensor | None = None  # [num_decode * max_blocks], padded
-    decode_max_blocks: int = 0
-    decode_mask: torch.Tensor | None = None  # [1, num_decode, 1, max_blocks * block_size]
+    decodes: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillSegment] = field(default_factory=list)
     scratch: torch.Tensor | None = None  # flat buffer reused for gathered K and V
 
@@ -48,8 +56,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: At
         cache[i].view(kv_heads, num_blocks * block_size, d).index_copy_(
             1, batch.slot_mapping, new.transpose(0, 1))
     out = torch.empty_like(q)
-    if batch.num_decode:
-        out[:batch.num_decode] = _decode(q[:batch.num_decode], cache, batch)
+    for group in batch.decodes:
+        rows = slice(group.row, group.row + group.num_seqs)
+        out[rows] = _decode(q[rows], cache, group, batch.scratch)
     for seg in batch.prefills:
         rows = slice(seg.row, seg.row + seg.num_tokens)
         qs = q[rows].transpose(0, 1).unsqueeze(0)
@@ -66,17 +75,17 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: At
     return out
 
 
-def _decode(q: torch.Tensor, cache: torch.Tensor, batch: AttentionBatch) -> torch.Tensor:
+def _decode(q: torch.Tensor, cache: torch.Tensor, group: DecodeGroup,
+            scratch: torch.Tensor) -> torch.Tensor:
     b, heads, d = q.shape
     kv_heads, _, block_size, _ = cache.shape[1:]
-    group = heads // kv_heads
-    n = b * batch.decode_max_blocks
+    n = b * group.max_blocks
     gathered = []
     for i in range(2):
         size = kv_heads * n * block_size * d
-        buf = batch.scratch[i * size:(i + 1) * size].view(kv_heads, n, block_size, d)
-        torch.index_select(cache[i], 1, batch.decode_block_ids, out=buf)
-        gathered.append(buf.view(kv_heads, b, batch.decode_max_blocks * block_size, d))
-    qd = q.view(b, kv_heads, group, d).transpose(0, 1)  # [kv_heads, b, group, d]
-    o = F.scaled_dot_product_attention(qd, gathered[0], gathered[1], attn_mask=batch.decode_mask)
+        buf = scratch[i * size:(i + 1) * size].view(kv_heads, n, block_size, d)
+        torch.index_select(cache[i], 1, group.block_ids, out=buf)
+        gathered.append(buf.view(kv_heads, b, group.max_blocks * block_size, d))
+    qd = q.reshape(b, kv_heads, heads // kv_heads, d).transpose(0, 1)  # [kv_heads, b, group, d]
+    o = F.scaled_dot_product_attention(qd, gathered[0], gathered[1], attn_mask=group.mask)
     return o.transpose(0, 1).reshape(b, heads, d)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from aruntime.engine.attention import AttentionBatch, PrefillSegment
+from aruntime.engine.attention import AttentionBatch, DecodeGroup, PrefillSegment
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -49,8 +49,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], torch.Tensor]:
         """Run one step. Returns the chunks that sample, in the order of the logits rows."""
-        chunks = sorted(out.chunks, key=lambda c: c.num_tokens != 1)  # stable: decodes first
         bs = self.block_size
+        # Single-token steps first, longest context first, so similar lengths sit together.
+        chunks = sorted(out.chunks, key=lambda c: (c.num_tokens != 1, -(c.start + c.num_tokens)))
         token_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -80,7 +81,7 @@ class ModelRunner:
         batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
         batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
         if decode_tables:
-            self._decode_inputs(batch, decode_tables, decode_lens)
+            self._decode_groups(batch, decode_tables, decode_lens)
         logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
                             torch.tensor(sample_rows, dtype=torch.long, device=dev))
         return sampling, logits
@@ -94,17 +95,26 @@ class ModelRunner:
         return PrefillSegment(row, c.num_tokens, c.start,
                               torch.tensor(table, dtype=torch.long, device=dev), mask)
 
-    def _decode_inputs(self, batch: AttentionBatch, tables: list[list[int]], lens: list[int]) -> None:
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]  # block 0 as filler; masked out
+    def _decode_groups(self, batch: AttentionBatch, tables: list[list[int]], lens: list[int]) -> None:
+        """Split the (longest-first) decode rows into groups padded to at most 4/3 of their
+        shortest member: gathering padding costs as much as gathering context."""
         dev, bs = self.device, self.block_size
-        batch.num_decode = len(tables)
-        batch.decode_max_blocks = width
-        batch.decode_block_ids = torch.tensor(padded, dtype=torch.long, device=dev).view(-1)
-        lengths = torch.tensor(lens, device=dev)
-        batch.decode_mask = (torch.arange(width * bs, device=dev)[None, :] < lengths[:, None])[None, :, None, :]
+        start, need = 0, 0
+        while start < len(tables):
+            width = len(tables[start])
+            end = start + 1
+            while end < len(tables) and 4 * len(tables[end]) >= 3 * width:
+                end += 1
+            padded = [t + [0] * (width - len(t)) for t in tables[start:end]]  # block 0: filler
+            lengths = torch.tensor(lens[start:end], device=dev)
+            mask = torch.arange(width * bs, device=dev)[None, :] < lengths[:, None]
+            batch.decodes.append(DecodeGroup(
+                start, end - start, width,
+                torch.tensor(padded, dtype=torch.long, device=dev).view(-1), mask[None, :, None, :]))
+            need = max(need, (end - start) * width)
+            start = end
         _, _, kv_heads, _, _, d = self.kv_cache.shape
-        need = 2 * kv_heads * len(tables) * width * bs * d
-        if self._scratch.numel() < need:  # grows to the largest batch seen, then is reused
+        need *= 2 * kv_heads * bs * d
+        if self._scratch.numel() < need:  # grows to the largest group seen, then is reused
             self._scratch = torch.empty(need, dtype=self.dtype, device=dev)
         batch.scratch = self._scratch
