@@ -52,5 +52,8 @@ class StopChecker:
         return True
 
     def _flush(self) -> str:
+        """Finishing: send what is held back, including a character cut off mid-bytes."""
         text, self.pending = self.pending, ""
+        if not isinstance(self.stop_reason, str):  # after a stop string, the rest is dropped
+            text += self.detok.finish()
         return text

@@ -1,0 +1,182 @@
+"""Open a Hugging Face checkpoint directory: config, tokenizer, weights, and a content digest.
+
+Everything that can be wrong with a directory is reported as a CheckpointError that names the
+file and what is wrong with it, so `serve --model DIR` fails with one readable line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aruntime.engine.config import ModelConfig, ModelConfigError
+from aruntime.engine.tokenizer import Tokenizer, TokenizerError
+
+if TYPE_CHECKING:  # torch is imported when weights are read, not to check a directory
+    import torch
+
+_CHUNK = 1 << 20
+_INDEX = "model.safetensors.index.json"
+_MAX_LISTED = 10  # names shown in one error message; the rest are counted
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be loaded; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    revision: str  # "sha256:<hex>" over config, tokenizer and weight files
+    weight_files: tuple[Path, ...] = ()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """All tensors of all weight files, named exactly as stored (loaded on CPU)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        out: dict[str, torch.Tensor] = {}
+        for file in self.weight_files:
+            try:
+                tensors = load_file(str(file), device="cpu")
+            except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(f"cannot read weights from {file}: {exc}") from None
+            dup = out.keys() & tensors.keys()
+            if dup:
+                raise CheckpointError(f"{file} repeats tensors already loaded: {_listed(dup)}")
+            out.update(tensors)
+        return out
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Check a checkpoint directory and open its config and tokenizer (weights stay on disk)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is not a directory")
+    config = _read_config(path)
+    weight_files = _weight_files(path)
+    if not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"{path} has no tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_dir(path)
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
+    hashed = [path / "config.json", path / "tokenizer.json", *weight_files]
+    if (path / "tokenizer_config.json").is_file():
+        hashed.append(path / "tokenizer_config.json")
+    return Checkpoint(path=path, config=config, tokenizer=tokenizer,
+                      revision=revision_digest(path, hashed), weight_files=tuple(weight_files))
+
+
+def _read_config(path: Path) -> ModelConfig:
+    file = path / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no config.json")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} must hold a JSON object")
+    try:
+        return ModelConfig.from_hf(raw)
+    except ModelConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The shards an index lists, or else every *.safetensors file in the directory."""
+    index = path / _INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+                AttributeError) as exc:
+            raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
+        files = [path / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {_listed(missing)}")
+        return files
+    files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if not files:
+        raise CheckpointError(f"{path} has no *.safetensors weight files")
+    return files
+
+
+def file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def revision_digest(root: Path, files: list[Path]) -> str:
+    """One digest over (relative name, sha256) pairs, sorted so that listing order is moot:
+    two directories with identical content get the same revision wherever they live."""
+    outer = hashlib.sha256()
+    for name, digest in sorted((str(f.relative_to(root)), file_sha256(f)) for f in files):
+        outer.update(f"{name}\0{digest}\n".encode())
+    return "sha256:" + outer.hexdigest()
+
+
+def expected_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor names and shapes of a Llama/Mistral/Qwen2 decoder, in layer order."""
+    h, inter, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    q_dim, kv_dim = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, h)}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (h,)
+        for proj, rows in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+            shapes[p + f"self_attn.{proj}_proj.weight"] = (rows, h)
+            if config.attention_bias:
+                shapes[p + f"self_attn.{proj}_proj.bias"] = (rows,)
+        shapes[p + "self_attn.o_proj.weight"] = (h, q_dim)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+        shapes[p + "mlp.gate_proj.weight"] = (inter, h)
+        shapes[p + "mlp.up_proj.weight"] = (inter, h)
+        shapes[p + "mlp.down_proj.weight"] = (h, inter)
+    shapes["model.norm.weight"] = (h,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    return shapes
+
+
+def expected_weight_names(config: ModelConfig) -> list[str]:
+    return list(expected_weight_shapes(config))
+
+
+def check_weights(config: ModelConfig, weights: dict[str, Any]) -> None:
+    """Raise CheckpointError naming every missing tensor and every shape mismatch.
+    Extra tensors (e.g. old `rotary_emb.inv_freq` buffers) are allowed and ignored."""
+    missing, wrong = [], []
+    for name, shape in expected_weight_shapes(config).items():
+        tensor = weights.get(name)
+        if tensor is None:
+            missing.append(name)
+        elif tuple(tensor.shape) != shape:
+            wrong.append(f"{name} is {list(tensor.shape)}, expected {list(shape)}")
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {_listed(missing)}")
+    if wrong:
+        problems.append(f"shape mismatch: {_listed(wrong)}")
+    if problems:
+        raise CheckpointError("weights do not match config.json: " + "; ".join(problems))
+
+
+def _listed(items: Any) -> str:
+    items = sorted(items) if isinstance(items, (set, frozenset)) else list(items)
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f" (and {more} more)" if more > 0 else "")
