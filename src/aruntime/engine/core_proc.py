@@ -1,0 +1,308 @@
+"""The engine core: an LLMEngine stepped by one loop, fed by commands, in its own process.
+
+The wire carries kind-tagged msgspec structs (msgpack). In the core process one thread reads the
+input socket into a queue and another writes the output queue to the output socket, so the step
+loop never waits on socket IO (vLLM v1's EngineCoreProc does the same). `EngineLoop` is shared
+with the in-process client, which feeds the queue directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from aruntime.engine.llm_engine import LLMEngine
+
+logger = logging.getLogger(__name__)
+
+# --- client -> core ---------------------------------------------------------------------------
+
+
+class AddRequest(msgspec.Struct, tag="add"):
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    arrival_time: float | None = None
+
+
+class AbortRequests(msgspec.Struct, tag="abort"):
+    request_ids: list[str]
+
+
+class GetStats(msgspec.Struct, tag="stats"):
+    nonce: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+Command = AddRequest | AbortRequests | GetStats | Shutdown
+
+# --- core -> client ---------------------------------------------------------------------------
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """What the core reports once its model is loaded."""
+
+    model: str  # the checkpoint directory
+    name: str  # its directory name, the default served model name
+    revision: str  # "sha256:..." digest of the weights
+    architecture: str
+    max_model_len: int
+    vocab_size: int
+    device: str
+    hardware: str  # e.g. "NVIDIA H100 80GB HBM3" or the CPU's name, for evidence records
+    dtype: str
+    block_size: int
+    num_blocks: int
+    eos_token_ids: list[int] = []
+
+
+class Ready(msgspec.Struct, tag="ready"):
+    info: ModelInfo
+
+
+class Outputs(msgspec.Struct, tag="outputs"):
+    outputs: list[RequestOutput]
+
+
+class StatsReply(msgspec.Struct, tag="stats_reply"):
+    nonce: int
+    stats: EngineStats
+
+
+class RequestFailed(msgspec.Struct, tag="request_failed"):
+    """The engine refused one request (empty or too long prompt, duplicate id)."""
+
+    request_id: str
+    message: str
+
+
+class EngineFailed(msgspec.Struct, tag="engine_failed"):
+    """The engine could not start, or crashed; the core exits after sending this."""
+
+    message: str
+
+
+class Stopped(msgspec.Struct, tag="stopped"):
+    """The loop ended after a Shutdown; every live request was aborted before this."""
+
+
+CoreMessage = Ready | Outputs | StatsReply | RequestFailed | EngineFailed | Stopped
+
+command_encoder = msgspec.msgpack.Encoder()
+command_decoder = msgspec.msgpack.Decoder(Command)
+message_encoder = msgspec.msgpack.Encoder()
+message_decoder = msgspec.msgpack.Decoder(CoreMessage)
+
+
+def model_info(engine: LLMEngine, config: EngineConfig) -> ModelInfo:
+    stats = engine.stats()
+    mc = engine.model_config
+    return ModelInfo(
+        model=config.model,
+        name=os.path.basename(os.path.normpath(config.model)),
+        revision=engine.revision,
+        architecture=mc.architecture,
+        max_model_len=engine.max_model_len,
+        vocab_size=mc.vocab_size,
+        device=str(engine.device),
+        hardware=_hardware(str(engine.device)),
+        dtype=config.dtype,
+        block_size=config.block_size,
+        num_blocks=stats.num_blocks,
+        eos_token_ids=list(mc.eos_token_ids),
+    )
+
+
+def _hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def abort_output(request_id: str) -> RequestOutput:
+    return RequestOutput(request_id, [], "", finished=True, finish_reason="abort")
+
+
+class EngineLoop:
+    """Drains commands, steps the engine while it has work, and blocks on the queue when idle.
+
+    `emit` receives every message for the client; it is called on the loop's thread.
+    """
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        commands: queue.Queue[Command],
+        emit: Callable[[CoreMessage], None],
+    ) -> None:
+        self.engine = engine
+        self.commands = commands
+        self.emit = emit
+        self.live: set[str] = set()  # ids added and not yet finished or aborted
+        self._stopping = False
+
+    def run(self) -> None:
+        while not self._stopping:
+            if not self.engine.has_unfinished_requests():
+                self._handle(self.commands.get())  # idle: block, no busy spin
+            self._drain()
+            if not self._stopping and self.engine.has_unfinished_requests():
+                self._step()
+        self._abort(sorted(self.live))
+        self.emit(Stopped())
+
+    def _drain(self) -> None:
+        while not self._stopping:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(command)
+
+    def _step(self) -> None:
+        outputs = self.engine.step()
+        for out in outputs:
+            if out.finished:
+                self.live.discard(out.request_id)
+        if outputs:
+            self.emit(Outputs(outputs))
+
+    def _handle(self, command: Command) -> None:
+        if isinstance(command, AddRequest):
+            self._add(command)
+        elif isinstance(command, AbortRequests):
+            self._abort(command.request_ids)
+        elif isinstance(command, GetStats):
+            self.emit(StatsReply(command.nonce, self.engine.stats()))
+        elif isinstance(command, Shutdown):
+            self._stopping = True
+
+    def _add(self, command: AddRequest) -> None:
+        try:
+            self.engine.add_request(
+                command.request_id, command.prompt_token_ids, command.params, command.arrival_time
+            )
+        except ValueError as exc:
+            self.emit(RequestFailed(command.request_id, str(exc)))
+            return
+        self.live.add(command.request_id)
+
+    def _abort(self, request_ids: list[str]) -> None:
+        # Only ids the engine still runs: a request that finished meanwhile needs no abort.
+        aborted = [rid for rid in request_ids if rid in self.live]
+        for rid in aborted:
+            self.engine.abort_request(rid)
+            self.live.discard(rid)
+        if aborted:
+            self.emit(Outputs([abort_output(rid) for rid in aborted]))
+
+
+# --- the core process -------------------------------------------------------------------------
+
+
+def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> None:
+    """Process entry: load the engine, say Ready (or EngineFailed), then serve until Shutdown."""
+    import zmq
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group; the API server owns shutdown and tells us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+    ctx = zmq.Context()
+    commands: queue.Queue[Command] = queue.Queue()
+    outbox: queue.Queue[CoreMessage | None] = queue.Queue()
+    sender = threading.Thread(
+        target=_send_loop, args=(ctx, output_addr, outbox), name="core-output", daemon=True
+    )
+    sender.start()
+    code = 0
+    try:
+        from aruntime.engine.llm_engine import LLMEngine
+
+        engine = LLMEngine(config)
+        outbox.put(Ready(model_info(engine, config)))
+        threading.Thread(
+            target=_recv_loop, args=(ctx, input_addr, commands), name="core-input", daemon=True
+        ).start()
+        EngineLoop(engine, commands, outbox.put).run()
+    except BaseException as exc:  # noqa: BLE001 - the client must hear why, whatever it was
+        logger.error("engine core failed:\n%s", traceback.format_exc())
+        outbox.put(EngineFailed(f"{type(exc).__name__}: {exc}"))
+        code = 1
+    outbox.put(None)
+    sender.join(timeout=10)
+    ctx.term()  # waits for the output socket to flush (linger); stops the input thread's recv
+    os._exit(code)
+
+
+def _recv_loop(ctx: Any, addr: str, commands: queue.Queue[Command]) -> None:
+    import zmq
+
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind(addr)
+    while True:
+        try:
+            frame = sock.recv()
+        except zmq.ContextTerminated:
+            sock.close(linger=0)
+            return
+        try:
+            commands.put(command_decoder.decode(frame))
+        except msgspec.DecodeError:
+            logger.exception("dropping a malformed command")
+
+
+def _send_loop(ctx: Any, addr: str, outbox: queue.Queue[CoreMessage | None]) -> None:
+    import zmq
+
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(addr)
+    while (message := outbox.get()) is not None:
+        sock.send(message_encoder.encode(message))
+    sock.close()
+
+
+def _watch_parent() -> None:
+    """Exit when the parent dies: nobody could read our outputs, and the KV cache is ours."""
+    parent = multiprocessing.parent_process()
+    ppid = os.getppid()
+
+    def watch() -> None:
+        sentinel = parent.sentinel if parent is not None else None
+        while True:
+            if sentinel is not None and multiprocessing.connection.wait([sentinel], timeout=1.0):
+                break
+            if sentinel is None:
+                threading.Event().wait(1.0)
+            if os.getppid() != ppid:
+                break
+        logger.warning("parent process %d is gone; engine core exiting", ppid)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="core-parent-watch", daemon=True).start()

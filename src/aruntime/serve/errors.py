@@ -1,0 +1,99 @@
+"""The server's exception tree and the handlers that render every error in OpenAI's shape:
+`{"error": {"message", "type", "param", "code"}}`.
+
+    APIError                  any error we answer ourselves
+    ├── InvalidRequestError   400 invalid_request_error (bad JSON, types, ranges, too long)
+    ├── NotFoundError         404 invalid_request_error (unknown model: code model_not_found)
+    └── EngineUnavailableError 503 server_error (the engine core is gone)
+
+FastAPI's own 422 (RequestValidationError) and Starlette's 404/405 are rewritten the same way,
+so a client never sees another shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequestError(APIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class NotFoundError(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class EngineUnavailableError(APIError):
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="engine_unavailable")
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    return error_response(InvalidRequestError(str(first.get("msg")), param=".".join(loc) or None))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}"
+    else:
+        message = str(exc.detail)
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse(error_body(message, type_), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal server error", "server_error"), status_code=500)

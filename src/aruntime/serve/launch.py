@@ -1,0 +1,207 @@
+"""`aruntime serve`: the engine core in its own process, the OpenAI API on uvicorn in this one.
+
+`BackgroundServer` runs the same app on a thread of the calling process (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from aruntime import paths
+
+if TYPE_CHECKING:
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.core_client import MPClient
+
+logger = logging.getLogger("aruntime.serve")
+T = TypeVar("T")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", type=Path, default=None,
+                        help="a Hugging Face checkpoint directory (default: the demo model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", metavar="NAME", default=None,
+                        help="the model id clients ask for (default: the directory name)")
+    parser.add_argument("--kv-cache-bytes", type=int, default=256 * 1024 * 1024)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
+                        help=f"evidence log and salts (default: {paths.data_dir()})")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+
+
+def check_model_dir(model: Path) -> None:
+    """A bad --model is a usage error with one line, before any process starts."""
+    from aruntime.cli import UsageError
+    from aruntime.engine.config import ModelConfig, ModelConfigError
+
+    if not model.is_dir():
+        raise UsageError(f"--model {model}: not a directory")
+    cfg_file = model / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(
+            f"--model {model}: no config.json (is it a Hugging Face checkpoint?)") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--model {model}: cannot read config.json: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--model {model}: config.json must hold a JSON object")
+    try:
+        ModelConfig.from_hf(cfg)
+    except ModelConfigError as exc:
+        raise UsageError(f"--model {model}: {exc}") from None
+    if not any(model.glob("*.safetensors")):
+        raise UsageError(f"--model {model}: no *.safetensors weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aruntime.cli import UsageError
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.core_client import EngineStartError, MPClient
+    from aruntime.engine.demo import ensure_demo_model, is_demo_checkpoint
+    from aruntime.engine.tokenizer import Tokenizer, TokenizerError
+    from aruntime.serve.api import build_app
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        model = ensure_demo_model("small")
+        logger.warning("no --model given: serving the DEMO model at %s. Its weights are RANDOM, "
+                       "so its output is meaningless text. Pass --model DIR to serve a real "
+                       "Hugging Face checkpoint (config.json, tokenizer.json, *.safetensors).",
+                       model)
+    else:
+        model = args.model.expanduser().absolute()
+        check_model_dir(model)
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: must be in 1-65535")
+    try:
+        config = EngineConfig(
+            model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len, device=args.device)
+        tokenizer = Tokenizer.from_dir(model)
+    except (ValueError, TokenizerError) as exc:
+        raise UsageError(str(exc)) from None
+    client = MPClient(config)
+    try:
+        info = client.start()
+    except EngineStartError as exc:
+        raise UsageError(str(exc)) from None
+    name = args.served_model_name or info.name
+    logger.info("engine core pid %s ready: %s (%s) on %s, max_model_len %d, %d KV blocks",
+                client.core_pid, name, info.revision[:19], info.device, info.max_model_len,
+                info.num_blocks)
+    app = build_app(client, tokenizer, name, model_info=info,
+                    data_dir=args.data_dir or paths.data_dir(),
+                    demo=is_demo_checkpoint(model), owns_client=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        client.close()
+    return 0
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn on a thread, on a port bound before the thread starts.
+
+    Use as a context manager; `call(coro)` runs a coroutine on the server's event loop (where
+    the app's engine client lives) and returns its result.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
+                 log_level: str = "warning") -> None:
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = self._sock.getsockname()[:2]
+        config = uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)
+        self._error: BaseException | None = None
+        self.engine: MPClient | None = None  # set by `background_server`
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve(sockets=[self._sock])
+
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+
+    def start(self, timeout: float = 60.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {self._error!r}")
+            self._thread.join(0.02)
+        return self
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
+                      log_level: str = "warning") -> Iterator[BackgroundServer]:
+    """The whole stack on loopback: an engine core process and the API on a thread here."""
+    from aruntime.engine.core_client import MPClient
+    from aruntime.engine.demo import is_demo_checkpoint
+    from aruntime.engine.tokenizer import Tokenizer
+    from aruntime.serve.api import build_app
+
+    client = MPClient(config)
+    info = client.start()
+    try:
+        app = build_app(client, Tokenizer.from_dir(config.model),
+                        served_model_name or info.name, model_info=info, data_dir=data_dir,
+                        demo=is_demo_checkpoint(Path(config.model)), owns_client=True)
+        with BackgroundServer(app, log_level=log_level) as server:
+            server.engine = client
+            yield server
+    finally:
+        client.close()

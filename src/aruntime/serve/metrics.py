@@ -1,0 +1,91 @@
+"""Prometheus metrics of one server, spelled as vLLM spells them with the `aruntime:` prefix.
+
+Engine counters and gauges are read from a fresh EngineStats at scrape time; latencies and
+finish reasons are observed by the API as requests finish. Each app owns its registry, so two
+servers in one process (tests) never share numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aruntime.engine.outputs import EngineStats, RequestOutput
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+                 7.5, 10.0, 20.0, 40.0, 80.0)
+
+
+class _EngineCollector(Collector):
+    """Turns the latest EngineStats snapshot into metric families at collect time."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.stats: EngineStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        if s is None:
+            return
+        labels = [self.model_name]
+        for name, doc, value in (
+            ("num_requests_running", "Requests in the running batch.", s.num_running),
+            ("num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting),
+            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", s.kv_usage),
+        ):
+            g = GaugeMetricFamily(f"aruntime:{name}", doc, labels=["model_name"])
+            g.add_metric(labels, value)
+            yield g
+        for name, doc, value in (
+            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+             s.prefix_query_tokens_total),
+            ("prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+             s.prefix_hit_tokens_total),
+            ("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens_total),
+            ("generation_tokens", "Tokens generated.", s.generation_tokens_total),
+            ("num_preemptions", "Requests preempted to free KV blocks.", s.num_preempted_total),
+        ):
+            c = CounterMetricFamily(f"aruntime:{name}", doc, labels=["model_name"])
+            c.add_metric(labels, value)
+            yield c
+
+
+class Metrics:
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry()
+        self._engine = _EngineCollector(model_name)
+        self.registry.register(self._engine)
+        r = self.registry
+        self.ttft = Histogram("aruntime:time_to_first_token_seconds", "Time to first token.",
+                              ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("aruntime:time_per_output_token_seconds",
+                              "Time per output token after the first.", ["model_name"],
+                              buckets=_TPOT_BUCKETS, registry=r)
+        self.e2e = Histogram("aruntime:e2e_request_latency_seconds", "End-to-end latency.",
+                             ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.success = Counter("aruntime:request_success", "Finished requests by reason.",
+                               ["model_name", "finished_reason"], registry=r)
+
+    def observe_finished(self, last: RequestOutput, num_generated: int, end_time: float) -> None:
+        """One engine request ended: `last` is its final delta (or a synthetic abort)."""
+        name = self.model_name
+        self.success.labels(name, last.finish_reason or "abort").inc()
+        if not last.arrival_time:
+            return
+        self.e2e.labels(name).observe(max(0.0, end_time - last.arrival_time))
+        if last.first_token_time is not None:
+            self.ttft.labels(name).observe(max(0.0, last.first_token_time - last.arrival_time))
+            if num_generated > 1:
+                per_token = (end_time - last.first_token_time) / (num_generated - 1)
+                self.tpot.labels(name).observe(max(0.0, per_token))
+
+    def render(self, stats: EngineStats | None) -> bytes:
+        self._engine.stats = stats
+        return generate_latest(self.registry)

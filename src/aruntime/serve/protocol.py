@@ -1,0 +1,308 @@
+"""OpenAI's wire shapes. Request bodies are parsed strictly (wrong types are 400s, unknown fields
+are ignored as OpenAI does), then mapped onto engine prompts, SamplingParams and the request
+contract; the logprobs objects and SSE events of responses are spelled here too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aruntime.contracts import RequestContract
+from aruntime.engine.outputs import TokenLogprob
+from aruntime.engine.sampling import SamplingParams
+from aruntime.serve.errors import InvalidRequestError
+
+MAX_N = 16
+_MIN_LOGPROB = -9999.0  # JSON has no -inf
+# The request contract's fields that a body may set through its `aruntime` object.
+ARUNTIME_FIELDS = frozenset({
+    "tenant", "principal", "slo", "deadline", "confidentiality", "idempotency_key",
+    "governance_tags", "trace_context",
+})
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _GenerationRequest(_Body):
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)  # extension
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Any = None  # str | list[str]; checked by `stop_strings` for a clearer message
+    stop_token_ids: list[int] | None = None  # extension
+    seed: int | None = None
+    user: str | None = None
+    ignore_eos: bool = False  # extension
+    aruntime: dict[str, Any] | None = None  # ARuntime's request-contract fields
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: Any = None  # str | list[str] | list[int] | list[list[int]]; see `completion_prompts`
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+
+
+class ChatMessageIn(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Any = None  # str | list of {"type": "text", "text": str}
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessageIn]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(err["loc"])
+        got = ""
+        if err["type"] != "missing" and "input" in err:
+            got = f" (got {json.dumps(err['input'], default=str)[:80]})"
+        raise InvalidRequestError(f"Invalid value for '{param}': {err['msg']}{got}",
+                                  param=param) from None
+
+
+def _param(loc: Sequence[int | str]) -> str:
+    out = ""
+    for item in loc:
+        out += f"[{item}]" if isinstance(item, int) else (f".{item}" if out else item)
+    return out
+
+
+def check_request(req: _GenerationRequest) -> None:
+    """Rules a field type cannot say."""
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequestError("stream_options is only allowed when stream is true",
+                                  param="stream_options")
+    if isinstance(req, CompletionRequest) and req.echo:
+        raise InvalidRequestError("echo is not supported", param="echo")
+    if isinstance(req, ChatCompletionRequest) and req.top_logprobs and not req.logprobs:
+        raise InvalidRequestError("top_logprobs requires logprobs to be true",
+                                  param="top_logprobs")
+
+
+def stop_strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise InvalidRequestError("stop must be a non-empty string or a list of them",
+                                  param="stop")
+    return tuple(stops)
+
+
+def completion_prompts(prompt: Any, tokenizer: Any) -> list[list[int]]:
+    """One token-id list per prompt of the batch."""
+    if isinstance(prompt, str):
+        batch: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
+        batch = [prompt]
+    elif isinstance(prompt, list) and prompt and all(
+            isinstance(p, str) or (isinstance(p, list) and all(_is_token(t) for t in p))
+            for p in prompt):
+        batch = prompt
+    elif prompt is None:
+        raise InvalidRequestError("prompt is required", param="prompt")
+    else:
+        raise InvalidRequestError("prompt must be a string, a list of strings, a list of token "
+                                  "ids or a list of token-id lists, and not empty", param="prompt")
+    out = []
+    for p in batch:
+        ids = tokenizer.encode(p) if isinstance(p, str) else list(p)
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {tokenizer.vocab_size}); got {bad[:5]}",
+                param="prompt")
+        out.append(ids)
+    return out
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def chat_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
+    """Plain dicts for the chat template; text content parts are joined."""
+    if not messages:
+        raise InvalidRequestError("messages must not be empty", param="messages")
+    out = []
+    for i, m in enumerate(messages):
+        content = m.content
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str) for p in content):
+                raise InvalidRequestError("only text content parts are supported",
+                                          param=f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        elif content is None and m.role != "assistant":
+            raise InvalidRequestError(f"a {m.role} message needs content",
+                                      param=f"messages[{i}].content")
+        elif content is not None and not isinstance(content, str):
+            raise InvalidRequestError("content must be a string or a list of text parts",
+                                      param=f"messages[{i}].content")
+        msg: dict[str, Any] = {"role": m.role, "content": content or ""}
+        for key in ("name", "tool_call_id"):
+            if getattr(m, key) is not None:
+                msg[key] = getattr(m, key)
+        out.append(msg)
+    return out
+
+
+def max_tokens_for(req: _GenerationRequest, prompt_len: int, max_model_len: int,
+                   prompt_param: str) -> int:
+    """The output budget; a prompt that leaves no room, or a budget past the context, is a 400."""
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt has {prompt_len} tokens, which leaves no room for output.",
+            param=prompt_param, code="context_length_exceeded")
+    asked, param = req.max_tokens, "max_tokens"
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        asked, param = req.max_completion_tokens, "max_completion_tokens"
+    if asked is None:
+        return min(room, 16) if isinstance(req, CompletionRequest) else room
+    if asked > room:
+        raise InvalidRequestError(
+            f"{param} is too large: {asked}. This model's maximum context length is "
+            f"{max_model_len} tokens and your request has {prompt_len} input tokens "
+            f"({asked} > {max_model_len} - {prompt_len}).", param=param)
+    return asked
+
+
+def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
+                    vocab_size: int) -> SamplingParams:
+    """Params of the `index`-th engine request of this body (seed + index keeps n>1 distinct)."""
+    stop_ids = tuple(req.stop_token_ids or ())
+    if any(not 0 <= t < vocab_size for t in stop_ids):
+        raise InvalidRequestError(f"stop_token_ids must be in [0, {vocab_size})",
+                                  param="stop_token_ids")
+    if isinstance(req, CompletionRequest):
+        logprobs = req.logprobs
+    else:
+        assert isinstance(req, ChatCompletionRequest)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        seed=None if req.seed is None else req.seed + index,
+        stop=stop_strings(req.stop),
+        stop_token_ids=stop_ids,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+    )
+
+
+def request_contract(req: _GenerationRequest, request_id: str, model: str,
+                     inputs: dict[str, Any], params: SamplingParams) -> RequestContract:
+    """Map the body onto `aruntime.request/v1`; its own checks still apply (tenant names...)."""
+    extra = dict(req.aruntime or {})
+    unknown = sorted(set(extra) - ARUNTIME_FIELDS)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field in aruntime: {unknown[0]!r}; "
+            f"allowed: {', '.join(sorted(ARUNTIME_FIELDS))}",
+            param=f"aruntime.{unknown[0]}")
+    if req.user and "principal" not in extra:
+        extra["principal"] = req.user
+    data = {
+        "id": request_id, "model": model, "stream": req.stream, "inputs": inputs,
+        "kind": "chat" if isinstance(req, ChatCompletionRequest) else "completion",
+        "sampling": {
+            "max_tokens": params.max_tokens, "temperature": params.temperature,
+            "top_p": params.top_p, "top_k": params.top_k, "seed": req.seed, "n": req.n,
+            "stop": list(params.stop), "stop_token_ids": list(params.stop_token_ids),
+            "logprobs": params.logprobs, "ignore_eos": params.ignore_eos,
+        },
+        **extra,
+    }
+    try:
+        return RequestContract.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = list(err["loc"])
+        if loc and loc[0] == "sampling":
+            param = _param(loc[1:])
+        elif loc == ["principal"] and "principal" not in (req.aruntime or {}):
+            param = "user"
+        elif loc and loc[0] == "inputs":
+            param = "messages" if "messages" in inputs else "prompt"
+        else:
+            param = "aruntime." + _param(loc) if loc else "aruntime"
+        raise InvalidRequestError(f"Invalid value for '{param}': {err['msg']}",
+                                  param=param) from None
+
+
+# ---- response pieces ----------------------------------------------------------------------------
+
+
+def sse_event(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    text: str = tokenizer.decode([token_id], skip_special_tokens=False)
+    return text
+
+
+def chat_logprobs(tokenizer: Any, lps: list[TokenLogprob]) -> dict[str, Any]:
+    """Chat's shape: `{"content": [{token, logprob, bytes, top_logprobs}], "refusal"}`."""
+    def entry(token_id: int, value: float) -> dict[str, Any]:
+        s = _token_text(tokenizer, token_id)
+        return {"token": s, "logprob": max(value, _MIN_LOGPROB), "bytes": list(s.encode())}
+
+    return {"content": [{**entry(t.token_id, t.logprob),
+                         "top_logprobs": [entry(i, v) for i, v in t.top]} for t in lps],
+            "refusal": None}
+
+
+def completion_logprobs(tokenizer: Any, lps: list[TokenLogprob],
+                        offset: int) -> tuple[dict[str, Any], int]:
+    """The legacy completions shape; returns it and the text offset after these tokens."""
+    tokens = [_token_text(tokenizer, t.token_id) for t in lps]
+    offsets = []
+    for s in tokens:
+        offsets.append(offset)
+        offset += len(s)
+    return {"tokens": tokens, "token_logprobs": [max(t.logprob, _MIN_LOGPROB) for t in lps],
+            "top_logprobs": [{_token_text(tokenizer, i): max(v, _MIN_LOGPROB) for i, v in t.top}
+                             for t in lps],
+            "text_offset": offsets}, offset
