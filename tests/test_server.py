@@ -315,6 +315,7 @@ def test_evidence_one_record_per_request(http: httpx.Client, server: BackgroundS
     assert first["model_revision"] == server.engine.model_info.revision  # type: ignore[union-attr]
     assert first["usage"]["completion_tokens"] == 6 and len(first["finish_reasons"]) == 3
     assert first["created_at"].endswith("Z") and first["timings"]["e2e_s"] >= 0
+    assert 0 <= first["timings"]["queue_s"] <= first["timings"]["e2e_s"]
     assert first["output_digest"].startswith("hmac-sha256:")
     assert records[start + 1]["request_id"].startswith("chatcmpl-")
     result = verify(evidence_path(server))

@@ -110,7 +110,7 @@ class LLMEngine:
             finished=stop.finish_reason is not None, finish_reason=stop.finish_reason,
             stop_reason=stop.stop_reason, logprobs=lp, num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens, arrival_time=seq.arrival_time,
-            first_token_time=seq.first_token_time, finish_time=now if stop.finish_reason else None)
+            scheduled_time=seq.scheduled_time, first_token_time=seq.first_token_time, finish_time=now if stop.finish_reason else None)
         if out.finished:
             self._drop(seq)
         return out

@@ -26,6 +26,7 @@ class RequestOutput(msgspec.Struct):
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     arrival_time: float = 0.0  # time.time() of arrival at the engine
+    scheduled_time: float | None = None  # first time the scheduler gave it tokens
     first_token_time: float | None = None
     finish_time: float | None = None
 

@@ -9,6 +9,7 @@ every token it has produced, so it is recomputed (mostly from the prefix cache) 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -101,8 +102,8 @@ class Scheduler:
         seq.block_table = list(hits)
         seq.num_computed_tokens = len(hits) * bs
         seq.num_published_blocks = len(hits)
-        if not seq.scheduled_once:
-            seq.scheduled_once = True
+        if seq.scheduled_time is None:
+            seq.scheduled_time = time.time()
             seq.num_cached_tokens = seq.num_computed_tokens
             self.prefix_query_tokens += seq.num_tokens
             self.prefix_hit_tokens += seq.num_computed_tokens

@@ -28,8 +28,8 @@ class Sequence:
         self.num_published_blocks = 0  # leading full blocks already offered to the prefix cache
         self.status = SequenceStatus.WAITING
         self.arrival_time = time.time() if arrival_time is None else arrival_time
+        self.scheduled_time: float | None = None
         self.first_token_time: float | None = None
-        self.scheduled_once = False
         self._root = root
         self._keys: list[BlockKey] = []
 

@@ -330,6 +330,8 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
     firsts = [c.last.first_token_time for c in gen.choices
               if c.last is not None and c.last.first_token_time is not None]
     ttft = max(0.0, min(firsts) - gen.started) if firsts else None
+    queued = [c.last.scheduled_time - c.last.arrival_time for c in gen.choices
+              if c.last is not None and c.last.scheduled_time is not None]
     tpots = [(c.last.finish_time - c.last.first_token_time) / (c.num_tokens - 1)
              for c in gen.choices if c.last is not None and c.last.finish_time is not None
              and c.last.first_token_time is not None and c.num_tokens > 1]
@@ -340,7 +342,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         hardware=info.hardware, precision=info.dtype,
         route=Route(worker=f"local:{info.device}",
                     cached_tokens_used=usage["prompt_tokens_details"]["cached_tokens"]),
-        timings=Timings(ttft_s=ttft, tpot_s=max(0.0, sum(tpots) / len(tpots)) if tpots else None,
+        timings=Timings(queue_s=max(0.0, max(queued)) if queued else None, ttft_s=ttft, tpot_s=max(0.0, sum(tpots) / len(tpots)) if tpots else None,
                         e2e_s=max(0.0, now - gen.started)),
         usage=Usage(prompt_tokens=usage["prompt_tokens"],
                     completion_tokens=usage["completion_tokens"],
