@@ -10,10 +10,13 @@ matmuls). Prefill chunks run one SDPA each, causal, over their cached context pl
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from aruntime.engine import kernels
 
 
 @dataclass(slots=True)
@@ -36,12 +39,48 @@ class DecodeGroup:
     mask: torch.Tensor  # [1, num_seqs, 1, max_blocks * block_size]
 
 
+class NativeDecode:
+    """The C kernel `kernels/paged_decode.c` (fp32, CPU): reads K and V in place from the paged
+    cache, sequences in parallel on torch's own OpenMP threads."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.fn = lib.paged_decode_attention
+        self.fn.restype = ctypes.c_int
+        self.fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 7 + [ctypes.c_float]
+
+    @classmethod
+    def create(cls) -> NativeDecode | None:
+        lib = kernels.load("paged_decode")
+        return None if lib is None else cls(lib)
+
+    def __call__(self, q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor,
+                 lens: torch.Tensor) -> torch.Tensor:
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        b, heads, d = q.shape
+        kv_heads, num_blocks, block_size, _ = cache.shape[1:]
+        ptrs = [t.data_ptr() for t in (q, cache[0], cache[1], tables, lens, out)]
+        if self.fn(*ptrs, b, heads, kv_heads, d, num_blocks, block_size, tables.shape[1],
+                   d ** -0.5) != 0:
+            raise MemoryError("paged decode attention could not allocate its score buffer")
+        return out
+
+
+@dataclass(slots=True)
+class NativeDecodeInputs:
+    rows: int  # decode rows [0, rows) of the flattened batch
+    tables: torch.Tensor  # int32 [rows, max_blocks]
+    lens: torch.Tensor  # int32 [rows]
+
+
 @dataclass(slots=True)
 class AttentionBatch:
     kv_cache: torch.Tensor  # [layers, 2, kv_heads, num_blocks, block_size, head_dim]
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of each new token
     decodes: list[DecodeGroup] = field(default_factory=list)
+    native: NativeDecode | None = None
+    native_inputs: NativeDecodeInputs | None = None
     prefills: list[PrefillSegment] = field(default_factory=list)
     scratch: torch.Tensor | None = None  # flat buffer reused for gathered K and V
 
@@ -56,6 +95,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: At
         cache[i].view(kv_heads, num_blocks * block_size, d).index_copy_(
             1, batch.slot_mapping, new.transpose(0, 1))
     out = torch.empty_like(q)
+    if batch.native_inputs is not None:
+        n = batch.native_inputs
+        out[:n.rows] = batch.native(q[:n.rows], cache, n.tables, n.lens)
     for group in batch.decodes:
         rows = slice(group.row, group.row + group.num_seqs)
         out[rows] = _decode(q[rows], cache, group, batch.scratch)

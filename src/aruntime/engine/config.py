@@ -99,6 +99,7 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "float32"
     enable_prefix_caching: bool = True
+    native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

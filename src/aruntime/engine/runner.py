@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from aruntime.engine.attention import AttentionBatch, DecodeGroup, PrefillSegment
+from aruntime.engine.attention import (
+    AttentionBatch, DecodeGroup, NativeDecode, NativeDecodeInputs, PrefillSegment)
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -45,6 +46,9 @@ class ModelRunner:
                                     self.num_blocks, config.block_size, mc.head_dim,
                                     dtype=self.dtype, device=self.device)
         self._scratch = torch.empty(0, dtype=self.dtype, device=self.device)
+        # The C decode kernel where it applies (fp32 on CPU); grouped SDPA over gathered KV else.
+        native_ok = self.device.type == "cpu" and self.dtype == torch.float32 and config.native_kernels
+        self.native = NativeDecode.create() if native_ok else None
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], torch.Tensor]:
@@ -57,7 +61,7 @@ class ModelRunner:
         slots: list[int] = []
         sample_rows: list[int] = []
         sampling: list[ScheduledChunk] = []
-        batch = AttentionBatch(self.kv_cache, torch.empty(0), torch.empty(0))
+        batch = AttentionBatch(self.kv_cache, torch.empty(0), torch.empty(0), native=self.native)
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
         for c in chunks:
@@ -80,7 +84,9 @@ class ModelRunner:
         dev = self.device
         batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
         batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        if decode_tables:
+        if decode_tables and self.native is not None:
+            batch.native_inputs = self._native_inputs(decode_tables, decode_lens)
+        elif decode_tables:
             self._decode_groups(batch, decode_tables, decode_lens)
         logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
                             torch.tensor(sample_rows, dtype=torch.long, device=dev))
@@ -94,6 +100,12 @@ class ModelRunner:
         mask = torch.arange(c.start + c.num_tokens, device=dev)[None, :] <= q_pos[:, None]
         return PrefillSegment(row, c.num_tokens, c.start,
                               torch.tensor(table, dtype=torch.long, device=dev), mask)
+
+    def _native_inputs(self, tables: list[list[int]], lens: list[int]) -> NativeDecodeInputs:
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        return NativeDecodeInputs(len(tables), torch.tensor(padded, dtype=torch.int32),
+                                  torch.tensor(lens, dtype=torch.int32))
 
     def _decode_groups(self, batch: AttentionBatch, tables: list[list[int]], lens: list[int]) -> None:
         """Split the (longest-first) decode rows into groups padded to at most 4/3 of their
