@@ -24,6 +24,12 @@ def ckpt(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_qwen_dir: Pa
     return tiny_model_dir if request.param == "llama" else tiny_qwen_dir
 
 
+@pytest.fixture(params=[True, False], ids=["native-decode", "torch-decode"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Both decode-attention backends must compute the same function."""
+    return bool(request.param)
+
+
 def hf_model(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
@@ -46,8 +52,9 @@ def engine(path: Path, **kw: object) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(path), device="cpu", **kw))  # type: ignore[arg-type]
 
 
-def test_logits_match_transformers(ckpt: Path) -> None:
-    eng = engine(ckpt, block_size=4, max_num_batched_tokens=7)
+def test_logits_match_transformers(ckpt: Path, native: bool) -> None:
+    eng = engine(ckpt, block_size=4, max_num_batched_tokens=7, native_kernels=native)
+    assert (eng.runner.native is not None) == native
     hf = hf_model(ckpt)
     for prompt in prompts(eng.model_config.vocab_size, [1, 5, 23]):
         seq = Sequence("p", prompt, GREEDY, eng.key_scheme.root())
@@ -66,9 +73,9 @@ def test_logits_match_transformers(ckpt: Path) -> None:
         eng.scheduler.finish(seq)
 
 
-def test_greedy_alone_batched_cached_preempted(ckpt: Path) -> None:
+def test_greedy_alone_batched_cached_preempted(ckpt: Path, native: bool) -> None:
     hf = hf_model(ckpt)
-    eng = engine(ckpt, block_size=4, max_num_batched_tokens=32)
+    eng = engine(ckpt, block_size=4, max_num_batched_tokens=32, native_kernels=native)
     vocab = eng.model_config.vocab_size
     shared = prompts(vocab, [20], seed=7)[0]
     batch = prompts(vocab, [3, 9, 17, 30, 41]) + [shared + p for p in prompts(vocab, [2, 6, 11], 3)]
@@ -83,7 +90,7 @@ def test_greedy_alone_batched_cached_preempted(ckpt: Path) -> None:
     assert any(o.num_cached_tokens >= 16 for o in mixed)
 
     # A pool of 24 four-token blocks cannot hold the batch at once: sequences get preempted.
-    small = engine(ckpt, block_size=4, max_num_batched_tokens=32,
+    small = engine(ckpt, block_size=4, max_num_batched_tokens=32, native_kernels=native,
                    kv_cache_bytes=24 * _block_bytes(eng))
     outs = small.generate(batch, GREEDY)
     assert small.stats().num_preempted_total > 0
@@ -94,3 +101,22 @@ def test_greedy_alone_batched_cached_preempted(ckpt: Path) -> None:
 def _block_bytes(eng: LLMEngine) -> int:
     mc = eng.model_config
     return mc.num_hidden_layers * 2 * mc.num_key_value_heads * eng.config.block_size * mc.head_dim * 4
+
+
+def test_sliding_window_caps_the_context(tmp_path: Path) -> None:
+    """Mistral-style sliding attention is served only within its window, where it is exact."""
+    import json
+
+    from aruntime.engine.demo import write_demo_model
+
+    path = write_demo_model(tmp_path / "mistral", size="tiny", architecture="MistralForCausalLM")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["sliding_window"] = 64
+    (path / "config.json").write_text(json.dumps(cfg))
+    eng = engine(path)
+    assert eng.max_model_len == 64
+    with pytest.raises(ValueError, match="context"):
+        eng.add_request("long", list(range(100, 170)), GREEDY)
+    hf = hf_model(path)
+    prompt = prompts(eng.model_config.vocab_size, [20], seed=9)[0]
+    assert eng.generate([prompt], GREEDY)[0].new_token_ids == hf_greedy(hf, prompt, GREEDY.max_tokens)

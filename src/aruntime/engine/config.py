@@ -30,6 +30,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     attention_bias: bool = False  # q/k/v bias (Qwen2 always has it)
     tie_word_embeddings: bool = False
+    sliding_window: int | None = None  # Mistral's local attention span, when the model uses one
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str = "float32"
@@ -74,6 +75,9 @@ class ModelConfig:
                 rope_scaling=cfg.get("rope_scaling"),
                 attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                # Qwen2 configs carry a window they only use when use_sliding_window is set
+                sliding_window=(int(cfg["sliding_window"]) if cfg.get("sliding_window") and (
+                    arch != "Qwen2ForCausalLM" or cfg.get("use_sliding_window")) else None),
                 bos_token_id=cfg.get("bos_token_id"),
                 eos_token_ids=eos_ids,
                 torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),

@@ -32,6 +32,8 @@ class LLMEngine:
         self.model_config = mc = ckpt.config
         self.revision = ckpt.revision
         max_len = min(config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+        if mc.sliding_window:  # within the window, sliding attention is full attention
+            max_len = min(max_len, mc.sliding_window)
         self.runner = ModelRunner(config, mc, ckpt.weights(), max_len)
         self.device = str(self.runner.device)
         # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
