@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aruntime.engine.config import ModelConfig, ModelConfigError
-from aruntime.engine.tokenizer import Tokenizer, TokenizerError
+from aruntime.engine.tokenizer import Tokenizer, TokenizerError, read_json_object
 
 if TYPE_CHECKING:  # torch is imported when weights are read, not to check a directory
     import torch
@@ -79,12 +79,7 @@ def _read_config(path: Path) -> ModelConfig:
     file = path / "config.json"
     if not file.is_file():
         raise CheckpointError(f"{path} has no config.json")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{file} must hold a JSON object")
+    raw = read_json_object(file, CheckpointError)
     try:
         return ModelConfig.from_hf(raw)
     except ModelConfigError as exc:

@@ -71,13 +71,14 @@ def _token_content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A checkpoint's JSON file that must hold an object; anything else raises `error`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"cannot read {path}: {exc}") from None
+        raise error(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise TokenizerError(f"{path} must hold a JSON object")
+        raise error(f"{path} must hold a JSON object")
     return data
 
 
@@ -132,7 +133,7 @@ class Tokenizer:
         except Exception as exc:  # noqa: BLE001 - the Rust side raises bare Exception on bad JSON
             raise TokenizerError(f"cannot load {tok_file}: {exc}") from None
         cfg_file = path / "tokenizer_config.json"
-        cfg = _read_json(cfg_file) if cfg_file.is_file() else {}
+        cfg = read_json_object(cfg_file, TokenizerError) if cfg_file.is_file() else {}
         jinja_file = path / "chat_template.jinja"
         # transformers writes the template to its own file and prefers it when both exist.
         try:
