@@ -6,19 +6,37 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-# subcommand path -> (module, help). The module defines `add_arguments(parser)` and `run(args)`.
+# subcommand path -> (target, help). A target "pkg.module" defines `add_arguments(parser)` and
+# `run(args)`; "pkg.module:name" defines `add_name_arguments(parser)` and `run_name(args)`, so one
+# module can hold several related subcommands.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("serve",): ("aruntime.serve.launch", "start the OpenAI-compatible server"),
     ("demo-model",): ("aruntime.engine.demo", "write a random-weight demo checkpoint"),
     ("bench", "engine"): ("aruntime.bench.engine", "engine throughput against transformers"),
     ("schemas",): ("aruntime.contracts", "export the contracts' JSON Schemas"),
+    ("claims", "check"): ("aruntime.claims.cli:check", "validate the claim registry and docs"),
+    ("claims", "add"): ("aruntime.claims.cli:add", "register a benchmark's claim record"),
+    ("claims", "review"): ("aruntime.claims.cli:review", "mark a claim reviewed now"),
+    ("claims", "yank"): ("aruntime.claims.cli:yank", "yank a claim, keeping it with its reason"),
+    ("claims", "due"): ("aruntime.claims.cli:due", "list claims that need re-review now"),
+    ("claims", "render"): ("aruntime.claims.cli:render", "render README table and CHANGELOG"),
+    ("evidence", "verify"): ("aruntime.state.evidence_cli:verify", "verify an evidence log"),
+    ("evidence", "show"): ("aruntime.state.evidence_cli:show", "show one request's evidence"),
 }
 
 
 class UsageError(Exception):
     """Bad input on the command line: printed as one line, exit status 2."""
+
+
+def _resolve(target: str, pattern: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    attr = pattern.format(f"{name}_" if pattern.startswith("add") and name else
+                          f"_{name}" if name else "")
+    return getattr(importlib.import_module(module), attr)
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -36,9 +54,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                     dest=f"{word}_command", required=True)
             target = groups[word]
         p = target.add_parser(path[-1], help=help_text)
-        p.set_defaults(_module=module)
+        p.set_defaults(_target=module)
         if list(path) == words[:len(path)]:
-            importlib.import_module(module).add_arguments(p)
+            _resolve(module, "add_{}arguments")(p)
     return parser
 
 
@@ -46,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(_resolve(args._target, "run{}")(args) or 0)
     except UsageError as exc:
         print(f"aruntime: error: {exc}", file=sys.stderr)
         return 2
