@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build of this exact version is on disk here.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# the Redis KV tier's tests start a real, throwaway redis-server
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	touch $(STAMP)
 
 run: setup

@@ -103,6 +103,10 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "float32"
     enable_prefix_caching: bool = True
+    kv_host_bytes: int = 0  # KV tiers below the device: host RAM, local disk, Redis
+    kv_disk_dir: str | None = None
+    kv_disk_bytes: int = 0
+    kv_redis_url: str | None = None
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
     extra: dict[str, Any] = field(default_factory=dict)
 

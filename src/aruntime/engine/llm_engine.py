@@ -11,6 +11,7 @@ import msgspec
 import torch
 
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.kv_offload import TierLoader, build_tiers
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.outputs import EngineStats, RequestOutput
@@ -40,8 +41,11 @@ class LLMEngine:
         self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)
         self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching)
         self.key_scheme = KeyScheme(config.block_size, self.revision)
+        self.tiers = build_tiers(self.key_scheme, config.kv_host_bytes, config.kv_disk_dir,
+                                 config.kv_disk_bytes, config.kv_redis_url)
+        self.loader = TierLoader(self.tiers, self.runner) if self.tiers else None
         self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
-                                   config.max_num_batched_tokens)
+                                   config.max_num_batched_tokens, self.loader)
         eos = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -89,6 +93,9 @@ class LLMEngine:
         sampling, logits = self.runner.execute(sched)
         for chunk in sched.chunks:
             self.scheduler.on_computed(chunk)
+        if self.loader is not None and self.scheduler.published:
+            self.loader.store(self.scheduler.published)
+            self.scheduler.published.clear()
         if not sampling:
             return []
         seqs = [c.seq for c in sampling]

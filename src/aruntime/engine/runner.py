@@ -13,6 +13,7 @@ from aruntime.engine.attention import (
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
+from aruntime.state.kv_format import BlockPayload, StaleBlockError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +50,20 @@ class ModelRunner:
         # The C decode kernel where it applies (fp32 on CPU); grouped SDPA over gathered KV else.
         native_ok = self.device.type == "cpu" and self.dtype == torch.float32 and config.native_kernels
         self.native = NativeDecode.create() if native_ok else None
+
+    def read_block(self, block_id: int) -> BlockPayload:
+        """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
+        data = self.kv_cache[:, :, :, block_id].to("cpu").contiguous()
+        return BlockPayload(data.numpy().tobytes(), str(data.dtype).removeprefix("torch."),
+                            tuple(data.shape))
+
+    def write_block(self, block_id: int, payload: BlockPayload) -> None:
+        expected = tuple(self.kv_cache[:, :, :, block_id].shape)
+        if payload.shape != expected or payload.dtype != str(self.dtype).removeprefix("torch."):
+            raise StaleBlockError(f"block of shape {payload.shape} {payload.dtype}, "
+                                  f"expected {expected} {self.dtype}")
+        src = torch.frombuffer(bytearray(payload.data), dtype=self.dtype).view(expected)
+        self.kv_cache[:, :, :, block_id].copy_(src)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], torch.Tensor]:

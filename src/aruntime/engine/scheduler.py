@@ -12,9 +12,22 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.sequence import Sequence, SequenceStatus
+from aruntime.state.keys import BlockKey
+
+
+class PrefixLoader(Protocol):
+    """Lower KV tiers as the scheduler sees them: presence, and a load into device blocks."""
+
+    def available(self, keys: list[BlockKey]) -> int:
+        """How many leading keys a lower tier holds."""
+
+    def load(self, keys: list[BlockKey], block_ids: list[int]) -> int:
+        """Fill block_ids[i] with keys[i]'s KV, in order, stopping at the first block that is
+        missing or stale. Returns how many were loaded."""
 
 
 @dataclass(slots=True)
@@ -41,8 +54,11 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, block_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int) -> None:
+                 max_num_batched_tokens: int, loader: PrefixLoader | None = None) -> None:
         self.pool = pool
+        self.loader = loader
+        self.tier_hit_tokens = 0
+        self.published: list[tuple[int, BlockKey]] = []  # newly computed blocks, for the tiers
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -100,13 +116,32 @@ class Scheduler:
         hits = self.pool.lookup(keys, seq.token_ids, bs)
         self.pool.take(hits)
         seq.block_table = list(hits)
-        seq.num_computed_tokens = len(hits) * bs
-        seq.num_published_blocks = len(hits)
+        loaded = self._load_from_tiers(seq, keys[len(hits):]) if self.loader else 0
+        seq.num_computed_tokens = (len(hits) + loaded) * bs
+        seq.num_published_blocks = len(hits) + loaded
         if seq.scheduled_time is None:
             seq.scheduled_time = time.time()
             seq.num_cached_tokens = seq.num_computed_tokens
             self.prefix_query_tokens += seq.num_tokens
             self.prefix_hit_tokens += seq.num_computed_tokens
+
+    def _load_from_tiers(self, seq: Sequence, keys: list[BlockKey]) -> int:
+        """Continue a device prefix hit from lower tiers into fresh device blocks. Blocks that
+        could not be loaded (gone or stale) are given back and their tokens recomputed."""
+        assert self.loader is not None
+        n = min(self.loader.available(keys), self.pool.num_free)
+        if n == 0:
+            return 0
+        ids = self.pool.allocate(n)
+        loaded = self.loader.load(keys[:n], ids)
+        self.pool.free(ids[loaded:][::-1])
+        bs, start = self.block_size, len(seq.block_table)
+        for i, block_id in enumerate(ids[:loaded]):
+            j = start + i
+            self.pool.cache(block_id, keys[i], seq.token_ids[j * bs:(j + 1) * bs])
+        seq.block_table += ids[:loaded]
+        self.tier_hit_tokens += loaded * bs
+        return loaded
 
     def _grow(self, seq: Sequence, num_new_tokens: int) -> bool:
         need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - len(seq.block_table)
@@ -138,6 +173,8 @@ class Scheduler:
             keys = seq.block_keys(bs, full)
             for i in range(seq.num_published_blocks, full):
                 self.pool.cache(seq.block_table[i], keys[i], seq.token_ids[i * bs:(i + 1) * bs])
+                if self.loader is not None:
+                    self.published.append((seq.block_table[i], keys[i]))
             seq.num_published_blocks = full
 
     def finish(self, seq: Sequence) -> None:

@@ -1,0 +1,58 @@
+"""The engine's side of the KV tiers: device blocks written through to the tiers after they are
+computed, and prefix hits in the tiers loaded back into device blocks before they are used."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aruntime.engine.runner import ModelRunner
+from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.kv_format import StaleBlockError
+from aruntime.state.tier_stores import DiskStore, HostStore, RedisStore, TierStore
+from aruntime.state.tiered_cache import TieredKVCache
+
+logger = logging.getLogger(__name__)
+
+
+def build_tiers(scheme: KeyScheme, host_bytes: int = 0, disk_dir: str | None = None,
+                disk_bytes: int = 0, redis_url: str | None = None) -> TieredKVCache | None:
+    """The tiers a deployment asked for, top to bottom; None when it asked for none."""
+    stores: list[TierStore] = []
+    if host_bytes > 0:
+        stores.append(HostStore(host_bytes))
+    if disk_dir:
+        if disk_bytes <= 0:
+            raise ValueError("--kv-disk-dir needs --kv-disk-bytes > 0")
+        stores.append(DiskStore(Path(disk_dir), disk_bytes, scheme))
+    if redis_url:
+        stores.append(RedisStore(redis_url, scheme))
+    return TieredKVCache(scheme, stores) if stores else None
+
+
+class TierLoader:
+    """Implements the scheduler's PrefixLoader over a TieredKVCache and the runner's blocks."""
+
+    def __init__(self, tiers: TieredKVCache, runner: ModelRunner) -> None:
+        self.tiers = tiers
+        self.runner = runner
+
+    def available(self, keys: list[BlockKey]) -> int:
+        return self.tiers.available(keys)
+
+    def load(self, keys: list[BlockKey], block_ids: list[int]) -> int:
+        for i, (key, block_id) in enumerate(zip(keys, block_ids)):
+            payload = self.tiers.get(key)
+            if payload is None:
+                return i
+            try:
+                self.runner.write_block(block_id, payload)
+            except StaleBlockError as exc:  # right scheme, wrong layout: drop, recompute
+                logger.warning("dropping KV block %s: %s", key.hex()[:16], exc)
+                return i
+        return len(keys)
+
+    def store(self, published: list[tuple[int, BlockKey]]) -> None:
+        """Write-through of newly computed blocks (their KV is final: blocks are immutable)."""
+        for block_id, key in published:
+            self.tiers.put(key, self.runner.read_block(block_id))

@@ -1,0 +1,240 @@
+"""Where KV blocks live beyond the device: host RAM, local disk, Redis. One small interface;
+each store holds encoded blocks (see kv_format) by key and is bounded by bytes.
+
+Stores are called from the engine thread and from the tier writer thread, so each has a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from pathlib import Path
+
+from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.kv_format import KeySchemeMismatchError, scheme_descriptor
+
+
+class TierStore(ABC):
+    """A bounded map from block key to encoded block."""
+
+    name: str
+
+    @abstractmethod
+    def contains(self, key: BlockKey) -> bool:
+        """Cheap presence check, used by the scheduler to count prefix hits."""
+
+    @abstractmethod
+    def get(self, key: BlockKey) -> bytes | None:
+        """The stored blob, or None. Counts as a use for LRU order."""
+
+    @abstractmethod
+    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
+        """Store a blob; returns what was evicted to make room (for demotion downwards)."""
+
+    @abstractmethod
+    def delete(self, key: BlockKey) -> None:
+        """Drop a block (a stale one, typically)."""
+
+    def used_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+class HostStore(TierStore):
+    """Host RAM, LRU, bounded by bytes. Pinned keys are never evicted."""
+
+    name = "host"
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self._blobs: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._bytes = 0
+        self._pinned: set[BlockKey] = set()
+        self._lock = threading.Lock()
+
+    def contains(self, key: BlockKey) -> bool:
+        return key in self._blobs
+
+    def get(self, key: BlockKey) -> bytes | None:
+        with self._lock:
+            blob = self._blobs.get(key)
+            if blob is not None:
+                self._blobs.move_to_end(key)
+            return blob
+
+    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
+        if len(blob) > self.capacity:
+            return [(key, blob)]
+        with self._lock:
+            if key in self._blobs:
+                self._blobs.move_to_end(key)
+                return []
+            self._blobs[key] = blob
+            self._bytes += len(blob)
+            return self._evict_locked()
+
+    def _evict_locked(self) -> list[tuple[BlockKey, bytes]]:
+        evicted = []
+        victims = iter(list(self._blobs))
+        while self._bytes > self.capacity:
+            victim = next(victims, None)
+            if victim is None:
+                break
+            if victim in self._pinned:
+                continue
+            blob = self._blobs.pop(victim)
+            self._bytes -= len(blob)
+            evicted.append((victim, blob))
+        return evicted
+
+    def pin(self, key: BlockKey) -> None:
+        self._pinned.add(key)
+
+    def unpin(self, key: BlockKey) -> None:
+        self._pinned.discard(key)
+
+    def delete(self, key: BlockKey) -> None:
+        with self._lock:
+            blob = self._blobs.pop(key, None)
+            if blob is not None:
+                self._bytes -= len(blob)
+
+    def used_bytes(self) -> int:
+        return self._bytes
+
+
+class DiskStore(TierStore):
+    """One file per block under a directory, written atomically (temp file, fsync, rename),
+    LRU by last use, bounded by bytes. The directory announces its key scheme in scheme.json;
+    opening it with another scheme is a KeySchemeMismatchError."""
+
+    name = "disk"
+
+    def __init__(self, root: Path, capacity_bytes: int, scheme: KeyScheme) -> None:
+        self.root = Path(root)
+        self.capacity = capacity_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        _claim_scheme_file(self.root / "scheme.json", scheme)
+        self._lock = threading.Lock()
+        self._index: OrderedDict[BlockKey, int] = OrderedDict()  # key -> size, LRU order
+        files = sorted(self.root.glob("*.kv"), key=lambda f: f.stat().st_mtime)
+        for file in files:  # resume what an earlier process left, oldest first
+            self._index[BlockKey(bytes.fromhex(file.stem))] = file.stat().st_size
+        self._bytes = sum(self._index.values())
+
+    def _path(self, key: BlockKey) -> Path:
+        return self.root / f"{key.hex()}.kv"
+
+    def contains(self, key: BlockKey) -> bool:
+        return key in self._index
+
+    def get(self, key: BlockKey) -> bytes | None:
+        with self._lock:
+            if key not in self._index:
+                return None
+            self._index.move_to_end(key)
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            self.delete(key)
+            return None
+
+    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
+        if len(blob) > self.capacity:
+            return [(key, blob)]
+        with self._lock:
+            if key in self._index:
+                self._index.move_to_end(key)
+                return []
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(key))
+        evicted = []
+        with self._lock:
+            self._index[key] = len(blob)
+            self._bytes += len(blob)
+            while self._bytes > self.capacity and self._index:
+                victim, size = self._index.popitem(last=False)
+                self._bytes -= size
+                path = self._path(victim)
+                try:
+                    evicted.append((victim, path.read_bytes()))
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+        return evicted
+
+    def delete(self, key: BlockKey) -> None:
+        with self._lock:
+            size = self._index.pop(key, None)
+            if size is not None:
+                self._bytes -= size
+        self._path(key).unlink(missing_ok=True)
+
+    def used_bytes(self) -> int:
+        return self._bytes
+
+
+class RedisStore(TierStore):
+    """A Redis server shared by workers and machines. Keys live under a prefix that also holds
+    the announced scheme; capacity is the server's own (maxmemory with an LRU policy)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, scheme: KeyScheme, prefix: str = "aruntime:kv",
+                 timeout_s: float = 2.0) -> None:
+        import redis  # optional dependency: only a Redis tier needs it
+
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                           socket_connect_timeout=timeout_s)
+        self.prefix = prefix
+        descriptor = json.dumps(scheme_descriptor(scheme), sort_keys=True)
+        self.client.set(f"{prefix}:scheme", descriptor, nx=True)
+        announced = self.client.get(f"{prefix}:scheme")
+        if announced is not None and announced.decode() != descriptor:
+            raise KeySchemeMismatchError(
+                f"Redis {url} prefix {prefix!r} holds blocks of scheme {announced.decode()}, "
+                f"not {descriptor}")
+
+    def _k(self, key: BlockKey) -> str:
+        return f"{self.prefix}:{key.hex()}"
+
+    def contains(self, key: BlockKey) -> bool:
+        return bool(self.client.exists(self._k(key)))
+
+    def get(self, key: BlockKey) -> bytes | None:
+        blob = self.client.get(self._k(key))
+        return bytes(blob) if blob is not None else None
+
+    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
+        self.client.set(self._k(key), blob)
+        return []
+
+    def delete(self, key: BlockKey) -> None:
+        self.client.delete(self._k(key))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _claim_scheme_file(path: Path, scheme: KeyScheme) -> None:
+    descriptor = scheme_descriptor(scheme)
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != descriptor:
+            raise KeySchemeMismatchError(
+                f"{path.parent} holds KV blocks of scheme {found}, not {descriptor}; "
+                "use another --kv-disk-dir for this model")
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(descriptor, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,123 @@
+"""KV blocks in tiers below the device: host RAM → local disk → Redis, behind one object.
+
+Writes enter at the top (write-through from the device after a block is computed); what a tier
+evicts is demoted to the next one by a writer thread, so slow disk and network writes stay off
+the step loop. A read searches the tiers in order, checks the block (kv_format), drops a stale
+copy wherever it is found, and promotes a good lower-tier copy back to host RAM.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.kv_format import BlockPayload, StaleBlockError, decode, encode
+from aruntime.state.tier_stores import TierStore
+
+logger = logging.getLogger(__name__)
+
+LOAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+
+
+@dataclass
+class TierCounters:
+    hits: int = 0
+    misses: int = 0
+    stale: int = 0  # corrupt, truncated or foreign blocks found and dropped
+    evictions: int = 0
+    stored_bytes: int = 0
+    load_seconds_sum: float = 0.0
+    load_buckets: list[int] = field(default_factory=lambda: [0] * (len(LOAD_BUCKETS_S) + 1))
+
+    def observe_load(self, seconds: float) -> None:
+        self.load_seconds_sum += seconds
+        self.load_buckets[bisect.bisect_left(LOAD_BUCKETS_S, seconds)] += 1
+
+
+class TieredKVCache:
+    def __init__(self, scheme: KeyScheme, stores: list[TierStore]) -> None:
+        if not stores:
+            raise ValueError("a tiered cache needs at least one store")
+        self.scheme = scheme
+        self.stores = stores
+        self.counters = {s.name: TierCounters() for s in stores}
+        self._demotions: queue.Queue[tuple[int, BlockKey, bytes] | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="kv-tier-writer", daemon=True)
+        self._writer.start()
+
+    def put(self, key: BlockKey, payload: BlockPayload) -> None:
+        """Write-through into the top tier; its evictions go down on the writer thread."""
+        top = self.stores[0]
+        if top.contains(key):
+            return
+        self._store(0, key, encode(self.scheme, key, payload))
+
+    def _store(self, level: int, key: BlockKey, blob: bytes) -> None:
+        store = self.stores[level]
+        evicted = store.put(key, blob)
+        self.counters[store.name].stored_bytes = store.used_bytes()
+        for victim, victim_blob in evicted:
+            self.counters[store.name].evictions += 1
+            if level + 1 < len(self.stores):
+                self._demotions.put((level + 1, victim, victim_blob))
+
+    def _write_loop(self) -> None:
+        while (item := self._demotions.get()) is not None:
+            try:
+                self._store(*item)
+            except Exception:  # a failing lower tier loses a cached copy, never a request
+                logger.exception("demotion into %s failed", self.stores[item[0]].name)
+            finally:
+                self._demotions.task_done()
+        self._demotions.task_done()
+
+    def flush(self) -> None:
+        """Wait until every pending demotion is written."""
+        self._demotions.join()
+
+    def available(self, keys: list[BlockKey]) -> int:
+        """How many leading keys some tier holds (presence only; reads check the content)."""
+        n = 0
+        for key in keys:
+            if not any(s.contains(key) for s in self.stores):
+                break
+            n += 1
+        return n
+
+    def get(self, key: BlockKey) -> BlockPayload | None:
+        for level, store in enumerate(self.stores):
+            counters = self.counters[store.name]
+            start = time.perf_counter()
+            try:
+                blob = store.get(key)
+            except Exception:  # an unreachable tier is a miss, not a failure
+                logger.exception("reading %s from %s failed", key.hex()[:16], store.name)
+                blob = None
+            if blob is None:
+                counters.misses += 1
+                continue
+            try:
+                payload = decode(blob, self.scheme, key)
+            except StaleBlockError as exc:
+                counters.stale += 1
+                logger.warning("dropping a stale KV block %s from %s: %s", key.hex()[:16],
+                               store.name, exc)
+                store.delete(key)
+                continue
+            counters.hits += 1
+            counters.observe_load(time.perf_counter() - start)
+            if level > 0:  # promote: the next use finds it in host RAM
+                self._store(0, key, blob)
+            return payload
+        return None
+
+    def close(self) -> None:
+        self._demotions.put(None)
+        self._writer.join(timeout=10)
+        for store in self.stores:
+            store.close()

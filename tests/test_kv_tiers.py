@@ -1,0 +1,173 @@
+"""KV tiers below the device: identical greedy outputs from every tier, stale blocks caught and
+recomputed, key-scheme mismatches refused, tenants isolated. Redis is a real server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.llm_engine import LLMEngine
+from aruntime.engine.sampling import SamplingParams
+from aruntime.state.keys import BlockKey, KeyScheme, prefix_keys
+from aruntime.state.kv_format import KeySchemeMismatchError, decode, encode
+from aruntime.state.tier_stores import DiskStore, RedisStore
+from redis_server import redis_server
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+BLOCK = 4
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(100, 1500) for _ in range(n)]
+
+
+def engine(model: Path, blocks: int = 64, **tiers: object) -> LLMEngine:
+    block_bytes = 2 * 2 * 2 * BLOCK * 16 * 4  # tiny: layers * (k, v) * kv_heads * block * dim * 4
+    return LLMEngine(EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
+                                  kv_cache_bytes=blocks * block_bytes, **tiers))  # type: ignore[arg-type]
+
+
+PROMPT = prompt(41, 1)  # 10 full blocks
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path) -> list[int]:
+    return engine(tiny_model_dir, enable_prefix_caching=False).generate([PROMPT], GREEDY)[0].new_token_ids
+
+
+def evict_device(eng: LLMEngine) -> None:
+    """Run unrelated prompts until none of PROMPT's blocks is left in the device cache."""
+    for seed in range(100, 110):
+        eng.generate([prompt(60, seed)], GREEDY)
+
+
+def test_host_tier_serves_evicted_prefix(tiny_model_dir: Path, reference: list[int]) -> None:
+    eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=1 << 20)
+    assert eng.generate([PROMPT], GREEDY)[0].new_token_ids == reference
+    evict_device(eng)
+    out = eng.generate([PROMPT], GREEDY)[0]
+    assert out.new_token_ids == reference
+    assert out.num_cached_tokens == 40 and eng.tiers.counters["host"].hits >= 10
+
+
+def test_disk_tier_survives_a_restart_and_host_demotes_to_it(tiny_model_dir: Path, tmp_path: Path,
+                                                             reference: list[int]) -> None:
+    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
+    first = engine(tiny_model_dir, kv_host_bytes=3000, **disk)  # host holds ~2 blocks
+    assert first.generate([PROMPT], GREEDY)[0].new_token_ids == reference
+    first.tiers.flush()
+    assert first.tiers.counters["host"].evictions >= 8
+    assert len(list((tmp_path / "kv").glob("*.kv"))) >= 8
+    first.tiers.close()
+    second = engine(tiny_model_dir, **disk)  # a new engine: nothing on its device
+    out = second.generate([PROMPT], GREEDY)[0]
+    assert out.new_token_ids == reference and out.num_cached_tokens == 40
+    assert second.tiers.counters["disk"].hits == 10
+
+
+def test_redis_tier_is_shared_between_engines(tiny_model_dir: Path, redis_url: str,
+                                              reference: list[int]) -> None:
+    writer = engine(tiny_model_dir, kv_redis_url=redis_url)
+    writer.generate([PROMPT], GREEDY)
+    reader = engine(tiny_model_dir, kv_redis_url=redis_url)
+    out = reader.generate([PROMPT], GREEDY)[0]
+    assert out.new_token_ids == reference and out.num_cached_tokens == 40
+    assert reader.tiers.counters["redis"].hits == 10
+
+
+def corrupt_blocks(read: Callable[[BlockKey], bytes], write: Callable[[BlockKey, bytes], object],
+                   keys: list[BlockKey], scheme: KeyScheme) -> None:
+    """Flip a payload byte of one block, truncate another, replace a third with a block of
+    another scheme under the same key."""
+    blob = read(keys[0])
+    write(keys[0], blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    write(keys[1], read(keys[1])[:-100])
+    other = KeyScheme(scheme.block_size, "sha256:" + "0" * 64)
+    payload = decode(read(keys[2]), scheme, keys[2])
+    write(keys[2], encode(other, keys[2], payload))
+
+
+def test_stale_blocks_on_disk_are_dropped_and_recomputed(tiny_model_dir: Path, tmp_path: Path,
+                                                         reference: list[int]) -> None:
+    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
+    first = engine(tiny_model_dir, **disk)
+    first.generate([PROMPT], GREEDY)
+    keys = _prompt_keys(first)
+    files = {k: tmp_path / "kv" / f"{k.hex()}.kv" for k in keys}
+    corrupt_blocks(lambda k: files[k].read_bytes(), lambda k, b: files[k].write_bytes(b),
+                   [keys[5], keys[6], keys[7]], first.key_scheme)
+    # Each restart meets the first bad block of the prefix, drops it and recomputes from there:
+    # checksum mismatch, then truncation, then the foreign scheme; then the prefix is whole.
+    for cached in (5, 6, 7):
+        eng = engine(tiny_model_dir, **disk)
+        out = eng.generate([PROMPT], GREEDY)[0]
+        assert out.new_token_ids == reference
+        assert out.num_cached_tokens == cached * BLOCK and eng.tiers.counters["disk"].stale == 1
+        decode(files[keys[cached]].read_bytes(), first.key_scheme, keys[cached])  # rewritten
+    assert engine(tiny_model_dir, **disk).generate([PROMPT], GREEDY)[0].num_cached_tokens == 40
+
+
+def test_stale_blocks_in_redis_are_dropped_and_recomputed(tiny_model_dir: Path, redis_url: str,
+                                                          reference: list[int]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    first = engine(tiny_model_dir, kv_redis_url=redis_url)
+    first.generate([PROMPT], GREEDY)
+    keys = _prompt_keys(first)
+    rkey = lambda k: f"aruntime:kv:{k.hex()}"  # noqa: E731
+    corrupt_blocks(lambda k: client.get(rkey(k)), lambda k, b: client.set(rkey(k), b),
+                   [keys[2], keys[3], keys[4]], first.key_scheme)
+    for cached in (2, 3, 4):
+        eng = engine(tiny_model_dir, kv_redis_url=redis_url)
+        out = eng.generate([PROMPT], GREEDY)[0]
+        assert out.new_token_ids == reference
+        assert out.num_cached_tokens == cached * BLOCK and eng.tiers.counters["redis"].stale == 1
+        decode(client.get(rkey(keys[cached])), first.key_scheme, keys[cached])  # rewritten
+    assert engine(tiny_model_dir, kv_redis_url=redis_url).generate(
+        [PROMPT], GREEDY)[0].num_cached_tokens == 40
+    client.close()
+
+
+def _prompt_keys(eng: LLMEngine) -> list[BlockKey]:
+    return prefix_keys(eng.key_scheme.root(), PROMPT, BLOCK)
+
+
+def test_key_scheme_mismatch_is_loud(tmp_path: Path, redis_url: str) -> None:
+    a = KeyScheme(4, "sha256:" + "a" * 64)
+    b = KeyScheme(8, "sha256:" + "a" * 64)
+    DiskStore(tmp_path / "kv", 1 << 20, a)
+    with pytest.raises(KeySchemeMismatchError, match="scheme"):
+        DiskStore(tmp_path / "kv", 1 << 20, b)
+    RedisStore(redis_url, a, prefix="aruntime:test-scheme").close()
+    with pytest.raises(KeySchemeMismatchError):
+        RedisStore(redis_url, b, prefix="aruntime:test-scheme")
+
+
+def test_tenants_never_share_blocks(tiny_model_dir: Path, tmp_path: Path) -> None:
+    eng = engine(tiny_model_dir, kv_host_bytes=1 << 20)
+    eng.add_request("a", PROMPT, GREEDY, tenant_salt=b"tenant-a")
+    while eng.has_unfinished_requests():
+        eng.step()
+    outs = []
+    eng.add_request("b", PROMPT, GREEDY, tenant_salt=b"tenant-b")
+    while eng.has_unfinished_requests():
+        outs += eng.step()
+    assert outs[-1].num_cached_tokens == 0 and eng.tiers.counters["host"].hits == 0
+    eng.add_request("a2", PROMPT, GREEDY, tenant_salt=b"tenant-a")
+    outs = []
+    while eng.has_unfinished_requests():
+        outs += eng.step()
+    assert outs[-1].num_cached_tokens == 40
