@@ -54,7 +54,9 @@ class ModelRunner:
     def read_block(self, block_id: int) -> BlockPayload:
         """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
         data = self.kv_cache[:, :, :, block_id].to("cpu").contiguous()
-        return BlockPayload(data.numpy().tobytes(), str(data.dtype).removeprefix("torch."),
+        # bytes through a uint8 view: numpy has no bfloat16
+        return BlockPayload(bytearray(data.view(torch.uint8).numpy()),
+                            str(data.dtype).removeprefix("torch."),
                             tuple(data.shape))
 
     def write_block(self, block_id: int, payload: BlockPayload) -> None:
@@ -62,7 +64,8 @@ class ModelRunner:
         if payload.shape != expected or payload.dtype != str(self.dtype).removeprefix("torch."):
             raise StaleBlockError(f"block of shape {payload.shape} {payload.dtype}, "
                                   f"expected {expected} {self.dtype}")
-        src = torch.frombuffer(bytearray(payload.data), dtype=self.dtype).view(expected)
+        data = payload.data if isinstance(payload.data, bytearray) else bytearray(payload.data)
+        src = torch.frombuffer(data, dtype=self.dtype).view(expected)
         self.kv_cache[:, :, :, block_id].copy_(src)
 
     @torch.inference_mode()

@@ -31,7 +31,7 @@ def scheme_descriptor(scheme: KeyScheme) -> dict[str, object]:
 
 @dataclass(frozen=True, slots=True)
 class BlockPayload:
-    data: bytes  # the tensor bytes, C order
+    data: bytes | bytearray  # the tensor bytes, C order
     dtype: str
     shape: tuple[int, ...]
 
@@ -59,7 +59,7 @@ def decode(blob: bytes, scheme: KeyScheme, key: BlockKey) -> BlockPayload:
         raise StaleBlockError(f"block from another key scheme: {header.get('scheme')}")
     if header.get("key") != key.hex():
         raise StaleBlockError("block stored under another key")
-    data = blob[start + size:]
+    data = bytearray(blob[start + size:])  # writable, so a tensor can view it without a copy
     if len(data) != header.get("nbytes"):
         raise StaleBlockError(f"truncated block: {len(data)} of {header.get('nbytes')} bytes")
     if hashlib.sha256(data).hexdigest() != header.get("sha256"):

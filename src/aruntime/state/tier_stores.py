@@ -13,15 +13,18 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from aruntime.state.keys import BlockKey, KeyScheme
 from aruntime.state.kv_format import KeySchemeMismatchError, scheme_descriptor
 
 
 class TierStore(ABC):
-    """A bounded map from block key to encoded block."""
+    """A bounded map from block key to block. Stores outside this process hold encoded blocks
+    (`encoded = True`: checked on every read); host RAM holds payloads as they are."""
 
     name: str
+    encoded: bool = True
 
     @abstractmethod
     def contains(self, key: BlockKey) -> bool:
@@ -47,13 +50,15 @@ class TierStore(ABC):
 
 
 class HostStore(TierStore):
-    """Host RAM, LRU, bounded by bytes. Pinned keys are never evicted."""
+    """Host RAM, LRU, bounded by bytes. Pinned keys are never evicted. It lives in this process,
+    so it holds raw payloads: no encoding or checksum on the restore path."""
 
     name = "host"
+    encoded = False
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = capacity_bytes
-        self._blobs: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._blobs: OrderedDict[BlockKey, Any] = OrderedDict()
         self._bytes = 0
         self._pinned: set[BlockKey] = set()
         self._lock = threading.Lock()
@@ -61,22 +66,22 @@ class HostStore(TierStore):
     def contains(self, key: BlockKey) -> bool:
         return key in self._blobs
 
-    def get(self, key: BlockKey) -> bytes | None:
+    def get(self, key: BlockKey) -> Any:
         with self._lock:
             blob = self._blobs.get(key)
             if blob is not None:
                 self._blobs.move_to_end(key)
             return blob
 
-    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
-        if len(blob) > self.capacity:
+    def put(self, key: BlockKey, blob: Any) -> list[tuple[BlockKey, Any]]:
+        if _size(blob) > self.capacity:
             return [(key, blob)]
         with self._lock:
             if key in self._blobs:
                 self._blobs.move_to_end(key)
                 return []
             self._blobs[key] = blob
-            self._bytes += len(blob)
+            self._bytes += _size(blob)
             return self._evict_locked()
 
     def _evict_locked(self) -> list[tuple[BlockKey, bytes]]:
@@ -89,7 +94,7 @@ class HostStore(TierStore):
             if victim in self._pinned:
                 continue
             blob = self._blobs.pop(victim)
-            self._bytes -= len(blob)
+            self._bytes -= _size(blob)
             evicted.append((victim, blob))
         return evicted
 
@@ -103,7 +108,7 @@ class HostStore(TierStore):
         with self._lock:
             blob = self._blobs.pop(key, None)
             if blob is not None:
-                self._bytes -= len(blob)
+                self._bytes -= _size(blob)
 
     def used_bytes(self) -> int:
         return self._bytes
@@ -224,6 +229,11 @@ class RedisStore(TierStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _size(item: Any) -> int:
+    """Bytes held: an encoded blob's length, or a payload's data length."""
+    return len(item) if isinstance(item, bytes | bytearray) else len(item.data)
 
 
 def _claim_scheme_file(path: Path, scheme: KeyScheme) -> None:

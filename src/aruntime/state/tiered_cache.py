@@ -46,7 +46,8 @@ class TieredKVCache:
         self.scheme = scheme
         self.stores = stores
         self.counters = {s.name: TierCounters() for s in stores}
-        self._demotions: queue.Queue[tuple[int, BlockKey, bytes] | None] = queue.Queue()
+        self._demotions: queue.Queue[tuple[int, BlockKey, BlockPayload | bytes] | None] = (
+            queue.Queue())
         self._writer = threading.Thread(target=self._write_loop, name="kv-tier-writer", daemon=True)
         self._writer.start()
 
@@ -55,11 +56,16 @@ class TieredKVCache:
         top = self.stores[0]
         if top.contains(key):
             return
-        self._store(0, key, encode(self.scheme, key, payload))
+        self._store(0, key, payload)
 
-    def _store(self, level: int, key: BlockKey, blob: bytes) -> None:
+    def _store(self, level: int, key: BlockKey, item: BlockPayload | bytes) -> None:
+        """Put a payload or an encoded blob into a tier, converting to what the tier holds."""
         store = self.stores[level]
-        evicted = store.put(key, blob)
+        if store.encoded and isinstance(item, BlockPayload):
+            item = encode(self.scheme, key, item)
+        elif not store.encoded and not isinstance(item, BlockPayload):
+            item = decode(item, self.scheme, key)
+        evicted = store.put(key, item)
         self.counters[store.name].stored_bytes = store.used_bytes()
         for victim, victim_blob in evicted:
             self.counters[store.name].evictions += 1
@@ -102,7 +108,7 @@ class TieredKVCache:
                 counters.misses += 1
                 continue
             try:
-                payload = decode(blob, self.scheme, key)
+                payload = decode(blob, self.scheme, key) if store.encoded else blob
             except StaleBlockError as exc:
                 counters.stale += 1
                 logger.warning("dropping a stale KV block %s from %s: %s", key.hex()[:16],
@@ -111,8 +117,8 @@ class TieredKVCache:
                 continue
             counters.hits += 1
             counters.observe_load(time.perf_counter() - start)
-            if level > 0:  # promote: the next use finds it in host RAM
-                self._store(0, key, blob)
+            if level > 0:  # promote: the next use finds it in the top tier
+                self._store(0, key, payload)
             return payload
         return None
 
