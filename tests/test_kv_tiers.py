@@ -171,3 +171,20 @@ def test_tenants_never_share_blocks(tiny_model_dir: Path, tmp_path: Path) -> Non
     while eng.has_unfinished_requests():
         outs += eng.step()
     assert outs[-1].num_cached_tokens == 40
+
+
+def test_kv_events_name_the_tier(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from aruntime.state.kv_events import BlockRemoved, BlockStored
+
+    eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=3000, kv_events=True,
+                 kv_disk_dir=str(tmp_path / "kv"), kv_disk_bytes=1 << 20)
+    eng.generate([PROMPT], GREEDY)
+    eng.tiers.flush()
+    batch = eng.drain_kv_events("w0")
+    assert batch is not None and batch.worker_id == "w0"
+    stored = {m: {h for e in batch.events if isinstance(e, BlockStored) and e.medium == m
+                  for h in e.block_hashes} for m in ("device", "host", "disk")}
+    keys = set(_prompt_keys(eng))
+    assert keys <= stored["device"] and keys <= stored["host"] | stored["disk"]
+    assert any(isinstance(e, BlockRemoved) and e.medium == "host" for e in batch.events)
+    assert eng.drain_kv_events("w0") is None

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aruntime.state.keys import BlockKey
+from aruntime.state.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
 
 
 @dataclass(slots=True)
@@ -27,7 +28,9 @@ class NoFreeBlocksError(RuntimeError):
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool = True,
+                 events: EventBuffer | None = None) -> None:
+        self.events = events
         if num_blocks < 1:
             raise ValueError("the KV cache holds no block; raise --kv-cache-bytes")
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -57,6 +60,8 @@ class BlockPool:
             block = self.blocks[block_id]
             if block.key is not None:
                 del self._cached[block.key]
+                if self.events is not None:
+                    self.events.emit(BlockRemoved([block.key], "device"))
                 block.key, block.token_ids = None, ()
             block.ref_count = 1
             ids.append(block_id)
@@ -103,8 +108,12 @@ class BlockPool:
             return
         block.key, block.token_ids = key, tuple(token_ids)
         self._cached[key] = block_id
+        if self.events is not None:
+            self.events.emit(BlockStored([key], None, list(token_ids), len(token_ids), "device"))
 
     def reset_prefix_cache(self) -> None:
         for block in self.blocks:
             block.key, block.token_ids = None, ()
         self._cached.clear()
+        if self.events is not None:
+            self.events.emit(AllBlocksCleared("device"))

@@ -107,6 +107,7 @@ class EngineConfig:
     kv_disk_dir: str | None = None
     kv_disk_bytes: int = 0
     kv_redis_url: str | None = None
+    kv_events: bool = False  # collect BlockStored/BlockRemoved events for a cache directory
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aruntime.engine.runner import ModelRunner
 from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.kv_events import EventBuffer
 from aruntime.state.kv_format import StaleBlockError
 from aruntime.state.tier_stores import DiskStore, HostStore, RedisStore, TierStore
 from aruntime.state.tiered_cache import TieredKVCache
@@ -16,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_tiers(scheme: KeyScheme, host_bytes: int = 0, disk_dir: str | None = None,
-                disk_bytes: int = 0, redis_url: str | None = None) -> TieredKVCache | None:
+                disk_bytes: int = 0, redis_url: str | None = None,
+                events: EventBuffer | None = None) -> TieredKVCache | None:
     """The tiers a deployment asked for, top to bottom; None when it asked for none."""
     stores: list[TierStore] = []
     if host_bytes > 0:
@@ -27,7 +29,7 @@ def build_tiers(scheme: KeyScheme, host_bytes: int = 0, disk_dir: str | None = N
         stores.append(DiskStore(Path(disk_dir), disk_bytes, scheme))
     if redis_url:
         stores.append(RedisStore(redis_url, scheme))
-    return TieredKVCache(scheme, stores) if stores else None
+    return TieredKVCache(scheme, stores, events) if stores else None
 
 
 class TierLoader:

@@ -22,6 +22,7 @@ from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
 from aruntime.state.keys import KeyScheme
+from aruntime.state.kv_events import EventBuffer, KVEventBatch
 
 
 class LLMEngine:
@@ -39,10 +40,11 @@ class LLMEngine:
         self.device = str(self.runner.device)
         # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
         self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)
-        self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching)
+        self.events = EventBuffer() if config.kv_events else None
+        self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, self.events)
         self.key_scheme = KeyScheme(config.block_size, self.revision)
         self.tiers = build_tiers(self.key_scheme, config.kv_host_bytes, config.kv_disk_dir,
-                                 config.kv_disk_bytes, config.kv_redis_url)
+                                 config.kv_disk_bytes, config.kv_redis_url, self.events)
         self.loader = TierLoader(self.tiers, self.runner) if self.tiers else None
         self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
                                    config.max_num_batched_tokens, self.loader)
@@ -129,6 +131,10 @@ class LLMEngine:
         del self.seqs[seq.request_id]
         self._stops.pop(seq.request_id, None)
         self._generators.pop(seq.request_id, None)
+
+    def drain_kv_events(self, worker_id: str) -> KVEventBatch | None:
+        """The KV events since the last call (None when events are off or nothing happened)."""
+        return self.events.drain(worker_id) if self.events is not None else None
 
     def stats(self) -> EngineStats:
         s = self.scheduler

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.kv_events import BlockRemoved, BlockStored, EventBuffer
 from aruntime.state.kv_format import BlockPayload, StaleBlockError, decode, encode
 from aruntime.state.tier_stores import TierStore
 
@@ -40,10 +41,12 @@ class TierCounters:
 
 
 class TieredKVCache:
-    def __init__(self, scheme: KeyScheme, stores: list[TierStore]) -> None:
+    def __init__(self, scheme: KeyScheme, stores: list[TierStore],
+                 events: EventBuffer | None = None) -> None:
         if not stores:
             raise ValueError("a tiered cache needs at least one store")
         self.scheme = scheme
+        self.events = events
         self.stores = stores
         self.counters = {s.name: TierCounters() for s in stores}
         self._demotions: queue.Queue[tuple[int, BlockKey, BlockPayload | bytes] | None] = (
@@ -67,6 +70,12 @@ class TieredKVCache:
             item = decode(item, self.scheme, key)
         evicted = store.put(key, item)
         self.counters[store.name].stored_bytes = store.used_bytes()
+        if self.events is not None:
+            stored = [] if any(v == key for v, _ in evicted) else [key]
+            if stored:
+                self.events.emit(BlockStored(stored, None, [], self.scheme.block_size, store.name))
+            if evicted:
+                self.events.emit(BlockRemoved([v for v, _ in evicted], store.name))
         for victim, victim_blob in evicted:
             self.counters[store.name].evictions += 1
             if level + 1 < len(self.stores):
@@ -114,6 +123,8 @@ class TieredKVCache:
                 logger.warning("dropping a stale KV block %s from %s: %s", key.hex()[:16],
                                store.name, exc)
                 store.delete(key)
+                if self.events is not None:
+                    self.events.emit(BlockRemoved([key], store.name))
                 continue
             counters.hits += 1
             counters.observe_load(time.perf_counter() - start)
