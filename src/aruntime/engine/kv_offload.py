@@ -4,6 +4,7 @@ computed, and prefix hits in the tiers loaded back into device blocks before the
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from aruntime.engine.runner import ModelRunner
@@ -38,20 +39,27 @@ class TierLoader:
     def __init__(self, tiers: TieredKVCache, runner: ModelRunner) -> None:
         self.tiers = tiers
         self.runner = runner
+        # restore cost per tier, read to device blocks included: what a prefix hit really costs
+        self.restore_seconds = {s.name: 0.0 for s in tiers.stores}
+        self.restore_bytes = {s.name: 0 for s in tiers.stores}
 
     def available(self, keys: list[BlockKey]) -> int:
         return self.tiers.available(keys)
 
     def load(self, keys: list[BlockKey], block_ids: list[int]) -> int:
         for i, (key, block_id) in enumerate(zip(keys, block_ids)):
-            payload = self.tiers.get(key)
-            if payload is None:
+            start = time.perf_counter()
+            found = self.tiers.get(key)
+            if found is None:
                 return i
+            payload, tier = found
             try:
                 self.runner.write_block(block_id, payload)
             except StaleBlockError as exc:  # right scheme, wrong layout: drop, recompute
                 logger.warning("dropping KV block %s: %s", key.hex()[:16], exc)
                 return i
+            self.restore_seconds[tier] += time.perf_counter() - start
+            self.restore_bytes[tier] += len(payload.data)
         return len(keys)
 
     def store(self, published: list[tuple[int, BlockKey]]) -> None:

@@ -104,7 +104,8 @@ class TieredKVCache:
             n += 1
         return n
 
-    def get(self, key: BlockKey) -> BlockPayload | None:
+    def get(self, key: BlockKey) -> tuple[BlockPayload, str] | None:
+        """The block and the name of the tier it came from, or None."""
         for level, store in enumerate(self.stores):
             counters = self.counters[store.name]
             start = time.perf_counter()
@@ -130,7 +131,7 @@ class TieredKVCache:
             counters.observe_load(time.perf_counter() - start)
             if level > 0:  # promote: the next use finds it in the top tier
                 self._store(0, key, payload)
-            return payload
+            return payload, store.name
         return None
 
     def close(self) -> None:
