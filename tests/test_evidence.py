@@ -1,13 +1,17 @@
-"""The evidence log: a real file, real threads, real restarts."""
+"""The evidence log and its signatures: a real file, real threads, real restarts, real keys."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from aruntime.contracts import EvidenceRecord, canonical_json
 from aruntime.state.evidence import (
@@ -15,7 +19,15 @@ from aruntime.state.evidence import (
     EvidenceLog,
     EvidenceLogError,
     output_digest,
+    sign_record_hash,
     verify,
+)
+from aruntime.state.signing import (
+    DeploymentKey,
+    SigningError,
+    load_public_key,
+    public_key_path,
+    verify_signature,
 )
 
 SALT = b"tenant-salt-0123456789"
@@ -41,8 +53,8 @@ def _record(i: int, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def _write(log_path: Path, n: int) -> list[EvidenceRecord]:
-    with EvidenceLog(log_path) as log:
+def _write(log_path: Path, n: int, signer: DeploymentKey | None = None) -> list[EvidenceRecord]:
+    with EvidenceLog(log_path, signer) as log:
         return [log.append(_record(i)) for i in range(n)]
 
 
@@ -220,3 +232,201 @@ def test_output_digest_is_salted_and_ordered() -> None:
     assert a != output_digest(["onetwo"], SALT)  # boundaries between outputs count
     with pytest.raises(ValueError, match="16 bytes"):
         output_digest(["x"], b"short")
+
+
+# ---- the deployment key ------------------------------------------------------------------------
+
+
+def test_key_is_created_private_once_and_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "keys" / "evidence-ed25519.pem"
+    key = DeploymentKey.load_or_create(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "evidence-ed25519.pem", "evidence-ed25519.pub.pem"]  # no temporary files left
+    assert key.key_id.startswith("ed25519:") and len(key.key_id) == len("ed25519:") + 16
+    again = DeploymentKey.load_or_create(path)
+    assert again.key_id == key.key_id and again.path == path
+    public = public_key_path(path)
+    assert public.read_text() == key.public_pem()
+    assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    public.unlink()  # a verifier's copy is rewritten from the private key
+    DeploymentKey.load_or_create(path)
+    assert load_public_key(public).public_bytes_raw() == key.public_key.public_bytes_raw()
+
+
+def test_racing_creators_agree_on_one_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "evidence-ed25519.pem"
+    barrier = threading.Barrier(8)
+    ids: list[str] = []
+
+    def create() -> None:
+        barrier.wait()
+        ids.append(DeploymentKey.load_or_create(path).key_id)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert DeploymentKey.load_or_create(path).key_id == ids[0]
+
+
+def test_sign_and_verify_signature() -> None:
+    key, other = DeploymentKey.generate(), DeploymentKey.generate()
+    sig = key.sign(b"data")
+    assert len(sig) == 86 and "=" not in sig
+    assert verify_signature(key.public_key, b"data", sig)
+    assert not verify_signature(key.public_key, b"datA", sig)
+    assert not verify_signature(other.public_key, b"data", sig)
+    assert not verify_signature(key.public_key, b"data", sig[:-1])
+    assert not verify_signature(key.public_key, b"data", "!" * 86)
+    assert load_public_key(key.public_pem()).public_bytes_raw() == key.public_key.public_bytes_raw()
+
+
+def test_foreign_key_files_are_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key\n")
+    with pytest.raises(SigningError, match="not an unencrypted PEM private key"):
+        DeploymentKey.load_or_create(garbage)
+    with pytest.raises(SigningError, match="not a PEM public key"):
+        load_public_key(garbage)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_private = tmp_path / "ec.pem"
+    ec_private.write_bytes(ec_key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    with pytest.raises(SigningError, match="not an Ed25519 private key"):
+        DeploymentKey.load_or_create(ec_private)
+    ec_public = tmp_path / "ec.pub.pem"
+    ec_public.write_bytes(ec_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(SigningError, match="not an Ed25519 public key"):
+        load_public_key(ec_public)
+    with pytest.raises(SigningError, match="cannot read"):
+        load_public_key(tmp_path / "missing.pem")
+
+
+# ---- signed logs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key() -> DeploymentKey:
+    return DeploymentKey.generate()
+
+
+def _signed(tmp_path: Path, key: DeploymentKey, n: int = 5) -> tuple[Path, list[EvidenceRecord]]:
+    path = tmp_path / "evidence.jsonl"
+    return path, _write(path, n, key)
+
+
+def _edit(path: Path, index: int, **changes: Any) -> None:
+    lines = _lines(path)
+    data = json.loads(lines[index])
+    data.update(changes)
+    lines[index] = canonical_json(data) + b"\n"
+    path.write_bytes(b"".join(lines))
+
+
+def test_signed_log_verifies(tmp_path: Path, key: DeploymentKey) -> None:
+    path, records = _signed(tmp_path, key)
+    for rec in records:
+        assert rec.signature is not None and rec.hash is not None
+        key_id, _, sig = rec.signature.rpartition(":")
+        assert key_id == key.key_id
+        assert verify_signature(key.public_key, rec.hash.encode(), sig)
+    assert json.loads(_lines(path)[0])["signature"] == records[0].signature
+    result = verify(path, key.public_key, require_signatures=True, anchor=records[2].hash)
+    assert result.ok, result.errors
+    assert (result.count, result.signed, result.unsigned) == (5, 5, 0)
+    assert result.key_id == key.key_id and result.head == records[-1].hash
+    assert verify(path).ok  # without a key: the chain alone
+
+
+def test_append_replaces_a_caller_signature(tmp_path: Path, key: DeploymentKey) -> None:
+    path = tmp_path / "evidence.jsonl"
+    with EvidenceLog(path) as log:
+        assert log.append(_record(0, signature="ed25519:0000:forged")).signature is None
+    with EvidenceLog(path, key) as log:
+        assert log.append(_record(1, signature="forged")).signature != "forged"
+    result = verify(path, key.public_key)
+    assert result.ok and (result.signed, result.unsigned) == (1, 1)
+
+
+def test_signed_tampered_field_is_a_hash_mismatch(tmp_path: Path, key: DeploymentKey) -> None:
+    path, _ = _signed(tmp_path, key)
+    _edit(path, 1, hardware="h100")
+    result = verify(path, key.public_key, require_signatures=True)
+    assert result.errors == ["line 2: hash mismatch: the record was altered after it was written"]
+
+
+def test_signed_tamper_with_a_new_hash_is_a_bad_signature(tmp_path: Path,
+                                                           key: DeploymentKey) -> None:
+    path, _ = _signed(tmp_path, key)
+    data = json.loads(_lines(path)[1])
+    data["hardware"] = "h100"
+    _edit(path, 1, hardware="h100", hash=EvidenceRecord.model_validate(data).compute_hash())
+    result = verify(path, key.public_key)
+    assert not result.ok and result.signed == 4
+    assert result.errors[0] == "line 2: bad signature: it does not sign this record's hash"
+    assert result.errors[1].startswith("line 3: prev_hash does not match line 2")
+
+
+def test_record_signed_by_another_key(tmp_path: Path, key: DeploymentKey) -> None:
+    path, records = _signed(tmp_path, key)
+    other = DeploymentKey.generate()
+    assert records[3].hash is not None
+    _edit(path, 3, signature=sign_record_hash(other, records[3].hash))
+    result = verify(path, key.public_key)
+    assert result.errors == [
+        f"line 4: signed by another key ({other.key_id}, expected {key.key_id})"]
+    # The other key's signature claiming to be ours is simply bad.
+    _edit(path, 3, signature=f"{key.key_id}:{other.sign(records[3].hash.encode())}")
+    assert verify(path, key.public_key).errors == [
+        "line 4: bad signature: it does not sign this record's hash"]
+    _edit(path, 3, signature="garbage")
+    assert verify(path, key.public_key).errors == [
+        "line 4: bad signature: not '<key id>:<base64url signature>'"]
+
+
+def test_stripped_signature(tmp_path: Path, key: DeploymentKey) -> None:
+    path, _ = _signed(tmp_path, key)
+    _edit(path, 2, signature=None)
+    relaxed = verify(path, key.public_key)
+    assert relaxed.ok and (relaxed.signed, relaxed.unsigned) == (4, 1)
+    strict = verify(path, key.public_key, require_signatures=True)
+    assert strict.errors == ["line 3: unsigned record"]
+
+
+def test_signed_reorder_and_dropped_head(tmp_path: Path, key: DeploymentKey) -> None:
+    path, _ = _signed(tmp_path, key)
+    whole = _lines(path)
+    path.write_bytes(b"".join([whole[0], whole[2], whole[1], *whole[3:]]))
+    errors = verify(path, key.public_key).errors
+    assert errors[0] == "line 2: prev_hash does not match line 1's hash: " \
+                        "records were removed, inserted or reordered"
+    assert all("signature" not in e for e in errors)  # each record is still genuinely signed
+    path.write_bytes(b"".join(whole[1:]))
+    assert verify(path, key.public_key).errors == [
+        "line 1: prev_hash is not the genesis hash: the head of the chain is missing"]
+
+
+def test_cut_tail_is_caught_by_an_anchor(tmp_path: Path, key: DeploymentKey) -> None:
+    path, records = _signed(tmp_path, key)
+    head = records[-1].hash
+    path.write_bytes(b"".join(_lines(path)[:3]))
+    assert verify(path, key.public_key).ok  # a shorter chain is still a whole chain
+    result = verify(path, key.public_key, anchor=head)
+    assert result.errors == [f"no record has the anchor hash {head}: records were cut from "
+                             "the end of the chain, or this is another log"]
+
+
+def test_signed_torn_tail_is_reported(tmp_path: Path, key: DeploymentKey) -> None:
+    path, _ = _signed(tmp_path, key)
+    with open(path, "ab") as f:
+        f.write(_lines(path)[0][:50])
+    result = verify(path, key.public_key, require_signatures=True)
+    assert not result.ok and result.count == 6 and result.signed == 5
+    assert result.errors[0] == "line 6: incomplete final line (torn write)"
+    assert result.errors[1].startswith("line 6: malformed JSON")

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aruntime.engine.config import EngineConfig
 from aruntime.serve.launch import BackgroundServer, background_server
 from aruntime.state.evidence import verify
+from aruntime.state.signing import load_public_key
 
 KV_BYTES = 2 * 1024 * 1024
 MAX_MODEL_LEN = 256
@@ -318,8 +319,17 @@ def test_evidence_one_record_per_request(http: httpx.Client, server: BackgroundS
     assert 0 <= first["timings"]["queue_s"] <= first["timings"]["e2e_s"]
     assert first["output_digest"].startswith("hmac-sha256:")
     assert records[start + 1]["request_id"].startswith("chatcmpl-")
-    result = verify(evidence_path(server))
+    # Signed with the deployment key the server serves, and whose public half it keeps on disk.
+    key = http.get("/v1/evidence/key").json()
+    assert key["object"] == "evidence.key" and key["alg"] == "Ed25519"
+    assert key["head"] == records[-1]["hash"]
+    assert all(r["signature"].startswith(key["key_id"] + ":") for r in records)
+    public_file = evidence_path(server).parent / "keys" / "evidence-ed25519.pub.pem"
+    assert public_file.read_text() == key["public_key_pem"]
+    result = verify(evidence_path(server), load_public_key(key["public_key_pem"]),
+                    require_signatures=True, anchor=key["head"])
     assert result.ok, result.errors
+    assert result.signed == len(records) and result.key_id == key["key_id"]
 
 
 # ---- a dead engine ---------------------------------------------------------------------------
@@ -409,3 +419,8 @@ def test_aruntime_serve_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
         wait_for(lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE,
                  timeout=15)
     assert len((tmp_path / "evidence.jsonl").read_text().splitlines()) == 1
+    assert (tmp_path / "keys" / "evidence-ed25519.pem").stat().st_mode & 0o777 == 0o600
+    signed = verify(tmp_path / "evidence.jsonl",
+                    load_public_key(tmp_path / "keys" / "evidence-ed25519.pub.pem"),
+                    require_signatures=True)
+    assert signed.ok and signed.signed == 1, signed.errors

@@ -4,7 +4,11 @@
 (evidence log, metrics registry) open in its lifespan. A request is parsed and checked here
 (400s in OpenAI's shape), fanned out into one engine request per choice, and streamed back or
 collected; when it ends, however it ends, its metrics are observed and one evidence record is
-appended. Closing a stream early closes the engine iterators, which aborts their requests.
+appended, signed with the deployment's Ed25519 key. Closing a stream early closes the engine
+iterators, which aborts their requests.
+
+`GET /v1/evidence/key` serves what a verifier needs: the public key (PEM), its key id, and the
+log's current head hash (an anchor that later shows records cut from the end).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from aruntime.serve.errors import (
 )
 from aruntime.serve.metrics import CONTENT_TYPE, Metrics
 from aruntime.state.evidence import EvidenceLog, output_digest
+from aruntime.state.signing import DeploymentKey, default_key_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class ServerState:
     data_dir: Path
     metrics: Metrics
     evidence: EvidenceLog
+    signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
     _salts: dict[str, bytes] = field(default_factory=dict)
 
@@ -79,14 +85,16 @@ class ServerState:
 
 def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
               model_info: ModelInfo, data_dir: Path, demo: bool = False,
-              owns_client: bool = False) -> FastAPI:
-    """The app; with `owns_client` its lifespan shuts the engine client down on exit."""
+              owns_client: bool = False, signer: DeploymentKey | None = None) -> FastAPI:
+    """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
+    is signed by `signer`, by default the key under `data_dir` (created there if missing)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl")
+        key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
+        evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         app.state.server = ServerState(client, tokenizer, model_name, model_info, demo,
-                                       Path(data_dir), Metrics(model_name), evidence)
+                                       Path(data_dir), Metrics(model_name), evidence, key)
         try:
             yield
         finally:
@@ -148,6 +156,14 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     state = _state(request)
     _check_model(state, model)
     return _model_card(state)
+
+
+@router.get("/v1/evidence/key")
+async def evidence_key(request: Request) -> dict[str, Any]:
+    """The key that signs this server's evidence, and the chain's head now."""
+    state = _state(request)
+    return {"object": "evidence.key", "alg": "Ed25519", "key_id": state.signer.key_id,
+            "public_key_pem": state.signer.public_pem(), "head": state.evidence.last_hash}
 
 
 def _check_model(state: ServerState, model: str) -> None:

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
-                        help=f"evidence log and salts (default: {paths.data_dir()})")
+                        help="evidence log, its signing key and salts "
+                             f"(default: {paths.data_dir()})")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from aruntime.engine.demo import ensure_demo_model, is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.serve.api import build_app
+    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         check_model_dir(model)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
+    data_dir = args.data_dir or paths.data_dir()
+    try:  # before the engine starts, so that a bad key file is one line
+        signer = DeploymentKey.load_or_create(default_key_path(data_dir))
+    except (SigningError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     try:
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
@@ -112,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
                 client.core_pid, name, info.revision[:19], info.device, info.max_model_len,
                 info.num_blocks)
     app = build_app(client, tokenizer, name, model_info=info,
-                    data_dir=args.data_dir or paths.data_dir(),
-                    demo=is_demo_checkpoint(model), owns_client=True)
+                    data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
+                    signer=signer)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)

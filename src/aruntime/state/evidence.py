@@ -3,6 +3,13 @@ carrying the previous line's hash, so that altering, removing or reordering a re
 
 Content that may need erasure never enters the chain: records hold salted digests
 (`output_digest`), and forgetting the salt unlinks a digest from its text.
+
+With a signer (the deployment's Ed25519 key), each record's `signature` is
+`"<key id>:<base64url Ed25519 signature>"`, e.g. `"ed25519:0123456789abcdef:MEUCIQ…"`, over the
+ASCII bytes of its `hash`; the hash already covers every other field, `prev_hash` included. The
+chain shows removed, inserted and reordered records; the signatures show who wrote them. Records
+cut from the end leave a shorter chain that is still whole: only a hash remembered from before
+(`verify(..., anchor=...)`, e.g. the `head` the server reports) shows that.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from aruntime.contracts import (
     EvidenceRecord,
     canonical_json,
     evidence_hash,
     validation_message,
 )
+from aruntime.state.signing import DeploymentKey, key_id, verify_signature
 
 GENESIS_HASH = "sha256:" + "0" * 64
 _TAIL_CHUNK = 64 * 1024
@@ -44,11 +54,20 @@ def output_digest(texts: list[str], salt: bytes) -> str:
     return "hmac-sha256:" + hmac.new(salt, canonical_json(list(texts)), hashlib.sha256).hexdigest()
 
 
+def sign_record_hash(signer: DeploymentKey, record_hash: str) -> str:
+    """A record's `signature`: the signer's key id, a colon, the signature of the hash."""
+    return f"{signer.key_id}:{signer.sign(record_hash.encode('ascii'))}"
+
+
 @dataclass
 class VerifyResult:
     ok: bool
     count: int
     errors: list[str] = field(default_factory=list)
+    signed: int = 0  # signatures that verified against the key given
+    unsigned: int = 0
+    key_id: str | None = None  # the key signatures were checked against
+    head: str | None = None  # the last well-formed record's hash
 
 
 class EvidenceLog:
@@ -56,8 +75,10 @@ class EvidenceLog:
     exclusive `flock` taken at open makes a second process fail loudly instead of forking
     the chain."""
 
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+    def __init__(self, path: Path, signer: DeploymentKey | None = None, *,
+                 fsync: bool = False) -> None:
         self.path = Path(path)
+        self.signer = signer
         self.fsync = fsync
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,21 +100,25 @@ class EvidenceLog:
         return self._last_hash
 
     def append(self, record: EvidenceRecord | dict[str, Any]) -> EvidenceRecord:
-        """Chain `record` to the log and write it as one line; returns it with both hashes set.
-        Any `prev_hash`/`hash` the caller set are replaced."""
+        """Chain `record` to the log (and sign it, with a signer) and write it as one line;
+        returns it with both hashes and the signature set. Any the caller set are replaced."""
         if isinstance(record, dict):
             record = EvidenceRecord.model_validate(record)
         with self._lock:
             if self._fd < 0:
                 raise EvidenceLogError(f"{self.path} is closed")
-            chained = record.model_copy(update={"prev_hash": self._last_hash, "hash": None})
+            chained = record.model_copy(
+                update={"prev_hash": self._last_hash, "hash": None, "signature": None})
             data = chained.model_dump(mode="json")
             data["hash"] = evidence_hash(data)
+            if self.signer is not None:
+                data["signature"] = sign_record_hash(self.signer, data["hash"])
             _write_all(self._fd, canonical_json(data) + b"\n")
             if self.fsync:
                 os.fsync(self._fd)
             self._last_hash = data["hash"]
-        return chained.model_copy(update={"hash": data["hash"]})
+        return chained.model_copy(
+            update={"hash": data["hash"], "signature": data.get("signature")})
 
     def close(self) -> None:
         with self._lock:
@@ -158,27 +183,41 @@ def _last_newline(fd: int, end: int) -> int:
     return -1
 
 
-def verify(path: Path) -> VerifyResult:
+def verify(path: Path, public_key: Ed25519PublicKey | None = None, *,
+           require_signatures: bool = False, anchor: str | None = None) -> VerifyResult:
     """Check every line: well-formed, a valid record, its own hash, and its link to the line
-    before. Line numbers in errors start at 1. After a malformed line the next link is not
-    checked (there is nothing to check it against), so one bad line gives one error."""
-    errors: list[str] = []
+    before; with `public_key`, its signature; with `require_signatures`, that it has one; with
+    `anchor`, that some record has that hash (records cut from the end lose it). Line numbers
+    in errors start at 1. After a malformed line the next link is not checked (there is nothing
+    to check it against), so one bad line gives one error."""
+    result = VerifyResult(ok=False, count=0, key_id=key_id(public_key) if public_key else None)
     expected: str | None = GENESIS_HASH
-    count = 0
+    found_anchor = anchor is None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            count = number
+            result.count = number
             if not raw.endswith(b"\n"):
-                errors.append(f"line {number}: incomplete final line (torn write)")
+                result.errors.append(f"line {number}: incomplete final line (torn write)")
             data, problem = _parse_line(raw)
             if problem:
-                errors.append(f"line {number}: {problem}")
+                result.errors.append(f"line {number}: {problem}")
                 expected = None
                 continue
             assert data is not None
-            errors.extend(f"line {number}: {e}" for e in _check_record(data, expected, number))
-            expected = data.get("hash")
-    return VerifyResult(ok=not errors, count=count, errors=errors)
+            problems = _check_record(data, expected, number)
+            status, sig_problem = _check_signature(data, public_key, result.key_id,
+                                                   require_signatures)
+            result.signed += status == "valid"
+            result.unsigned += status == "unsigned"
+            problems += [sig_problem] if sig_problem else []
+            result.errors.extend(f"line {number}: {e}" for e in problems)
+            expected = result.head = data["hash"]
+            found_anchor = found_anchor or data["hash"] == anchor
+    if not found_anchor:
+        result.errors.append(f"no record has the anchor hash {anchor}: records were cut from "
+                             "the end of the chain, or this is another log")
+    result.ok = not result.errors
+    return result
 
 
 def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -210,3 +249,21 @@ def _check_record(data: dict[str, Any], expected: str | None, number: int) -> li
                 "records were removed, inserted or reordered"
             )
     return errors
+
+
+def _check_signature(data: dict[str, Any], public_key: Ed25519PublicKey | None,
+                     expected_id: str | None, required: bool) -> tuple[str, str | None]:
+    """(status, problem): status is "valid", "unsigned", "unchecked" (no key) or "bad"."""
+    signature = data.get("signature")
+    if signature is None:
+        return "unsigned", "unsigned record" if required else None
+    if public_key is None:
+        return "unchecked", None
+    claimed, _, value = signature.rpartition(":")
+    if not claimed.startswith("ed25519:"):
+        return "bad", "bad signature: not '<key id>:<base64url signature>'"
+    if claimed != expected_id:
+        return "bad", f"signed by another key ({claimed}, expected {expected_id})"
+    if not verify_signature(public_key, data["hash"].encode("ascii"), value):
+        return "bad", "bad signature: it does not sign this record's hash"
+    return "valid", None
