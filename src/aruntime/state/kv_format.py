@@ -7,14 +7,14 @@ truncated or foreign block is refused (StaleBlockError) and recomputed, never se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
+import zlib
 from dataclasses import asdict, dataclass
 
 from aruntime.state.keys import BlockKey, KeyScheme
 
-MAGIC = b"ARKV\x01"
+MAGIC = b"ARKV\x02"
 
 
 class StaleBlockError(ValueError):
@@ -40,7 +40,9 @@ def encode(scheme: KeyScheme, key: BlockKey, payload: BlockPayload) -> bytes:
     header = json.dumps({
         "scheme": scheme_descriptor(scheme), "key": key.hex(), "dtype": payload.dtype,
         "shape": list(payload.shape), "nbytes": len(payload.data),
-        "sha256": hashlib.sha256(payload.data).hexdigest(),
+        # CRC-32 catches corruption and truncation at ~3x the speed of SHA-256 on the restore
+        # path; what a block is (scheme, key) is checked from the header, not trusted to a hash.
+        "crc32": zlib.crc32(payload.data),
     }, sort_keys=True, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + payload.data
 
@@ -62,6 +64,6 @@ def decode(blob: bytes, scheme: KeyScheme, key: BlockKey) -> BlockPayload:
     data = bytearray(blob[start + size:])  # writable, so a tensor can view it without a copy
     if len(data) != header.get("nbytes"):
         raise StaleBlockError(f"truncated block: {len(data)} of {header.get('nbytes')} bytes")
-    if hashlib.sha256(data).hexdigest() != header.get("sha256"):
+    if zlib.crc32(data) != header.get("crc32"):
         raise StaleBlockError("block checksum mismatch")
     return BlockPayload(data, str(header["dtype"]), tuple(header["shape"]))
