@@ -188,3 +188,35 @@ def test_kv_events_name_the_tier(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert keys <= stored["device"] and keys <= stored["host"] | stored["disk"]
     assert any(isinstance(e, BlockRemoved) and e.medium == "host" for e in batch.events)
     assert eng.drain_kv_events("w0") is None
+
+
+def test_server_reports_tiers_in_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aruntime.serve.launch import background_server
+
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=BLOCK,
+                          kv_cache_bytes=1 << 20, kv_host_bytes=1 << 20,
+                          kv_disk_dir=str(tmp_path / "kv"), kv_disk_bytes=1 << 20)
+    with background_server(config, tmp_path / "data", served_model_name="tiny") as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:
+        body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 2}
+        assert http.post("/v1/completions", json=body).status_code == 200
+        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    stored = {s.labels["tier"]: s.value for s in families["aruntime:kv_tier_bytes"].samples}
+    assert stored["host"] > 0 and "disk" in stored
+    assert "aruntime:kv_tier_load_seconds" in families
+    assert {s.labels["tier"] for s in families["aruntime:kv_tier_hits"].samples} == {"host", "disk"}
+
+
+def test_serve_refuses_a_disk_tier_without_a_size(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "aruntime.cli", "serve", "--model",
+                          str(tiny_model_dir), "--kv-disk-dir", str(tmp_path / "kv"),
+                          "--data-dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("--kv-disk-dir needs --kv-disk-bytes > 0")

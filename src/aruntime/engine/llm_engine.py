@@ -14,7 +14,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.kv_offload import TierLoader, build_tiers
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.block_pool import BlockPool
-from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.runner import ModelRunner
 from aruntime.engine.sampler import logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
@@ -145,7 +145,11 @@ class LLMEngine:
             prefix_query_tokens_total=s.prefix_query_tokens,
             prefix_hit_tokens_total=s.prefix_hit_tokens,
             prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total)
+            generation_tokens_total=self.generation_tokens_total,
+            tier_hit_tokens_total=s.tier_hit_tokens,
+            tiers=[TierStats(name, c.hits, c.misses, c.stale, c.evictions, c.stored_bytes,
+                             c.load_seconds_sum, list(c.load_buckets))
+                   for name, c in (self.tiers.counters.items() if self.tiers else ())])
 
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:

@@ -31,6 +31,19 @@ class RequestOutput(msgspec.Struct):
     finish_time: float | None = None
 
 
+class TierStats(msgspec.Struct):
+    """One KV tier below the device (host, disk, redis)."""
+
+    tier: str
+    hits: int
+    misses: int
+    stale: int
+    evictions: int
+    stored_bytes: int
+    load_seconds_sum: float
+    load_buckets: list[int]  # counts per upper bound in LOAD_BUCKETS_S, then +Inf
+
+
 class EngineStats(msgspec.Struct):
     """A snapshot for /metrics and /health."""
 
@@ -44,3 +57,5 @@ class EngineStats(msgspec.Struct):
     prefix_hit_tokens_total: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    tier_hit_tokens_total: int = 0  # prompt tokens restored from tiers below the device
+    tiers: list[TierStats] = []

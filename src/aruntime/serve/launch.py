@@ -39,6 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
+    tiers = parser.add_argument_group("KV tiers below the device")
+    tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
+                       help="host RAM for KV blocks (write-through from the device)")
+    tiers.add_argument("--kv-disk-dir", default=None, metavar="DIR",
+                       help="local directory for KV blocks demoted from host RAM")
+    tiers.add_argument("--kv-disk-bytes", type=int, default=0, metavar="N")
+    tiers.add_argument("--kv-redis", default=None, metavar="URL",
+                       help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                         help="evidence log, its signing key and salts "
@@ -106,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len, device=args.device)
+            max_model_len=args.max_model_len, device=args.device,
+            kv_host_bytes=args.kv_host_bytes, kv_disk_dir=args.kv_disk_dir,
+            kv_disk_bytes=args.kv_disk_bytes, kv_redis_url=args.kv_redis)
         tokenizer = Tokenizer.from_dir(model)
     except (ValueError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None

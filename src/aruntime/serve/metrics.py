@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
 from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.state.tiered_cache import LOAD_BUCKETS_S
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -54,6 +56,34 @@ class _EngineCollector(Collector):
             c = CounterMetricFamily(f"aruntime:{name}", doc, labels=["model_name"])
             c.add_metric(labels, value)
             yield c
+        yield from _tier_metrics(self.model_name, s)
+
+
+def _tier_metrics(model_name: str, s: EngineStats) -> Iterator[Metric]:
+    """Per-tier KV cache counters, bytes and restore latency (host, disk, redis)."""
+    names = ["model_name", "tier"]
+    counters = {
+        "kv_tier_hits": "Blocks found in the tier.", "kv_tier_misses": "Blocks not in the tier.",
+        "kv_tier_stale_blocks": "Corrupt, truncated or foreign blocks found and dropped.",
+        "kv_tier_evictions": "Blocks evicted from the tier (demoted to the next one).",
+    }
+    families = {n: CounterMetricFamily(f"aruntime:{n}", d, labels=names) for n, d in counters.items()}
+    size = GaugeMetricFamily("aruntime:kv_tier_bytes", "Bytes held by the tier.", labels=names)
+    load = HistogramMetricFamily("aruntime:kv_tier_load_seconds",
+                                 "Time to read and check one block from the tier.", labels=names)
+    for t in s.tiers:
+        labels = [model_name, t.tier]
+        for n, value in zip(counters, (t.hits, t.misses, t.stale, t.evictions)):
+            families[n].add_metric(labels, value)
+        size.add_metric(labels, t.stored_bytes)
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, LOAD_BUCKETS_S), "+Inf"], t.load_buckets):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        load.add_metric(labels, buckets, t.load_seconds_sum)
+    yield from families.values()
+    yield size
+    yield load
 
 
 class Metrics:
