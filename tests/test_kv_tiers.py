@@ -220,3 +220,23 @@ def test_serve_refuses_a_disk_tier_without_a_size(tiny_model_dir: Path, tmp_path
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].endswith("--kv-disk-dir needs --kv-disk-bytes > 0")
+
+
+def test_a_shared_prefix_crosses_tenants_only_when_published(tiny_model_dir: Path) -> None:
+    eng = engine(tiny_model_dir)
+    system = PROMPT[:16]  # four blocks: the common "system prompt"
+
+    def cached(rid: str, salt: bytes, shared: int, tokens: list[int]) -> int:
+        eng.add_request(rid, tokens, GREEDY, tenant_salt=salt, shared_prefix_tokens=shared)
+        outs = []
+        while eng.has_unfinished_requests():
+            outs += eng.step()
+        return outs[-1].num_cached_tokens
+
+    tail = prompt(12, 5)
+    assert cached("a1", b"tenant-a", 16, system + tail) == 0
+    # tenant b reuses the published prefix, and only it: its own continuation is its own
+    assert cached("b1", b"tenant-b", 16, system + tail) == 16
+    assert cached("b2", b"tenant-b", 16, system + tail) == 24  # its own blocks, now cached
+    # without publishing, nothing crosses
+    assert cached("c1", b"tenant-c", 0, system + tail) == 0

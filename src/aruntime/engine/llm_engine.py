@@ -21,7 +21,7 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.state.keys import KeyScheme
+from aruntime.state.keys import SHARED_NAMESPACE, KeyScheme
 from aruntime.state.kv_events import EventBuffer, KVEventBatch
 
 
@@ -59,7 +59,11 @@ class LLMEngine:
         self.generation_tokens_total = 0
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    arrival_time: float | None = None, tenant_salt: bytes = b"") -> None:
+                    arrival_time: float | None = None, tenant_salt: bytes = b"",
+                    shared_prefix_tokens: int = 0) -> None:
+        """`tenant_salt` keys the request's blocks in its tenant's namespace: no other tenant can
+        hit them. The first `shared_prefix_tokens` (whole blocks) are keyed in the shared
+        namespace instead, so a common prefix published on purpose is reused across tenants."""
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in the engine")
         if not prompt_token_ids:
@@ -71,7 +75,8 @@ class LLMEngine:
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         seq = Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
-                       arrival_time)
+                       arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
+                       shared_prefix_tokens // self.config.block_size)
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))

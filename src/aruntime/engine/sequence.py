@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 
 from aruntime.engine.sampling import SamplingParams
@@ -17,7 +18,8 @@ class SequenceStatus(enum.Enum):
 
 class Sequence:
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 root: BlockKey, arrival_time: float | None = None) -> None:
+                 root: BlockKey, arrival_time: float | None = None,
+                 shared_root: BlockKey | None = None, shared_blocks: int = 0) -> None:
         self.request_id = request_id
         self.params = params
         self.token_ids = list(prompt_token_ids)  # prompt, then outputs
@@ -31,6 +33,10 @@ class Sequence:
         self.scheduled_time: float | None = None
         self.first_token_time: float | None = None
         self._root = root
+        # The first `shared_blocks` blocks are keyed in the shared namespace (published on
+        # purpose, e.g. a common system prompt); the chain then re-roots in the tenant's own.
+        self._shared_root = shared_root
+        self._shared_blocks = shared_blocks if shared_root is not None else 0
         self._keys: list[BlockKey] = []
 
     @property
@@ -49,6 +55,11 @@ class Sequence:
         """Keys of the first `upto` full blocks, extended lazily (each key chains the last)."""
         while len(self._keys) < upto:
             i = len(self._keys)
-            parent = self._keys[-1] if self._keys else self._root
+            if i < self._shared_blocks:
+                parent = self._keys[-1] if i else self._shared_root  # type: ignore[assignment]
+            elif i == self._shared_blocks and i:
+                parent = BlockKey(hashlib.sha256(self._root + self._keys[-1]).digest())
+            else:
+                parent = self._keys[-1] if self._keys else self._root
             self._keys.append(block_key(parent, self.token_ids[i * block_size:(i + 1) * block_size]))
         return self._keys[:upto]

@@ -13,6 +13,7 @@ from typing import NewType
 BlockKey = NewType("BlockKey", bytes)
 
 KEY_SCHEME_NAME = "aruntime.blockkey"
+SHARED_NAMESPACE = b"\x00shared"  # the salt of prefixes shared across tenants on purpose
 KEY_SCHEME_VERSION = 1
 
 
