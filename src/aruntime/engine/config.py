@@ -108,6 +108,10 @@ class EngineConfig:
     kv_disk_bytes: int = 0
     kv_redis_url: str | None = None
     kv_events: bool = False  # collect BlockStored/BlockRemoved events for a cache directory
+    kv_events_endpoint: str | None = None  # publish there (ZeroMQ PUB bind); implies kv_events
+    kv_events_replay_endpoint: str | None = None  # a late directory replays from here (ROUTER bind)
+    worker_id: str | None = None  # this engine's name in the cache directory; default host:pid
+    kv_lease_s: float = 10.0  # a directory drops our blocks when it hears nothing for this long
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,3 +124,7 @@ class EngineConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")
+        if self.kv_lease_s <= 0:
+            raise ValueError("kv_lease_s must be positive")
+        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
+            raise ValueError("kv_events_replay_endpoint needs kv_events_endpoint")

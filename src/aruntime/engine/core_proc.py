@@ -8,12 +8,14 @@ with the in-process client, which feeds the queue directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import queue
 import signal
+import socket
 import threading
 import traceback
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from aruntime.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
+    from aruntime.state.kv_publisher import KVEventPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +159,12 @@ class EngineLoop:
         engine: LLMEngine,
         commands: queue.Queue[Command],
         emit: Callable[[CoreMessage], None],
+        publisher: KVEventPublisher | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
         self.emit = emit
+        self.publisher = publisher  # told after each step, so the step's KV events go out
         self.live: set[str] = set()  # ids added and not yet finished or aborted
         self._stopping = False
 
@@ -183,6 +188,8 @@ class EngineLoop:
 
     def _step(self) -> None:
         outputs = self.engine.step()
+        if self.publisher is not None:
+            self.publisher.on_step()
         for out in outputs:
             if out.finished:
                 self.live.discard(out.request_id)
@@ -239,23 +246,43 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> 
     )
     sender.start()
     code = 0
+    publisher: KVEventPublisher | None = None
+    if config.kv_events_endpoint is not None and not config.kv_events:
+        config = dataclasses.replace(config, kv_events=True)
     try:
         from aruntime.engine.llm_engine import LLMEngine
 
         engine = LLMEngine(config)
+        publisher = _kv_publisher(engine, config)
         outbox.put(Ready(model_info(engine, config)))
         threading.Thread(
             target=_recv_loop, args=(ctx, input_addr, commands), name="core-input", daemon=True
         ).start()
-        EngineLoop(engine, commands, outbox.put).run()
+        EngineLoop(engine, commands, outbox.put, publisher).run()
     except BaseException as exc:  # noqa: BLE001 - the client must hear why, whatever it was
         logger.error("engine core failed:\n%s", traceback.format_exc())
         outbox.put(EngineFailed(f"{type(exc).__name__}: {exc}"))
         code = 1
+    if publisher is not None:
+        publisher.shutdown()
     outbox.put(None)
     sender.join(timeout=10)
     ctx.term()  # waits for the output socket to flush (linger); stops the input thread's recv
     os._exit(code)
+
+
+def _kv_publisher(engine: LLMEngine, config: EngineConfig) -> KVEventPublisher | None:
+    """The worker's KV event publisher, when a cache directory is to follow it."""
+    if config.kv_events_endpoint is None:
+        return None
+    from aruntime.state.kv_publisher import ZmqPublisher
+
+    worker_id = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    return ZmqPublisher(
+        config.kv_events_endpoint, worker_id=worker_id, scheme=engine.key_scheme,
+        lease_s=config.kv_lease_s, replay_endpoint=config.kv_events_replay_endpoint,
+        drain=lambda: engine.drain_kv_events(worker_id),
+    )
 
 
 def _recv_loop(ctx: Any, addr: str, commands: queue.Queue[Command]) -> None:
