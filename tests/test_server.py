@@ -424,3 +424,17 @@ def test_aruntime_serve_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
                     load_public_key(tmp_path / "keys" / "evidence-ed25519.pub.pem"),
                     require_signatures=True)
     assert signed.ok and signed.signed == 1, signed.errors
+
+
+def test_tenants_do_not_share_cached_prefixes(http: httpx.Client) -> None:
+    prompt = list(range(500, 560))  # several full blocks
+
+    def cached(tenant: str) -> int:
+        body = {**COMPLETION, "prompt": prompt, "max_tokens": 1, "aruntime": {"tenant": tenant}}
+        r = http.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+    assert cached("iso-a") == 0
+    assert cached("iso-a") > 0  # the same tenant hits its own blocks
+    assert cached("iso-b") == 0  # another tenant never does

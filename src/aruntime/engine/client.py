@@ -22,10 +22,13 @@ class EngineClient(ABC):
 
     @abstractmethod
     def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its deltas until one has `finished`. Closing the iterator
-        early (client disconnect, cancellation) aborts the request and frees its blocks."""
+        early (client disconnect, cancellation) aborts the request and frees its blocks.
+        `tenant_salt` keys its KV blocks in the tenant's namespace; the first
+        `shared_prefix_tokens` are keyed in the shared one (a prefix published on purpose)."""
 
     @abstractmethod
     async def abort(self, request_id: str) -> None:

@@ -102,7 +102,8 @@ class _RoutingClient(EngineClient):
             raise EngineDeadError(str(self._dead))
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         self._attach()
         self._check_alive()
@@ -112,7 +113,8 @@ class _RoutingClient(EngineClient):
         self._queues[request_id] = q
         done = False
         try:
-            self._submit(AddRequest(request_id, list(prompt_token_ids), params, time.time()))
+            self._submit(AddRequest(request_id, list(prompt_token_ids), params, time.time(),
+                                    tenant_salt, shared_prefix_tokens))
             while True:
                 item = await q.get()
                 if isinstance(item, BaseException):

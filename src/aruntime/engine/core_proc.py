@@ -41,6 +41,8 @@ class AddRequest(msgspec.Struct, tag="add"):
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float | None = None
+    tenant_salt: bytes = b""  # keys the request's KV blocks in its tenant's namespace
+    shared_prefix_tokens: int = 0  # leading tokens keyed in the shared namespace on purpose
 
 
 class AbortRequests(msgspec.Struct, tag="abort"):
@@ -209,8 +211,8 @@ class EngineLoop:
     def _add(self, command: AddRequest) -> None:
         try:
             self.engine.add_request(
-                command.request_id, command.prompt_token_ids, command.params, command.arrival_time
-            )
+                command.request_id, command.prompt_token_ids, command.params, command.arrival_time,
+                command.tenant_salt, command.shared_prefix_tokens)
         except ValueError as exc:
             self.emit(RequestFailed(command.request_id, str(exc)))
             return

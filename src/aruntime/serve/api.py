@@ -14,6 +14,7 @@ log's current head hash (an anchor that later shows records cut from the end).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -229,6 +230,7 @@ class Generation:
     created: int
     choices: list[Choice]
     tenant: str
+    kv_salt: bytes = b""  # keys this tenant's KV blocks apart from every other tenant's
     started: float = field(default_factory=time.time)
     _done: bool = False
 
@@ -274,7 +276,9 @@ def _plan(state: ServerState, req: p._GenerationRequest, prefix: str,
                                       choices[-1].params)
         tenant = contract.tenant
     kind = "chat" if messages is not None else "completion"
-    return Generation(request_id, kind, int(time.time()), choices, tenant)
+    # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
+    kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
+    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt)
 
 
 async def _merged(client: EngineClient,
@@ -283,7 +287,7 @@ async def _merged(client: EngineClient,
     each engine iterator, and that aborts whatever has not finished."""
     if len(gen.choices) == 1:
         c = gen.choices[0]
-        stream = client.generate(c.request_id, c.prompt, c.params)
+        stream = client.generate(c.request_id, c.prompt, c.params, gen.kv_salt)
         try:
             async for out in stream:
                 yield 0, out
@@ -294,7 +298,7 @@ async def _merged(client: EngineClient,
 
     async def pump(c: Choice) -> None:
         try:
-            async for out in client.generate(c.request_id, c.prompt, c.params):
+            async for out in client.generate(c.request_id, c.prompt, c.params, gen.kv_salt):
                 queue.put_nowait((c.index, out))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
             queue.put_nowait((c.index, exc))
