@@ -16,6 +16,29 @@ from aruntime.engine.attention import AttentionBatch, paged_attention
 from aruntime.engine.config import ModelConfig
 
 
+class Dense(nn.Module):
+    """A linear layer whose weight is stored [in, out]: `x @ w` runs up to twice as fast as
+    `F.linear` (which reads [out, in]) for the few-token batches of decode and cached prefill
+    on CPU, and no slower for large ones."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return x @ self.weight_t
+        return torch.addmm(self.bias, x, self.weight_t)
+
+    def load(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """From a Hugging Face [out, in] weight."""
+        self.weight_t.copy_(weight.t())
+        if bias is not None:
+            assert self.bias is not None
+            self.bias.copy_(bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -79,10 +102,10 @@ class DecoderLayer(nn.Module):
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.split = (q_size, kv_size, kv_size)
         # q/k/v and gate/up are fused so each is one matmul; `load_weights` concatenates them.
-        self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.split), bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Dense(cfg.hidden_size, sum(self.split), bias=cfg.attention_bias)
+        self.o_proj = Dense(q_size, cfg.hidden_size)
+        self.gate_up_proj = Dense(cfg.hidden_size, 2 * cfg.intermediate_size)
+        self.down_proj = Dense(cfg.intermediate_size, cfg.hidden_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -109,7 +132,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Dense(cfg.hidden_size, cfg.vocab_size)
         self.rotary = Rotary(cfg, max_positions)
 
     def forward(self, token_ids: torch.Tensor, batch: AttentionBatch,
@@ -130,16 +153,16 @@ class LlamaForCausalLM(nn.Module):
             w["lm_head.weight"] = w["embed_tokens.weight"]
         self.embed_tokens.weight.copy_(w["embed_tokens.weight"])
         self.norm.weight.copy_(w["norm.weight"])
-        self.lm_head.weight.copy_(w["lm_head.weight"])
+        self.lm_head.load(w["lm_head.weight"])
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
-            layer.qkv_proj.weight.copy_(torch.cat(
-                [w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]))
-            if self.cfg.attention_bias:
-                layer.qkv_proj.bias.copy_(torch.cat([w[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]))
-            layer.o_proj.weight.copy_(w[p + "self_attn.o_proj.weight"])
-            layer.gate_up_proj.weight.copy_(torch.cat(
+            attn = [p + f"self_attn.{n}_proj" for n in "qkv"]
+            layer.qkv_proj.load(torch.cat([w[a + ".weight"] for a in attn]),
+                                torch.cat([w[a + ".bias"] for a in attn])
+                                if self.cfg.attention_bias else None)
+            layer.o_proj.load(w[p + "self_attn.o_proj.weight"])
+            layer.gate_up_proj.load(torch.cat(
                 [w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]))
-            layer.down_proj.weight.copy_(w[p + "mlp.down_proj.weight"])
+            layer.down_proj.load(w[p + "mlp.down_proj.weight"])
             layer.input_layernorm.weight.copy_(w[p + "input_layernorm.weight"])
             layer.post_attention_layernorm.weight.copy_(w[p + "post_attention_layernorm.weight"])
