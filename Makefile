@@ -23,6 +23,7 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/aruntime claims check
 
 bench: setup
 	$(BIN)/aruntime bench engine --json bench-engine.json

@@ -19,7 +19,7 @@ from aruntime.cli import main
 CLAIM_FIELDS = {
     "schema", "label", "statement", "metric", "value", "unit", "baseline", "ratio", "metrics",
     "model", "hardware", "runtime_version", "workload", "precision", "context", "concurrency",
-    "seed", "duration_s", "measured_at", "raw_log_sha256",
+    "seed", "duration_s", "percentile", "measured_at", "raw_log_sha256",
 }
 METRICS = {
     "ttft_cached_speedup", "mfu", "peak_rss_mb", "ttft_cached_ms", "ttft_uncached_ms",

@@ -47,7 +47,7 @@ def _claim(**overrides: Any) -> dict[str, Any]:
         "baseline": {"name": "transformers", "value": 400.0},
         "ratio": 3.0,
         "metrics": {"p50_ttft_ms": 12.5, "requests": 64, "note": "warm"},
-        "model": "tiny-llama",
+        "model": "tiny-llama@sha256:" + "cd" * 32,
         "hardware": "cpu",
         "runtime_version": "0.1.0",
         "workload": "random 128/128",
@@ -56,6 +56,7 @@ def _claim(**overrides: Any) -> dict[str, Any]:
         "concurrency": 8,
         "seed": 0,
         "duration_s": 10.0,
+        "percentile": "p50",
         "measured_at": "2025-01-02T03:04:05Z",
         "raw_log_sha256": "ab" * 32,
     }

@@ -16,6 +16,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("serve",): ("aruntime.serve.launch", "start the OpenAI-compatible server"),
     ("demo-model",): ("aruntime.engine.demo", "write a random-weight demo checkpoint"),
     ("bench", "engine"): ("aruntime.bench.engine", "engine throughput against transformers"),
+    ("bench", "cache"): ("aruntime.bench.cache", "KV tiers on the Mooncake conversation trace"),
     ("schemas",): ("aruntime.contracts", "export the contracts' JSON Schemas"),
     ("claims", "check"): ("aruntime.claims.cli:check", "validate the claim registry and docs"),
     ("claims", "add"): ("aruntime.claims.cli:add", "register a benchmark's claim record"),

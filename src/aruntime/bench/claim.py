@@ -46,6 +46,7 @@ def build_claim(
     concurrency: int,
     seed: int,
     duration_s: float,
+    percentile: str,
     raw_log: str,
     label: str = "production-implementation",
     measured_at: str | None = None,
@@ -53,7 +54,8 @@ def build_claim(
     """Assemble a claim record; the ratio is always value / baseline, never passed in.
 
     `model` is `name@revision`; `hardware`, `workload` are one-line descriptions (the contract
-    keeps them under 256 characters; the details belong in the raw log)."""
+    keeps them under 256 characters; the details belong in the raw log); `percentile` says which
+    statistic of the repeated runs `value` is (`p50` for the median round)."""
     record = {
         "schema": SCHEMA,
         "label": label,
@@ -73,6 +75,7 @@ def build_claim(
         "concurrency": concurrency,
         "seed": seed,
         "duration_s": duration_s,
+        "percentile": percentile,
         "measured_at": measured_at or rfc3339(utc_now()),
         "raw_log_sha256": sha256_text(raw_log),
     }
@@ -80,16 +83,14 @@ def build_claim(
 
 
 def validate(record: dict[str, Any]) -> dict[str, Any]:
-    """Check the record against the ClaimRecord contract when the contracts module has one.
+    """Check the record against the ClaimRecord contract.
 
     Returns the record as the contract serialises it (so the file matches the schema exactly);
-    a record that does not fit raises pydantic's ValidationError.
-    """
-    try:
-        from aruntime.contracts import ClaimRecord  # type: ignore[attr-defined]
-    except ImportError:
-        return record
-    return ClaimRecord.model_validate(record).model_dump(mode="json")
+    a record that does not fit raises pydantic's ValidationError. It has no id yet: `aruntime
+    claims add` registers it."""
+    from aruntime.contracts import ClaimRecord
+
+    return ClaimRecord.model_validate(record).to_json()
 
 
 def write_claim(path: str | Path, record: dict[str, Any], raw_log: str) -> tuple[Path, Path]:
