@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -167,6 +167,9 @@ async def evidence_key(request: Request) -> dict[str, Any]:
             "public_key_pem": state.signer.public_pem(), "head": state.evidence.last_hash}
 
 
+RequestT = TypeVar("RequestT", bound=p._GenerationRequest)
+
+
 def _check_model(state: ServerState, model: str) -> None:
     name, _, revision = model.partition("@")
     if name != state.model_name or (revision and revision != state.info.revision):
@@ -174,12 +177,18 @@ def _check_model(state: ServerState, model: str) -> None:
                             code="model_not_found")
 
 
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
+async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, RequestT]:
+    """Parse and check a body, and the model it names: every 4xx happens here."""
     state = _state(request)
-    req = p.validate(p.CompletionRequest, p.parse_body(await request.body()))
+    req = p.validate(model, p.parse_body(await request.body()))
     _check_model(state, req.model)
     p.check_request(req)
+    return state, req
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    state, req = await _admit(request, p.CompletionRequest)
     prompts = p.completion_prompts(req.prompt, state.tokenizer)
     gen = _plan(state, req, "cmpl", prompts, "prompt")
     return await _respond(state, request, gen, req)
@@ -187,10 +196,7 @@ async def completions(request: Request) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    state = _state(request)
-    req = p.validate(p.ChatCompletionRequest, p.parse_body(await request.body()))
-    _check_model(state, req.model)
-    p.check_request(req)
+    state, req = await _admit(request, p.ChatCompletionRequest)
     messages = p.chat_messages(req.messages)
     try:
         text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True)

@@ -35,27 +35,23 @@ class _EngineCollector(Collector):
         s = self.stats
         if s is None:
             return
-        labels = [self.model_name]
-        for name, doc, value in (
-            ("num_requests_running", "Requests in the running batch.", s.num_running),
-            ("num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting),
-            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", s.kv_usage),
-        ):
-            g = GaugeMetricFamily(f"aruntime:{name}", doc, labels=["model_name"])
-            g.add_metric(labels, value)
-            yield g
-        for name, doc, value in (
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+        G, C = GaugeMetricFamily, CounterMetricFamily
+        for kind, name, doc, value in (
+            (G, "num_requests_running", "Requests in the running batch.", s.num_running),
+            (G, "num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting),
+            (G, "kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).",
+             s.kv_usage),
+            (C, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
              s.prefix_query_tokens_total),
-            ("prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+            (C, "prefix_cache_hits", "Prompt tokens found in the prefix cache.",
              s.prefix_hit_tokens_total),
-            ("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens_total),
-            ("generation_tokens", "Tokens generated.", s.generation_tokens_total),
-            ("num_preemptions", "Requests preempted to free KV blocks.", s.num_preempted_total),
+            (C, "prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens_total),
+            (C, "generation_tokens", "Tokens generated.", s.generation_tokens_total),
+            (C, "num_preemptions", "Requests preempted to free KV blocks.", s.num_preempted_total),
         ):
-            c = CounterMetricFamily(f"aruntime:{name}", doc, labels=["model_name"])
-            c.add_metric(labels, value)
-            yield c
+            family = kind(f"aruntime:{name}", doc, labels=["model_name"])
+            family.add_metric([self.model_name], value)
+            yield family
         yield from _tier_metrics(self.model_name, s)
 
 
