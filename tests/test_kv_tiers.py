@@ -240,3 +240,23 @@ def test_a_shared_prefix_crosses_tenants_only_when_published(tiny_model_dir: Pat
     assert cached("b2", b"tenant-b", 16, system + tail) == 24  # its own blocks, now cached
     # without publishing, nothing crosses
     assert cached("c1", b"tenant-c", 0, system + tail) == 0
+
+
+def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
+    from aruntime.state.kv_format import BlockPayload
+    from aruntime.state.tier_stores import HostStore
+
+    store = HostStore(capacity_bytes=3 * 100)
+    keys = [BlockKey(bytes([i]) * 32) for i in range(5)]
+    block = BlockPayload(bytearray(100), "float32", (25,))
+    store.put(keys[0], block)
+    store.pin(keys[0])  # e.g. a shared system prompt
+    store.put(keys[1], block)
+    store.put(keys[2], block)
+    store.get(keys[1])  # used: keys[2] is now the least recently used unpinned block
+    evicted = store.put(keys[3], block)
+    assert [k for k, _ in evicted] == [keys[2]]
+    assert store.contains(keys[0]) and store.contains(keys[1]) and store.contains(keys[3])
+    store.unpin(keys[0])
+    assert [k for k, _ in store.put(keys[4], block)] == [keys[0]]
+    assert store.used_bytes() == 300
