@@ -438,3 +438,19 @@ def test_tenants_do_not_share_cached_prefixes(http: httpx.Client) -> None:
     assert cached("iso-a") == 0
     assert cached("iso-a") > 0  # the same tenant hits its own blocks
     assert cached("iso-b") == 0  # another tenant never does
+
+
+def test_a_published_prefix_is_shared_across_tenants(http: httpx.Client) -> None:
+    system = list(range(700, 732))  # whole blocks: the common prefix published on purpose
+
+    def cached(tenant: str, tail: list[int]) -> int:
+        body = {**COMPLETION, "prompt": system + tail, "max_tokens": 1,
+                "aruntime": {"tenant": tenant, "shared_prefix_tokens": len(system)}}
+        r = http.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+    assert cached("pub-a", list(range(800, 840))) == 0
+    assert cached("pub-b", list(range(800, 840))) == len(system)  # the shared part only
+    bad = http.post("/v1/completions", json={**COMPLETION, "aruntime": {"shared_prefix_tokens": -1}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "aruntime.shared_prefix_tokens"

@@ -225,6 +225,9 @@ class RequestContract(_Strict):
         json_schema_extra={"pattern": _TRACEPARENT.pattern},
     )
     stream: bool = False
+    # Leading prompt tokens published to the shared KV namespace on purpose (a common system
+    # prompt): other tenants may reuse their blocks. Everything else stays the tenant's own.
+    shared_prefix_tokens: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("id")
     @classmethod

@@ -237,6 +237,7 @@ class Generation:
     choices: list[Choice]
     tenant: str
     kv_salt: bytes = b""  # keys this tenant's KV blocks apart from every other tenant's
+    shared_prefix_tokens: int = 0
     started: float = field(default_factory=time.time)
     _done: bool = False
 
@@ -270,7 +271,7 @@ def _plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     max_len = state.info.max_model_len
     choices = []
-    tenant = "default"
+    tenant, shared = "default", 0
     for pi, prompt in enumerate(prompts):
         max_tokens = p.max_tokens_for(req, len(prompt), max_len, prompt_param)
         for i in range(req.n):
@@ -280,11 +281,11 @@ def _plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         inputs = {"messages": messages} if messages is not None else {"prompt_token_ids": prompt}
         contract = p.request_contract(req, request_id, state.model_name, inputs,
                                       choices[-1].params)
-        tenant = contract.tenant
+        tenant, shared = contract.tenant, contract.shared_prefix_tokens
     kind = "chat" if messages is not None else "completion"
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
-    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt)
+    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt, shared)
 
 
 async def _merged(client: EngineClient,
@@ -293,7 +294,8 @@ async def _merged(client: EngineClient,
     each engine iterator, and that aborts whatever has not finished."""
     if len(gen.choices) == 1:
         c = gen.choices[0]
-        stream = client.generate(c.request_id, c.prompt, c.params, gen.kv_salt)
+        stream = client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
+                                 gen.shared_prefix_tokens)
         try:
             async for out in stream:
                 yield 0, out
@@ -304,7 +306,8 @@ async def _merged(client: EngineClient,
 
     async def pump(c: Choice) -> None:
         try:
-            async for out in client.generate(c.request_id, c.prompt, c.params, gen.kv_salt):
+            async for out in client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
+                                             gen.shared_prefix_tokens):
                 queue.put_nowait((c.index, out))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
             queue.put_nowait((c.index, exc))

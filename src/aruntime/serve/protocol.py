@@ -20,7 +20,7 @@ _MIN_LOGPROB = -9999.0  # JSON has no -inf
 # The request contract's fields that a body may set through its `aruntime` object.
 ARUNTIME_FIELDS = frozenset({
     "tenant", "principal", "slo", "deadline", "confidentiality", "idempotency_key",
-    "governance_tags", "trace_context",
+    "governance_tags", "trace_context", "shared_prefix_tokens",
 })
 
 
