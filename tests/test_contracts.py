@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+import aruntime
 from aruntime import contracts
 from aruntime.contracts import (
     ClaimRecord,
@@ -251,7 +252,7 @@ def test_evidence_record_defaults_and_hash_is_canonical() -> None:
     data = rec.model_dump(mode="json")
     assert data["schema"] == "aruntime.evidence/v1"
     assert data["created_at"].endswith("Z")
-    assert data["runtime_version"] == contracts.__version__
+    assert data["runtime_version"] == aruntime.__version__
     # The hash depends on content, not key order or whitespace.
     shuffled = json.loads(json.dumps(dict(reversed(list(data.items()))), indent=4))
     assert contracts.evidence_hash(shuffled) == rec.compute_hash()
