@@ -1,0 +1,149 @@
+"""`aruntime sim calibrate`: measure step costs, KV size and bandwidths on the real engine.
+
+Prefill steps of one prompt at several lengths and decode steps at several batch sizes and
+contexts are timed on `LLMEngine`; one least-squares fit gives the Costs terms. Host-tier restore
+is read from the engine's TierLoader after a prompt is evicted and asked again; disk restore is
+the page-cache file read of `bench cache`; the network is loopback TCP on this machine (pass
+`sim run --network-gbps` for a real cluster's links)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from aruntime.bench import hardware
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.llm_engine import LLMEngine
+from aruntime.engine.sampling import SamplingParams
+from aruntime.sim.costs import Costs
+from aruntime.timeutil import rfc3339, utc_now
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def kv_bytes_per_token(model: Path) -> int:
+    cfg = json.loads((model / "config.json").read_text())
+    heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    return cfg["num_hidden_layers"] * 2 * heads * head_dim * 4  # the engine keeps fp32 KV here
+
+
+def _prompt(n: int, salt: int) -> list[int]:
+    return [100 + (salt * 7919 + i * 31) % 30000 for i in range(n)]
+
+
+def time_prefill(engine: LLMEngine, length: int, salt: int) -> float:
+    engine.add_request(f"p{salt}", _prompt(length, salt), SamplingParams(max_tokens=1, ignore_eos=True))
+    t0 = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+    return time.perf_counter() - t0
+
+
+def time_decode(engine: LLMEngine, batch: int, context: int, steps: int, salt: int) -> float:
+    params = SamplingParams(max_tokens=steps + 2, ignore_eos=True, temperature=0.0)
+    for i in range(batch):
+        engine.add_request(f"d{salt}-{i}", _prompt(context, salt * 1000 + i), params)
+    started = 0
+    while started < batch:  # prefill every prompt: each yields its first token
+        started += len(engine.step())
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t0)
+    while engine.has_unfinished_requests():
+        engine.step()
+    return statistics.quantiles(times, n=4)[0]  # lower quartile: the machine is shared, noise only adds
+
+
+def host_restore_gbps(model: Path, kv_token: int) -> float | None:
+    """Restore a prompt that was evicted from a small device pool to the host tier."""
+    n = 1024
+    engine = LLMEngine(EngineConfig(model=str(model), kv_cache_bytes=(2 * n + 64) * kv_token,
+                                    kv_host_bytes=8 * n * kv_token, max_num_batched_tokens=2048))
+    for salt in (1, 2, 3, 1):
+        time_prefill(engine, n, salt)
+    loader = engine.loader
+    if loader is None or not loader.restore_bytes.get("host"):
+        return None
+    return loader.restore_bytes["host"] / loader.restore_seconds["host"] / 1e9
+
+
+def loopback_gbps(nbytes: int = 128 << 20) -> float:
+    server = socket.create_server(("127.0.0.1", 0))
+    chunk = b"\0" * (1 << 20)
+
+    def send() -> None:
+        with socket.create_connection(server.getsockname(), timeout=30) as s:
+            for _ in range(nbytes >> 20):
+                s.sendall(chunk)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    conn, _ = server.accept()
+    conn.settimeout(30)
+    got, t0 = 0, time.perf_counter()
+    with conn:
+        while got < nbytes:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+    seconds = time.perf_counter() - t0
+    sender.join(timeout=30)
+    server.close()
+    return got / seconds / 1e9
+
+
+def fit(prefill: list[tuple[int, float]], decode: list[tuple[int, int, float]]) -> list[float]:
+    """Least squares of step seconds on [1, tokens, attention pairs, batch, batch x context];
+    negative terms (noise) are clipped to zero."""
+    rows = [[1.0, n, n * (n + 1) / 2, 0.0, 0.0] for n, _ in prefill]
+    rows += [[1.0, 0.0, 0.0, b, b * c] for b, c, _ in decode]
+    y = [t for _, t in prefill] + [t for _, _, t in decode]
+    coef, *_ = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)
+    return [max(0.0, float(v)) for v in coef]
+
+
+def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print) -> Costs:
+    lengths = (128, 512, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 3072)
+    shapes = ((1, 128), (1, 512), (16, 128), (16, 512)) if quick else tuple(
+        (b, c) for b in (1, 8, 32) for c in (128, 1024))
+    repeats, steps = (2, 8) if quick else (3, 16)
+    engine = LLMEngine(EngineConfig(model=str(model), enable_prefix_caching=False,
+                                    kv_cache_bytes=1 << 30, max_num_batched_tokens=4096))
+    time_prefill(engine, 64, 0)  # warm-up: first calls pay for allocation and kernel set-up
+    time_decode(engine, 2, 64, 4, 0)
+    prefill = [(n, min(time_prefill(engine, n, 10 * n + k) for k in range(repeats)))
+               for n in lengths]
+    for n, t in prefill:
+        log(f"prefill {n:>5} tokens: {t * 1e3:8.1f} ms ({n / t:,.0f} tok/s)")
+    decode = [(b, c, time_decode(engine, b, c, steps, b * 10000 + c)) for b, c in shapes]
+    for b, c, t in decode:
+        log(f"decode batch {b:>3} context {c:>5}: {t * 1e3:7.2f} ms/step ({b / t:,.0f} tok/s)")
+    s0, p1, p2, d1, d2 = fit(prefill, decode)
+    kv = kv_bytes_per_token(model)
+    restore = {}
+    host = host_restore_gbps(model, kv)
+    if host is not None:
+        restore["host"] = host
+    from aruntime.bench.cache import file_read_gbps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
+    net = loopback_gbps()
+    log(f"fit: step {s0 * 1e3:.2f} ms + {p1 * 1e6:.1f} us/prefill token + {p2 * 1e9:.3f} ns/pair "
+        f"+ {d1 * 1e3:.3f} ms/decode seq + {d2 * 1e9:.2f} ns/context token")
+    log(f"kv {kv} B/token; restore GB/s {', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; "
+        f"network (loopback TCP) {net:.2f} GB/s")
+    return Costs(s0, p1, p2, d1, d2, kv, restore, net, f"{model.name}@{engine.revision}",
+                 hardware.summary(hardware.describe("cpu")), rfc3339(utc_now()), "calibrate")

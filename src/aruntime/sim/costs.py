@@ -1,0 +1,105 @@
+"""What one engine step costs on this machine: the calibration record the simulator runs on.
+
+A step batches prefill chunk tokens with one decode token per running sequence (chunked prefill,
+continuous batching). Its cost is linear in what it does:
+
+    step_s = step_s0 + prefill_token_s * n + prefill_attn_s * sum(context each prefill token sees)
+           + decode_seq_s * batch + decode_ctx_s * sum(context of each decoding sequence)
+
+Moving KV costs `kv_bytes_per_token` over a tier's restore bandwidth or the network's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aruntime import paths
+
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    step_s0: float  # fixed cost of one engine step (scheduling, sampling, Python)
+    prefill_token_s: float  # per prefill token (the weights' matmuls)
+    prefill_attn_s: float  # per (prefill token x context token it attends to)
+    decode_seq_s: float  # per decoding sequence in a step
+    decode_ctx_s: float  # per context token read by a decoding sequence
+    kv_bytes_per_token: int
+    restore_gbps: dict[str, float] = field(default_factory=dict)  # tier name -> GB/s into device
+    network_gbps: float = 1.0  # KV transfer between workers (prefill -> decode)
+    model: str = ""  # checkpoint name@revision the figures were measured on
+    hardware: str = ""
+    measured_at: str = ""  # RFC 3339 UTC, or "" for the built-in defaults
+    source: str = "defaults"  # "calibrate" or "defaults"
+
+    def __post_init__(self) -> None:
+        for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.kv_bytes_per_token <= 0 or self.network_gbps <= 0:
+            raise ValueError("kv_bytes_per_token and network_gbps must be positive")
+        if any(v <= 0 for v in self.restore_gbps.values()):
+            raise ValueError("restore bandwidths must be positive")
+
+    def prefill_s(self, tokens: int, context: int) -> float:
+        """Prefill part of a step: `tokens` new tokens after `context` already in the KV cache."""
+        pairs = tokens * context + tokens * (tokens + 1) / 2
+        return self.prefill_token_s * tokens + self.prefill_attn_s * pairs
+
+    def decode_s(self, batch: int, context_sum: int) -> float:
+        return self.decode_seq_s * batch + self.decode_ctx_s * context_sum
+
+    def transfer_s(self, tokens: int) -> float:
+        return tokens * self.kv_bytes_per_token / (self.network_gbps * 1e9)
+
+    def restore_s(self, tier: str, tokens: int) -> float:
+        return tokens * self.kv_bytes_per_token / (self.restore_gbps.get(tier, 10.0) * 1e9)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Costs:
+        if data.get("version") != VERSION:
+            raise ValueError(f"calibration version {data.get('version')!r}, expected {VERSION}")
+        fields = {k: v for k, v in data.items() if k != "version"}
+        return cls(**fields)
+
+
+# The 40M demo Llama on the 2-core EPYC of PERF_NOTES: ~2,800 prefill tok/s at 512 tokens,
+# ~320 decode tok/s at batch 8, ~700 at batch 32; 8 layers x 2 x 4 KV heads x 64 x fp32.
+DEFAULTS = Costs(step_s0=0.004, prefill_token_s=0.00030, prefill_attn_s=2.0e-9,
+                 decode_seq_s=0.0011, decode_ctx_s=4.0e-8, kv_bytes_per_token=16384,
+                 restore_gbps={"host": 8.0, "disk": 2.0}, network_gbps=1.0,
+                 model="demo-small (PERF_NOTES figures)", source="defaults")
+
+
+def default_path() -> Path:
+    return paths.home() / "sim" / "calibration.json"
+
+
+def save(costs: Costs, path: Path | None = None) -> Path:
+    path = path or default_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(costs.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load(path: Path) -> Costs:
+    """A calibration file; ValueError when it is unreadable or of another version."""
+    try:
+        return Costs.from_json(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"cannot read calibration {path}: {exc}") from None
+
+
+def replace_network(costs: Costs, gbps: float) -> Costs:
+    from dataclasses import replace
+
+    return replace(costs, network_gbps=gbps)

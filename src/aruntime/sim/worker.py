@@ -1,0 +1,153 @@
+"""One simulated engine: a prefill queue, a running decode batch and a prefix cache, stepped as
+the engine steps (chunked prefill batched with one token per running sequence).
+
+One event per step while prompts are being prefilled. A decode-only batch does not change until
+a sequence finishes or new work arrives, so it runs as one "jump" of k equal steps; new work cuts
+the jump at the end of the step in flight. Within a jump a step costs what its first step costs
+(context growth over a jump is small beside the context itself)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from aruntime.sim.costs import Costs
+from aruntime.sim.prefix_cache import PrefixCache
+from aruntime.sim.trace import SimRequest
+
+
+@dataclass(slots=True)
+class Prefill:
+    index: int
+    request: SimRequest
+    predicted_uncached: int
+    computed: int = 0
+    started: bool = False
+
+
+@dataclass(slots=True)
+class Decode:
+    index: int
+    remaining: int  # output tokens still to produce
+    context: int
+
+
+@dataclass(slots=True)
+class StepPlan:
+    start: float
+    cost: float  # seconds per step
+    steps: int  # > 1 only for a decode-only jump
+    chunks: list[tuple[Prefill, int]] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, wid: int, role: str, costs: Costs, cache: PrefixCache,
+                 max_batched_tokens: int, max_seqs: int) -> None:
+        self.wid, self.role, self.costs, self.cache = wid, role, costs, cache
+        self.max_batched_tokens, self.max_seqs = max_batched_tokens, max_seqs
+        self.queue: deque[Prefill] = deque()
+        self.running: list[Decode] = []
+        self.waiting: deque[Decode] = deque()  # decodes beyond max_seqs
+        self.pending_tokens = 0  # uncached prompt tokens routed here and not yet computed
+        self.plan: StepPlan | None = None
+        self.gen = 0  # bumps when a planned step is cut, so its stale event is ignored
+        self.incoming = 0  # decode worker: prompts whose KV is still in transfer here
+        self.link_free = 0.0  # when this worker's outgoing KV link is next idle
+        self.hit_tokens = 0
+
+    def load_s(self) -> float:
+        """Seconds of work queued here, as a router estimates it."""
+        c = self.costs
+        return self.pending_tokens * c.prefill_token_s + (
+            len(self.running) + len(self.waiting)) * c.decode_seq_s
+
+    def predicted_hit_tokens(self, r: SimRequest) -> int:
+        return min(self.cache.peek(r.hash_ids) * r.block_tokens, r.input_len - 1)
+
+    def enqueue_prefill(self, index: int, r: SimRequest) -> None:
+        job = Prefill(index, r, r.input_len - self.predicted_hit_tokens(r))
+        self.pending_tokens += job.predicted_uncached
+        self.queue.append(job)
+
+    def enqueue_decode(self, d: Decode) -> None:
+        self.waiting.append(d)
+
+    def cut(self, now: float) -> float | None:
+        """New work arrived during a jump: end it after the step in flight. Returns the new end
+        time (the caller re-posts the step event), or None when nothing changed."""
+        p = self.plan
+        if p is None or p.steps <= 1:
+            return None
+        done = min(p.steps, int((now - p.start) / p.cost) + 1)
+        if done >= p.steps:
+            return None
+        p.steps = done
+        self.gen += 1
+        return p.start + done * p.cost
+
+    def plan_step(self, now: float) -> StepPlan | None:
+        """Choose the next step's work and cost; None when there is nothing to do."""
+        while self.waiting and len(self.running) < self.max_seqs:
+            self.running.append(self.waiting.popleft())
+        c = self.costs
+        decode_s = c.decode_s(len(self.running), sum(d.context for d in self.running)) \
+            if self.running else 0.0
+        budget = self.max_batched_tokens - len(self.running)
+        slots = self.max_seqs - len(self.running)
+        plan = StepPlan(now, 0.0, 1)
+        extra = 0.0
+        for job in self.queue:
+            if budget <= 0 or slots <= 0:
+                break
+            if not job.started:
+                extra += self._start(job)
+            n = min(budget, job.request.input_len - job.computed)
+            extra += c.prefill_s(n, job.computed)
+            plan.chunks.append((job, n))
+            budget -= n
+            slots -= 1
+        if not plan.chunks:
+            if not self.running:
+                return None
+            plan.steps = min(d.remaining for d in self.running)
+        plan.cost = c.step_s0 + decode_s + extra
+        self.plan = plan
+        return plan
+
+    def _start(self, job: Prefill) -> float:
+        """The prefix hit is taken when the prompt's first chunk is scheduled; host-tier blocks
+        are restored to the device first (their cost joins the step)."""
+        r = job.request
+        blocks, host = self.cache.lookup(r.hash_ids)
+        job.computed = min(blocks * r.block_tokens, r.input_len - 1)
+        host_tokens = min(host * r.block_tokens, job.computed)
+        self.hit_tokens += job.computed
+        self.pending_tokens += (r.input_len - job.computed) - job.predicted_uncached
+        job.predicted_uncached = r.input_len - job.computed
+        job.started = True
+        return self.costs.restore_s("host", host_tokens) if host_tokens else 0.0
+
+    def finish_step(self) -> tuple[list[Prefill], list[Decode]]:
+        """Apply the planned step. Returns prompts whose prefill completed (their first token is
+        out) and decodes that finished."""
+        p = self.plan
+        assert p is not None
+        self.plan = None
+        done: list[Decode] = []
+        for d in self.running:
+            d.remaining -= p.steps
+            d.context += p.steps
+            if d.remaining <= 0:
+                done.append(d)
+        if done:
+            self.running = [d for d in self.running if d.remaining > 0]
+        prefilled = []
+        for job, n in p.chunks:
+            job.computed += n
+            self.pending_tokens -= n
+            if job.computed >= job.request.input_len:
+                prefilled.append(job)
+                self.cache.insert(job.request.hash_ids)
+        if prefilled:
+            self.queue = deque(j for j in self.queue if j.computed < j.request.input_len)
+        return prefilled, done

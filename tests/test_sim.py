@@ -1,0 +1,164 @@
+"""The cluster simulator: small deterministic traces written here, run through the real code."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aruntime.sim import SLO, Costs, Layout, SimConfig, SimRequest, load_trace, predict
+from aruntime.sim import costs as costs_mod
+from aruntime.sim.calibrate import fit
+from aruntime.sim.goodput import meets, search
+from aruntime.sim.prefix_cache import PrefixCache
+from aruntime.sim.trace import compress
+
+# round numbers: a step is 10 ms + 1 ms per prefill token + 10 ms per decoding sequence
+SIMPLE = Costs(step_s0=0.01, prefill_token_s=0.001, prefill_attn_s=0.0, decode_seq_s=0.01,
+               decode_ctx_s=0.0, kv_bytes_per_token=1_000_000, network_gbps=1.0)
+
+
+def req(t: float, n: int, out: int, hashes: tuple[int, ...], block: int = 16) -> SimRequest:
+    return SimRequest(t, n, out, hashes, block)
+
+
+def test_prefix_cache_lru_spills_to_host_and_promotes() -> None:
+    c = PrefixCache(device_blocks=2, host_blocks=2)
+    c.insert((1, 2))
+    c.insert((3,))  # evicts 1 to the host
+    assert list(c.device) == [2, 3] and list(c.host) == [1]
+    assert c.peek((1, 2, 9)) == 2
+    assert c.lookup((1, 2)) == (2, 1)  # two blocks hit, one of them from the host
+    assert 1 in c.device
+
+
+def test_cache_hits_counted_right() -> None:
+    reqs = [req(0, 48, 1, (1, 2, 3)), req(10, 48, 1, (1, 2, 4)), req(20, 48, 1, (5, 6, 7)),
+            req(30, 32, 1, (1, 2))]  # a full-prompt hit still computes one token
+    p = predict(reqs, Layout(1), "round-robin", SIMPLE)
+    assert p.hit_tokens == 0 + 32 + 0 + 31
+    assert p.prompt_tokens == 48 * 3 + 32
+
+
+def test_kv_policy_beats_round_robin_on_shared_prefixes() -> None:
+    # 6 conversations; each turn repeats its conversation's 4-block prefix, turns interleaved
+    reqs = [req(i * 1.0, 80, 2, tuple(100 * (i % 6) + b for b in range(4)) + (10_000 + i,))
+            for i in range(60)]
+    kv = predict(reqs, Layout(4), "kv", SIMPLE)
+    rr = predict(reqs, Layout(4), "round-robin", SIMPLE)
+    assert kv.hit_rate > rr.hit_rate
+    assert kv.hit_rate == pytest.approx((54 * 64) / (60 * 80))  # every turn after the first hits
+
+
+def test_pd_transfer_adds_the_expected_time() -> None:
+    r = [req(0, 100, 3, (1,))]
+    colo = predict(r, Layout(1), "kv", SIMPLE)
+    pd = predict(r, Layout(1, 1), "kv", SIMPLE)
+    assert colo.ttft_s[0] == pytest.approx(0.11) == pd.ttft_s[0]  # 10 ms + 100 x 1 ms
+    assert colo.tpot_s[0] == pytest.approx(0.02)  # two decode steps of 10 + 10 ms
+    transfer = 100 * 1_000_000 / 1e9  # 0.1 s over 1 GB/s
+    assert pd.tpot_s[0] == pytest.approx((transfer + 0.04) / 2)
+
+
+def test_new_work_cuts_a_decode_jump_after_the_step_in_flight() -> None:
+    reqs = [req(0, 10, 101, (1,)), req(0.51, 10, 2, (2,))]
+    p = predict(reqs, Layout(1), "kv", SIMPLE)
+    # A decodes in 20 ms steps from 0.02; the step in flight at 0.51 ends at 0.52; B's prefill
+    # step (10 + 10 + 10 ms) ends at 0.55
+    assert p.ttft_s[1] == pytest.approx(0.04)
+    assert p.ttft_s[0] == pytest.approx(0.02)
+    # A: 100 tokens, one step of them 30 ms and one (with B decoding) 30 ms, the rest 20 ms
+    assert p.tpot_s[0] == pytest.approx((98 * 0.02 + 2 * 0.03) / 100)
+
+
+def _bursty(n: int = 200) -> list[SimRequest]:
+    return [req(i * 0.5 + (i % 7) * 0.05, 64 + 16 * (i % 5), 8, (i % 9, 1000 + i)) for i in range(n)]
+
+
+def test_goodput_search_is_monotone() -> None:
+    reqs = _bursty()
+    slo = SLO(ttft_s=0.5, tpot_s=0.08)
+    rates = [1, 2, 4, 8, 16, 32, 64]
+    att = [predict(reqs, Layout(2), "least-loaded", SIMPLE, SimConfig(), compress(reqs, r))
+           .attainment(slo) for r in rates]
+    assert att == sorted(att, reverse=True)
+    g = search(reqs, Layout(2), "least-loaded", SIMPLE, SimConfig(), slo, tolerance=0.05)
+    assert g.rate > 0 and g.prediction is not None
+    assert meets(reqs, Layout(2), "least-loaded", SIMPLE, SimConfig(), slo, g.rate)
+    assert not meets(reqs, Layout(2), "least-loaded", SIMPLE, SimConfig(), slo, g.rate * 1.06)
+    assert g.prediction.attainment(slo) >= 0.9
+
+
+def test_an_slo_run_stops_once_out_of_reach() -> None:
+    reqs = _bursty()
+    p = predict(reqs, Layout(1), "kv", SIMPLE, SimConfig(), compress(reqs, 1000.0), SLO(0.01, 0.01))
+    assert not p.complete and any(math.isnan(t) for t in p.tpot_s)
+
+
+def test_calibration_fit_recovers_known_terms_and_round_trips(tmp_path: Path) -> None:
+    s0, p1, p2, d1, d2 = 0.004, 2e-4, 1e-7, 1e-3, 5e-8
+    prefill = [(n, s0 + p1 * n + p2 * n * (n + 1) / 2) for n in (64, 256, 1024, 2048)]
+    decode = [(b, c, s0 + d1 * b + d2 * b * c) for b in (1, 8, 32) for c in (128, 1024)]
+    got = fit(prefill, decode)
+    assert got == pytest.approx([s0, p1, p2, d1, d2], rel=1e-6)
+    path = costs_mod.save(SIMPLE, tmp_path / "c.json")
+    assert costs_mod.load(path) == SIMPLE
+    path.write_text(json.dumps({**SIMPLE.to_json(), "version": 99}))
+    with pytest.raises(ValueError, match="version"):
+        costs_mod.load(path)
+
+
+def _write_trace(path: Path, n: int = 60) -> Path:
+    rows = [{"timestamp": i * 300, "input_length": 1024 + 512 * (i % 3), "output_length": 64,
+             "hash_ids": [i % 5, 50 + i % 5, 1000 + i]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_load_trace_scales_lengths(tmp_path: Path) -> None:
+    reqs = load_trace(_write_trace(tmp_path / "t.jsonl"), scale=8)
+    assert reqs[1].input_len == 1536 // 8 and reqs[1].output_len == 8 and reqs[1].block_tokens == 64
+    assert reqs[1].arrival_s == pytest.approx(0.3)
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ARUNTIME_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "aruntime.cli", "sim", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_sim_run_prints_the_table(tmp_path: Path) -> None:
+    trace = _write_trace(tmp_path / "t.jsonl")
+    out = tmp_path / "r.json"
+    p = _cli("run", "--trace", str(trace), "--workers", "4", "--pd", "colocated,1:1",
+             "--policies", "kv,round-robin", "--jobs", "1", "--json", str(out), home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "calibration: NONE" in p.stdout  # no calibration file: it says so
+    lines = p.stdout.splitlines()
+    assert any(line.startswith("kv            colocated") for line in lines)
+    assert any(line.startswith("round-robin   P:D 2:2") for line in lines)
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["goodput_rps"] >= 0 for r in rows)
+    costs_mod.save(SIMPLE, tmp_path / "sim" / "calibration.json")
+    p = _cli("run", "--trace", str(trace), "--workers", "2", "--pd", "1:1", "--policies", "kv",
+             "--jobs", "1", home=tmp_path)
+    assert p.returncode == 0 and "calibration: NONE" not in p.stdout
+
+
+@pytest.mark.parametrize("flags", [["--pd", "0:3"], ["--pd", "a:b"], ["--policies", "best"],
+                                   ["--workers", "0"], ["--trace", "/nonexistent.jsonl"],
+                                   ["--calibration", "/nonexistent.json"]])
+def test_sim_run_bad_flags_exit_2(tmp_path: Path, flags: list[str]) -> None:
+    p = _cli("run", "--trace", str(_write_trace(tmp_path / "t.jsonl")), *flags, home=tmp_path)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("aruntime: error:")
+
+
+def test_sim_calibrate_bad_model_exits_2(tmp_path: Path) -> None:
+    p = _cli("calibrate", "--model", str(tmp_path / "missing"), home=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
