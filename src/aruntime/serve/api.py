@@ -135,7 +135,9 @@ async def metrics(request: Request) -> Response:
         stats = await asyncio.wait_for(state.client.stats(), HEALTH_TIMEOUT_S)
     except (EngineDeadError, TimeoutError, RuntimeError):
         stats = None  # still serve the API-side series
-    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE)
+    extra: Callable[[], str] | None = getattr(state.client, "metrics_text", None)
+    body = state.metrics.render(stats) + (extra().encode() if extra else b"")
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:
@@ -369,8 +371,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         request_id=gen.id, tenant=gen.tenant, model=state.model_name,
         model_revision=info.revision, engine_version=f"aruntime-engine/{__version__}",
         hardware=info.hardware, precision=info.dtype,
-        route=Route(worker=f"local:{info.device}",
-                    cached_tokens_used=usage["prompt_tokens_details"]["cached_tokens"]),
+        route=_route(state, gen, usage["prompt_tokens_details"]["cached_tokens"]),
         timings=Timings(queue_s=max(0.0, max(queued)) if queued else None, ttft_s=ttft, tpot_s=max(0.0, sum(tpots) / len(tpots)) if tpots else None,
                         e2e_s=max(0.0, now - gen.started)),
         usage=Usage(prompt_tokens=usage["prompt_tokens"],
@@ -379,6 +380,20 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         finish_reasons=[c.finish_reason or "abort" for c in gen.choices],
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
     )
+
+
+def _route(state: ServerState, gen: Generation, used: int) -> Route:
+    """Where the request ran; behind a router, also the cached tokens it predicted there."""
+    route_of: Callable[[str], Any] | None = getattr(state.client, "route_of", None)
+    routes = [(c, r) for c in gen.choices
+              if (r := route_of(c.request_id)) is not None] if route_of else []
+    if not routes:
+        return Route(worker=f"local:{state.info.device}", cached_tokens_used=used)
+    predicted: dict[int, int] = {}  # per prompt, like usage's cached tokens
+    for c, r in routes:
+        predicted[id(c.prompt)] = max(predicted.get(id(c.prompt), 0), r.predicted_cached_tokens)
+    return Route(worker=",".join(sorted({r.worker for _, r in routes})),
+                 cached_tokens_predicted=sum(predicted.values()), cached_tokens_used=used)
 
 
 # ---- responses ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from aruntime import paths
 if TYPE_CHECKING:
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import MPClient
+    from aruntime.serve.pool import WorkerPool
 
 logger = logging.getLogger("aruntime.serve")
 T = TypeVar("T")
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="engine core processes on this machine, behind one router")
+    parser.add_argument("--router-policy", default="kv",
+                        choices=("kv", "round-robin", "random", "least-loaded"),
+                        help="how the router picks a worker (with --workers > 1)")
     tiers = parser.add_argument_group("KV tiers below the device")
     tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
                        help="host RAM for KV blocks (write-through from the device)")
@@ -104,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         check_model_dir(model)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -120,14 +128,16 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer.from_dir(model)
     except (ValueError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
-    client = MPClient(config)
+    client = _engine_client(config, args.workers, args.router_policy)
     try:
         info = client.start()
     except EngineStartError as exc:
         raise UsageError(str(exc)) from None
     name = args.served_model_name or info.name
+    pids = (client.core_pid if isinstance(client, MPClient)
+            else [w.core_pid for w in client.workers.values()])
     logger.info("engine core pid %s ready: %s (%s) on %s, max_model_len %d, %d KV blocks",
-                client.core_pid, name, info.revision[:19], info.device, info.max_model_len,
+                pids, name, info.revision[:19], info.device, info.max_model_len,
                 info.num_blocks)
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
@@ -138,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
+
+
+def _engine_client(config: EngineConfig, workers: int, policy: str) -> MPClient | WorkerPool:
+    """One engine core process, or `workers` of them behind a router."""
+    from aruntime.engine.core_client import MPClient
+
+    if workers == 1:
+        return MPClient(config)
+    from aruntime.serve.pool import WorkerPool
+
+    return WorkerPool(config, workers, policy)
 
 
 class BackgroundServer:
@@ -161,7 +182,7 @@ class BackgroundServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)
         self._error: BaseException | None = None
-        self.engine: MPClient | None = None  # set by `background_server`
+        self.engine: MPClient | WorkerPool | None = None  # set by `background_server`
 
     @property
     def url(self) -> str:
@@ -205,14 +226,15 @@ class BackgroundServer:
 
 @contextmanager
 def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
-                      log_level: str = "warning") -> Iterator[BackgroundServer]:
-    """The whole stack on loopback: an engine core process and the API on a thread here."""
-    from aruntime.engine.core_client import MPClient
+                      log_level: str = "warning", workers: int = 1,
+                      router_policy: str = "kv") -> Iterator[BackgroundServer]:
+    """The whole stack on loopback: an engine core process (or `workers` of them behind a
+    router) and the API on a thread here."""
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer
     from aruntime.serve.api import build_app
 
-    client = MPClient(config)
+    client = _engine_client(config, workers, router_policy)
     info = client.start()
     try:
         app = build_app(client, Tokenizer.from_dir(config.model),

@@ -1,0 +1,291 @@
+"""Colocated serving: N engine core processes behind one `EngineClient`, routed by a `Router`.
+
+Each worker is an `MPClient` (its own core process) that publishes its KV events on its own
+ipc endpoint as `w0..wN-1`; one `CacheDirectory` follows them all, so the router knows which
+worker holds which prefix, in which tier. A worker registers with its role, key scheme and
+capacity (KV blocks) when it starts; it is live while its core process is.
+
+A request whose worker dies before its first token is retried on another live worker (its
+prompt was not yet answered, so nobody can tell). Once tokens were streamed it cannot be
+replayed unseen: it fails with `EngineDeadError` naming the worker, which the API turns into a
+503-style error. Either way nothing hangs: `MPClient` fails every waiter when its core exits.
+
+The routing audit pairs, per request, the cached tokens the router predicted with those the
+engine reused (`route_of`, `audit`, and the Prometheus lines of `metrics_text`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.core_client import MPClient
+from aruntime.engine.core_proc import ModelInfo
+from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.sampling import SamplingParams
+from aruntime.serve.router import Router, request_keys
+from aruntime.state.directory import CacheDirectory, DirectoryError
+from aruntime.state.keys import KeyScheme
+
+__all__ = ["RouteRecord", "WorkerInfo", "WorkerPool"]
+
+ROUTES_KEPT = 4096  # per-request audit records kept for the evidence log to pick up
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a worker registers with."""
+
+    worker_id: str
+    role: str  # "colocated": prefill and decode in one engine
+    scheme: KeyScheme
+    num_blocks: int
+    pid: int | None
+
+
+@dataclass(slots=True)
+class RouteRecord:
+    request_id: str
+    worker: str
+    predicted_cached_tokens: int
+    cached_tokens_used: int | None = None
+    attempts: int = 1
+
+
+@dataclass(slots=True)
+class Audit:
+    requests: int = 0  # requests whose first token came (prediction checked)
+    predicted_tokens: int = 0
+    used_tokens: int = 0
+    abs_error_tokens: int = 0
+    retries: int = 0
+    failed_mid_stream: int = 0
+
+    @property
+    def error(self) -> float:
+        """Absolute prediction error as a share of the tokens actually reused."""
+        return self.abs_error_tokens / max(1, self.used_tokens)
+
+
+class WorkerPool(EngineClient):
+    """`start()` blocks until every worker is ready (they load in parallel); the async methods
+    then bind to the loop that calls them first, like `MPClient`'s."""
+
+    def __init__(self, config: EngineConfig, num_workers: int, policy: str = "kv", *,
+                 seed: int | None = None, startup_timeout: float = 600.0) -> None:
+        if num_workers < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.config = config
+        self.router = Router(policy, config.block_size, seed=seed)
+        self.audit = Audit()
+        self._sockdir = tempfile.mkdtemp(prefix="aruntime-pool-")  # ipc paths must be short
+        self.workers: dict[str, MPClient] = {}
+        for i in range(num_workers):
+            wid = f"w{i}"
+            cfg = dataclasses.replace(
+                config, worker_id=wid, kv_events=True,
+                kv_events_endpoint=f"ipc://{self._sockdir}/{wid}-events",
+                kv_events_replay_endpoint=f"ipc://{self._sockdir}/{wid}-replay")
+            self.workers[wid] = MPClient(cfg, startup_timeout=startup_timeout)
+        self.registry: dict[str, WorkerInfo] = {}
+        self.directory: CacheDirectory | None = None
+        self._info: ModelInfo | None = None
+        self._routes: OrderedDict[str, RouteRecord] = OrderedDict()
+        self._attached = False
+
+    @property
+    def policy(self) -> str:
+        return self.router.policy
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the worker pool has not been started")
+        return self._info
+
+    @property
+    def is_alive(self) -> bool:
+        return bool(self.live_workers())
+
+    def live_workers(self) -> list[str]:
+        return [wid for wid, w in self.workers.items() if w.is_alive]
+
+    def start(self) -> ModelInfo:
+        if self._info is not None:
+            return self._info
+        try:
+            with ThreadPoolExecutor(len(self.workers)) as ex:
+                infos = list(ex.map(lambda w: w.start(), self.workers.values()))
+        except BaseException:
+            self.close()
+            raise
+        self._info = infos[0]
+        scheme = KeyScheme(self.config.block_size, self._info.revision)
+        for (wid, w), info in zip(self.workers.items(), infos, strict=True):
+            self.registry[wid] = WorkerInfo(wid, "colocated", scheme, info.num_blocks, w.core_pid)
+        self.directory = CacheDirectory(
+            [(w.config.kv_events_endpoint or "", w.config.kv_events_replay_endpoint)
+             for w in self.workers.values()], scheme=scheme).start()
+        return self._info
+
+    async def _attach_all(self) -> None:
+        """Bind every worker to this loop, so a core's exit is noticed even by an idle one."""
+        if not self._attached:
+            self._attached = True
+            await asyncio.gather(*(w.stats() for w in self.workers.values()),
+                                 return_exceptions=True)
+
+    def route_of(self, request_id: str) -> RouteRecord | None:
+        return self._routes.get(request_id)
+
+    def _record(self, route: RouteRecord) -> None:
+        self._routes[route.request_id] = route
+        while len(self._routes) > ROUTES_KEPT:
+            self._routes.popitem(last=False)
+
+    def _decide(self, request_id: str, prompt: list[int], tenant_salt: bytes,
+                shared_prefix_tokens: int, exclude: set[str]) -> RouteRecord:
+        live = [w for w in self.live_workers() if w not in exclude]
+        if not live:
+            raise EngineDeadError(f"no live worker can take request {request_id} "
+                                  f"(tried {', '.join(sorted(exclude)) or 'none'})")
+        assert self.directory is not None
+        keys = request_keys(self.registry[live[0]].scheme, prompt, tenant_salt,
+                            shared_prefix_tokens)
+        try:
+            matches = self.directory.longest_prefix(keys)
+        except DirectoryError:
+            matches = []  # route blind rather than fail the request
+        decision = self.router.choose([self.router.load(w) for w in live], matches, len(prompt))
+        return RouteRecord(request_id, decision.worker, decision.predicted_cached_tokens,
+                           attempts=len(exclude) + 1)
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        if self._info is None:
+            raise RuntimeError("the worker pool has not been started")
+        await self._attach_all()
+        tried: set[str] = set()
+        while True:
+            route = self._decide(request_id, prompt_token_ids, tenant_salt,
+                                 shared_prefix_tokens, tried)
+            self._record(route)
+            tried.add(route.worker)
+            attempt = self._attempt(route, prompt_token_ids, params, tenant_salt,
+                                    shared_prefix_tokens)
+            died = False
+            try:
+                async for item in attempt:
+                    if item is None:
+                        died = True  # the worker died before answering: try another
+                        break
+                    yield item
+            finally:
+                await attempt.aclose()
+            if not died:
+                return
+            self.audit.retries += 1
+
+    async def _attempt(self, route: RouteRecord, prompt: list[int], params: SamplingParams,
+                       tenant_salt: bytes, shared_prefix_tokens: int,
+                       ) -> AsyncIterator[RequestOutput | None]:
+        """One worker's try: its outputs, or a single None when it died before the first."""
+        worker, n = route.worker, len(prompt)
+        prefill = max(1, n - route.predicted_cached_tokens)
+        self.router.sent(worker, prefill)
+        first = False
+        stream = self.workers[worker].generate(route.request_id, prompt, params, tenant_salt,
+                                               shared_prefix_tokens)
+        try:
+            async for out in stream:
+                if not first:
+                    first = True
+                    self.router.prefilled(worker, prefill)
+                    self._audit_first(route, out)
+                yield out
+        except EngineDeadError as exc:
+            if first:
+                self.audit.failed_mid_stream += 1
+                raise EngineDeadError(f"worker {worker} died while request {route.request_id} "
+                                      f"was streaming; it cannot be resumed: {exc}") from exc
+            yield None
+        finally:
+            self.router.finished(worker, prefill, first)
+            await stream.aclose()
+
+    def _audit_first(self, route: RouteRecord, out: RequestOutput) -> None:
+        used = out.num_cached_tokens
+        route.cached_tokens_used = used
+        a = self.audit
+        a.requests += 1
+        a.predicted_tokens += route.predicted_cached_tokens
+        a.used_tokens += used
+        a.abs_error_tokens += abs(route.predicted_cached_tokens - used)
+
+    async def abort(self, request_id: str) -> None:
+        route = self._routes.get(request_id)
+        if route is not None and self.workers[route.worker].is_alive:
+            await self.workers[route.worker].abort(request_id)
+
+    async def stats(self) -> EngineStats:
+        """The live workers' counters summed (their KV usage averaged)."""
+        live = [self.workers[w] for w in self.live_workers()]
+        if not live:
+            raise EngineDeadError("every worker of the pool has stopped")
+        got = await asyncio.gather(*(w.stats() for w in live), return_exceptions=True)
+        stats = [s for s in got if isinstance(s, EngineStats)]
+        if not stats:
+            raise EngineDeadError(f"no worker answered: {got[0]!r}")
+        total = {f: sum(getattr(s, f) for s in stats) for f in EngineStats.__struct_fields__
+                 if f not in ("kv_usage", "tiers")}
+        return EngineStats(kv_usage=sum(s.kv_usage for s in stats) / len(stats),
+                           tiers=[t for s in stats for t in s.tiers], **total)
+
+    def metrics_text(self) -> str:
+        """Prometheus lines for the routing audit and worker health."""
+        a = self.audit
+        lines = [
+            "# HELP aruntime_worker_up Whether a pool worker's engine core is running.",
+            "# TYPE aruntime_worker_up gauge",
+            *(f'aruntime_worker_up{{worker="{w}"}} {int(c.is_alive)}'
+              for w, c in self.workers.items()),
+        ]
+        for name, value, help_text in (
+            ("route_requests", a.requests, "Routed requests whose prediction was checked."),
+            ("route_cached_tokens_predicted", a.predicted_tokens,
+             "Prompt tokens the router predicted the chosen worker had cached."),
+            ("route_cached_tokens_used", a.used_tokens,
+             "Prompt tokens the chosen worker's engine actually reused."),
+            ("route_cached_tokens_abs_error", a.abs_error_tokens,
+             "Sum over requests of |predicted - used| cached tokens."),
+            ("route_retries", a.retries, "Requests retried on another worker."),
+            ("route_failed_mid_stream", a.failed_mid_stream,
+             "Requests that failed because their worker died while streaming."),
+        ):
+            lines += [f"# HELP aruntime_{name}_total {help_text}",
+                      f"# TYPE aruntime_{name}_total counter",
+                      f'aruntime_{name}_total{{policy="{self.policy}"}} {value}']
+        return "\n".join(lines) + "\n"
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers.values()),
+                             return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.close()
+        if self.directory is not None:
+            self.directory.close()
+            self.directory = None
+        shutil.rmtree(self._sockdir, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""Which worker gets a request: routing policies over what the cache directory predicts and what
+the router itself has sent. Pure and torch-free: the pool feeds it loads and prefix matches.
+
+`kv` (the default) prices each candidate as the prefill work it would do — prompt tokens not
+restored from its cache, each cached block discounted by its tier's restore cost — plus the
+prefill tokens already queued on it and a weight per running decode; the cheapest wins. The
+other policies (`round-robin`, `random`, `least-loaded`) ignore the cache, so they can be
+compared with it. Whatever the policy, the decision carries the cached tokens the directory
+predicts for the chosen worker: the routing audit compares them with what the engine reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aruntime.state.directory_index import SHARED_WORKER, PrefixMatch
+from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, block_key
+
+POLICIES = ("kv", "round-robin", "random", "least-loaded")
+# Share of a block's prefill cost that restoring it from this tier saves.
+TIER_WEIGHTS = {"device": 1.0, "host": 0.9, "disk": 0.6, "redis": 0.5}
+DECODE_WEIGHT = 16.0  # prefill tokens one running decode is worth, per step it shares
+# Prefill tokens a queued request is worth beyond its own: each one's first token takes a
+# whole forward pass, however few tokens it computes, so counts balance as well as tokens.
+REQUEST_WEIGHT = 64.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    """A candidate as the router sees it now."""
+
+    worker_id: str
+    queued_prefill_tokens: int = 0
+    running: int = 0
+    queued_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    worker: str
+    predicted_cached_tokens: int
+    scores: dict[str, float] = field(default_factory=dict)  # worker -> cost (lower is better)
+
+
+def request_keys(scheme: KeyScheme, tokens: Sequence[int], tenant_salt: bytes = b"",
+                 shared_prefix_tokens: int = 0) -> list[BlockKey]:
+    """The block keys the engine gives a prompt (see `Sequence.block_keys`): the first
+    `shared_prefix_tokens // block_size` blocks in the shared namespace, then re-rooted in the
+    tenant's."""
+    bs = scheme.block_size
+    shared_blocks = shared_prefix_tokens // bs
+    root, shared_root = scheme.root(tenant_salt), scheme.root(SHARED_NAMESPACE)
+    keys: list[BlockKey] = []
+    for i in range(len(tokens) // bs):
+        if i < shared_blocks:
+            parent = keys[-1] if i else shared_root
+        elif i == shared_blocks and i:
+            parent = BlockKey(hashlib.sha256(root + keys[-1]).digest())
+        else:
+            parent = keys[-1] if keys else root
+        keys.append(block_key(parent, tokens[i * bs:(i + 1) * bs]))
+    return keys
+
+
+class Router:
+    """Chooses among live candidates; also keeps each worker's load from what it sent."""
+
+    def __init__(self, policy: str = "kv", block_size: int = 16, *,
+                 decode_weight: float = DECODE_WEIGHT, request_weight: float = REQUEST_WEIGHT,
+                 seed: int | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown router policy {policy!r}; choose from {', '.join(POLICIES)}")
+        self.policy = policy
+        self.block_size = block_size
+        self.decode_weight = decode_weight
+        self.request_weight = request_weight
+        self._rng = random.Random(seed)
+        self._next = 0
+        self._queued: dict[str, int] = {}
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}  # requests sent, first token not yet back
+
+    # --- load tracking: called by the pool as requests move -----------------------------------
+
+    def sent(self, worker: str, prefill_tokens: int) -> None:
+        self._queued[worker] = self._queued.get(worker, 0) + prefill_tokens
+        self._waiting[worker] = self._waiting.get(worker, 0) + 1
+
+    def prefilled(self, worker: str, prefill_tokens: int) -> None:
+        """The first token came: the prefill is done and the request decodes."""
+        self._queued[worker] = max(0, self._queued.get(worker, 0) - prefill_tokens)
+        self._waiting[worker] = max(0, self._waiting.get(worker, 0) - 1)
+        self._running[worker] = self._running.get(worker, 0) + 1
+
+    def finished(self, worker: str, prefill_tokens: int, prefilled: bool) -> None:
+        if prefilled:
+            self._running[worker] = max(0, self._running.get(worker, 0) - 1)
+        else:
+            self._queued[worker] = max(0, self._queued.get(worker, 0) - prefill_tokens)
+            self._waiting[worker] = max(0, self._waiting.get(worker, 0) - 1)
+
+    def load(self, worker: str) -> WorkerLoad:
+        return WorkerLoad(worker, self._queued.get(worker, 0), self._running.get(worker, 0),
+                          self._waiting.get(worker, 0))
+
+    # --- the decision -------------------------------------------------------------------------
+
+    def predicted(self, worker: str, matches: Sequence[PrefixMatch],
+                  prompt_tokens: int) -> tuple[int, float]:
+        """(cached tokens, restore-weighted cached tokens) the worker would reuse: its own
+        blocks, then the shared Redis tier's beyond them; at least one token is computed."""
+        usable = max(0, (prompt_tokens - 1) // self.block_size)
+        own = next((m for m in matches if m.worker_id == worker), None)
+        shared = next((m for m in matches if m.worker_id == SHARED_WORKER), None)
+        blocks, weighted = 0, 0.0
+        if own is not None:
+            for tier, n in sorted(own.by_tier.items(), key=lambda kv: -TIER_WEIGHTS.get(kv[0], 0)):
+                take = min(n, usable - blocks)
+                blocks += take
+                weighted += take * TIER_WEIGHTS.get(tier, 0.5)
+        if shared is not None and shared.num_blocks > blocks:
+            extra = min(shared.num_blocks, usable) - blocks
+            blocks += max(0, extra)
+            weighted += max(0, extra) * TIER_WEIGHTS[SHARED_WORKER]
+        return blocks * self.block_size, weighted * self.block_size
+
+    def cost(self, load: WorkerLoad, weighted_cached: float, prompt_tokens: int) -> float:
+        return (prompt_tokens - weighted_cached + load.queued_prefill_tokens
+                + self.request_weight * load.queued_requests + self.decode_weight * load.running)
+
+    def choose(self, candidates: Sequence[WorkerLoad], matches: Sequence[PrefixMatch],
+               prompt_tokens: int) -> Decision:
+        if not candidates:
+            raise ValueError("no candidate worker")
+        ids = [c.worker_id for c in candidates]
+        hits = {w: self.predicted(w, matches, prompt_tokens) for w in ids}
+        scores = {c.worker_id: self.cost(c, hits[c.worker_id][1], prompt_tokens)
+                  for c in candidates}
+        if self.policy == "kv":
+            # ties (e.g. nothing cached, nothing queued) rotate, so cold groups spread out
+            start = self._next % len(ids)
+            order = ids[start:] + ids[:start]
+            worker = min(order, key=lambda w: scores[w])
+            self._next += 1
+        elif self.policy == "round-robin":
+            worker = ids[self._next % len(ids)]
+            self._next += 1
+        elif self.policy == "random":
+            worker = self._rng.choice(ids)
+        else:  # least-loaded: the cache is ignored
+            worker = min(candidates, key=lambda c: self.cost(c, 0.0, 0)).worker_id
+        return Decision(worker, hits[worker][0], scores)
