@@ -30,20 +30,24 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import __version__
 from aruntime.contracts import EvidenceRecord, Route, Timings, Usage
+from aruntime.contracts.request import SLO
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
 from aruntime.serve import protocol as p
+from aruntime.serve.admission import Admission, Prediction
 from aruntime.serve.errors import (
     EngineUnavailableError,
     InvalidRequestError,
     NotFoundError,
+    RateLimitError,
     error_body,
     install_error_handlers,
 )
 from aruntime.serve.metrics import CONTENT_TYPE, Metrics
+from aruntime.serve.router import Router
 from aruntime.state.evidence import EvidenceLog, output_digest
 from aruntime.state.signing import DeploymentKey, default_key_path
 
@@ -51,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_NOTE = ("random demo weights; pass --model DIR to serve a real Hugging Face checkpoint")
 HEALTH_TIMEOUT_S = 5.0
+LOCAL_WORKER = "local"
 
 
 @dataclass
@@ -65,6 +70,9 @@ class ServerState:
     evidence: EvidenceLog
     signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
+    admission: Admission = field(default_factory=Admission)
+    # A single engine's load, kept from what this API sent it (a pool's router keeps its own).
+    local_load: Router = field(default_factory=Router)
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
@@ -240,6 +248,7 @@ class Generation:
     tenant: str
     kv_salt: bytes = b""  # keys this tenant's KV blocks apart from every other tenant's
     shared_prefix_tokens: int = 0
+    slo: SLO | None = None
     started: float = field(default_factory=time.time)
     _done: bool = False
 
@@ -273,7 +282,7 @@ def _plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     max_len = state.info.max_model_len
     choices = []
-    tenant, shared = "default", 0
+    tenant, shared, slo = "default", 0, None
     for pi, prompt in enumerate(prompts):
         max_tokens = p.max_tokens_for(req, len(prompt), max_len, prompt_param)
         for i in range(req.n):
@@ -283,21 +292,20 @@ def _plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         inputs = {"messages": messages} if messages is not None else {"prompt_token_ids": prompt}
         contract = p.request_contract(req, request_id, state.model_name, inputs,
                                       choices[-1].params)
-        tenant, shared = contract.tenant, contract.shared_prefix_tokens
+        tenant, shared, slo = contract.tenant, contract.shared_prefix_tokens, contract.slo
     kind = "chat" if messages is not None else "completion"
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
-    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt, shared)
+    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt, shared, slo)
 
 
-async def _merged(client: EngineClient,
+async def _merged(state: ServerState,
                   gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Every choice's deltas as they come. Closing this (or cancelling its consumer) closes
     each engine iterator, and that aborts whatever has not finished."""
     if len(gen.choices) == 1:
         c = gen.choices[0]
-        stream = client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
-                                 gen.shared_prefix_tokens)
+        stream = _engine_stream(state, gen, c)
         try:
             async for out in stream:
                 yield 0, out
@@ -308,8 +316,7 @@ async def _merged(client: EngineClient,
 
     async def pump(c: Choice) -> None:
         try:
-            async for out in client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
-                                             gen.shared_prefix_tokens):
+            async for out in _engine_stream(state, gen, c):
                 queue.put_nowait((c.index, out))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
             queue.put_nowait((c.index, exc))
@@ -327,6 +334,74 @@ async def _merged(client: EngineClient,
     finally:
         for t in tasks:
             t.cancel()  # synchronous: safe when our own task is being cancelled
+
+
+# ---- admission control -------------------------------------------------------------------------
+
+
+def _pool_loads(state: ServerState) -> Callable[..., list[Any]] | None:
+    loads: Callable[..., list[Any]] | None = getattr(state.client, "candidate_loads", None)
+    return loads
+
+
+def _admit_slo(state: ServerState, gen: Generation) -> None:
+    """Refuse now (429) when no worker is predicted to meet the request's SLO. A refused
+    request gets no evidence record: nothing ran, nothing was produced."""
+    if gen.slo is None:
+        return
+    first = gen.choices[0].prompt
+    # Every choice is an engine request: the first prompt may hit the cache, the rest count whole.
+    rest = sum(len(c.prompt) for c in gen.choices[1:])
+    loads = _pool_loads(state)
+    if loads is not None:
+        candidates = loads(first, gen.kv_salt, gen.shared_prefix_tokens)
+    else:
+        candidates = [(state.local_load.load(LOCAL_WORKER), 0)]
+    predictions: list[Prediction] = [
+        state.admission.predict(load, len(first) - cached + rest, len(gen.choices))
+        for load, cached in candidates]
+    rejection = state.admission.check(gen.slo, predictions)
+    if rejection is not None:
+        state.metrics.rejected.labels(state.model_name, rejection.reason).inc()
+        raise RateLimitError(rejection.message, param=f"aruntime.slo.{rejection.reason}_ms",
+                             retry_after_s=rejection.retry_after_s)
+
+
+async def _engine_stream(state: ServerState, gen: Generation,
+                         c: Choice) -> AsyncIterator[RequestOutput]:
+    """One choice's engine request; keeps a single engine's load and feeds admission's costs
+    from the engine's own timings when it finishes."""
+    book = None if _pool_loads(state) is not None else state.local_load
+    prefill, first, batch, generated = max(1, len(c.prompt)), False, 1, 0
+    if book is not None:
+        book.sent(LOCAL_WORKER, prefill)
+    stream = state.client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
+                                   gen.shared_prefix_tokens)
+    try:
+        async for out in stream:
+            generated += len(out.new_token_ids)
+            if not first:
+                first = True
+                if book is not None:
+                    book.prefilled(LOCAL_WORKER, prefill)
+                batch = _running_beside(state, c.request_id)
+            if out.finished:
+                state.admission.costs.observe(out, generated, batch)
+            yield out
+    finally:
+        if book is not None:
+            book.finished(LOCAL_WORKER, prefill, first)
+        await _aclose(stream)
+
+
+def _running_beside(state: ServerState, request_id: str) -> int:
+    """Decodes running on the request's worker now, itself included."""
+    route_of: Callable[[str], Any] | None = getattr(state.client, "route_of", None)
+    router: Router | None = getattr(state.client, "router", None)
+    route = route_of(request_id) if route_of is not None else None
+    if route is not None and router is not None:
+        return max(1, router.load(route.worker).running)
+    return max(1, state.local_load.load(LOCAL_WORKER).running)
 
 
 async def _aclose(stream: AsyncIterator[Any]) -> None:
@@ -403,6 +478,7 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
     if not getattr(state.client, "is_alive", True):  # before a 200 starts a stream
         raise EngineUnavailableError("the engine is not running")
+    _admit_slo(state, gen)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, gen, include_usage), media_type="text/event-stream",
@@ -433,7 +509,7 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 async def _collect(state: ServerState, gen: Generation) -> None:
-    stream = _merged(state.client, gen)
+    stream = _merged(state, gen)
     try:
         async for index, out in stream:
             gen.apply(index, out)
@@ -458,7 +534,7 @@ def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:
 
 
 async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> AsyncIterator[str]:
-    stream = _merged(state.client, gen)
+    stream = _merged(state, gen)
     chunk = _chunker(state, gen, include_usage)
     try:
         if gen.kind == "chat":

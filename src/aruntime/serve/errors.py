@@ -4,6 +4,8 @@
     APIError                  any error we answer ourselves
     ├── InvalidRequestError   400 invalid_request_error (bad JSON, types, ranges, too long)
     ├── NotFoundError         404 invalid_request_error (unknown model: code model_not_found)
+    ├── RateLimitError        429 rate_limit_exceeded (admission: code slo_unattainable, with
+    │                         a Retry-After header)
     └── EngineUnavailableError 503 server_error (the engine core is gone)
 
 FastAPI's own 422 (RequestValidationError) and Starlette's 404/405 are rewritten the same way,
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 class APIError(Exception):
     status_code = 500
     error_type = "server_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -47,6 +50,18 @@ class NotFoundError(APIError):
     error_type = "invalid_request_error"
 
 
+class RateLimitError(APIError):
+    """Refused before any work was done; the client may retry after `retry_after_s`."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, param: str | None = None,
+                 code: str = "slo_unattainable") -> None:
+        super().__init__(message, param=param, code=code)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}
+
+
 class EngineUnavailableError(APIError):
     status_code = 503
     error_type = "server_error"
@@ -61,7 +76,7 @@ def error_body(message: str, type_: str, param: str | None = None,
 
 
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -98,6 +98,9 @@ class Metrics:
                              ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)
         self.success = Counter("aruntime:request_success", "Finished requests by reason.",
                                ["model_name", "finished_reason"], registry=r)
+        self.rejected = Counter("aruntime:requests_rejected",
+                                "Requests refused by admission control, by the SLO part missed.",
+                                ["model_name", "reason"], registry=r)
 
     def observe_finished(self, last: RequestOutput, num_generated: int, end_time: float) -> None:
         """One engine request ended: `last` is its final delta (or a synthetic abort)."""

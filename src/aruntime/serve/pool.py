@@ -31,8 +31,9 @@ from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.router import Router, request_keys
+from aruntime.serve.router import Router, WorkerLoad, request_keys
 from aruntime.state.directory import CacheDirectory, DirectoryError
+from aruntime.state.directory_index import PrefixMatch
 from aruntime.state.keys import KeyScheme
 
 __all__ = ["RouteRecord", "WorkerInfo", "WorkerPool"]
@@ -45,7 +46,7 @@ class WorkerInfo:
     """What a worker registers with."""
 
     worker_id: str
-    role: str  # "colocated": prefill and decode in one engine
+    role: str  # "colocated": prefill and decode in one engine; or "prefill", "decode"
     scheme: KeyScheme
     num_blocks: int
     pid: int | None
@@ -80,16 +81,18 @@ class WorkerPool(EngineClient):
     then bind to the loop that calls them first, like `MPClient`'s."""
 
     def __init__(self, config: EngineConfig, num_workers: int, policy: str = "kv", *,
-                 seed: int | None = None, startup_timeout: float = 600.0) -> None:
+                 seed: int | None = None, startup_timeout: float = 600.0,
+                 role: str = "colocated", worker_prefix: str = "w") -> None:
         if num_workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.config = config
         self.router = Router(policy, config.block_size, seed=seed)
         self.audit = Audit()
+        self.role = role
         self._sockdir = tempfile.mkdtemp(prefix="aruntime-pool-")  # ipc paths must be short
         self.workers: dict[str, MPClient] = {}
         for i in range(num_workers):
-            wid = f"w{i}"
+            wid = f"{worker_prefix}{i}"
             cfg = dataclasses.replace(
                 config, worker_id=wid, kv_events=True,
                 kv_events_endpoint=f"ipc://{self._sockdir}/{wid}-events",
@@ -130,7 +133,7 @@ class WorkerPool(EngineClient):
         self._info = infos[0]
         scheme = KeyScheme(self.config.block_size, self._info.revision)
         for (wid, w), info in zip(self.workers.items(), infos, strict=True):
-            self.registry[wid] = WorkerInfo(wid, "colocated", scheme, info.num_blocks, w.core_pid)
+            self.registry[wid] = WorkerInfo(wid, self.role, scheme, info.num_blocks, w.core_pid)
         self.directory = CacheDirectory(
             [(w.config.kv_events_endpoint or "", w.config.kv_events_replay_endpoint)
              for w in self.workers.values()], scheme=scheme).start()
@@ -151,19 +154,34 @@ class WorkerPool(EngineClient):
         while len(self._routes) > ROUTES_KEPT:
             self._routes.popitem(last=False)
 
+    def _matches(self, worker: str, prompt: list[int], tenant_salt: bytes,
+                 shared_prefix_tokens: int) -> list[PrefixMatch]:
+        assert self.directory is not None
+        keys = request_keys(self.registry[worker].scheme, prompt, tenant_salt,
+                            shared_prefix_tokens)
+        try:
+            return self.directory.longest_prefix(keys)
+        except DirectoryError:
+            return []  # route blind rather than fail the request
+
+    def candidate_loads(self, prompt: list[int], tenant_salt: bytes = b"",
+                        shared_prefix_tokens: int = 0) -> list[tuple[WorkerLoad, int]]:
+        """For admission control: each live worker's load now, and the prompt tokens the
+        router predicts it has cached."""
+        live = self.live_workers()
+        if not live or self.directory is None:
+            return []
+        matches = self._matches(live[0], prompt, tenant_salt, shared_prefix_tokens)
+        return [(self.router.load(w), self.router.predicted(w, matches, len(prompt))[0])
+                for w in live]
+
     def _decide(self, request_id: str, prompt: list[int], tenant_salt: bytes,
                 shared_prefix_tokens: int, exclude: set[str]) -> RouteRecord:
         live = [w for w in self.live_workers() if w not in exclude]
         if not live:
             raise EngineDeadError(f"no live worker can take request {request_id} "
                                   f"(tried {', '.join(sorted(exclude)) or 'none'})")
-        assert self.directory is not None
-        keys = request_keys(self.registry[live[0]].scheme, prompt, tenant_salt,
-                            shared_prefix_tokens)
-        try:
-            matches = self.directory.longest_prefix(keys)
-        except DirectoryError:
-            matches = []  # route blind rather than fail the request
+        matches = self._matches(live[0], prompt, tenant_salt, shared_prefix_tokens)
         decision = self.router.choose([self.router.load(w) for w in live], matches, len(prompt))
         return RouteRecord(request_id, decision.worker, decision.predicted_cached_tokens,
                            attempts=len(exclude) + 1)
