@@ -107,6 +107,8 @@ class EngineConfig:
     kv_disk_dir: str | None = None
     kv_disk_bytes: int = 0
     kv_redis_url: str | None = None
+    kv_transport_dir: str | None = None  # disaggregated workers hand KV over here (top tier)
+    kv_transport_bytes: int = 1024 * 1024 * 1024  # what each worker may keep in the transport
     kv_events: bool = False  # collect BlockStored/BlockRemoved events for a cache directory
     kv_events_endpoint: str | None = None  # publish there (ZeroMQ PUB bind); implies kv_events
     kv_events_replay_endpoint: str | None = None  # a late directory replays from here (ROUTER bind)
@@ -124,6 +126,8 @@ class EngineConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")
+        if self.kv_transport_dir and self.kv_transport_bytes <= 0:
+            raise ValueError("kv_transport_bytes must be positive")
         if self.kv_lease_s <= 0:
             raise ValueError("kv_lease_s must be positive")
         if self.kv_events_replay_endpoint and not self.kv_events_endpoint:

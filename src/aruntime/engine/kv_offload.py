@@ -11,6 +11,7 @@ from aruntime.engine.runner import ModelRunner
 from aruntime.state.keys import BlockKey, KeyScheme
 from aruntime.state.kv_events import EventBuffer
 from aruntime.state.kv_format import StaleBlockError
+from aruntime.state.shm_store import ShmStore
 from aruntime.state.tier_stores import DiskStore, HostStore, RedisStore, TierStore
 from aruntime.state.tiered_cache import TieredKVCache
 
@@ -19,9 +20,14 @@ logger = logging.getLogger(__name__)
 
 def build_tiers(scheme: KeyScheme, host_bytes: int = 0, disk_dir: str | None = None,
                 disk_bytes: int = 0, redis_url: str | None = None,
-                events: EventBuffer | None = None) -> TieredKVCache | None:
-    """The tiers a deployment asked for, top to bottom; None when it asked for none."""
+                events: EventBuffer | None = None, transport_dir: str | None = None,
+                transport_bytes: int = 0) -> TieredKVCache | None:
+    """The tiers a deployment asked for, top to bottom; None when it asked for none. A KV
+    transport (disaggregated workers) is the top tier: computed blocks are written through to
+    it before the step's outputs leave, so a decode worker finds them once the prefill answers."""
     stores: list[TierStore] = []
+    if transport_dir:
+        stores.append(ShmStore(Path(transport_dir), transport_bytes, scheme))
     if host_bytes > 0:
         stores.append(HostStore(host_bytes))
     if disk_dir:

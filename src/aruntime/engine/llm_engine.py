@@ -44,7 +44,8 @@ class LLMEngine:
         self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, self.events)
         self.key_scheme = KeyScheme(config.block_size, self.revision)
         self.tiers = build_tiers(self.key_scheme, config.kv_host_bytes, config.kv_disk_dir,
-                                 config.kv_disk_bytes, config.kv_redis_url, self.events)
+                                 config.kv_disk_bytes, config.kv_redis_url, self.events,
+                                 config.kv_transport_dir, config.kv_transport_bytes)
         self.loader = TierLoader(self.tiers, self.runner) if self.tiers else None
         self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
                                    config.max_num_batched_tokens, self.loader)
@@ -153,8 +154,14 @@ class LLMEngine:
             generation_tokens_total=self.generation_tokens_total,
             tier_hit_tokens_total=s.tier_hit_tokens,
             tiers=[TierStats(name, c.hits, c.misses, c.stale, c.evictions, c.stored_bytes,
-                             c.load_seconds_sum, list(c.load_buckets))
+                             c.load_seconds_sum, list(c.load_buckets),
+                             *self._restored(name))
                    for name, c in (self.tiers.counters.items() if self.tiers else ())])
+
+    def _restored(self, tier: str) -> tuple[int, float]:
+        if self.loader is None:
+            return 0, 0.0
+        return self.loader.restore_bytes.get(tier, 0), self.loader.restore_seconds.get(tier, 0.0)
 
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:

@@ -32,7 +32,7 @@ class RequestOutput(msgspec.Struct):
 
 
 class TierStats(msgspec.Struct):
-    """One KV tier below the device (host, disk, redis)."""
+    """One KV tier below the device (transport, host, disk, redis)."""
 
     tier: str
     hits: int
@@ -42,6 +42,8 @@ class TierStats(msgspec.Struct):
     stored_bytes: int
     load_seconds_sum: float
     load_buckets: list[int]  # counts per upper bound in LOAD_BUCKETS_S, then +Inf
+    restore_bytes: int = 0  # KV bytes loaded from this tier into device blocks
+    restore_seconds: float = 0.0  # the time those loads took, reads and copies included
 
 
 class EngineStats(msgspec.Struct):

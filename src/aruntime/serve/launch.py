@@ -22,6 +22,7 @@ from aruntime import paths
 if TYPE_CHECKING:
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import MPClient
+    from aruntime.serve.disagg import DisaggregatedPool
     from aruntime.serve.pool import WorkerPool
 
 logger = logging.getLogger("aruntime.serve")
@@ -45,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-policy", default="kv",
                         choices=("kv", "round-robin", "random", "least-loaded"),
                         help="how the router picks a worker (with --workers > 1)")
+    parser.add_argument("--prefill-workers", type=int, default=0, metavar="P",
+                        help="disaggregated: P prefill workers hand KV to the decode workers")
+    parser.add_argument("--decode-workers", type=int, default=0, metavar="D",
+                        help="disaggregated: D decode workers stream the tokens")
+    parser.add_argument("--kv-transport-dir", default=None, metavar="DIR",
+                        help="where prefill workers hand KV to decode workers "
+                             "(default: a fresh directory under /dev/shm)")
     tiers = parser.add_argument_group("KV tiers below the device")
     tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
                        help="host RAM for KV blocks (write-through from the device)")
@@ -112,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if (args.prefill_workers or args.decode_workers) and (
+            args.prefill_workers < 1 or args.decode_workers < 1 or args.workers != 1):
+        raise UsageError("disaggregated serving needs --prefill-workers >= 1 and "
+                         "--decode-workers >= 1, without --workers")
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -128,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer.from_dir(model)
     except (ValueError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
-    client = _engine_client(config, args.workers, args.router_policy)
+    client = _engine_client(config, args.workers, args.router_policy, args.prefill_workers,
+                            args.decode_workers, args.kv_transport_dir)
     try:
         info = client.start()
     except EngineStartError as exc:
@@ -150,10 +163,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_client(config: EngineConfig, workers: int, policy: str) -> MPClient | WorkerPool:
-    """One engine core process, or `workers` of them behind a router."""
+def _engine_client(config: EngineConfig, workers: int, policy: str, prefill_workers: int = 0,
+                   decode_workers: int = 0, transport_dir: str | None = None,
+                   ) -> MPClient | WorkerPool | DisaggregatedPool:
+    """One engine core process, `workers` of them behind a router, or prefill and decode
+    workers handing KV over a transport."""
     from aruntime.engine.core_client import MPClient
 
+    if prefill_workers or decode_workers:
+        from aruntime.serve.disagg import DisaggregatedPool
+
+        return DisaggregatedPool(config, prefill_workers, decode_workers, policy,
+                                 transport_dir=transport_dir)
     if workers == 1:
         return MPClient(config)
     from aruntime.serve.pool import WorkerPool
@@ -182,7 +203,8 @@ class BackgroundServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)
         self._error: BaseException | None = None
-        self.engine: MPClient | WorkerPool | None = None  # set by `background_server`
+        # set by `background_server`
+        self.engine: MPClient | WorkerPool | DisaggregatedPool | None = None
 
     @property
     def url(self) -> str:
@@ -227,14 +249,15 @@ class BackgroundServer:
 @contextmanager
 def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
                       log_level: str = "warning", workers: int = 1,
-                      router_policy: str = "kv") -> Iterator[BackgroundServer]:
+                      router_policy: str = "kv", prefill_workers: int = 0,
+                      decode_workers: int = 0) -> Iterator[BackgroundServer]:
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
-    router) and the API on a thread here."""
+    router, or prefill and decode workers) and the API on a thread here."""
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer
     from aruntime.serve.api import build_app
 
-    client = _engine_client(config, workers, router_policy)
+    client = _engine_client(config, workers, router_policy, prefill_workers, decode_workers)
     info = client.start()
     try:
         app = build_app(client, Tokenizer.from_dir(config.model),

@@ -1,0 +1,255 @@
+"""Disaggregated serving on one machine: prefill workers compute prompts, decode workers stream.
+
+Two role groups, each a `WorkerPool` of engine core processes: prefill routed by the KV router
+(prefix and load), decode by least load. Every worker opens the same KV transport, a shared
+`ShmStore` under /dev/shm, as its top tier. A request goes first to a prefill worker with
+`max_tokens=1`: it computes the prompt's uncached blocks, and the engine writes them through to
+the transport before that step's output leaves, so when its (discarded) token comes back the
+blocks are there. The same request then goes to a decode worker, whose prefix lookup restores
+them from the transport; it computes only the prompt's last partial block and streams every
+token, the first included, so greedy outputs equal a single worker's.
+
+A prompt shorter than one block skips the prefill. When no prefill worker can answer, the
+decode worker prefills the whole prompt itself (counted as a fallback); a decode worker that
+dies mid-stream fails its request with `EngineDeadError`, as in the colocated pool.
+Transport bandwidth is the bytes decode workers restored from it over the time those restores
+took (reads and copies into device blocks), read from their tier counters by `stats()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.core_client import MPClient
+from aruntime.engine.core_proc import ModelInfo
+from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.sampling import SamplingParams
+from aruntime.serve.pool import ROUTES_KEPT, RouteRecord, WorkerInfo, WorkerPool
+from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
+
+__all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]
+
+PREFILL_ONLY = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+
+@dataclass(slots=True)
+class Handoff:
+    """One request's trip: who prefilled it, who decoded it, what the transport carried."""
+
+    request_id: str
+    prefill_worker: str | None  # None: skipped (under a block) or failed (decode prefilled)
+    decode_worker: str | None = None
+    expected_transport_tokens: int = 0
+    decode_cached_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class TransportAudit:
+    handoffs: int = 0  # requests prefilled on one worker and decoded on another
+    prefill_skipped: int = 0  # prompts shorter than a block: nothing to hand over
+    prefill_fallbacks: int = 0  # no prefill worker answered: decode prefilled it
+    restored_bytes: int = 0  # by decode workers, from the transport (as of the last stats())
+    restore_seconds: float = 0.0
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes per second restored from the transport into decode workers' device blocks."""
+        return self.restored_bytes / self.restore_seconds if self.restore_seconds else 0.0
+
+
+class DisaggregatedPool(EngineClient):
+    """`start()` blocks until every worker of both groups is ready."""
+
+    def __init__(self, config: EngineConfig, prefill_workers: int, decode_workers: int,
+                 policy: str = "kv", *, transport_dir: str | None = None,
+                 seed: int | None = None, startup_timeout: float = 600.0) -> None:
+        if prefill_workers < 1 or decode_workers < 1:
+            raise ValueError("disaggregated serving needs at least one prefill and one decode "
+                             "worker")
+        self._owned_dir = transport_dir is None
+        self.transport_dir = transport_dir or tempfile.mkdtemp(
+            prefix="aruntime-kv-", dir=default_transport_root())
+        cfg = dataclasses.replace(config, kv_transport_dir=self.transport_dir)
+        self.prefill = WorkerPool(cfg, prefill_workers, policy, seed=seed, role="prefill",
+                                  worker_prefix="p", startup_timeout=startup_timeout)
+        self.decode = WorkerPool(cfg, decode_workers, "least-loaded", seed=seed, role="decode",
+                                 worker_prefix="d", startup_timeout=startup_timeout)
+        self.config = cfg
+        self.audit = TransportAudit()
+        self._handoffs: OrderedDict[str, Handoff] = OrderedDict()
+        self._info: ModelInfo | None = None
+
+    @property
+    def policy(self) -> str:
+        return self.prefill.policy
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the disaggregated pool has not been started")
+        return self._info
+
+    @property
+    def workers(self) -> dict[str, MPClient]:
+        return {**self.prefill.workers, **self.decode.workers}
+
+    @property
+    def registry(self) -> dict[str, WorkerInfo]:
+        return {**self.prefill.registry, **self.decode.registry}
+
+    @property
+    def is_alive(self) -> bool:
+        return self.decode.is_alive  # without prefill workers, decode prefills itself
+
+    def live_workers(self) -> list[str]:
+        return self.prefill.live_workers() + self.decode.live_workers()
+
+    def start(self) -> ModelInfo:
+        if self._info is not None:
+            return self._info
+        try:
+            with ThreadPoolExecutor(2) as ex:
+                infos = list(ex.map(lambda g: g.start(), (self.prefill, self.decode)))
+        except BaseException:
+            self.close()
+            raise
+        self._info = infos[1]
+        return self._info
+
+    def handoff_of(self, request_id: str) -> Handoff | None:
+        return self._handoffs.get(request_id)
+
+    def route_of(self, request_id: str) -> RouteRecord | None:
+        """Both legs as one route: the cached tokens predicted are those the transport should
+        carry, the used ones those the decode worker reused."""
+        hand = self._handoffs.get(request_id)
+        route = self.decode.route_of(request_id)
+        if hand is None or route is None:
+            return route
+        worker = f"{hand.prefill_worker}>{route.worker}" if hand.prefill_worker else route.worker
+        predicted = hand.expected_transport_tokens or route.predicted_cached_tokens
+        return RouteRecord(request_id, worker, predicted, route.cached_tokens_used,
+                           route.attempts)
+
+    def _record(self, hand: Handoff) -> None:
+        self._handoffs[hand.request_id] = hand
+        while len(self._handoffs) > ROUTES_KEPT:
+            self._handoffs.popitem(last=False)
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        if self._info is None:
+            raise RuntimeError("the disaggregated pool has not been started")
+        hand = Handoff(request_id, None)
+        self._record(hand)
+        blocks = (len(prompt_token_ids) - 1) // self.config.block_size
+        if blocks == 0:
+            self.audit.prefill_skipped += 1
+        else:
+            hand.prefill_worker = await self._prefill(request_id, prompt_token_ids, tenant_salt,
+                                                      shared_prefix_tokens)
+            if hand.prefill_worker is not None:
+                hand.expected_transport_tokens = blocks * self.config.block_size
+                self.audit.handoffs += 1
+        stream = self.decode.generate(request_id, prompt_token_ids, params, tenant_salt,
+                                      shared_prefix_tokens)
+        try:
+            async for out in stream:
+                if hand.decode_cached_tokens is None:
+                    hand.decode_cached_tokens = out.num_cached_tokens
+                    route = self.decode.route_of(request_id)
+                    hand.decode_worker = route.worker if route else None
+                yield out
+        finally:
+            await stream.aclose()
+
+    async def _prefill(self, request_id: str, prompt: list[int], tenant_salt: bytes,
+                       shared_prefix_tokens: int) -> str | None:
+        """Run the prompt on a prefill worker; its worker id, or None when none could."""
+        try:
+            async for _ in self.prefill.generate(request_id, prompt, PREFILL_ONLY, tenant_salt,
+                                                 shared_prefix_tokens):
+                pass  # its token is discarded: the decode worker samples the first one again
+        except EngineDeadError:
+            self.audit.prefill_fallbacks += 1
+            return None
+        route = self.prefill.route_of(request_id)
+        return route.worker if route else None
+
+    async def abort(self, request_id: str) -> None:
+        await asyncio.gather(self.prefill.abort(request_id), self.decode.abort(request_id),
+                             return_exceptions=True)
+
+    async def stats(self) -> EngineStats:
+        """Both groups' counters summed (KV usage averaged); refreshes the transport audit."""
+        decode = await self.decode.stats()
+        try:
+            prefill: EngineStats | None = await self.prefill.stats()
+        except EngineDeadError:
+            prefill = None
+        moved = [t for t in decode.tiers if t.tier == TRANSPORT_TIER]
+        self.audit.restored_bytes = sum(t.restore_bytes for t in moved)
+        self.audit.restore_seconds = sum(t.restore_seconds for t in moved)
+        if prefill is None:
+            return decode
+        total = {f: getattr(decode, f) + getattr(prefill, f)
+                 for f in EngineStats.__struct_fields__ if f not in ("kv_usage", "tiers")}
+        return EngineStats(kv_usage=(decode.kv_usage + prefill.kv_usage) / 2,
+                           tiers=decode.tiers + prefill.tiers, **total)
+
+    async def transport_bandwidth(self) -> float:
+        """Bytes per second restored from the transport so far (fresh from the workers)."""
+        await self.stats()
+        return self.audit.bandwidth
+
+    def metrics_text(self) -> str:
+        """Prometheus lines: worker health by role, routing audits, and the KV transport."""
+        a = self.audit
+        lines = ["# HELP aruntime_worker_up Whether a pool worker's engine core is running.",
+                 "# TYPE aruntime_worker_up gauge"]
+        for group in (self.prefill, self.decode):
+            lines += [f'aruntime_worker_up{{worker="{w}",role="{group.role}"}} {int(c.is_alive)}'
+                      for w, c in group.workers.items()]
+        for name, kind, value, help_text in (
+            ("disagg_handoffs_total", "counter", a.handoffs,
+             "Requests prefilled on a prefill worker and decoded on a decode worker."),
+            ("disagg_prefill_fallbacks_total", "counter", a.prefill_fallbacks,
+             "Requests a decode worker prefilled because no prefill worker answered."),
+            ("kv_transport_restored_bytes_total", "counter", a.restored_bytes,
+             "KV bytes decode workers restored from the transport."),
+            ("kv_transport_restore_seconds_total", "counter", a.restore_seconds,
+             "Seconds those restores took, reads and copies into device blocks included."),
+            ("kv_transport_bandwidth_bytes_per_second", "gauge", a.bandwidth,
+             "Transport bytes restored per second of restore time."),
+        ):
+            lines += [f"# HELP aruntime_{name} {help_text}", f"# TYPE aruntime_{name} {kind}",
+                      f"aruntime_{name} {value}"]
+        for name, field in (("route_retries", "retries"),
+                            ("route_failed_mid_stream", "failed_mid_stream")):
+            lines.append(f"# TYPE aruntime_{name}_total counter")
+            lines += [f'aruntime_{name}_total{{role="{g.role}"}} {getattr(g.audit, field)}'
+                      for g in (self.prefill, self.decode)]
+        return "\n".join(lines) + "\n"
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(self.prefill.shutdown(), self.decode.shutdown(),
+                             return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        self.prefill.close()
+        self.decode.close()
+        if self._owned_dir:
+            shutil.rmtree(Path(self.transport_dir), ignore_errors=True)

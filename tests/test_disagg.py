@@ -1,0 +1,161 @@
+"""Disaggregated serving with real engine core processes: a prefill worker hands the prompt's KV
+to a decode worker through the shared-memory transport; greedy outputs equal a single worker's,
+the decode worker restores the prompt from the transport, and a killed decode worker fails its
+request clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aruntime.engine.client import EngineDeadError
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.core_client import MPClient
+from aruntime.engine.sampling import SamplingParams
+from aruntime.serve.disagg import DisaggregatedPool
+from aruntime.serve.launch import background_server
+from aruntime.state.shm_store import TRANSPORT_TIER
+
+BLOCK = 4
+BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 16 * 4
+DEADLINE = 60.0
+GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(100, 1500) for _ in range(n)]
+
+
+def config(model: Path) -> EngineConfig:
+    return EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
+                        kv_cache_bytes=128 * BLOCK_BYTES, max_num_seqs=8)
+
+
+def within(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, DEADLINE))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def disagg(tiny_model_dir: Path) -> Iterator[DisaggregatedPool]:
+    pool = DisaggregatedPool(config(tiny_model_dir), 1, 1)
+    try:
+        pool.start()
+        yield pool
+    finally:
+        pool.close()
+    assert not Path(pool.transport_dir).exists()
+
+
+async def tokens(client: MPClient | DisaggregatedPool, rid: str, ids: list[int],
+                 params: SamplingParams = GREEDY) -> list[int]:
+    return [t async for out in client.generate(rid, ids, params) for t in out.new_token_ids]
+
+
+def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
+        tiny_model_dir: Path, disagg: DisaggregatedPool) -> None:
+    prompts = [prompt(n, seed) for seed, n in enumerate((3, 12, 17, 29, 40))]
+    single = MPClient(config(tiny_model_dir))
+    single.start()
+
+    async def main() -> None:
+        try:
+            expected = [await tokens(single, f"s{i}", p) for i, p in enumerate(prompts)]
+        finally:
+            await single.shutdown()
+        for i, p in enumerate(prompts):
+            got = await tokens(disagg, f"d{i}", p)
+            assert got == expected[i], f"prompt {i} ({len(p)} tokens)"
+            hand = disagg.handoff_of(f"d{i}")
+            assert hand is not None and hand.decode_worker == "d0"
+            blocks = (len(p) - 1) // BLOCK
+            assert hand.prefill_worker == ("p0" if blocks else None)
+            # the decode worker reused every full prompt block: the prefill worker's, restored
+            assert hand.decode_cached_tokens == hand.expected_transport_tokens == blocks * BLOCK
+            route = disagg.route_of(f"d{i}")
+            assert route is not None and route.cached_tokens_used == blocks * BLOCK
+        bandwidth = await disagg.transport_bandwidth()
+        assert bandwidth > 0
+        stats = await disagg.decode.stats()
+        moved = sum(t.restore_bytes for t in stats.tiers if t.tier == TRANSPORT_TIER)
+        restored_blocks = sum((len(p) - 1) // BLOCK for p in prompts)
+        assert moved == disagg.audit.restored_bytes and moved >= restored_blocks * BLOCK_BYTES
+
+    within(main())
+    audit = disagg.audit
+    assert audit.handoffs == 4 and audit.prefill_skipped == 1 and audit.prefill_fallbacks == 0
+    assert {w.role for w in disagg.registry.values()} == {"prefill", "decode"}
+    text = disagg.metrics_text()
+    assert "aruntime_kv_transport_bandwidth_bytes_per_second" in text
+    assert 'aruntime_worker_up{worker="d0",role="decode"} 1' in text
+
+
+def test_killing_the_decode_worker_mid_stream_fails_the_request_clearly(
+        disagg: DisaggregatedPool) -> None:
+    params = SamplingParams(max_tokens=490, temperature=0.0, ignore_eos=True)
+
+    async def doomed() -> str:
+        got = 0
+        try:
+            async for out in disagg.generate("doomed", prompt(12, 7), params):
+                got += len(out.new_token_ids)
+                if got == 1:
+                    pid = disagg.decode.workers["d0"].core_pid
+                    assert pid is not None
+                    os.kill(pid, signal.SIGKILL)
+        except EngineDeadError as exc:
+            return str(exc)
+        return "completed"
+
+    async def main() -> None:
+        result = await doomed()
+        assert result != "completed", "the kill landed after 490 tokens: not exercised"
+        assert "died while request doomed was streaming" in result
+        with pytest.raises(EngineDeadError):  # no decode worker left: a clear error, no hang
+            await tokens(disagg, "after", prompt(12, 8))
+
+    within(main())
+    assert disagg.decode.audit.failed_mid_stream == 1
+    assert not disagg.is_alive
+
+
+def test_http_completion_through_prefill_and_decode_workers(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    with background_server(config(tiny_model_dir), tmp_path, prefill_workers=1,
+                           decode_workers=1) as server:
+        pool = server.engine
+        assert isinstance(pool, DisaggregatedPool)
+        with httpx.Client(base_url=server.url, timeout=DEADLINE) as http:
+            model = http.get("/v1/models").json()["data"][0]["id"]
+            body = {"model": model, "prompt": "hello there, how are you doing today my friend?",
+                    "max_tokens": 6, "ignore_eos": True, "temperature": 0}
+            resp = http.post("/v1/completions", json=body)
+            assert resp.status_code == 200, resp.text
+            usage = resp.json()["usage"]
+            assert usage["completion_tokens"] == 6
+            assert pool.audit.handoffs == 1
+            metrics = http.get("/metrics").text
+            assert "aruntime_kv_transport_restored_bytes_total" in metrics
+            assert pool.audit.restored_bytes > 0
+
+
+def test_the_transport_store_sees_what_another_opener_wrote(tmp_path: Path) -> None:
+    from aruntime.state.keys import BlockKey, KeyScheme
+    from aruntime.state.shm_store import ShmStore
+
+    scheme = KeyScheme(BLOCK, "rev")
+    writer, reader = ShmStore(tmp_path, 64, scheme), ShmStore(tmp_path, 64, scheme)
+    keys = [BlockKey(bytes([i]) * 32) for i in range(3)]
+    assert writer.put(keys[0], b"a" * 40) == [] and reader.contains(keys[0])
+    assert reader.get(keys[0]) == b"a" * 40
+    assert reader.put(keys[0], b"a" * 40) == []  # already there: nothing written twice
+    assert writer.put(keys[1], b"b" * 40) == [(keys[0], b"a" * 40)]  # over the writer's bound
+    assert not reader.contains(keys[0]) and reader.get(keys[0]) is None
+    assert writer.used_bytes() == 40 and reader.used_bytes() == 0
