@@ -260,3 +260,29 @@ def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
     store.unpin(keys[0])
     assert [k for k, _ in store.put(keys[4], block)] == [keys[0]]
     assert store.used_bytes() == 300
+
+
+def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
+    import threading
+
+    from aruntime.state.tier_stores import claim_scheme_file
+
+    scheme = KeyScheme(4, "sha256:" + "a" * 64)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def claim() -> None:
+        start.wait()
+        try:
+            claim_scheme_file(tmp_path / "scheme.json", scheme)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and [p.name for p in tmp_path.iterdir()] == ["scheme.json"]
+    with pytest.raises(KeySchemeMismatchError):
+        claim_scheme_file(tmp_path / "scheme.json", KeyScheme(8, scheme.model_revision))

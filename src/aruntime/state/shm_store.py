@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.tier_stores import TierStore, _claim_scheme_file
+from aruntime.state.tier_stores import TierStore, claim_scheme_file
 
 __all__ = ["ShmStore", "default_transport_root"]
 
@@ -37,7 +37,7 @@ class ShmStore(TierStore):
         self.root = Path(root)
         self.capacity = capacity_bytes
         self.root.mkdir(parents=True, exist_ok=True)
-        _claim_scheme_file(self.root / "scheme.json", scheme)
+        claim_scheme_file(self.root / "scheme.json", scheme)
         self._lock = threading.Lock()
         self._mine: OrderedDict[BlockKey, int] = OrderedDict()  # what this process wrote
         self._bytes = 0

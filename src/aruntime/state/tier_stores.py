@@ -125,7 +125,7 @@ class DiskStore(TierStore):
         self.root = Path(root)
         self.capacity = capacity_bytes
         self.root.mkdir(parents=True, exist_ok=True)
-        _claim_scheme_file(self.root / "scheme.json", scheme)
+        claim_scheme_file(self.root / "scheme.json", scheme)
         self._lock = threading.Lock()
         self._index: OrderedDict[BlockKey, int] = OrderedDict()  # key -> size, LRU order
         files = sorted(self.root.glob("*.kv"), key=lambda f: f.stat().st_mtime)
@@ -236,15 +236,23 @@ def _size(item: Any) -> int:
     return len(item) if isinstance(item, bytes | bytearray) else len(item.data)
 
 
-def _claim_scheme_file(path: Path, scheme: KeyScheme) -> None:
+def claim_scheme_file(path: Path, scheme: KeyScheme) -> None:
+    """Announce `scheme` in `path`, or check the scheme already there. Workers starting together
+    race for it: the first link wins, the others compare (a rename would let the last win)."""
     descriptor = scheme_descriptor(scheme)
-    if path.exists():
-        found = json.loads(path.read_text())
-        if found != descriptor:
-            raise KeySchemeMismatchError(
-                f"{path.parent} holds KV blocks of scheme {found}, not {descriptor}; "
-                "use another --kv-disk-dir for this model")
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(descriptor, sort_keys=True))
-    os.replace(tmp, path)
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scheme-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(descriptor, sort_keys=True))
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    found = json.loads(path.read_text())
+    if found != descriptor:
+        raise KeySchemeMismatchError(
+            f"{path.parent} holds KV blocks of scheme {found}, not {descriptor}; "
+            "use another --kv-disk-dir for this model")
