@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from aruntime.bench import hardware
-from aruntime.bench.claim import build_claim, runtime_version, sha256_text, write_claim
+from aruntime.bench.claim import build_claim, model_ref, write_claim
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.llm_engine import LLMEngine
@@ -255,7 +255,7 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
                  "disk_restore_gbps": round(gbps.get("disk", 0.0), 3),
                  "memcpy_gbps": round(memcpy, 3), "file_read_gbps": round(file_read, 3),
                  "no_cache_ttft_p50_ms": round(by["no-cache"].ttft_p50 * 1e3, 3)},
-        model=f"{model_dir.name}@{_revision(model_dir)}",
+        model=model_ref(model_dir),
         hardware=hardware.summary(hw),
         workload=(f"Mooncake conversation trace: first {w.conversations} conversations of >= "
                   f"{w.min_turns} turns that fit the context, {len(requests)} requests in arrival "
@@ -268,24 +268,27 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
     return claim
 
 
-def _revision(model_dir: Path) -> str:
-    from aruntime.engine.loader import load_checkpoint
-
-    return load_checkpoint(model_dir).revision
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a smaller slice (about a minute)")
+def add_trace_bench_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """The flags every trace-driven benchmark takes."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", type=Path, help="write the claim record here")
     parser.add_argument("--model", type=Path, help="checkpoint dir (default: the small demo model)")
     parser.add_argument("--trace", type=Path, default=TRACE, help="a Mooncake-format JSONL trace")
 
 
-def run(args: argparse.Namespace) -> int:
+def bench_model(args: argparse.Namespace) -> Path:
+    """The checkpoint to run, after checking the trace exists (a one-line usage error if not)."""
     from aruntime.cli import UsageError
 
     if not args.trace.is_file():
         raise UsageError(f"trace {args.trace} not found")
-    model = args.model or ensure_demo_model("small")
-    run_bench(Path(model), QUICK if args.quick else CacheWorkload(), args.trace, args.json)
+    return Path(args.model or ensure_demo_model("small"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_trace_bench_arguments(parser, "a smaller slice (about a minute)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_bench(bench_model(args), QUICK if args.quick else CacheWorkload(), args.trace, args.json)
     return 0

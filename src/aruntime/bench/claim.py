@@ -103,3 +103,10 @@ def write_claim(path: str | Path, record: dict[str, Any], raw_log: str) -> tuple
     log_path.write_text(raw_log, encoding="utf-8")
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path, log_path
+
+
+def model_ref(model_dir: Path) -> str:
+    """`name@revision` of a checkpoint directory, as claims name their model."""
+    from aruntime.engine.loader import load_checkpoint
+
+    return f"{model_dir.name}@{load_checkpoint(model_dir).revision}"

@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from aruntime.bench import hardware
-from aruntime.bench.cache import TRACE, CacheWorkload, conversation_slice, make_requests
-from aruntime.bench.claim import build_claim, write_claim
+from aruntime.bench.cache import (
+    TRACE,
+    CacheWorkload,
+    add_trace_bench_arguments,
+    bench_model,
+    conversation_slice,
+    make_requests,
+)
+from aruntime.bench.claim import build_claim, model_ref, write_claim
 from aruntime.engine.config import EngineConfig
-from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.sampling import SamplingParams
 
 BLOCK = 16
@@ -237,7 +243,7 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
                  "ttft_p90_random_ms": round(results["random"].ttft_p90 * 1e3, 3),
                  "ttft_p90_all_ratio": round(rr.ttft_p90_all / kv.ttft_p90_all, 3),
                  "audit_error": round(kv.audit_error, 4)},
-        model=f"{model_dir.name}@{_revision(model_dir)}",
+        model=model_ref(model_dir),
         hardware=hardware.summary(hardware.describe("cpu")),
         workload=(f"Mooncake conversation trace: first {w.groups} conversations with >= {w.turns} "
                   f"turns fitting {w.max_prompt} tokens, turns in {w.turns} concurrent rounds, TTFT after "
@@ -250,27 +256,16 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
     return claim
 
 
-def _revision(model_dir: Path) -> str:
-    from aruntime.engine.loader import load_checkpoint
-
-    return load_checkpoint(model_dir).revision
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="fewer turns (about a minute)")
-    parser.add_argument("--json", type=Path, help="write the claim record here")
-    parser.add_argument("--model", type=Path, help="checkpoint dir (default: the small demo model)")
-    parser.add_argument("--trace", type=Path, default=TRACE, help="a Mooncake-format JSONL trace")
+    add_trace_bench_arguments(parser, "fewer turns (about a minute)")
 
 
 def run(args: argparse.Namespace) -> int:
     from aruntime.cli import UsageError
 
-    if not args.trace.is_file():
-        raise UsageError(f"trace {args.trace} not found")
-    model = args.model or ensure_demo_model("small")
+    model = bench_model(args)
     try:
-        run_bench(Path(model), QUICK if args.quick else RouteWorkload(), args.trace, args.json)
+        run_bench(model, QUICK if args.quick else RouteWorkload(), args.trace, args.json)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return 0

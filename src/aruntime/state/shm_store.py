@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.tier_stores import TierStore, claim_scheme_file
+from aruntime.state.tier_stores import TierStore, claim_scheme_file, evict_lru_files
 
 __all__ = ["ShmStore", "default_transport_root"]
 
@@ -67,19 +67,11 @@ class ShmStore(TierStore):
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, self._path(key))  # readers see a whole block or none
-        evicted = []
         with self._lock:
             self._bytes += len(blob) - self._mine.pop(key, 0)
             self._mine[key] = len(blob)
-            while self._bytes > self.capacity and self._mine:
-                victim, size = self._mine.popitem(last=False)
-                self._bytes -= size
-                path = self._path(victim)
-                try:
-                    evicted.append((victim, path.read_bytes()))
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+            self._bytes, evicted = evict_lru_files(self._mine, self._bytes, self.capacity,
+                                                   self._path)
         return evicted
 
     def delete(self, key: BlockKey) -> None:

@@ -12,6 +12,7 @@ import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +164,11 @@ class DiskStore(TierStore):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path(key))
-        evicted = []
         with self._lock:
             self._index[key] = len(blob)
             self._bytes += len(blob)
-            while self._bytes > self.capacity and self._index:
-                victim, size = self._index.popitem(last=False)
-                self._bytes -= size
-                path = self._path(victim)
-                try:
-                    evicted.append((victim, path.read_bytes()))
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+            self._bytes, evicted = evict_lru_files(self._index, self._bytes, self.capacity,
+                                                   self._path)
         return evicted
 
     def delete(self, key: BlockKey) -> None:
@@ -229,6 +222,23 @@ class RedisStore(TierStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def evict_lru_files(index: OrderedDict[BlockKey, int], used: int, capacity: int,
+                    path_of: Callable[[BlockKey], Path]) -> tuple[int, list[tuple[BlockKey, bytes]]]:
+    """Drop least recently used block files until `used` fits `capacity`; returns the new
+    usage and what was dropped (for demotion). The caller holds its lock."""
+    evicted = []
+    while used > capacity and index:
+        victim, size = index.popitem(last=False)
+        used -= size
+        path = path_of(victim)
+        try:
+            evicted.append((victim, path.read_bytes()))
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    return used, evicted
 
 
 def _size(item: Any) -> int:
