@@ -99,8 +99,7 @@ def test_greedy_alone_batched_cached_preempted(ckpt: Path, native: bool) -> None
 
 
 def _block_bytes(eng: LLMEngine) -> int:
-    mc = eng.model_config
-    return mc.num_hidden_layers * 2 * mc.num_key_value_heads * eng.config.block_size * mc.head_dim * 4
+    return eng.model_config.kv_bytes_per_token() * eng.config.block_size
 
 
 def test_sliding_window_caps_the_context(tmp_path: Path) -> None:

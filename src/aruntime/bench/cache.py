@@ -27,6 +27,7 @@ import torch
 
 from aruntime.bench import hardware
 from aruntime.bench.claim import build_claim, model_ref, write_claim
+from aruntime.bench.engine import block_bytes
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.llm_engine import LLMEngine
@@ -181,13 +182,6 @@ def file_read_gbps(directory: Path, nbytes: int = 256 << 20, repeats: int = 5) -
     return nbytes / statistics.median(times) / 1e9
 
 
-def block_bytes(engine_model: Path) -> int:
-    cfg = json.loads((engine_model / "config.json").read_text())
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    return cfg["num_hidden_layers"] * 2 * kv_heads * BLOCK * head_dim * 4
-
-
 def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
               json_path: Path | None = None) -> dict[str, Any]:
     started = time.time()
@@ -199,7 +193,7 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
     unique_blocks = len({k for r in requests for k in prefix_keys(
         KeyScheme(BLOCK, "ws").root(), r.prompt, BLOCK)})
     longest = max(len(r.prompt) for r in requests)
-    per_block = block_bytes(model_dir)
+    per_block = block_bytes(model_dir, BLOCK)
     device_blocks = max(int(unique_blocks * w.device_fraction), -(-longest // BLOCK) + 2)
     log: list[str] = []
 

@@ -98,6 +98,11 @@ def load_model_config(model_dir: Path) -> ModelConfig:
     return ModelConfig.from_hf(json.loads((model_dir / "config.json").read_text()))
 
 
+def block_bytes(model_dir: Path, block_size: int) -> int:
+    """fp32 KV bytes of one block of this checkpoint."""
+    return load_model_config(model_dir).kv_bytes_per_token() * block_size
+
+
 def projection_params(m: ModelConfig) -> int:
     """Weights of the matmuls between embedding and LM head (norms are not matmuls)."""
     q = m.num_attention_heads * m.head_dim
@@ -122,9 +127,8 @@ def request_flops(m: ModelConfig, prompt: int, output: int, cached: int = 0) -> 
 def kv_budget(m: ModelConfig, lengths: list[int], block_size: int = 16) -> int:
     """KV bytes for every sequence at full length at once, and a block more each: the throughput
     run should measure batching, not preemption; a bigger pool would only add to the RSS."""
-    per_token = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * 4  # fp32 K and V
     blocks = sum(math.ceil(n / block_size) + 1 for n in lengths)
-    return blocks * block_size * per_token
+    return blocks * block_size * m.kv_bytes_per_token()
 
 
 # ---- timing helpers ------------------------------------------------------------------------

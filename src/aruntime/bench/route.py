@@ -32,6 +32,7 @@ from aruntime.bench.cache import (
     make_requests,
 )
 from aruntime.bench.claim import build_claim, model_ref, write_claim
+from aruntime.bench.engine import block_bytes
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.sampling import SamplingParams
 
@@ -185,13 +186,6 @@ def run_policy(model_dir: Path, policy: str, rounds: list[list[Sent]], w: RouteW
         pool.close()
 
 
-def block_bytes(model_dir: Path) -> int:
-    cfg = json.loads((model_dir / "config.json").read_text())
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    return cfg["num_hidden_layers"] * 2 * kv_heads * BLOCK * head_dim * 4
-
-
 def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
               json_path: Path | None = None) -> dict[str, Any]:
     # 4 engine processes share the cores: one torch thread each, set before they spawn
@@ -211,7 +205,7 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
     note(f"aruntime bench route: {w.groups} groups x {w.turns} turns = {n} requests on "
          f"{w.workers} workers; longest prompt {longest} tokens; {pool_blocks} KV blocks of "
          f"{BLOCK} tokens per worker")
-    results = {p: run_policy(model_dir, p, rounds, w, pool_blocks * block_bytes(model_dir))
+    results = {p: run_policy(model_dir, p, rounds, w, pool_blocks * block_bytes(model_dir, BLOCK))
                for p in POLICIES}
     for r in results.values():
         for i, t in enumerate(r.ttft_s):

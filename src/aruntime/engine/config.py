@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -46,6 +46,10 @@ class ModelConfig:
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type"))
         if rope_type not in (None, "default", "linear", "llama3"):
             raise ModelConfigError(f"unsupported rope_scaling type {rope_type!r}")
+
+    def kv_bytes_per_token(self, itemsize: int = 4) -> int:
+        """K and V of one token across all layers: what a cache block is sized by."""
+        return self.num_hidden_layers * 2 * self.num_key_value_heads * self.head_dim * itemsize
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -115,7 +119,6 @@ class EngineConfig:
     worker_id: str | None = None  # this engine's name in the cache directory; default host:pid
     kv_lease_s: float = 10.0  # a directory drops our blocks when it hears nothing for this long
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

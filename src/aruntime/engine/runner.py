@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 
 from aruntime.engine.attention import (
-    AttentionBatch, DecodeGroup, NativeDecode, NativeDecodeInputs, PrefillSegment)
+    AttentionBatch,
+    DecodeGroup,
+    NativeDecode,
+    NativeDecodeInputs,
+    PrefillSegment,
+)
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -37,8 +42,7 @@ class ModelRunner:
         self.model.load_weights(weights)
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
-        per_block = (mc.num_hidden_layers * 2 * mc.num_key_value_heads * config.block_size
-                     * mc.head_dim * self.dtype.itemsize)
+        per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
         self.num_blocks = config.kv_cache_bytes // per_block
         if self.num_blocks < 1:
             raise ValueError(f"--kv-cache-bytes {config.kv_cache_bytes} is below one KV block "
