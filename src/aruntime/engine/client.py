@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from aruntime.engine.core_proc import ModelInfo
 
 
 class EngineDeadError(RuntimeError):
@@ -18,7 +22,36 @@ class EngineDeadError(RuntimeError):
 
 
 class EngineClient(ABC):
-    """Asynchronous access to one engine. Called from the API server's event loop."""
+    """Asynchronous access to one engine (or a pool behind one face). Called from the API
+    server's event loop. Subclasses set `_info` once the model is loaded."""
+
+    _info: ModelInfo | None = None
+    keeps_loads = False  # True where the client tracks per-worker loads (candidate_loads)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._info
+
+    @property
+    @abstractmethod
+    def is_alive(self) -> bool:
+        """Whether requests can be served now (checked before a 200 starts a stream)."""
+
+    def route_of(self, request_id: str) -> Any:
+        """Where a request ran and what the router predicted; None for a single engine."""
+        return None
+
+    def candidate_loads(self, prompt: list[int], tenant_salt: bytes = b"",
+                        shared_prefix_tokens: int = 0) -> list[Any] | None:
+        """Per worker: its load and the cached tokens predicted for `prompt`. None for a single
+        engine, whose load the API keeps itself."""
+        return None
+
+    def metrics_text(self) -> str:
+        """Prometheus lines of the client's own (a pool's routing audit, say)."""
+        return ""
 
     @abstractmethod
     def generate(

@@ -69,12 +69,6 @@ class _RoutingClient(EngineClient):
         self._info: ModelInfo | None = None
 
     @property
-    def model_info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the engine client has not been started")
-        return self._info
-
-    @property
     def is_alive(self) -> bool:
         return self._info is not None and self._dead is None
 

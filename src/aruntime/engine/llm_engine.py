@@ -10,10 +10,10 @@ import time
 import msgspec
 import torch
 
+from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.kv_offload import TierLoader, build_tiers
 from aruntime.engine.loader import load_checkpoint
-from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.runner import ModelRunner
 from aruntime.engine.sampler import logprobs_of, sample

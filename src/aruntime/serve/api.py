@@ -145,8 +145,7 @@ async def metrics(request: Request) -> Response:
         stats = await asyncio.wait_for(state.client.stats(), HEALTH_TIMEOUT_S)
     except (EngineDeadError, TimeoutError, RuntimeError):
         stats = None  # still serve the API-side series
-    extra: Callable[[], str] | None = getattr(state.client, "metrics_text", None)
-    body = state.metrics.render(stats) + (extra().encode() if extra else b"")
+    body = state.metrics.render(stats) + state.client.metrics_text().encode()
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -227,7 +226,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
-    if not getattr(state.client, "is_alive", True):  # before a 200 starts a stream
+    if not state.client.is_alive:  # before a 200 starts a stream
         raise EngineUnavailableError("the engine is not running")
     admit_slo(state, gen)
     if req.stream:

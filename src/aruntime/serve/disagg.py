@@ -94,12 +94,6 @@ class DisaggregatedPool(EngineClient):
         return self.prefill.policy
 
     @property
-    def model_info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the disaggregated pool has not been started")
-        return self._info
-
-    @property
     def workers(self) -> dict[str, MPClient]:
         return {**self.prefill.workers, **self.decode.workers}
 

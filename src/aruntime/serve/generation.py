@@ -152,11 +152,6 @@ async def merged(state: ServerState,
 # ---- admission control -------------------------------------------------------------------------
 
 
-def _pool_loads(state: ServerState) -> Callable[..., list[Any]] | None:
-    loads: Callable[..., list[Any]] | None = getattr(state.client, "candidate_loads", None)
-    return loads
-
-
 def admit_slo(state: ServerState, gen: Generation) -> None:
     """Refuse now (429) when no worker is predicted to meet the request's SLO. A refused
     request gets no evidence record: nothing ran, nothing was produced."""
@@ -165,10 +160,8 @@ def admit_slo(state: ServerState, gen: Generation) -> None:
     first = gen.choices[0].prompt
     # Every choice is an engine request: the first prompt may hit the cache, the rest count whole.
     rest = sum(len(c.prompt) for c in gen.choices[1:])
-    loads = _pool_loads(state)
-    if loads is not None:
-        candidates = loads(first, gen.kv_salt, gen.shared_prefix_tokens)
-    else:
+    candidates = state.client.candidate_loads(first, gen.kv_salt, gen.shared_prefix_tokens)
+    if candidates is None:
         candidates = [(state.local_load.load(LOCAL_WORKER), 0)]
     predictions: list[Prediction] = [
         state.admission.predict(load, len(first) - cached + rest, len(gen.choices))
@@ -184,7 +177,7 @@ async def _engine_stream(state: ServerState, gen: Generation,
                          c: Choice) -> AsyncIterator[RequestOutput]:
     """One choice's engine request; keeps a single engine's load and feeds admission's costs
     from the engine's own timings when it finishes."""
-    book = None if _pool_loads(state) is not None else state.local_load
+    book = None if state.client.keeps_loads else state.local_load
     prefill, first, batch, generated = max(1, len(c.prompt)), False, 1, 0
     if book is not None:
         book.sent(LOCAL_WORKER, prefill)
@@ -209,9 +202,8 @@ async def _engine_stream(state: ServerState, gen: Generation,
 
 def _running_beside(state: ServerState, request_id: str) -> int:
     """Decodes running on the request's worker now, itself included."""
-    route_of: Callable[[str], Any] | None = getattr(state.client, "route_of", None)
     router: Router | None = getattr(state.client, "router", None)
-    route = route_of(request_id) if route_of is not None else None
+    route = state.client.route_of(request_id)
     if route is not None and router is not None:
         return max(1, router.load(route.worker).running)
     return max(1, state.local_load.load(LOCAL_WORKER).running)
@@ -272,9 +264,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
 
 def _route(state: ServerState, gen: Generation, used: int) -> Route:
     """Where the request ran; behind a router, also the cached tokens it predicted there."""
-    route_of: Callable[[str], Any] | None = getattr(state.client, "route_of", None)
-    routes = [(c, r) for c in gen.choices
-              if (r := route_of(c.request_id)) is not None] if route_of else []
+    routes = [(c, r) for c in gen.choices if (r := state.client.route_of(c.request_id)) is not None]
     if not routes:
         return Route(worker=f"local:{state.info.device}", cached_tokens_used=used)
     predicted: dict[int, int] = {}  # per prompt, like usage's cached tokens

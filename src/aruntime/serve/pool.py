@@ -80,6 +80,8 @@ class WorkerPool(EngineClient):
     """`start()` blocks until every worker is ready (they load in parallel); the async methods
     then bind to the loop that calls them first, like `MPClient`'s."""
 
+    keeps_loads = True
+
     def __init__(self, config: EngineConfig, num_workers: int, policy: str = "kv", *,
                  seed: int | None = None, startup_timeout: float = 600.0,
                  role: str = "colocated", worker_prefix: str = "w") -> None:
@@ -107,12 +109,6 @@ class WorkerPool(EngineClient):
     @property
     def policy(self) -> str:
         return self.router.policy
-
-    @property
-    def model_info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the worker pool has not been started")
-        return self._info
 
     @property
     def is_alive(self) -> bool:
