@@ -7,8 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aruntime.bench.cache import (CacheWorkload, conversation_slice, ideal_hit_tokens,
-                                  make_requests, run_bench)
+from aruntime.bench.cache import (
+    CacheWorkload,
+    conversation_slice,
+    ideal_hit_tokens,
+    make_requests,
+    run_bench,
+)
 
 
 def write_trace(path: Path) -> Path:

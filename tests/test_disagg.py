@@ -7,36 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tiny_engine import BLOCK, BLOCK_BYTES, config, prompt
 
 from aruntime.engine.client import EngineDeadError
-from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.disagg import DisaggregatedPool
 from aruntime.serve.launch import background_server
 from aruntime.state.shm_store import TRANSPORT_TIER
 
-BLOCK = 4
-BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 16 * 4
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
 
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(100, 1500) for _ in range(n)]
-
-
-def config(model: Path) -> EngineConfig:
-    return EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
-                        kv_cache_bytes=128 * BLOCK_BYTES, max_num_seqs=8)
 
 
 def within(coro: Awaitable[None]) -> None:

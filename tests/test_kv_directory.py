@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import shutil
 import signal
 import tempfile
@@ -18,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 from redis_server import redis_server
+from tiny_engine import BLOCK, BLOCK_BYTES, prompt
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
@@ -31,14 +31,8 @@ from aruntime.state.kv_publisher import ZmqPublisher
 
 T = TypeVar("T")
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-BLOCK = 4
-BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 16 * 4  # tiny: layers * (k, v) * kv_heads * block * dim * fp32
 LOCAL = "tcp://127.0.0.1:*"
 
-
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(100, 1500) for _ in range(n)]
 
 
 PROMPT = prompt(41, 1)  # 10 full blocks

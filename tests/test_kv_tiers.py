@@ -3,11 +3,12 @@ recomputed, key-scheme mismatches refused, tenants isolated. Redis is a real ser
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis_server import redis_server
+from tiny_engine import BLOCK, prompt
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
@@ -15,10 +16,8 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.state.keys import BlockKey, KeyScheme, prefix_keys
 from aruntime.state.kv_format import KeySchemeMismatchError, decode, encode
 from aruntime.state.tier_stores import DiskStore, RedisStore
-from redis_server import redis_server
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-BLOCK = 4
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +25,6 @@ def redis_url() -> Iterator[str]:
     with redis_server() as url:
         yield url
 
-
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(100, 1500) for _ in range(n)]
 
 
 def engine(model: Path, blocks: int = 64, **tiers: object) -> LLMEngine:

@@ -7,35 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tiny_engine import config, prompt
 
 from aruntime.engine.client import EngineDeadError
-from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.launch import background_server
 from aruntime.serve.pool import WorkerPool
 from aruntime.serve.router import request_keys
 
-BLOCK = 4
-BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 16 * 4
 DEADLINE = 60.0
 
 
-def prompt(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(100, 1500) for _ in range(n)]
-
-
-def config(model: Path) -> EngineConfig:
-    return EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
-                        kv_cache_bytes=128 * BLOCK_BYTES, max_num_seqs=8)
 
 
 @pytest.fixture
