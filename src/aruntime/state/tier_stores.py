@@ -31,6 +31,10 @@ class TierStore(ABC):
     def contains(self, key: BlockKey) -> bool:
         """Cheap presence check, used by the scheduler to count prefix hits."""
 
+    def contains_many(self, keys: list[BlockKey]) -> list[bool]:
+        """`contains` for a whole prefix at once; a remote store answers in one round trip."""
+        return [self.contains(k) for k in keys]
+
     @abstractmethod
     def get(self, key: BlockKey) -> bytes | None:
         """The stored blob, or None. Counts as a use for LRU order."""
@@ -87,13 +91,11 @@ class HostStore(TierStore):
 
     def _evict_locked(self) -> list[tuple[BlockKey, bytes]]:
         evicted = []
-        victims = iter(list(self._blobs))
         while self._bytes > self.capacity:
-            victim = next(victims, None)
+            # the least recently used unpinned block: pinned ones are few, so this stays short
+            victim = next((k for k in self._blobs if k not in self._pinned), None)
             if victim is None:
                 break
-            if victim in self._pinned:
-                continue
             blob = self._blobs.pop(victim)
             self._bytes -= _size(blob)
             evicted.append((victim, blob))
@@ -208,6 +210,12 @@ class RedisStore(TierStore):
 
     def contains(self, key: BlockKey) -> bool:
         return bool(self.client.exists(self._k(key)))
+
+    def contains_many(self, keys: list[BlockKey]) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(self._k(key))
+        return [bool(n) for n in pipe.execute()]
 
     def get(self, key: BlockKey) -> bytes | None:
         blob = self.client.get(self._k(key))

@@ -97,12 +97,17 @@ class TieredKVCache:
 
     def available(self, keys: list[BlockKey]) -> int:
         """How many leading keys some tier holds (presence only; reads check the content)."""
-        n = 0
-        for key in keys:
-            if not any(s.contains(key) for s in self.stores):
-                break
-            n += 1
-        return n
+        if not keys:
+            return 0
+        found = [False] * len(keys)
+        for store in self.stores:  # one call per tier: a remote tier is one round trip
+            try:
+                present = store.contains_many(keys)
+            except Exception:  # an unreachable tier is a miss, not a failure
+                logger.exception("presence check in %s failed", store.name)
+                continue
+            found = [a or b for a, b in zip(found, present)]
+        return next((i for i, hit in enumerate(found) if not hit), len(keys))
 
     def get(self, key: BlockKey) -> tuple[BlockPayload, str] | None:
         """The block and the name of the tier it came from, or None."""
