@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def test_load_trace_scales_lengths(tmp_path: Path) -> None:
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ARUNTIME_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "aruntime.cli", "sim", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
 
 
 def test_sim_run_prints_the_table(tmp_path: Path) -> None:
@@ -162,3 +163,23 @@ def test_sim_run_bad_flags_exit_2(tmp_path: Path, flags: list[str]) -> None:
 def test_sim_calibrate_bad_model_exits_2(tmp_path: Path) -> None:
     p = _cli("calibrate", "--model", str(tmp_path / "missing"), home=tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1
+
+
+def test_workers_sharing_cores_slow_down_as_measured() -> None:
+    config = SimConfig(cores=2, contended_cores=1.6)
+    assert [config.slowdown(b, 4) for b in (1, 2)] == [1.0, 1.0]  # side by side on two cores
+    assert config.slowdown(4, 4) == pytest.approx(4 / 1.6)  # all busy: the measured worth
+    assert config.slowdown(3, 4) == pytest.approx(3 / (2 * 0.9))  # halfway to it
+    assert SimConfig().slowdown(4, 4) == 1.0  # a device each
+
+
+def test_shared_cores_and_request_hops_lengthen_ttft() -> None:
+    reqs = [req(0, 100, 1, (i,)) for i in range(4)]  # four prompts at once, one per worker
+    alone = predict(reqs, Layout(4), "round-robin", SIMPLE)
+    shared = predict(reqs, Layout(4), "round-robin", SIMPLE, SimConfig(cores=2))
+    step = SIMPLE.step_s0 + SIMPLE.prefill_s(100, 0)
+    assert alone.ttft_s == pytest.approx([step] * 4)
+    # the first two start with the cores to themselves; the next two find them taken
+    assert shared.ttft_s == pytest.approx([step, step, 1.5 * step, 2 * step])
+    hops = replace(SIMPLE, request_s=0.005)
+    assert predict(reqs, Layout(4), "round-robin", hops).ttft_s == pytest.approx([step + 0.005] * 4)

@@ -8,7 +8,6 @@ the page-cache file read of `bench cache`; the network is loopback TCP on this m
 
 from __future__ import annotations
 
-import json
 import socket
 import statistics
 import tempfile
@@ -16,10 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from aruntime.bench import hardware
+from aruntime.bench.engine import load_model_config
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
@@ -27,13 +28,6 @@ from aruntime.sim.costs import Costs
 from aruntime.timeutil import rfc3339, utc_now
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def kv_bytes_per_token(model: Path) -> int:
-    cfg = json.loads((model / "config.json").read_text())
-    heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    return cfg["num_hidden_layers"] * 2 * heads * head_dim * 4  # the engine keeps fp32 KV here
 
 
 def _prompt(n: int, salt: int) -> list[int]:
@@ -63,6 +57,52 @@ def time_decode(engine: LLMEngine, batch: int, context: int, steps: int, salt: i
     while engine.has_unfinished_requests():
         engine.step()
     return statistics.quantiles(times, n=4)[0]  # lower quartile: the machine is shared, noise only adds
+
+
+def _timed_prefills(model: str, length: int, repeats: int, start: Any, out: Any) -> None:
+    """In a child process: one torch thread, an engine, a warm-up; then, once every sibling is
+    ready, `repeats` prefills timed together."""
+    import torch
+
+    torch.set_num_threads(1)
+    engine = LLMEngine(EngineConfig(model=model, enable_prefix_caching=False,
+                                    kv_cache_bytes=(length + 64) * 16 * 1024 * 8,
+                                    max_num_batched_tokens=max(length, 64)))
+    time_prefill(engine, 64, 0)
+    start.wait()
+    t0 = time.perf_counter()
+    for k in range(repeats):
+        time_prefill(engine, length, k + 1)
+    out.put(time.perf_counter() - t0)
+
+
+def effective_cores(model: Path, processes: int, length: int = 512, repeats: int = 4) -> float:
+    """How many one-thread engines' worth of prefill `processes` engine processes get done at
+    once on this machine: processes x (time alone) / (mean time together). Below the core count
+    when they contend for caches and memory bandwidth, as colocated workers do."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+
+    def run(n: int) -> float:
+        start, out = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=_timed_prefills, args=(str(model), length, repeats, start, out))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        try:
+            start.wait(timeout=300)
+            times = [out.get(timeout=300) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+        return statistics.fmean(times)
+
+    alone = run(1)
+    together = run(processes)
+    return processes * alone / together
 
 
 def host_restore_gbps(model: Path, kv_token: int) -> float | None:
@@ -114,7 +154,10 @@ def fit(prefill: list[tuple[int, float]], decode: list[tuple[int, int, float]]) 
     return [max(0.0, float(v)) for v in coef]
 
 
-def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print) -> Costs:
+def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print,
+              bandwidths: bool = True) -> Costs:
+    """The step-cost fit; with `bandwidths`, the tier restore and loopback figures too (a caller
+    that simulates one colocated machine without tiers can skip them)."""
     lengths = (128, 512, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 3072)
     shapes = ((1, 128), (1, 512), (16, 128), (16, 512)) if quick else tuple(
         (b, c) for b in (1, 8, 32) for c in (128, 1024))
@@ -131,19 +174,25 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
     for b, c, t in decode:
         log(f"decode batch {b:>3} context {c:>5}: {t * 1e3:7.2f} ms/step ({b / t:,.0f} tok/s)")
     s0, p1, p2, d1, d2 = fit(prefill, decode)
-    kv = kv_bytes_per_token(model)
-    restore = {}
-    host = host_restore_gbps(model, kv)
-    if host is not None:
-        restore["host"] = host
-    from aruntime.bench.cache import file_read_gbps
-
-    with tempfile.TemporaryDirectory() as tmp:
-        restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
-    net = loopback_gbps()
+    kv = load_model_config(model).kv_bytes_per_token()  # the engine keeps fp32 KV here
     log(f"fit: step {s0 * 1e3:.2f} ms + {p1 * 1e6:.1f} us/prefill token + {p2 * 1e9:.3f} ns/pair "
         f"+ {d1 * 1e3:.3f} ms/decode seq + {d2 * 1e9:.2f} ns/context token")
-    log(f"kv {kv} B/token; restore GB/s {', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; "
-        f"network (loopback TCP) {net:.2f} GB/s")
-    return Costs(s0, p1, p2, d1, d2, kv, restore, net, f"{model.name}@{engine.revision}",
-                 hardware.summary(hardware.describe("cpu")), rfc3339(utc_now()), "calibrate")
+    restore: dict[str, float] = {}
+    net = 1.0
+    if bandwidths:
+        host = host_restore_gbps(model, kv)
+        if host is not None:
+            restore["host"] = host
+        from aruntime.bench.cache import file_read_gbps
+
+        with tempfile.TemporaryDirectory() as tmp:
+            restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
+        net = loopback_gbps()
+        log(f"kv {kv} B/token; restore GB/s "
+            f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; "
+            f"network (loopback TCP) {net:.2f} GB/s")
+    return Costs(step_s0=s0, prefill_token_s=p1, prefill_attn_s=p2, decode_seq_s=d1,
+                 decode_ctx_s=d2, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
+                 model=f"{model.name}@{engine.revision}",
+                 hardware=hardware.summary(hardware.describe("cpu")),
+                 measured_at=rfc3339(utc_now()), source="calibrate")

@@ -31,13 +31,15 @@ class Costs:
     kv_bytes_per_token: int
     restore_gbps: dict[str, float] = field(default_factory=dict)  # tier name -> GB/s into device
     network_gbps: float = 1.0  # KV transfer between workers (prefill -> decode)
+    request_s: float = 0.0  # a request's hops outside the engine step (router, IPC, streaming)
     model: str = ""  # checkpoint name@revision the figures were measured on
     hardware: str = ""
     measured_at: str = ""  # RFC 3339 UTC, or "" for the built-in defaults
     source: str = "defaults"  # "calibrate" or "defaults"
 
     def __post_init__(self) -> None:
-        for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s"):
+        for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s",
+                     "request_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.kv_bytes_per_token <= 0 or self.network_gbps <= 0:

@@ -47,10 +47,31 @@ class SimConfig:
     max_batched_tokens: int = 2048
     max_seqs: int = 64
     seed: int = 0
+    # CPU cores the workers share (None: each worker has its own device), and what they are
+    # worth with every worker busy (`sim calibrate`'s effective cores; None: all of them).
+    cores: int | None = None
+    contended_cores: float | None = None
 
     def __post_init__(self) -> None:
         if self.cache_gb < 0 or self.host_gb < 0 or self.max_batched_tokens < 1 or self.max_seqs < 1:
             raise ValueError("cache sizes must be >= 0 and batch limits positive")
+        if self.cores is not None and self.cores < 1:
+            raise ValueError("cores must be >= 1")
+        if self.contended_cores is not None and self.contended_cores <= 0:
+            raise ValueError("contended_cores must be positive")
+
+    def slowdown(self, busy: int, workers: int) -> float:
+        """How much longer a step takes while `busy` workers (itself included) share the cores:
+        up to `cores` run side by side; beyond, they take turns, and the cores' worth falls
+        linearly towards `contended_cores` as the last workers join (caches and memory
+        bandwidth are shared too)."""
+        if self.cores is None or busy <= 1:
+            return 1.0
+        worth = float(min(busy, self.cores))
+        if busy > self.cores and self.contended_cores is not None and workers > self.cores:
+            worth *= 1 - (1 - self.contended_cores / self.cores) * (
+                (busy - self.cores) / (workers - self.cores))
+        return max(1.0, busy / worth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +130,9 @@ class _Run:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         self.requests, self.costs, self.slo = requests, costs, slo
         self.prefill, self.decode = build_workers(layout, costs, config, _block_bytes(costs, requests))
+        self.workers = self.prefill + self.decode
         self.policy = POLICIES[policy](config.seed)
+        self.config = config
         n = len(requests)
         self.first = [math.nan] * n
         self.ttft = [math.nan] * n
@@ -124,9 +147,9 @@ class _Run:
         heapq.heappush(self.heap, (t, self.order, kind, a, b))
 
     def run(self, arrivals: list[float]) -> Prediction:
-        workers = self.prefill + self.decode
-        for i, t in enumerate(arrivals):
-            self.push(t, ARRIVE, i, 0)
+        workers = self.workers
+        for i, t in enumerate(arrivals):  # a request reaches its worker after its hops
+            self.push(t + self.costs.request_s, ARRIVE, i, 0)
         self.arrivals = arrivals
         while self.heap and self.misses < self.allowed:
             t, _, kind, a, b = heapq.heappop(self.heap)
@@ -159,6 +182,8 @@ class _Run:
     def start(self, w: Worker, now: float) -> None:
         plan = w.plan_step(now)
         if plan is not None:
+            busy = sum(1 for x in self.workers if x.plan is not None)  # this one included
+            plan.cost *= self.config.slowdown(busy, len(self.workers))
             self.push(now + plan.cost * plan.steps, STEP, w.wid, w.gen)
 
     def step_done(self, w: Worker, now: float) -> None:
