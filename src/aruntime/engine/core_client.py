@@ -9,6 +9,7 @@ disconnects frees its KV blocks at once. If the core dies, every pending call ra
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import multiprocessing
 import shutil
@@ -16,8 +17,8 @@ import tempfile
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -29,6 +30,7 @@ from aruntime.engine.core_proc import (
     AddRequest,
     Command,
     CoreMessage,
+    EngineCall,
     EngineFailed,
     EngineLoop,
     GetStats,
@@ -47,6 +49,9 @@ from aruntime.engine.core_proc import (
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 
+if TYPE_CHECKING:
+    from aruntime.engine.llm_engine import LLMEngine
+
 __all__ = ["EngineStartError", "InprocClient", "MPClient", "ModelInfo"]
 
 
@@ -55,6 +60,7 @@ class EngineStartError(EngineDeadError):
 
 
 _Item = RequestOutput | BaseException
+T = TypeVar("T")
 
 
 class _RoutingClient(EngineClient):
@@ -318,7 +324,7 @@ class MPClient(_RoutingClient):
             self._sockdir = None
 
     def _stop_process(self) -> None:
-        if self._proc is None:
+        if self._proc is None or self._proc.pid is None:  # never started (a sibling failed first)
             return
         self._proc.join(10.0)
         if self._proc.is_alive():
@@ -374,6 +380,14 @@ class InprocClient(_RoutingClient):
 
     def _submit(self, command: Command) -> None:
         self._commands.put(command)
+
+    async def call(self, fn: Callable[[LLMEngine], T], timeout: float = 60.0) -> T:
+        """`fn(engine)` run on the engine's thread between steps (KV export and import)."""
+        self._attach()
+        self._check_alive()
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._commands.put(EngineCall(fn, result))
+        return await asyncio.wait_for(asyncio.wrap_future(result), timeout)
 
     async def shutdown(self) -> None:
         if self._thread is None:

@@ -8,6 +8,7 @@ with the in-process client, which feeds the queue directly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
@@ -16,6 +17,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from aruntime.state.kv_publisher import KVEventPublisher
 
 logger = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 # --- client -> core ---------------------------------------------------------------------------
 
@@ -58,6 +62,18 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
 
 
 Command = AddRequest | AbortRequests | GetStats | Shutdown
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineCall:
+    """In-process only (InprocClient): run `fn(engine)` on the loop's thread between steps,
+    the one place the engine may be touched, and settle `result` with its return or error."""
+
+    fn: Callable[[LLMEngine], Any]
+    result: concurrent.futures.Future[Any]
+
+
+LoopCommand = Command | EngineCall
 
 # --- core -> client ---------------------------------------------------------------------------
 
@@ -159,7 +175,7 @@ class EngineLoop:
     def __init__(
         self,
         engine: LLMEngine,
-        commands: queue.Queue[Command],
+        commands: queue.Queue[LoopCommand],
         emit: Callable[[CoreMessage], None],
         publisher: KVEventPublisher | None = None,
     ) -> None:
@@ -198,9 +214,14 @@ class EngineLoop:
         if outputs:
             self.emit(Outputs(outputs))
 
-    def _handle(self, command: Command) -> None:
+    def _handle(self, command: LoopCommand) -> None:
         if isinstance(command, AddRequest):
             self._add(command)
+        elif isinstance(command, EngineCall):
+            try:
+                command.result.set_result(command.fn(self.engine))
+            except Exception as exc:  # noqa: BLE001 - the caller's error, not the loop's
+                command.result.set_exception(exc)
         elif isinstance(command, AbortRequests):
             self._abort(command.request_ids)
         elif isinstance(command, GetStats):
@@ -239,9 +260,13 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> 
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C reaches the whole process group; the API server owns shutdown and tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The socket threads need the GIL for a moment per message while the engine thread runs
+    # Python between tensor ops; at the default 5 ms switch interval a request or its first
+    # token could wait that long at each hop whenever the engine is busy.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     _watch_parent()
     ctx = zmq.Context()
-    commands: queue.Queue[Command] = queue.Queue()
+    commands: queue.Queue[LoopCommand] = queue.Queue()
     outbox: queue.Queue[CoreMessage | None] = queue.Queue()
     sender = threading.Thread(
         target=_send_loop, args=(ctx, output_addr, outbox), name="core-output", daemon=True
@@ -287,7 +312,7 @@ def _kv_publisher(engine: LLMEngine, config: EngineConfig) -> KVEventPublisher |
     )
 
 
-def _recv_loop(ctx: Any, addr: str, commands: queue.Queue[Command]) -> None:
+def _recv_loop(ctx: Any, addr: str, commands: queue.Queue[LoopCommand]) -> None:
     import zmq
 
     sock = ctx.socket(zmq.PULL)

@@ -5,6 +5,7 @@ Not thread-safe: one thread owns it (the engine core process's loop, or InprocCl
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
@@ -21,8 +22,11 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.state.keys import SHARED_NAMESPACE, KeyScheme
+from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme
 from aruntime.state.kv_events import EventBuffer, KVEventBatch
+from aruntime.state.kv_format import StaleBlockError, decode, encode
+
+logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -75,9 +79,8 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        seq = Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
-                       arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
-                       shared_prefix_tokens // self.config.block_size)
+        seq = self._sequence(request_id, prompt_token_ids, params, arrival_time, tenant_salt,
+                             shared_prefix_tokens)
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))
@@ -85,6 +88,64 @@ class LLMEngine:
             self._generators[request_id] = torch.Generator(self.runner.device).manual_seed(params.seed)
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt_token_ids)
+
+    def _sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                  arrival_time: float | None, tenant_salt: bytes,
+                  shared_prefix_tokens: int) -> Sequence:
+        return Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
+                        arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
+                        shared_prefix_tokens // self.config.block_size)
+
+    def _reusable_keys(self, prompt_token_ids: list[int], tenant_salt: bytes,
+                       shared_prefix_tokens: int) -> list[BlockKey]:
+        """Keys of the prompt's blocks a prefix lookup may reuse: every full block but one
+        holding the last token, which is always computed (its logits give the first token)."""
+        seq = self._sequence("", prompt_token_ids, SamplingParams(), 0.0, tenant_salt,
+                             shared_prefix_tokens)
+        bs = self.config.block_size
+        return seq.block_keys(bs, (len(prompt_token_ids) - 1) // bs)
+
+    def export_prefix(self, prompt_token_ids: list[int], tenant_salt: bytes = b"",
+                      shared_prefix_tokens: int = 0) -> list[bytes]:
+        """The prompt's reusable blocks cached on the device, encoded with their keys
+        (kv_format), in order up to the first one not cached: what a prefill engine hands to
+        a decode engine. Call after the prompt ran, before its blocks are evicted."""
+        keys = self._reusable_keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)
+        ids = self.pool.lookup(keys, prompt_token_ids, self.config.block_size)
+        return [encode(self.key_scheme, key, self.runner.read_block(block_id))
+                for key, block_id in zip(keys, ids)]
+
+    def import_prefix(self, prompt_token_ids: list[int], blobs: list[bytes],
+                      tenant_salt: bytes = b"", shared_prefix_tokens: int = 0) -> int:
+        """Cache another engine's `export_prefix` of this prompt on the device, so that the
+        prompt's prefix lookup finds it. Blocks already cached here are kept; a stale blob
+        (another scheme or model, corrupt) ends the import. Returns the prompt's leading
+        blocks now cached here."""
+        if not self.pool.enable_caching:
+            return 0
+        bs = self.config.block_size
+        keys = self._reusable_keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)
+        held = self.pool.lookup(keys[:len(blobs)], prompt_token_ids, bs)
+        payloads = []
+        try:
+            for key, blob in zip(keys[len(held):], blobs[len(held):]):
+                payloads.append(decode(blob, self.key_scheme, key))
+        except StaleBlockError as exc:
+            logger.warning("importing KV blocks stopped at a stale one: %s", exc)
+        if not payloads or not self.pool.num_free:
+            return len(held)
+        self.pool.take(held)  # so that allocating below cannot evict them
+        ids = self.pool.allocate(min(len(payloads), self.pool.num_free))
+        try:
+            self.runner.write_blocks(ids, payloads[:len(ids)])
+        except StaleBlockError as exc:  # right scheme, wrong layout
+            logger.warning("dropping %d imported KV blocks: %s", len(ids), exc)
+            self.pool.free(ids)
+            ids = []
+        for i, block_id in enumerate(ids, start=len(held)):
+            self.pool.cache(block_id, keys[i], prompt_token_ids[i * bs:(i + 1) * bs])
+        self.pool.free((held + ids)[::-1])
+        return len(held) + len(ids)
 
     def abort_request(self, request_id: str) -> None:
         seq = self.seqs.get(request_id)

@@ -14,6 +14,9 @@ decode worker prefills the whole prompt itself (counted as a fallback); a decode
 dies mid-stream fails its request with `EngineDeadError`, as in the colocated pool.
 Transport bandwidth is the bytes decode workers restored from it over the time those restores
 took (reads and copies into device blocks), read from their tier counters by `stats()`.
+
+serve/ray_pool.py runs the same flow over Ray actors, the KV going through Ray's object store
+(`_transport_config`, `_group`, `_refresh_audit`).
 """
 
 from __future__ import annotations
@@ -30,11 +33,10 @@ from pathlib import Path
 
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
-from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.pool import ROUTES_KEPT, RouteRecord, WorkerInfo, WorkerPool
+from aruntime.serve.pool import ROUTES_KEPT, PoolWorker, RouteRecord, WorkerInfo, WorkerPool
 from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
 
 __all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]
@@ -76,25 +78,34 @@ class DisaggregatedPool(EngineClient):
         if prefill_workers < 1 or decode_workers < 1:
             raise ValueError("disaggregated serving needs at least one prefill and one decode "
                              "worker")
-        self._owned_dir = transport_dir is None
-        self.transport_dir = transport_dir or tempfile.mkdtemp(
-            prefix="aruntime-kv-", dir=default_transport_root())
-        cfg = dataclasses.replace(config, kv_transport_dir=self.transport_dir)
-        self.prefill = WorkerPool(cfg, prefill_workers, policy, seed=seed, role="prefill",
-                                  worker_prefix="p", startup_timeout=startup_timeout)
-        self.decode = WorkerPool(cfg, decode_workers, "least-loaded", seed=seed, role="decode",
-                                 worker_prefix="d", startup_timeout=startup_timeout)
+        cfg = self._transport_config(config, transport_dir)
+        self.prefill = self._group(cfg, prefill_workers, policy, "prefill", seed, startup_timeout)
+        self.decode = self._group(cfg, decode_workers, "least-loaded", "decode", seed,
+                                  startup_timeout)
         self.config = cfg
         self.audit = TransportAudit()
         self._handoffs: OrderedDict[str, Handoff] = OrderedDict()
         self._info: ModelInfo | None = None
+
+    def _transport_config(self, config: EngineConfig, transport_dir: str | None) -> EngineConfig:
+        """Every worker opens the shared-memory transport as its top KV tier."""
+        self._owned_dir = transport_dir is None
+        self.transport_dir: str | None = transport_dir or tempfile.mkdtemp(
+            prefix="aruntime-kv-", dir=default_transport_root())
+        return dataclasses.replace(config, kv_transport_dir=self.transport_dir)
+
+    def _group(self, config: EngineConfig, workers: int, policy: str, role: str,
+               seed: int | None, startup_timeout: float) -> WorkerPool:
+        """One role's workers, named by its initial (p0, d0, ...)."""
+        return WorkerPool(config, workers, policy, seed=seed, role=role, worker_prefix=role[0],
+                          startup_timeout=startup_timeout)
 
     @property
     def policy(self) -> str:
         return self.prefill.policy
 
     @property
-    def workers(self) -> dict[str, MPClient]:
+    def workers(self) -> dict[str, PoolWorker]:
         return {**self.prefill.workers, **self.decode.workers}
 
     @property
@@ -193,15 +204,19 @@ class DisaggregatedPool(EngineClient):
             prefill: EngineStats | None = await self.prefill.stats()
         except EngineDeadError:
             prefill = None
-        moved = [t for t in decode.tiers if t.tier == TRANSPORT_TIER]
-        self.audit.restored_bytes = sum(t.restore_bytes for t in moved)
-        self.audit.restore_seconds = sum(t.restore_seconds for t in moved)
+        self._refresh_audit(decode)
         if prefill is None:
             return decode
         total = {f: getattr(decode, f) + getattr(prefill, f)
                  for f in EngineStats.__struct_fields__ if f not in ("kv_usage", "tiers")}
         return EngineStats(kv_usage=(decode.kv_usage + prefill.kv_usage) / 2,
                            tiers=decode.tiers + prefill.tiers, **total)
+
+    def _refresh_audit(self, decode: EngineStats) -> None:
+        """The transport's bytes and seconds: the decode workers' restores from its tier."""
+        moved = [t for t in decode.tiers if t.tier == TRANSPORT_TIER]
+        self.audit.restored_bytes = sum(t.restore_bytes for t in moved)
+        self.audit.restore_seconds = sum(t.restore_seconds for t in moved)
 
     async def transport_bandwidth(self) -> float:
         """Bytes per second restored from the transport so far (fresh from the workers)."""
@@ -245,5 +260,5 @@ class DisaggregatedPool(EngineClient):
     def close(self) -> None:
         self.prefill.close()
         self.decode.close()
-        if self._owned_dir:
+        if self._owned_dir and self.transport_dir:
             shutil.rmtree(Path(self.transport_dir), ignore_errors=True)

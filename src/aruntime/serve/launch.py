@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-transport-dir", default=None, metavar="DIR",
                         help="where prefill workers hand KV to decode workers "
                              "(default: a fresh directory under /dev/shm)")
+    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                        help="run the workers as Ray actors, placed by role (custom resources "
+                             "aruntime_prefill, aruntime_decode, aruntime_colocated), KV handed "
+                             "over through Ray's object store: 'auto' joins RAY_ADDRESS or this "
+                             "machine's cluster, else starts one; or a head's HOST:PORT")
     tiers = parser.add_argument_group("KV tiers below the device")
     tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
                        help="host RAM for KV blocks (write-through from the device)")
@@ -100,11 +106,14 @@ def run(args: argparse.Namespace) -> int:
     from aruntime.cli import UsageError
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import EngineStartError, MPClient
+    from aruntime.engine.core_proc import SWITCH_INTERVAL_S
     from aruntime.engine.demo import ensure_demo_model, is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.serve.api import build_app
+    from aruntime.serve.ray_cluster import RayUnavailableError, connect
     from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
 
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # the API's socket threads, as in the engine core
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model is None:
@@ -124,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
             args.prefill_workers < 1 or args.decode_workers < 1 or args.workers != 1):
         raise UsageError("disaggregated serving needs --prefill-workers >= 1 and "
                          "--decode-workers >= 1, without --workers")
+    if args.ray is not None and args.kv_transport_dir is not None:
+        raise UsageError("--kv-transport-dir is for workers on this machine; with --ray the KV "
+                         "goes through Ray's object store")
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -140,11 +152,14 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer.from_dir(model)
     except (ValueError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
-    client = _engine_client(config, args.workers, args.router_policy, args.prefill_workers,
-                            args.decode_workers, args.kv_transport_dir)
     try:
+        if args.ray is not None:
+            connect(args.ray)
+        client = _engine_client(config, args.workers, args.router_policy, args.prefill_workers,
+                                args.decode_workers, args.kv_transport_dir,
+                                ray=args.ray is not None)
         info = client.start()
-    except EngineStartError as exc:
+    except (EngineStartError, RayUnavailableError) as exc:
         raise UsageError(str(exc)) from None
     name = args.served_model_name or info.name
     pids = (client.core_pid if isinstance(client, MPClient)
@@ -164,12 +179,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _engine_client(config: EngineConfig, workers: int, policy: str, prefill_workers: int = 0,
-                   decode_workers: int = 0, transport_dir: str | None = None,
-                   ) -> MPClient | WorkerPool | DisaggregatedPool:
+                   decode_workers: int = 0, transport_dir: str | None = None, *,
+                   ray: bool = False) -> MPClient | WorkerPool | DisaggregatedPool:
     """One engine core process, `workers` of them behind a router, or prefill and decode
-    workers handing KV over a transport."""
+    workers handing KV over a transport; with `ray` (connected already), the same roles as Ray
+    actors, even a single worker."""
     from aruntime.engine.core_client import MPClient
 
+    if ray:
+        from aruntime.serve.ray_pool import RayDisaggregatedPool, RayPool
+
+        if prefill_workers or decode_workers:
+            return RayDisaggregatedPool(config, prefill_workers, decode_workers, policy)
+        return RayPool(config, workers, policy)
     if prefill_workers or decode_workers:
         from aruntime.serve.disagg import DisaggregatedPool
 
@@ -250,14 +272,16 @@ class BackgroundServer:
 def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
                       log_level: str = "warning", workers: int = 1,
                       router_policy: str = "kv", prefill_workers: int = 0,
-                      decode_workers: int = 0) -> Iterator[BackgroundServer]:
+                      decode_workers: int = 0, ray: bool = False) -> Iterator[BackgroundServer]:
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
-    router, or prefill and decode workers) and the API on a thread here."""
+    router, or prefill and decode workers; Ray actors with `ray`, this process connected to a
+    cluster already) and the API on a thread here."""
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer
     from aruntime.serve.api import build_app
 
-    client = _engine_client(config, workers, router_policy, prefill_workers, decode_workers)
+    client = _engine_client(config, workers, router_policy, prefill_workers, decode_workers,
+                            ray=ray)
     info = client.start()
     try:
         app = build_app(client, Tokenizer.from_dir(config.model),

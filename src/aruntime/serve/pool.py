@@ -12,6 +12,9 @@ replayed unseen: it fails with `EngineDeadError` naming the worker, which the AP
 
 The routing audit pairs, per request, the cached tokens the router predicted with those the
 engine reused (`route_of`, `audit`, and the Prometheus lines of `metrics_text`).
+
+A subclass brings other workers and prefix directories (`_make_worker`, `_open_directory`):
+serve/ray_pool.py runs the same pool over Ray actors.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
@@ -34,11 +38,36 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.router import Router, WorkerLoad, request_keys
 from aruntime.state.directory import CacheDirectory, DirectoryError
 from aruntime.state.directory_index import PrefixMatch
-from aruntime.state.keys import KeyScheme
+from aruntime.state.keys import BlockKey, KeyScheme
 
-__all__ = ["RouteRecord", "WorkerInfo", "WorkerPool"]
+__all__ = ["PoolWorker", "PrefixDirectory", "RouteRecord", "WorkerInfo", "WorkerPool"]
 
 ROUTES_KEPT = 4096  # per-request audit records kept for the evidence log to pick up
+
+
+class PoolWorker(Protocol):
+    """One worker as the pool drives it: an `EngineClient` it starts and closes (`MPClient`, or
+    a Ray actor's handle)."""
+
+    @property
+    def is_alive(self) -> bool: ...
+    @property
+    def core_pid(self) -> int | None: ...
+    def start(self) -> ModelInfo: ...
+    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
+                 ) -> AsyncIterator[RequestOutput]: ...
+    async def abort(self, request_id: str) -> None: ...
+    async def stats(self) -> EngineStats: ...
+    async def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class PrefixDirectory(Protocol):
+    """Which workers hold a prompt's leading blocks (`CacheDirectory`, or a Ray pool's own)."""
+
+    def longest_prefix(self, keys: list[BlockKey]) -> list[PrefixMatch]: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +120,12 @@ class WorkerPool(EngineClient):
         self.router = Router(policy, config.block_size, seed=seed)
         self.audit = Audit()
         self.role = role
-        self._sockdir = tempfile.mkdtemp(prefix="aruntime-pool-")  # ipc paths must be short
-        self.workers: dict[str, MPClient] = {}
-        for i in range(num_workers):
-            wid = f"{worker_prefix}{i}"
-            cfg = dataclasses.replace(
-                config, worker_id=wid, kv_events=True,
-                kv_events_endpoint=f"ipc://{self._sockdir}/{wid}-events",
-                kv_events_replay_endpoint=f"ipc://{self._sockdir}/{wid}-replay")
-            self.workers[wid] = MPClient(cfg, startup_timeout=startup_timeout)
+        self._sockdir: str | None = None
+        self.workers: dict[str, PoolWorker] = {
+            f"{worker_prefix}{i}": self._make_worker(f"{worker_prefix}{i}", startup_timeout)
+            for i in range(num_workers)}
         self.registry: dict[str, WorkerInfo] = {}
-        self.directory: CacheDirectory | None = None
+        self.directory: PrefixDirectory | None = None
         self._info: ModelInfo | None = None
         self._routes: OrderedDict[str, RouteRecord] = OrderedDict()
         self._attached = False
@@ -130,10 +154,24 @@ class WorkerPool(EngineClient):
         scheme = KeyScheme(self.config.block_size, self._info.revision)
         for (wid, w), info in zip(self.workers.items(), infos, strict=True):
             self.registry[wid] = WorkerInfo(wid, self.role, scheme, info.num_blocks, w.core_pid)
-        self.directory = CacheDirectory(
-            [(w.config.kv_events_endpoint or "", w.config.kv_events_replay_endpoint)
-             for w in self.workers.values()], scheme=scheme).start()
+        self.directory = self._open_directory(scheme)
         return self._info
+
+    def _make_worker(self, worker_id: str, startup_timeout: float) -> PoolWorker:
+        """An engine core process publishing its KV events for the directory."""
+        if self._sockdir is None:
+            self._sockdir = tempfile.mkdtemp(prefix="aruntime-pool-")  # ipc paths must be short
+        cfg = dataclasses.replace(
+            self.config, worker_id=worker_id, kv_events=True,
+            kv_events_endpoint=f"ipc://{self._sockdir}/{worker_id}-events",
+            kv_events_replay_endpoint=f"ipc://{self._sockdir}/{worker_id}-replay")
+        return MPClient(cfg, startup_timeout=startup_timeout)
+
+    def _open_directory(self, scheme: KeyScheme) -> PrefixDirectory:
+        """Where the router learns which worker holds which prefix: the workers' KV events."""
+        return CacheDirectory(
+            [(w.config.kv_events_endpoint or "", w.config.kv_events_replay_endpoint)
+             for w in self.workers.values() if isinstance(w, MPClient)], scheme=scheme).start()
 
     async def _attach_all(self) -> None:
         """Bind every worker to this loop, so a core's exit is noticed even by an idle one."""
@@ -271,7 +309,7 @@ class WorkerPool(EngineClient):
         lines = [
             "# HELP aruntime_worker_up Whether a pool worker's engine core is running.",
             "# TYPE aruntime_worker_up gauge",
-            *(f'aruntime_worker_up{{worker="{w}"}} {int(c.is_alive)}'
+            *(f'aruntime_worker_up{{worker="{w}",role="{self.role}"}} {int(c.is_alive)}'
               for w, c in self.workers.items()),
         ]
         for name, value, help_text in (
@@ -302,4 +340,5 @@ class WorkerPool(EngineClient):
         if self.directory is not None:
             self.directory.close()
             self.directory = None
-        shutil.rmtree(self._sockdir, ignore_errors=True)
+        if self._sockdir is not None:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
