@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from aruntime.bench.route import RouteWorkload, make_rounds, run_bench
+from aruntime.bench.route import RouteWorkload, make_groups, run_bench, schedule
+from aruntime.sim.costs import DEFAULTS
 
-SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, max_output=2)
+SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2)
 
 
 @pytest.fixture
@@ -26,26 +27,38 @@ def trace(tmp_path: Path) -> Path:
     return path
 
 
-def test_rounds_are_groups_whose_turns_extend_a_shared_prefix(trace: Path) -> None:
-    rounds = make_rounds(SMALL, 2048, trace)
-    assert [len(r) for r in rounds] == [4, 4]
-    first = {s.group: s.prompt for s in rounds[0]}
-    for s in rounds[1]:  # a conversation's turns share their first two hash ids (8 tokens each)
-        assert s.prompt[:16] == first[s.group][:16]
-    assert len({tuple(p[:16]) for p in first.values()}) == 4
+def test_groups_are_conversations_whose_turns_extend_a_shared_prefix(trace: Path) -> None:
+    groups = make_groups(SMALL, 2048, trace)
+    assert [len(turns) for turns in groups] == [2, 2, 2, 2]
+    for first, second in groups:  # turns share their first two hash ids (8 tokens each)
+        assert second.prompt[:16] == first.prompt[:16]
+        assert second.hash_ids[:2] == first.hash_ids[:2]
+    assert len({tuple(turns[0].prompt[:16]) for turns in groups}) == 4
+
+
+def test_schedule_keeps_turns_in_order_at_the_offered_load(trace: Path) -> None:
+    groups = make_groups(SMALL, 2048, trace)
+    rate = schedule(SMALL, groups, DEFAULTS, cores=2)
+    for first, second in groups:  # each conversation's turns in order
+        assert 0 < first.at < second.at
+    times = [s.at for turns in groups for s in turns]
+    assert len(set(times)) == len(times)
+    doubled = schedule(SMALL, groups, DEFAULTS, cores=4)
+    assert doubled == pytest.approx(2 * rate)  # capacity scales with the cores
 
 
 def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_path: Path,
                                                     trace: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "route.json"
-    claim = run_bench(tiny_model_dir, SMALL, trace, json_path=out)
+    claim = run_bench(tiny_model_dir, SMALL, trace, json_path=out, calibration=(DEFAULTS, 1.5))
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ttft p90 ratio round-robin / kv: ")
-    for key in ("hit_rate_kv", "hit_rate_round_robin", "ttft_p90_ratio", "audit_error"):
+    for key in ("hit_rate_kv", "hit_rate_round_robin", "ttft_p90_ratio", "audit_error",
+                "sim_ttft_p50_error_kv", "arrival_rate_rps"):
         assert key in claim["metrics"]
     assert 0.0 <= claim["metrics"]["hit_rate_kv"] <= 1.0
     assert claim["metrics"]["audit_error"] >= 0.0
     assert json.loads(out.read_text())["metric"] == "ttft_p90"
     log = Path(str(out) + ".log").read_text()
-    assert "predicted=" in log and "used=" in log
+    assert "predicted=" in log and "used=" in log and "sim_ttft_s=" in log

@@ -102,11 +102,14 @@ def test_an_slo_run_stops_once_out_of_reach() -> None:
 
 
 def test_calibration_fit_recovers_known_terms_and_round_trips(tmp_path: Path) -> None:
-    s0, p1, p2, d1, d2 = 0.004, 2e-4, 1e-7, 1e-3, 5e-8
-    prefill = [(n, s0 + p1 * n + p2 * n * (n + 1) / 2) for n in (64, 256, 1024, 2048)]
+    s0, p1, p2, pc, ps, d1, d2 = 0.004, 2e-4, 1e-7, 3e-6, 0.01, 1e-3, 5e-8
+    points = [(n, 0) for n in (16, 64, 256, 1024, 2048)] + [
+        (n, c) for c in (256, 1024) for n in (16, 64)]
+    prefill = [(n, c, s0 + p1 * n + p2 * (n * c + n * (n + 1) / 2) + pc * c + ps)
+               for n, c in points]
     decode = [(b, c, s0 + d1 * b + d2 * b * c) for b in (1, 8, 32) for c in (128, 1024)]
     got = fit(prefill, decode)
-    assert got == pytest.approx([s0, p1, p2, d1, d2], rel=1e-6)
+    assert got == pytest.approx([s0, p1, p2, pc, ps, d1, d2], rel=1e-6)
     path = costs_mod.save(SIMPLE, tmp_path / "c.json")
     assert costs_mod.load(path) == SIMPLE
     path.write_text(json.dumps({**SIMPLE.to_json(), "version": 99}))
@@ -179,7 +182,13 @@ def test_shared_cores_and_request_hops_lengthen_ttft() -> None:
     shared = predict(reqs, Layout(4), "round-robin", SIMPLE, SimConfig(cores=2))
     step = SIMPLE.step_s0 + SIMPLE.prefill_s(100, 0)
     assert alone.ttft_s == pytest.approx([step] * 4)
-    # the first two start with the cores to themselves; the next two find them taken
-    assert shared.ttft_s == pytest.approx([step, step, 1.5 * step, 2 * step])
+    # four steps share two cores from the start: each runs at half speed to the end
+    assert shared.ttft_s == pytest.approx([2 * step] * 4)
+    staggered = [req(0, 100, 1, (0,)), req(step / 2, 100, 1, (1,)), req(step / 2, 100, 1, (2,))]
+    # alone for half a step, then three share two cores (2/3 speed): the first's last half
+    # takes 3/4 of a step; the others have done half of theirs by then, and finish the other
+    # half at full speed
+    got = predict(staggered, Layout(3), "round-robin", SIMPLE, SimConfig(cores=2)).ttft_s
+    assert got == pytest.approx([1.25 * step] * 3)
     hops = replace(SIMPLE, request_s=0.005)
     assert predict(reqs, Layout(4), "round-robin", hops).ttft_s == pytest.approx([step + 0.005] * 4)

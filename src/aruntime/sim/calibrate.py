@@ -35,11 +35,23 @@ def _prompt(n: int, salt: int) -> list[int]:
 
 
 def time_prefill(engine: LLMEngine, length: int, salt: int) -> float:
-    engine.add_request(f"p{salt}", _prompt(length, salt), SamplingParams(max_tokens=1, ignore_eos=True))
+    return time_prefill_prompt(engine, _prompt(length, salt), f"p{salt}")
+
+
+def time_prefill_prompt(engine: LLMEngine, prompt: list[int], request_id: str) -> float:
+    engine.add_request(request_id, prompt, SamplingParams(max_tokens=1, ignore_eos=True))
     t0 = time.perf_counter()
     while engine.has_unfinished_requests():
         engine.step()
     return time.perf_counter() - t0
+
+
+def time_cached_prefill(engine: LLMEngine, context: int, new: int, salt: int) -> float:
+    """A prompt whose first `context` tokens are cached (a previous prompt computed them) and
+    `new` after them: the step that gathers the cached context for the new tokens."""
+    prefix = _prompt(context, salt)
+    time_prefill_prompt(engine, prefix + [7], f"c{salt}")  # caches the prefix's full blocks
+    return time_prefill_prompt(engine, prefix + _prompt(new, salt + 1), f"q{salt}")
 
 
 def time_decode(engine: LLMEngine, batch: int, context: int, steps: int, salt: int) -> float:
@@ -144,21 +156,35 @@ def loopback_gbps(nbytes: int = 128 << 20) -> float:
     return got / seconds / 1e9
 
 
-def fit(prefill: list[tuple[int, float]], decode: list[tuple[int, int, float]]) -> list[float]:
-    """Least squares of step seconds on [1, tokens, attention pairs, batch, batch x context];
-    negative terms (noise) are clipped to zero."""
-    rows = [[1.0, n, n * (n + 1) / 2, 0.0, 0.0] for n, _ in prefill]
-    rows += [[1.0, 0.0, 0.0, b, b * c] for b, c, _ in decode]
-    y = [t for _, t in prefill] + [t for _, _, t in decode]
-    coef, *_ = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)
+def fit(prefill: list[tuple[int, int, float]],
+        decode: list[tuple[int, int, float]]) -> list[float]:
+    """Least squares (of relative error) of step seconds on [1, tokens, attention pairs, cached
+    context, prompts started, batch, batch x context]; prefill points are one prompt each, as
+    (new tokens, cached context, seconds). Negative terms (noise) are clipped to zero."""
+    rows = [[1.0, n, n * c + n * (n + 1) / 2, c, 1.0, 0.0, 0.0] for n, c, _ in prefill]
+    rows += [[1.0, 0.0, 0.0, 0.0, 0.0, b, b * c] for b, c, _ in decode]
+    y = np.array([t for _, _, t in prefill] + [t for _, _, t in decode])
+    # relative errors: a 16-token step matters to a TTFT as much as a 2048-token one
+    coef, *_ = np.linalg.lstsq(np.array(rows) / y[:, None], np.ones_like(y), rcond=None)
     return [max(0.0, float(v)) for v in coef]
 
 
 def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print,
-              bandwidths: bool = True) -> Costs:
+              bandwidths: bool = True, chunk: int | None = None) -> Costs:
     """The step-cost fit; with `bandwidths`, the tier restore and loopback figures too (a caller
-    that simulates one colocated machine without tiers can skip them)."""
-    lengths = (128, 512, 1024, 2048) if quick else (64, 128, 256, 512, 1024, 2048, 3072)
+    that simulates one colocated machine without tiers can skip them). With `chunk` (the
+    engine's max_num_batched_tokens), prefill is measured in the steps such an engine runs:
+    chunks of at most that many tokens, after whatever context came before them."""
+    # short prompts pin down a step's fixed cost; cached contexts under several suffix lengths
+    # tell the gather of a cached prefix from attention over it
+    lengths = [16, 64, 128, 512, 1024, 2048] if quick else [
+        16, 32, 64, 128, 256, 512, 1024, 2048, 3072]
+    contexts = (256, 1024) if quick else (128, 512, 1024, 2048)
+    suffixes = [16, 64]
+    if chunk is not None:  # a CPU's cost per token bends with size: measure where it runs
+        lengths = sorted({n for n in lengths if n < chunk} | {chunk})
+        suffixes = sorted({n for n in suffixes if n < chunk} | {chunk})
+    cached = tuple((c, n) for c in contexts for n in suffixes)
     shapes = ((1, 128), (1, 512), (16, 128), (16, 512)) if quick else tuple(
         (b, c) for b in (1, 8, 32) for c in (128, 1024))
     repeats, steps = (2, 8) if quick else (3, 16)
@@ -166,17 +192,25 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
                                     kv_cache_bytes=1 << 30, max_num_batched_tokens=4096))
     time_prefill(engine, 64, 0)  # warm-up: first calls pay for allocation and kernel set-up
     time_decode(engine, 2, 64, 4, 0)
-    prefill = [(n, min(time_prefill(engine, n, 10 * n + k) for k in range(repeats)))
+    prefill = [(n, 0, min(time_prefill(engine, n, 10 * n + k) for k in range(repeats)))
                for n in lengths]
-    for n, t in prefill:
-        log(f"prefill {n:>5} tokens: {t * 1e3:8.1f} ms ({n / t:,.0f} tok/s)")
+    caching = LLMEngine(EngineConfig(model=str(model), kv_cache_bytes=1 << 28,
+                                     max_num_batched_tokens=4096))
+    time_prefill(caching, 64, 0)
+    prefill += [(n, c, min(time_cached_prefill(caching, c, n, 100 * c + 10 * n + 2 * k)
+                           for k in range(repeats))) for c, n in cached]
+    del caching
+    for n, c, t in prefill:
+        log(f"prefill {n:>5} tokens after {c:>5} cached: {t * 1e3:8.1f} ms")
     decode = [(b, c, time_decode(engine, b, c, steps, b * 10000 + c)) for b, c in shapes]
     for b, c, t in decode:
         log(f"decode batch {b:>3} context {c:>5}: {t * 1e3:7.2f} ms/step ({b / t:,.0f} tok/s)")
-    s0, p1, p2, d1, d2 = fit(prefill, decode)
+    s0, p1, p2, pc, ps, d1, d2 = fit(prefill, decode)
     kv = load_model_config(model).kv_bytes_per_token()  # the engine keeps fp32 KV here
     log(f"fit: step {s0 * 1e3:.2f} ms + {p1 * 1e6:.1f} us/prefill token + {p2 * 1e9:.3f} ns/pair "
-        f"+ {d1 * 1e3:.3f} ms/decode seq + {d2 * 1e9:.2f} ns/context token")
+        f"+ {pc * 1e6:.2f} us/cached context token + {ps * 1e3:.2f} ms/prompt "
+        f"+ {d1 * 1e3:.3f} ms/decode seq "
+        f"+ {d2 * 1e9:.2f} ns/context token")
     restore: dict[str, float] = {}
     net = 1.0
     if bandwidths:
@@ -191,7 +225,8 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
         log(f"kv {kv} B/token; restore GB/s "
             f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; "
             f"network (loopback TCP) {net:.2f} GB/s")
-    return Costs(step_s0=s0, prefill_token_s=p1, prefill_attn_s=p2, decode_seq_s=d1,
+    return Costs(step_s0=s0, prefill_token_s=p1, prefill_attn_s=p2, prefill_ctx_s=pc,
+                 prefill_seq_s=ps, decode_seq_s=d1,
                  decode_ctx_s=d2, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
                  model=f"{model.name}@{engine.revision}",
                  hardware=hardware.summary(hardware.describe("cpu")),

@@ -4,6 +4,8 @@ A step batches prefill chunk tokens with one decode token per running sequence (
 continuous batching). Its cost is linear in what it does:
 
     step_s = step_s0 + prefill_token_s * n + prefill_attn_s * sum(context each prefill token sees)
+           + prefill_ctx_s * (context already in the KV cache of each prefill chunk)
+           + prefill_seq_s * (prompts whose prefill starts in the step)
            + decode_seq_s * batch + decode_ctx_s * sum(context of each decoding sequence)
 
 Moving KV costs `kv_bytes_per_token` over a tier's restore bandwidth or the network's.
@@ -29,6 +31,8 @@ class Costs:
     decode_seq_s: float  # per decoding sequence in a step
     decode_ctx_s: float  # per context token read by a decoding sequence
     kv_bytes_per_token: int
+    prefill_ctx_s: float = 0.0  # per token of context a prefill chunk gathers from the cache
+    prefill_seq_s: float = 0.0  # per prompt started (admission, prefix lookup, first sampling)
     restore_gbps: dict[str, float] = field(default_factory=dict)  # tier name -> GB/s into device
     network_gbps: float = 1.0  # KV transfer between workers (prefill -> decode)
     request_s: float = 0.0  # a request's hops outside the engine step (router, IPC, streaming)
@@ -38,8 +42,8 @@ class Costs:
     source: str = "defaults"  # "calibrate" or "defaults"
 
     def __post_init__(self) -> None:
-        for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s",
-                     "request_s"):
+        for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "prefill_ctx_s",
+                     "prefill_seq_s", "decode_seq_s", "decode_ctx_s", "request_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.kv_bytes_per_token <= 0 or self.network_gbps <= 0:
@@ -50,7 +54,16 @@ class Costs:
     def prefill_s(self, tokens: int, context: int) -> float:
         """Prefill part of a step: `tokens` new tokens after `context` already in the KV cache."""
         pairs = tokens * context + tokens * (tokens + 1) / 2
-        return self.prefill_token_s * tokens + self.prefill_attn_s * pairs
+        return (self.prefill_token_s * tokens + self.prefill_attn_s * pairs
+                + self.prefill_ctx_s * context)
+
+    def prompt_s(self, tokens: int, chunk: int | None = None) -> float:
+        """Time to first token of a prompt alone on its worker: its prefill in chunks of at most
+        `chunk` tokens (None: one), a step each."""
+        step = chunk or tokens
+        return self.prefill_seq_s + sum(
+            self.step_s0 + self.prefill_s(min(step, tokens - done), done)
+            for done in range(0, tokens, step))
 
     def decode_s(self, batch: int, context_sum: int) -> float:
         return self.decode_seq_s * batch + self.decode_ctx_s * context_sum

@@ -181,10 +181,21 @@ class _Run:
 
     def start(self, w: Worker, now: float) -> None:
         plan = w.plan_step(now)
-        if plan is not None:
-            busy = sum(1 for x in self.workers if x.plan is not None)  # this one included
-            plan.cost *= self.config.slowdown(busy, len(self.workers))
+        if self.config.cores is not None:
+            self.reshare(now)
+        elif plan is not None:
             self.push(now + plan.cost * plan.steps, STEP, w.wid, w.gen)
+
+    def reshare(self, now: float) -> None:
+        """Processor sharing: whenever the number of busy workers changes, every step in flight
+        goes on at the new share of the cores, and its end moves."""
+        busy = [x for x in self.workers if x.plan is not None]
+        rate = 1.0 / self.config.slowdown(len(busy), len(self.workers))
+        for x in busy:
+            assert x.plan is not None
+            end = x.plan.advance(now, rate)
+            x.gen += 1
+            self.push(end, STEP, x.wid, x.gen)
 
     def step_done(self, w: Worker, now: float) -> None:
         prefilled, finished = w.finish_step()

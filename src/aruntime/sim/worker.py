@@ -35,9 +35,21 @@ class Decode:
 @dataclass(slots=True)
 class StepPlan:
     start: float
-    cost: float  # seconds per step
+    cost: float  # seconds per step with the worker's share of the machine to itself
     steps: int  # > 1 only for a decode-only jump
     chunks: list[tuple[Prefill, int]] = field(default_factory=list)
+    left: float = 0.0  # unshared seconds of work still to do, as of `updated`
+    updated: float = 0.0
+    rate: float = 1.0  # unshared seconds done per second now (< 1 while cores are shared)
+
+    def work_done(self, now: float) -> float:
+        return self.cost * self.steps - (self.left - (now - self.updated) * self.rate)
+
+    def advance(self, now: float, rate: float) -> float:
+        """Account the work done until now, go on at `rate`; returns the new end time."""
+        self.left -= (now - self.updated) * self.rate
+        self.updated, self.rate = now, rate
+        return now + self.left / rate
 
 
 class Worker:
@@ -78,12 +90,14 @@ class Worker:
         p = self.plan
         if p is None or p.steps <= 1:
             return None
-        done = min(p.steps, int((now - p.start) / p.cost) + 1)
+        work = p.work_done(now)
+        done = min(p.steps, int(work / p.cost) + 1)
         if done >= p.steps:
             return None
         p.steps = done
+        p.left, p.updated = done * p.cost - work, now
         self.gen += 1
-        return p.start + done * p.cost
+        return now + p.left / p.rate
 
     def plan_step(self, now: float) -> StepPlan | None:
         """Choose the next step's work and cost; None when there is nothing to do."""
@@ -111,12 +125,14 @@ class Worker:
                 return None
             plan.steps = min(d.remaining for d in self.running)
         plan.cost = c.step_s0 + decode_s + extra
+        plan.left, plan.updated = plan.cost * plan.steps, now
         self.plan = plan
         return plan
 
     def _start(self, job: Prefill) -> float:
         """The prefix hit is taken when the prompt's first chunk is scheduled; host-tier blocks
-        are restored to the device first (their cost joins the step)."""
+        are restored to the device first. Returns what starting it adds to the step: the
+        per-prompt cost and the restore."""
         r = job.request
         blocks, host = self.cache.lookup(r.hash_ids)
         job.computed = min(blocks * r.block_tokens, r.input_len - 1)
@@ -125,7 +141,8 @@ class Worker:
         self.pending_tokens += (r.input_len - job.computed) - job.predicted_uncached
         job.predicted_uncached = r.input_len - job.computed
         job.started = True
-        return self.costs.restore_s("host", host_tokens) if host_tokens else 0.0
+        restore = self.costs.restore_s("host", host_tokens) if host_tokens else 0.0
+        return self.costs.prefill_seq_s + restore
 
     def finish_step(self) -> tuple[list[Prefill], list[Decode]]:
         """Apply the planned step. Returns prompts whose prefill completed (their first token is
