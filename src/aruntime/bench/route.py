@@ -405,8 +405,9 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
         baseline_name="round-robin routing, same workers and workload",
         baseline_value=round(rr.ttft_p90 * 1e3, 3), metrics=metrics,
         model=model_ref(model_dir), hardware=hardware.summary(hw),
-        workload=(f"Mooncake conversation trace, first {w.groups} conversations of >= {w.turns} "
-                  f"turns under {w.max_prompt} tokens (hash id = {w.tokens_per_hash} tokens); "
+        workload=(f"Mooncake conversation trace: first {w.groups} conversations of >= {w.turns} "
+                  f"turns, {w.min_prompt}-{w.max_prompt} tokens, each turn repeating >= "
+                  f"{w.extends:.0%} of the last's blocks (hash id = {w.tokens_per_hash} tokens); "
                   f"Poisson {rate:.2f} req/s ({w.load:.0%} of cold capacity), a turn after the "
                   f"last answer; p90 after turn 1"),
         precision="fp32", context=longest, concurrency=w.groups, seed=w.seed,
