@@ -192,3 +192,12 @@ def test_shared_cores_and_request_hops_lengthen_ttft() -> None:
     assert got == pytest.approx([1.25 * step] * 3)
     hops = replace(SIMPLE, request_s=0.005)
     assert predict(reqs, Layout(4), "round-robin", hops).ttft_s == pytest.approx([step + 0.005] * 4)
+
+
+def test_calibrate_measures_the_kv_transport_between_two_engines(tiny_model_dir: Path) -> None:
+    from aruntime.engine.config import ModelConfig
+    from aruntime.sim.calibrate import transport_gbps
+
+    cfg = ModelConfig.from_hf(json.loads((tiny_model_dir / "config.json").read_text()))
+    gbps = transport_gbps(tiny_model_dir, cfg.kv_bytes_per_token(), tokens=96)
+    assert gbps is not None and gbps > 0  # the decode engine restored the prefill's blocks

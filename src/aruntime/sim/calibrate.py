@@ -3,7 +3,8 @@
 Prefill steps of one prompt at several lengths and decode steps at several batch sizes and
 contexts are timed on `LLMEngine`; one least-squares fit gives the Costs terms. Host-tier restore
 is read from the engine's TierLoader after a prompt is evicted and asked again; disk restore is
-the page-cache file read of `bench cache`; the network is loopback TCP on this machine (pass
+the page-cache file read of `bench cache`; KV transfer is the shared-memory transport of
+disaggregated serving, prefill engine to decode engine, on this machine (pass
 `sim run --network-gbps` for a real cluster's links)."""
 
 from __future__ import annotations
@@ -130,6 +131,36 @@ def host_restore_gbps(model: Path, kv_token: int) -> float | None:
     return loader.restore_bytes["host"] / loader.restore_seconds["host"] / 1e9
 
 
+def transport_gbps(model: Path, kv_token: int, tokens: int = 1024) -> float | None:
+    """The KV transport of disaggregated serving: a prefill engine writes a prompt's blocks
+    through to the shared-memory transport, a decode engine restores them into its device
+    blocks (reads and copies, as `DisaggregatedPool` counts them)."""
+    import shutil
+
+    from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
+
+    root = tempfile.mkdtemp(prefix="aruntime-cal-", dir=default_transport_root())
+    try:
+        def engine() -> LLMEngine:
+            return LLMEngine(EngineConfig(
+                model=str(model), kv_cache_bytes=2 * (tokens + 64) * kv_token,
+                kv_transport_dir=root, max_num_batched_tokens=2048))
+
+        prefill, decode = engine(), engine()
+        vocab = prefill.model_config.vocab_size
+        for salt in (1, 2, 3):  # the first restore pays for page faults in the mapping
+            prompt = [t % vocab for t in _prompt(tokens, salt)]
+            time_prefill_prompt(prefill, prompt, f"p{salt}")
+            time_prefill_prompt(decode, prompt, f"d{salt}")
+        loader = decode.loader
+        moved = loader.restore_bytes.get(TRANSPORT_TIER) if loader else None
+        if not moved:
+            return None
+        return moved / loader.restore_seconds[TRANSPORT_TIER] / 1e9
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def loopback_gbps(nbytes: int = 128 << 20) -> float:
     server = socket.create_server(("127.0.0.1", 0))
     chunk = b"\0" * (1 << 20)
@@ -221,10 +252,12 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
 
         with tempfile.TemporaryDirectory() as tmp:
             restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
-        net = loopback_gbps()
+        moved = transport_gbps(model, kv)
+        net = moved if moved is not None else loopback_gbps()
         log(f"kv {kv} B/token; restore GB/s "
-            f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; "
-            f"network (loopback TCP) {net:.2f} GB/s")
+            f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; KV transfer "
+            + (f"(shared-memory transport, prefill to decode engine) {net:.2f} GB/s"
+               if moved is not None else f"(loopback TCP) {net:.2f} GB/s"))
     return Costs(step_s0=s0, prefill_token_s=p1, prefill_attn_s=p2, prefill_ctx_s=pc,
                  prefill_seq_s=ps, decode_seq_s=d1,
                  decode_ctx_s=d2, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
