@@ -23,10 +23,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aruntime.timeutil import rfc3339, utc_now
+from aruntime.timeutil import parse_rfc3339, utc_now
 
 RUN_STATES = ("running", "waiting", "unknown", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -82,8 +83,14 @@ class Entry:
     updated_at: str = ""
 
 
+def _stamp(dt: datetime) -> str:
+    # Always six fraction digits: times are compared as text (prune, list order), and rfc3339()'s
+    # optional fraction would sort "…05.250000Z" before "…05Z".
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _now() -> str:
-    return rfc3339(utc_now())
+    return _stamp(utc_now())
 
 
 class SqlJournal(ABC):
@@ -134,14 +141,14 @@ class SqlJournal(ABC):
         rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
                          "created_at, updated_at, compacted FROM runs WHERE run_id = ?",
                          (run_id,))
-        return Run(*rows[0][:9], bool(rows[0][9])) if rows else None
+        return Run(*rows[0][:9], compacted=bool(rows[0][9])) if rows else None
 
     def list_runs(self, status: str | None = None, limit: int = 100) -> list[Run]:
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
                          f"created_at, updated_at, compacted FROM runs {where} "
                          "ORDER BY created_at DESC, run_id LIMIT ?", (*params, limit))
-        return [Run(*r[:9], bool(r[9])) for r in rows]
+        return [Run(*r[:9], compacted=bool(r[9])) for r in rows]
 
     def set_status(self, run_id: str, status: str, *, result: str | None = None,
                    error: str | None = None, unless: tuple[str, ...] = ()) -> bool:
@@ -220,9 +227,10 @@ class SqlJournal(ABC):
     def prune(self, finished_before: str) -> list[str]:
         """Delete finished runs last updated before `finished_before` (RFC 3339), with
         everything they hold. Returns their ids."""
+        cutoff = _stamp(parse_rfc3339(finished_before))  # spelt as the stored times are
         ids = [r[0] for r in self.query(
             "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
-            "AND updated_at < ?", (finished_before,))]
+            "AND updated_at < ?", (cutoff,))]
         for run_id in ids:
             for table in ("entries", "evidence", "runs"):
                 self.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
@@ -251,6 +259,7 @@ class SqliteJournal(SqlJournal):
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")  # erased rows are zeroed, not left in free pages
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
             with self._lock:
@@ -264,11 +273,14 @@ class SqliteJournal(SqlJournal):
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")  # a writer takes the lock up front
         try:
             yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
             cur.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT must not leave the thread's connection inside a transaction (its
+            # next BEGIN would fail); some errors have already rolled back, and a ROLLBACK then
+            # would hide the real error.
+            if conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
         finally:
             cur.close()
 

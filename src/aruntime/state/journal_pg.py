@@ -1,0 +1,85 @@
+"""The run journal on a shared PostgreSQL (`open_journal("postgresql://…")`).
+
+Same SQL as SQLite (`SqlJournal`); psycopg 3 wants `%s` placeholders, and each statement runs in
+its own transaction on the calling thread's connection. Compare-and-set holds without extra
+locking: under READ COMMITTED a second `UPDATE … WHERE state IN (…)` waits for the first writer's
+row lock and then re-checks its WHERE on the new row, so it changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from aruntime.state.journal import SCHEMA, JournalError, SqlJournal
+
+# Key of the advisory lock that queues schema creation: two processes opening a fresh database
+# at once would otherwise race CREATE TABLE IF NOT EXISTS into a unique violation in pg_type.
+_SCHEMA_LOCK = 0x6A6F75726E616C  # "journal"
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class PostgresJournal(SqlJournal):
+    """One connection per thread, opened on first use; `close()` closes them all."""
+
+    def __init__(self, url: str, connect_timeout: int = 10) -> None:
+        self.url = url
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise JournalError(f"not a PostgreSQL URL: {_first_line(exc)}") from None
+        params.setdefault("connect_timeout", connect_timeout)  # the URL's own value wins
+        self._where = (f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/"
+                       f"{params.get('dbname', '')}")  # for errors: never the password
+        self._conninfo = make_conninfo("", **params)
+        self._local = threading.local()
+        self._all_conns: list[Connection] = []
+        self._lock = threading.Lock()
+        self.create_schema()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def _conn(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:  # a broken connection reads as closed: open another
+            try:
+                conn = psycopg.connect(self._conninfo, autocommit=True)
+            except psycopg.Error as exc:
+                raise JournalError(f"cannot reach the PostgreSQL journal at {self._where}: "
+                                   f"{_first_line(exc)}") from None
+            self._local.conn = conn
+            with self._lock:
+                self._all_conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _cursor(self, write: bool) -> Iterator[Any]:
+        conn = self._conn()
+        # autocommit connection: transaction() is BEGIN … COMMIT, or ROLLBACK on an exception
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def create_schema(self) -> None:
+        with self._cursor(write=True) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for statement in SCHEMA:
+                cur.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all_conns:
+                conn.close()
+            self._all_conns.clear()
+        self._local = threading.local()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
