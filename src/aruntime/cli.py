@@ -29,6 +29,19 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("claims", "render"): ("aruntime.claims.cli:render", "render README table and CHANGELOG"),
     ("evidence", "verify"): ("aruntime.state.evidence_cli:verify", "verify an evidence log"),
     ("evidence", "show"): ("aruntime.state.evidence_cli:show", "show one request's evidence"),
+    ("run",): ("aruntime.agents.cli", "start a durable flow run (MODULE:FLOW)"),
+    ("runs", "list"): ("aruntime.agents.cli:list", "list runs"),
+    ("runs", "show"): ("aruntime.agents.cli:show", "show a run and its journal"),
+    ("runs", "resume"): ("aruntime.agents.cli:resume", "resume a run from its journal"),
+    ("runs", "recover"): ("aruntime.agents.cli:recover", "resume every interrupted run"),
+    ("runs", "cancel"): ("aruntime.agents.cli:cancel", "cancel a run"),
+    ("runs", "verify"): ("aruntime.agents.cli:verify", "verify a run's evidence chain"),
+    ("runs", "approve"): ("aruntime.agents.cli:approve", "approve a tool call by its digest"),
+    ("runs", "reject"): ("aruntime.agents.cli:reject", "reject a tool call awaiting approval"),
+    ("runs", "respond"): ("aruntime.agents.cli:respond", "answer a human wait"),
+    ("runs", "resolve"): ("aruntime.agents.cli:resolve", "settle a tool call of unknown outcome"),
+    ("runs", "compact"): ("aruntime.agents.cli:compact", "drop a finished run's journal entries"),
+    ("runs", "prune"): ("aruntime.agents.cli:prune", "delete finished runs past an age"),
 }
 
 

@@ -27,6 +27,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import __version__
+from aruntime.agents.http import open_runner
+from aruntime.agents.http import router as runs_router
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import TokenLogprob
@@ -104,12 +106,14 @@ def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
+        app.state.runner = open_runner(Path(data_dir), key)
         app.state.server = ServerState(client, tokenizer, model_name, model_info, demo,
                                        Path(data_dir), Metrics(model_name), evidence, key)
         try:
             yield
         finally:
             evidence.close()
+            app.state.runner.journal.close()
             if owns_client:
                 await client.shutdown()
 
@@ -117,6 +121,7 @@ def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
                   redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(runs_router)
     return app
 
 

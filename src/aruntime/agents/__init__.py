@@ -1,0 +1,1 @@
+"""Durable agent runs: flows of journaled steps, tool calls and human waits."""

@@ -1,0 +1,284 @@
+"""`aruntime run MODULE:FLOW` and `aruntime runs list|show|resume|recover|cancel|verify|approve|
+reject|respond|resolve|compact|prune`.
+
+Every command prints JSON on stdout. Exit 0 when the run completed or is waiting as designed,
+1 when it failed (or, for verify, when its evidence does not hold), 2 with one line for bad
+input: an unknown run, an unreadable JSON argument, an approval bound to another digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aruntime import paths
+
+JOURNAL_ENV = "ARUNTIME_JOURNAL"
+
+
+def default_journal() -> str:
+    import os
+
+    return os.environ.get(JOURNAL_ENV) or str(paths.data_dir() / "runs.db")
+
+
+def _journal_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--journal", metavar="URL", default=None,
+                        help="a SQLite file or postgresql:// URL (default: $ARUNTIME_JOURNAL, "
+                             f"else {paths.data_dir() / 'runs.db'})")
+
+
+def _json_arg(text: str, what: str) -> Any:
+    from aruntime.cli import UsageError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what}: not JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _runner(args: argparse.Namespace) -> Any:
+    from aruntime.agents.runner import Runner
+    from aruntime.cli import UsageError
+    from aruntime.state.journal import JournalError, open_journal
+    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
+
+    try:
+        journal = open_journal(args.journal or default_journal())
+        signer = DeploymentKey.load_or_create(default_key_path())
+    except (JournalError, SigningError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    return Runner(journal, signer=signer)
+
+
+def _print(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _finish(result: Any) -> int:
+    _print(result.to_json())
+    return 1 if result.status == "failed" else 0
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A runner call whose RunError is the user's mistake (exit 2, one line)."""
+    from aruntime.agents.flow import DeterminismError
+    from aruntime.agents.runner import RunError
+    from aruntime.cli import UsageError
+
+    try:
+        return fn(*args, **kwargs)
+    except (RunError, DeterminismError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- aruntime run
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow", metavar="MODULE:FLOW", help="a function marked @flow")
+    parser.add_argument("--input", default="null", metavar="JSON", help="the flow's input")
+    parser.add_argument("--run-id", default=None, help="start idempotently under this id")
+    parser.add_argument("--subject", default=None,
+                        help="whose data the run holds (deleting the subject erases it)")
+    _journal_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))  # flows in the working directory, as `python -m` finds
+    value = _json_arg(args.input, "--input")
+    runner = _runner(args)
+    return _finish(_call(runner.start, args.flow, value, run_id=args.run_id,
+                         subject=args.subject))
+
+
+# -- aruntime runs …
+
+def _run_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", metavar="RUN")
+    _journal_argument(parser)
+
+
+def _seq(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+    parser.add_argument("seq", metavar="SEQ", type=int, help="the call's sequence number")
+    parser.add_argument("--by", default="cli", help="who decides (recorded in the evidence)")
+
+
+def add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", default=None)
+    parser.add_argument("--limit", type=int, default=100)
+    _journal_argument(parser)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    runner = _runner(args)
+    _print([{"run_id": r.run_id, "flow": r.flow, "status": r.status, "created_at": r.created_at,
+             "updated_at": r.updated_at} for r in runner.journal.list_runs(args.status, args.limit)])
+    return 0
+
+
+def add_show_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from aruntime.cli import UsageError
+
+    runner = _runner(args)
+    run = runner.journal.get_run(args.run_id)
+    if run is None:
+        raise UsageError(f"no run {args.run_id}")
+    _print({"run": {"run_id": run.run_id, "flow": run.flow, "status": run.status,
+                    "input": json.loads(run.input),
+                    "result": json.loads(run.result) if run.result else None,
+                    "error": run.error, "subject": run.subject, "created_at": run.created_at,
+                    "updated_at": run.updated_at, "compacted": run.compacted},
+            "entries": [{"seq": e.seq, "kind": e.kind, "name": e.name, "state": e.state,
+                         "arg_digest": e.arg_digest, "idempotency_key": e.idem_key,
+                         "detail": json.loads(e.detail), "error": e.error,
+                         "updated_at": e.updated_at} for e in runner.journal.entries(run.run_id)]})
+    return 0
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    runner = _runner(args)
+    return _finish(_call(runner.resume, args.run_id))
+
+
+def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
+    _journal_argument(parser)
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    runner = _runner(args)
+    results = _call(runner.recover)
+    _print([r.to_json() for r in results])
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    return _finish(_call(_runner(args).cancel, args.run_id))
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+    parser.add_argument("--public-key", type=Path, default=None, metavar="PEM",
+                        help="the deployment's Ed25519 public key (default: this deployment's)")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from aruntime.agents.evidence import verify_run
+    from aruntime.cli import UsageError
+    from aruntime.state.signing import SigningError, load_public_key
+
+    runner = _runner(args)
+    try:
+        key = (load_public_key(args.public_key) if args.public_key is not None
+               else runner.evidence.signer.public_key)
+    except SigningError as exc:
+        raise UsageError(str(exc)) from None
+    if runner.journal.get_run(args.run_id) is None:
+        raise UsageError(f"no run {args.run_id}")
+    result = verify_run(runner.journal, args.run_id, key)
+    _print({"run_id": result.run_id, "records": result.records, "ok": result.ok,
+            "errors": result.errors})
+    return 0 if result.ok else 1
+
+
+def add_approve_arguments(parser: argparse.ArgumentParser) -> None:
+    _seq(parser)
+    parser.add_argument("--digest", required=True,
+                        help="the digest of exactly what is approved (`runs show` lists it)")
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    return _finish(_call(_runner(args).approve, args.run_id, args.seq, args.digest, args.by))
+
+
+def add_reject_arguments(parser: argparse.ArgumentParser) -> None:
+    _seq(parser)
+    parser.add_argument("--reason", default="rejected")
+
+
+def run_reject(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    return _finish(_call(_runner(args).reject, args.run_id, args.seq, args.by, args.reason))
+
+
+def add_respond_arguments(parser: argparse.ArgumentParser) -> None:
+    _seq(parser)
+    parser.add_argument("--answer", required=True, metavar="JSON")
+    parser.add_argument("--digest", default=None,
+                        help="for an approval: the digest of what is approved")
+
+
+def run_respond(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    answer = _json_arg(args.answer, "--answer")
+    return _finish(_call(_runner(args).respond, args.run_id, args.seq, answer, args.by,
+                         args.digest))
+
+
+def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:
+    _seq(parser)
+    outcome = parser.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--output", metavar="JSON", help="the call happened; its output")
+    outcome.add_argument("--failed", metavar="REASON", help="the call did not happen")
+
+
+def run_resolve(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path.cwd()))
+    runner = _runner(args)
+    if args.failed is not None:
+        return _finish(_call(runner.resolve, args.run_id, args.seq, args.by, failed=args.failed))
+    output = _json_arg(args.output, "--output")
+    return _finish(_call(runner.resolve, args.run_id, args.seq, args.by, output=output))
+
+
+def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_id(parser)
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from aruntime.cli import UsageError
+    from aruntime.state.journal import JournalError
+
+    try:
+        dropped = _runner(args).journal.compact(args.run_id)
+    except JournalError as exc:
+        raise UsageError(str(exc)) from None
+    _print({"run_id": args.run_id, "entries_dropped": dropped})
+    return 0
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--older-than-days", type=float, required=True,
+                        help="delete finished runs last updated longer ago than this")
+    _journal_argument(parser)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from aruntime.cli import UsageError
+    from aruntime.timeutil import rfc3339, utc_now
+
+    if args.older_than_days < 0:
+        raise UsageError("--older-than-days must be >= 0")
+    cutoff = rfc3339(utc_now() - timedelta(days=args.older_than_days))
+    _print({"pruned": _runner(args).journal.prune(cutoff), "before": cutoff})
+    return 0

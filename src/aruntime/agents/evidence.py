@@ -1,0 +1,94 @@
+"""A run's evidence: hash-chained, signed records of what it did, kept in the journal.
+
+Each record (`aruntime.run-evidence/v1`) names an event — run start and end, a step's output, a
+model call with the model's revision, each phase of a tool call, a human decision with the
+digest it was bound to — with digests, never payloads. `prev_hash` chains it to the run's
+previous record and `hash` covers every field but itself and `signature`; the signature is the
+deployment key's over the hash, as in the request evidence log (state/evidence.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aruntime.contracts import canonical_json, evidence_hash
+from aruntime.state.evidence import GENESIS_HASH, sign_record_hash
+from aruntime.state.journal import SqlJournal
+from aruntime.state.signing import DeploymentKey, key_id, verify_signature
+from aruntime.timeutil import rfc3339, utc_now
+
+SCHEMA = "aruntime.run-evidence/v1"
+
+
+class RunEvidence:
+    def __init__(self, journal: SqlJournal, signer: DeploymentKey | None = None) -> None:
+        self.journal = journal
+        self.signer = signer
+
+    def append(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one record to the run's chain (retrying if another writer took the slot)."""
+        while True:
+            last = self.journal.query("SELECT n, hash FROM evidence WHERE run_id = ? "
+                                      "ORDER BY n DESC LIMIT 1", (run_id,))
+            n, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (0, GENESIS_HASH)
+            record = {"schema": SCHEMA, "run_id": run_id, "n": n, "event": event,
+                      "created_at": rfc3339(utc_now()),
+                      **{k: v for k, v in fields.items() if v is not None}, "prev_hash": prev}
+            record["hash"] = evidence_hash(record)
+            if self.signer is not None:
+                record["signature"] = sign_record_hash(self.signer, record["hash"])
+            if self.journal.append_evidence(run_id, n, canonical_json(record).decode(),
+                                            record["hash"]):
+                return record
+
+
+@dataclass(slots=True)
+class RunVerify:
+    run_id: str
+    records: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.records > 0 and not self.errors
+
+
+def verify_run(journal: SqlJournal, run_id: str,
+               public_key: Ed25519PublicKey | None = None) -> RunVerify:
+    """Check the run's chain (order, links, hashes) and, given the deployment's public key, every
+    signature."""
+    result = RunVerify(run_id)
+    prev = GENESIS_HASH
+    expected_key = key_id(public_key) if public_key is not None else None
+    for i, (n, text, stored_hash) in enumerate(journal.evidence(run_id)):
+        result.records += 1
+        where = f"record {n}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            result.errors.append(f"{where}: not JSON")
+            continue
+        if n != i or record.get("n") != n or record.get("run_id") != run_id:
+            result.errors.append(f"{where}: out of place (expected record {i} of {run_id})")
+        if record.get("prev_hash") != prev:
+            result.errors.append(f"{where}: prev_hash does not link to the record before it")
+        actual = evidence_hash(record)
+        if record.get("hash") != actual or stored_hash != actual:
+            result.errors.append(f"{where}: hash does not match its content")
+        if public_key is not None:
+            signature = str(record.get("signature") or "")
+            kid, _, sig = signature.rpartition(":")
+            if not signature:
+                result.errors.append(f"{where}: unsigned")
+            elif kid != expected_key or not verify_signature(public_key, actual.encode("ascii"),
+                                                              sig):
+                result.errors.append(f"{where}: signature does not verify with key "
+                                     f"{expected_key}")
+        prev = actual
+    if result.records == 0:
+        result.errors.append(f"run {run_id} has no evidence records")
+    return result

@@ -1,0 +1,289 @@
+"""Flows: a Python function of durable steps, tool calls, model calls and human waits.
+
+    @flow
+    def refund(ctx: FlowContext, order: dict) -> dict:
+        total = ctx.step(price, order)                    # journaled once, replayed after
+        ok = ctx.wait_for_human("approval", payload={"order": order["id"], "total": total})
+        return ctx.call_tool(issue_refund, {"order": order["id"], "amount": total})
+
+Each call takes the next sequence number. On the first run it does the work and journals the
+outcome before returning it; when the run is recovered (a crash, a restart, a human answer) the
+function runs again from the top and each call returns what the journal holds. A call whose
+name or argument digest differs from what was journaled at its number is a `DeterminismError`
+naming it: the code changed under a running flow, and replaying on would be a guess.
+
+A wait with no answer yet suspends the run (`Suspended` unwinds the function); no process is
+held while it waits. Flows may be `async def`, with `await ctx.astep(...)` for coroutine steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
+from aruntime.contracts import sha256_digest
+from aruntime.state.journal import Entry
+from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
+
+if TYPE_CHECKING:
+    from aruntime.agents.runner import Runner
+
+FLOW_ATTR = "__aruntime_flow__"
+
+
+def flow(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a function as a flow (its first parameter receives the FlowContext)."""
+    setattr(fn, FLOW_ATTR, True)
+    return fn
+
+
+class DeterminismError(RuntimeError):
+    """Replay reached a call that differs from the journal at its sequence number."""
+
+
+class Suspended(BaseException):
+    """The run waits (a person, an unknown tool outcome); raised through the flow's code."""
+
+    def __init__(self, seq: int, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.seq, self.status, self.reason = seq, status, reason
+
+
+class StepError(RuntimeError):
+    """A step failed; journaled, so replay raises the same error at the same place."""
+
+
+class ToolError(RuntimeError):
+    """A tool call failed or was rejected by a person (journaled like a step's error)."""
+
+
+class HumanWaitTimeout(RuntimeError):
+    """A human wait passed its deadline and the flow declared no `on_timeout` value."""
+
+
+_UNSET: Any = object()
+
+
+def digest(value: Any) -> str:
+    return sha256_digest(value)
+
+
+@dataclass(slots=True)
+class FlowContext:
+    runner: Runner
+    run_id: str
+    seq: int = 0
+
+    # -- the calls a flow makes
+
+    def step(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Any:
+        """Run `fn(*args)` once; its JSON-able result is journaled and replayed."""
+        seq, name, arg_digest, done = self._begin_step(fn, args, name)
+        if done is not None:
+            return self._outcome(done, StepError)
+        try:
+            result = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - journaled and raised again on replay
+            self._step_failed(seq, name, arg_digest, exc)
+        return self._step_done(seq, name, arg_digest, result)
+
+    async def astep(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Any:
+        """`step` for an async flow: `fn` may be a coroutine function."""
+        seq, name, arg_digest, done = self._begin_step(fn, args, name)
+        if done is not None:
+            return self._outcome(done, StepError)
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:  # noqa: BLE001 - journaled and raised again on replay
+            self._step_failed(seq, name, arg_digest, exc)
+        return self._step_done(seq, name, arg_digest, result)
+
+    def now(self) -> str:
+        """The time (RFC 3339 UTC) as first seen by this run at this point: replay sees the
+        same, so a flow may branch on it."""
+        return str(self.step(lambda: rfc3339(utc_now()), name="now"))
+
+    def call_model(self, prompt: str, *, max_tokens: int = 32, temperature: float = 0.0,
+                   seed: int | None = None) -> dict[str, Any]:
+        """A completion through ARuntime's own engine (in process by default); the result holds
+        the text, its token ids and the model's revision, and the evidence names the model."""
+        seq = self._next()
+        params = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+                  "seed": seed}
+        arg_digest = digest({"model": params})
+        done = self._replayed(seq, "model", "model", arg_digest)
+        if done is not None:
+            return dict(self._outcome(done, StepError))
+        result = self.runner.models.complete(**params)
+        self._write(Entry(self.run_id, seq, "model", "model", arg_digest, "done",
+                          output=self.runner.store_output(self.run_id, result)),
+                    model=result.get("model"), model_revision=result.get("model_revision"))
+        return result
+
+    def call_tool(self, tool: Tool, args: dict[str, Any]) -> Any:
+        """Validate, journal the intent, (wait for approval,) journal the attempt, call the tool
+        with its idempotency key, validate and journal the outcome."""
+        seq = self._next()
+        tool.check_input(args)
+        call_digest = digest({"tool": tool.name, "args": args})
+        journal = self.runner.journal
+        entry = journal.entry(self.run_id, seq)
+        if entry is None:
+            key = digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
+            detail = {"needs_approval": tool.needs_approval, "side_effect": tool.side_effect}
+            entry = self._write(Entry(self.run_id, seq, "tool", tool.name, call_digest, "intent",
+                                      idem_key=key, detail=json.dumps(detail)))
+        self._check(entry, "tool", tool.name, call_digest)
+        assert entry.idem_key is not None
+        while True:
+            state = entry.state
+            if state == "done":
+                return self.runner.load_output(self.run_id, entry.output)
+            if state in ("error", "rejected"):
+                raise ToolError(f"tool call {seq} {tool.name!r}: {entry.error}")
+            if state == "intent" and tool.needs_approval:
+                raise Suspended(seq, "waiting", f"tool call {seq} {tool.name!r} awaits approval "
+                                f"of {call_digest}")
+            if state in ("intent", "approved"):
+                if journal.advance(self.run_id, seq, (state,), "attempt"):
+                    self.runner.evidence.append(self.run_id, "tool_attempt", seq=seq,
+                                                name=tool.name, arg_digest=call_digest,
+                                                idempotency_key=entry.idem_key)
+                    return self._attempt(tool, args, seq, entry.idem_key, call_digest)
+            elif state == "attempt":  # a process died after the attempt: did the effect happen?
+                self._reconcile(tool, args, seq, entry.idem_key, call_digest)
+            elif state == "unknown":
+                raise Suspended(seq, "unknown", f"tool call {seq} {tool.name!r}: outcome unknown; "
+                                "resolve it (`aruntime runs resolve`)")
+            entry = journal.entry(self.run_id, seq) or entry
+
+    def wait_for_human(self, kind: str = "approval", *, schema: dict[str, Any] | None = None,
+                       payload: Any = None, timeout_s: float | None = None,
+                       on_timeout: Any = _UNSET) -> Any:
+        """Suspend until a person answers. `approval`: the answer is `{"approved": bool, ...}`
+        and binds to the digest of `payload` (what is approved); `input`: the answer must fit
+        `schema`. Past `timeout_s` the call returns `on_timeout`, or raises HumanWaitTimeout."""
+        if kind not in ("approval", "input"):
+            raise ValueError("kind must be 'approval' or 'input'")
+        seq = self._next()
+        arg_digest = digest({"kind": kind, "schema": schema, "payload": payload})
+        journal = self.runner.journal
+        entry = journal.entry(self.run_id, seq)
+        if entry is None:
+            deadline = (rfc3339(utc_now() + timedelta(seconds=timeout_s))
+                        if timeout_s is not None else None)
+            detail = {"kind": kind, "schema": schema, "deadline": deadline,
+                      "approves": digest(payload)}
+            entry = self._write(Entry(self.run_id, seq, "wait", f"human:{kind}", arg_digest,
+                                      "waiting", detail=json.dumps(detail)))
+        self._check(entry, "wait", f"human:{kind}", arg_digest)
+        if entry.state == "waiting":
+            deadline = json.loads(entry.detail).get("deadline")
+            if deadline is None or utc_now() < parse_rfc3339(deadline):
+                raise Suspended(seq, "waiting", f"wait {seq} for a person ({kind})")
+            if journal.advance(self.run_id, seq, ("waiting",), "timed_out"):
+                self.runner.evidence.append(self.run_id, "human_timeout", seq=seq)
+            entry = journal.entry(self.run_id, seq) or entry
+        if entry.state == "timed_out":
+            if on_timeout is _UNSET:
+                raise HumanWaitTimeout(f"wait {seq} for a person ({kind}) timed out")
+            return on_timeout
+        return self.runner.load_output(self.run_id, entry.output)
+
+    # -- journal plumbing
+
+    def _begin_step(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                    name: str | None) -> tuple[int, str, str, Entry | None]:
+        seq, name = self._next(), name or fn.__name__
+        arg_digest = digest({"step": name, "args": list(args)})
+        return seq, name, arg_digest, self._replayed(seq, "step", name, arg_digest)
+
+    def _step_failed(self, seq: int, name: str, arg_digest: str, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self._write(Entry(self.run_id, seq, "step", name, arg_digest, "error", error=message))
+        raise StepError(f"step {seq} {name!r} failed: {message}") from exc
+
+    def _step_done(self, seq: int, name: str, arg_digest: str, result: Any) -> Any:
+        stored = self._write(Entry(self.run_id, seq, "step", name, arg_digest, "done",
+                                   output=self.runner.store_output(self.run_id, result)))
+        return self._outcome(stored, StepError)  # the journal's, should another writer win
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _check(self, entry: Entry, kind: str, name: str, arg_digest: str) -> None:
+        if (entry.kind, entry.name, entry.arg_digest) != (kind, name, arg_digest):
+            raise DeterminismError(
+                f"run {self.run_id}: call {entry.seq} is {kind} {name!r} ({arg_digest}) but the "
+                f"journal recorded {entry.kind} {entry.name!r} ({entry.arg_digest}) there: the "
+                "flow's code or inputs changed under a running flow")
+
+    def _replayed(self, seq: int, kind: str, name: str, arg_digest: str) -> Entry | None:
+        entry = self.runner.journal.entry(self.run_id, seq)
+        if entry is not None:
+            self._check(entry, kind, name, arg_digest)
+        return entry
+
+    def _outcome(self, entry: Entry, error: type[Exception]) -> Any:
+        if entry.state == "error":
+            raise error(f"call {entry.seq} {entry.name!r} failed: {entry.error}")
+        return self.runner.load_output(self.run_id, entry.output)
+
+    def _write(self, entry: Entry, **evidence: Any) -> Entry:
+        stored = self.runner.journal.record(entry)
+        if stored.updated_at == entry.updated_at:  # ours, not another writer's
+            self.runner.evidence.append(
+                self.run_id, f"{entry.kind}_{entry.state}", seq=entry.seq, name=entry.name,
+                arg_digest=entry.arg_digest, output_digest=_digest_of(entry.output),
+                error=entry.error, **evidence)
+        return stored
+
+    def _attempt(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
+                 call_digest: str) -> Any:
+        journal = self.runner.journal
+        try:
+            output = tool.invoke(args, key)
+            tool.check_output(output)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            journal.advance(self.run_id, seq, ("attempt",), "error", error=message)
+            self.runner.evidence.append(self.run_id, "tool_error", seq=seq, name=tool.name,
+                                        arg_digest=call_digest, error=message)
+            raise ToolError(f"tool call {seq} {tool.name!r}: {message}") from exc
+        stored = self.runner.store_output(self.run_id, output)
+        journal.advance(self.run_id, seq, ("attempt",), "done", output=stored)
+        self.runner.evidence.append(self.run_id, "tool_done", seq=seq, name=tool.name,
+                                    arg_digest=call_digest, output_digest=_digest_of(stored))
+        return output
+
+    def _reconcile(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
+                   call_digest: str) -> None:
+        journal = self.runner.journal
+        answer = tool.reconcile(args, key) if tool.reconcile is not None else None
+        if isinstance(answer, Applied):
+            tool.check_output(answer.output)
+            stored = self.runner.store_output(self.run_id, answer.output)
+            if journal.advance(self.run_id, seq, ("attempt",), "done", output=stored):
+                self.runner.evidence.append(self.run_id, "tool_reconciled", seq=seq,
+                                            name=tool.name, arg_digest=call_digest,
+                                            outcome="applied", output_digest=_digest_of(stored))
+        elif answer is NOT_APPLIED:
+            if journal.advance(self.run_id, seq, ("attempt",), "approved"):
+                self.runner.evidence.append(self.run_id, "tool_reconciled", seq=seq,
+                                            name=tool.name, arg_digest=call_digest,
+                                            outcome="not_applied")
+        elif journal.advance(self.run_id, seq, ("attempt",), "unknown"):
+            self.runner.evidence.append(self.run_id, "tool_unknown", seq=seq, name=tool.name,
+                                        arg_digest=call_digest)
+
+
+def _digest_of(stored: str | None) -> str | None:
+    return None if stored is None else digest(stored)

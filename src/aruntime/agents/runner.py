@@ -1,0 +1,249 @@
+"""Starting, resuming and answering runs: the journal is the truth, a process only replays it.
+
+`Runner.start` journals a run and executes its flow; `resume` executes it again, each call
+answered from the journal up to where it stopped; `recover` resumes every run a dead process
+left running and every wait past its deadline. People act on entries: `approve`/`reject` a tool
+call awaiting approval (bound to the digest of its exact arguments), `respond` to a human wait,
+`resolve` a tool call whose outcome is unknown. Each decision is journaled by compare-and-set,
+recorded in the run's evidence, and resumes the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from aruntime.agents.evidence import RunEvidence
+from aruntime.agents.flow import FLOW_ATTR, DeterminismError, FlowContext, Suspended
+from aruntime.agents.models import LocalModels
+from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
+from aruntime.state.signing import DeploymentKey
+from aruntime.timeutil import parse_rfc3339, utc_now
+
+
+class RunError(ValueError):
+    """A request about a run that cannot be done as asked (unknown run, wrong state, a digest
+    that is not the one awaiting approval, an answer that does not fit its schema)."""
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    waiting: str | None = None  # what a waiting or unknown run needs
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in (("run_id", self.run_id), ("status", self.status),
+                                  ("result", self.result), ("error", self.error),
+                                  ("waiting", self.waiting)) if v is not None}
+
+
+def load_flow(ref: str) -> Callable[..., Any]:
+    """`package.module:function`, which must be marked with `@flow`."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise RunError(f"flow {ref!r}: expected MODULE:FUNCTION")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RunError(f"flow {ref!r}: cannot import {module_name}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not getattr(fn, FLOW_ATTR, False):
+        raise RunError(f"flow {ref!r}: {attr} is not a function marked @flow in {module_name}")
+    return fn  # type: ignore[no-any-return]
+
+
+class Runner:
+    def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
+                 models: LocalModels | None = None) -> None:
+        self.journal = journal
+        self.evidence = RunEvidence(journal, signer)
+        self.models = models or LocalModels()
+
+    # -- payloads
+
+    def store_output(self, run_id: str, value: Any) -> str:
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"run {run_id}: a journaled result must be JSON: {exc}") from None
+
+    def load_output(self, run_id: str, stored: str | None) -> Any:
+        return None if stored is None else json.loads(stored)
+
+    # -- lifecycle
+
+    def start(self, flow_ref: str, input_value: Any = None, *, run_id: str | None = None,
+              subject: str | None = None) -> RunResult:
+        """Journal the run (idempotent for a given id) and execute it."""
+        load_flow(flow_ref)  # a bad reference is an error now, not a failed run
+        run_id = run_id or uuid.uuid4().hex
+        try:
+            run = self.journal.create_run(run_id, flow_ref, self.store_output(run_id, input_value),
+                                          subject)
+        except JournalError as exc:
+            raise RunError(str(exc)) from None
+        if run.status != "running":
+            return self._result(run)
+        if not self.journal.query("SELECT 1 FROM evidence WHERE run_id = ? LIMIT 1", (run_id,)):
+            self.evidence.append(run_id, "run_started", flow=flow_ref,
+                                 input_digest=_digest(run.input))
+        return self._execute(run)
+
+    def resume(self, run_id: str) -> RunResult:
+        run = self._run(run_id)
+        if run.status in FINISHED:
+            return self._result(run)
+        if run.status != "running":
+            self.journal.set_status(run_id, "running", unless=FINISHED)
+        return self._execute(self._run(run_id))
+
+    def recover(self) -> list[RunResult]:
+        """Resume what a dead process left running, and waits whose deadline passed."""
+        results = [self.resume(r.run_id) for r in self.journal.list_runs("running", 10_000)]
+        now = utc_now()
+        for run in self.journal.list_runs("waiting", 10_000):
+            if any(e.kind == "wait" and e.state == "waiting" and _deadline_passed(e, now)
+                   for e in self.journal.entries(run.run_id)):
+                results.append(self.resume(run.run_id))
+        return results
+
+    def cancel(self, run_id: str) -> RunResult:
+        run = self._run(run_id)
+        if self.journal.set_status(run_id, "cancelled", unless=FINISHED):
+            self.evidence.append(run_id, "run_cancelled")
+        return self._result(self._run(run.run_id))
+
+    # -- people's decisions
+
+    def approve(self, run_id: str, seq: int, approves: str, by: str) -> RunResult:
+        """Approve the tool call at `seq`; `approves` must be the digest of its exact call."""
+        entry = self._entry(run_id, seq, "tool")
+        if approves != entry.arg_digest:
+            raise RunError(f"run {run_id} call {seq}: the approval is for {approves}, but the "
+                           f"call awaiting approval is {entry.arg_digest}; refused")
+        if not self.journal.advance(run_id, seq, ("intent",), "approved"):
+            raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
+        self.evidence.append(run_id, "approval", seq=seq, decision="approved", by=by,
+                             approves=approves)
+        return self.resume(run_id)
+
+    def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected") -> RunResult:
+        entry = self._entry(run_id, seq, "tool")
+        if not self.journal.advance(run_id, seq, ("intent",), "rejected",
+                                    error=f"rejected by {by}: {reason}"):
+            raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
+        self.evidence.append(run_id, "approval", seq=seq, decision="rejected", by=by,
+                             approves=entry.arg_digest)
+        return self.resume(run_id)
+
+    def respond(self, run_id: str, seq: int, response: Any, by: str,
+                approves: str | None = None) -> RunResult:
+        """Answer a human wait. For an approval the answer is `{"approved": bool, ...}` and
+        `approves` must be the digest of what the flow asked to be approved."""
+        entry = self._entry(run_id, seq, "wait")
+        detail = json.loads(entry.detail)
+        if detail["kind"] == "approval":
+            if approves != detail["approves"]:
+                raise RunError(f"run {run_id} wait {seq}: the approval is for {approves}, but "
+                               f"what awaits approval is {detail['approves']}; refused")
+            schema: dict[str, Any] = {"type": "object", "required": ["approved"],
+                                      "properties": {"approved": {"type": "boolean"}}}
+        else:
+            schema = detail.get("schema") or {}
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(response),
+                        key=lambda e: list(e.path))
+        if errors:
+            raise RunError(f"run {run_id} wait {seq}: the answer does not fit: "
+                           f"{errors[0].message}")
+        if not self.journal.advance(run_id, seq, ("waiting",), "resolved",
+                                    output=self.store_output(run_id, response)):
+            raise RunError(f"run {run_id} wait {seq} is {entry.state}, not waiting")
+        self.evidence.append(run_id, "human_answer", seq=seq, by=by, approves=approves,
+                             answer_digest=_digest(self.store_output(run_id, response)))
+        return self.resume(run_id)
+
+    def resolve(self, run_id: str, seq: int, by: str, *, output: Any = None,
+                failed: str | None = None) -> RunResult:
+        """Settle a tool call whose outcome is unknown: it happened (with `output`) or it
+        failed (`failed`, a reason)."""
+        entry = self._entry(run_id, seq, "tool")
+        if failed is not None:
+            moved = self.journal.advance(run_id, seq, ("unknown",), "error",
+                                         error=f"resolved as failed by {by}: {failed}")
+        else:
+            moved = self.journal.advance(run_id, seq, ("unknown",), "done",
+                                         output=self.store_output(run_id, output))
+        if not moved:
+            raise RunError(f"run {run_id} call {seq} is {entry.state}, not unknown")
+        self.evidence.append(run_id, "tool_resolved", seq=seq, by=by,
+                             outcome="failed" if failed is not None else "applied")
+        return self.resume(run_id)
+
+    # -- execution
+
+    def _execute(self, run: Run) -> RunResult:
+        fn = load_flow(run.flow)
+        ctx = FlowContext(self, run.run_id)
+        value = json.loads(run.input)
+        try:
+            out = fn(ctx, value)
+            if inspect.isawaitable(out):
+                out = asyncio.run(_await(out))
+        except Suspended as s:
+            if self.journal.set_status(run.run_id, s.status, unless=FINISHED):
+                self.evidence.append(run.run_id, "run_suspended", seq=s.seq, status=s.status)
+            return RunResult(run.run_id, self._run(run.run_id).status, waiting=s.reason)
+        except DeterminismError:
+            raise  # the run stays as it is until the code matches its journal again
+        except Exception as exc:  # noqa: BLE001 - the flow's failure is the run's outcome
+            message = f"{type(exc).__name__}: {exc}"
+            if self.journal.set_status(run.run_id, "failed", error=message, unless=FINISHED):
+                self.evidence.append(run.run_id, "run_failed", error=message)
+            return self._result(self._run(run.run_id))
+        stored = self.store_output(run.run_id, out)
+        if self.journal.set_status(run.run_id, "completed", result=stored, unless=FINISHED):
+            self.evidence.append(run.run_id, "run_completed", result_digest=_digest(stored))
+        return self._result(self._run(run.run_id))
+
+    def _run(self, run_id: str) -> Run:
+        run = self.journal.get_run(run_id)
+        if run is None:
+            raise RunError(f"no run {run_id}")
+        return run
+
+    def _entry(self, run_id: str, seq: int, kind: str) -> Entry:
+        self._run(run_id)
+        entry = self.journal.entry(run_id, seq)
+        if entry is None or entry.kind != kind:
+            raise RunError(f"run {run_id} has no {kind} call at {seq}")
+        return entry
+
+    def _result(self, run: Run) -> RunResult:
+        result = json.loads(run.result) if run.result is not None else None
+        return RunResult(run.run_id, run.status, result, run.error)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _digest(text: str) -> str:
+    from aruntime.contracts import sha256_digest
+
+    return sha256_digest(text)
+
+
+def _deadline_passed(entry: Entry, now: Any) -> bool:
+    deadline = json.loads(entry.detail).get("deadline")
+    return deadline is not None and parse_rfc3339(deadline) <= now
