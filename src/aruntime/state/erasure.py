@@ -1,0 +1,180 @@
+"""Erasing a subject from every store, and the signed receipt that says so.
+
+`erase_subject` shreds the subject's key (from then on every sealed copy anywhere is noise),
+deletes its memory items, deletes its artifacts, and overwrites the payloads of its runs in the
+journal with a tombstone, `erased:<receipt id>`, so not even ciphertext stays. On SQLite the
+journal's connections zero freed rows (secure_delete) and the WAL is checkpointed and truncated
+here; on PostgreSQL dead rows stay on disk, sealed under a shredded key, until VACUUM.
+
+The order lets a retry after a crash finish the job: the key first; artifacts before the journal,
+since the journal's references are how they are found; a run's `subject` is replaced by the
+subject's digest last, so an unfinished run is found again. What stays: run ids, step names,
+argument digests and idempotency keys, and the evidence chain (salted digests only, by design).
+
+The receipt is canonical JSON naming the subject only by its digest, signed with the deployment
+key; `verify_receipt` checks it with the public key alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aruntime.contracts.base import canonical_json
+from aruntime.state.artifacts import REF_RE, ArtifactStore
+from aruntime.state.journal import FINISHED, SqliteJournal, SqlJournal
+from aruntime.state.memory import MemoryStore
+from aruntime.state.signing import DeploymentKey, key_id, verify_signature
+from aruntime.state.subject_keys import SEALED_PREFIX, SubjectKeys
+from aruntime.timeutil import rfc3339, utc_now
+
+RECEIPT_KIND = "aruntime.deletion-receipt/v1"
+
+
+class LegalHoldError(Exception):
+    """The subject has data under legal hold; erasure needs `release_holds=True`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionReceipt:
+    body: Mapping[str, Any]  # everything but the signature
+    signature: str  # the deployment key's signature over canonical_json(body)
+
+    @property
+    def receipt_id(self) -> str:
+        return str(self.body["receipt_id"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.body, "signature": self.signature}
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict()).decode("utf-8")
+
+
+def erase_subject(subject: str, journal: SqlJournal, keys: SubjectKeys, memory: MemoryStore,
+                  artifacts: ArtifactStore, signer: DeploymentKey, *,
+                  release_holds: bool = False, scan_artifacts: bool = True) -> DeletionReceipt:
+    """Erase `subject` everywhere; idempotent. Refuses (LegalHoldError, before changing
+    anything) while memory holds its items under legal hold, unless `release_holds`.
+    `scan_artifacts` also finds the subject's sealed artifacts that no journal row names (a
+    put whose entry was never written) by reading every artifact's header."""
+    held = memory.held(subject)
+    if held and not release_holds:
+        raise LegalHoldError(f"{held} memory item(s) of this subject are under legal hold")
+    sid, receipt_id = keys.digest(subject), f"del-{uuid.uuid4().hex}"
+    run_ids = [r[0] for r in journal.query(
+        "SELECT run_id FROM runs WHERE subject = ? OR subject = ? ORDER BY run_id", (subject, sid))]
+    refs = _referenced(journal, run_ids)
+    shredded = keys.shred(subject).had_key
+    items = memory.erase(subject)
+    deleted, kept = _erase_artifacts(artifacts, journal, refs, sid, run_ids, scan_artifacts)
+    cancelled, entries = _blank_runs(journal, run_ids, f"erased:{receipt_id}", sid)
+    body = {
+        "kind": RECEIPT_KIND, "receipt_id": receipt_id, "subject_digest": sid,
+        "erased_at": rfc3339(utc_now()), "key_id": signer.key_id,
+        "stores": {
+            "subject_keys": {"keys_shredded": int(shredded)},
+            "memory": {"items_deleted": items, "legal_holds_released": held},
+            "artifacts": {"deleted": deleted, "kept_shared": kept},
+            "journal": {"runs_blanked": len(run_ids), "runs_cancelled": cancelled,
+                        "entries_blanked": entries, "wal_checkpoint": _checkpoint(journal)},
+        },
+    }
+    return DeletionReceipt(body, signer.sign(canonical_json(body)))
+
+
+def verify_receipt(receipt: DeletionReceipt | Mapping[str, Any] | str | bytes,
+                   public_key: Ed25519PublicKey) -> bool:
+    """Whether `receipt` (the object, or its JSON) is intact and signed by `public_key`."""
+    try:
+        data = (receipt.to_dict() if isinstance(receipt, DeletionReceipt)
+                else json.loads(receipt) if isinstance(receipt, (str, bytes)) else dict(receipt))
+        if not isinstance(data, dict):
+            return False
+        signature = data.pop("signature", None)
+        body = canonical_json(data)
+    except (ValueError, TypeError):  # not JSON, not UTF-8, NaN
+        return False
+    return (data.get("kind") == RECEIPT_KIND and data.get("key_id") == key_id(public_key)
+            and isinstance(signature, str) and _canonical_b64(signature)
+            and verify_signature(public_key, body, signature))
+
+
+def _canonical_b64(signature: str) -> bool:
+    # base64url of 64 bytes leaves 4 spare bits in the last character: without this check,
+    # 15 other last characters decode to the same signature and a changed byte would verify.
+    try:
+        raw = base64.urlsafe_b64decode(signature + "==")
+    except ValueError:
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == signature
+
+
+def _referenced(journal: SqlJournal, run_ids: list[str]) -> set[str]:
+    """The artifact references anywhere in the runs' payloads."""
+    refs: set[str] = set()
+    for run_id in run_ids:
+        rows = journal.query("SELECT output, error, detail FROM entries WHERE run_id = ?",
+                             (run_id,))
+        rows += journal.query("SELECT input, result, error FROM runs WHERE run_id = ?", (run_id,))
+        refs.update(m.group(0) for row in rows for text in row if isinstance(text, str)
+                    for m in REF_RE.finditer(text))
+    return refs
+
+
+def _erase_artifacts(artifacts: ArtifactStore, journal: SqlJournal, refs: set[str], sid: str,
+                     run_ids: list[str], scan: bool) -> tuple[int, int]:
+    """Delete the subject's artifacts: those sealed for it, and clear ones its runs reference
+    that no other run's entry does. Another subject's sealed artifacts stay. (deleted, kept)"""
+    header = f"{SEALED_PREFIX}{sid}:".encode("ascii")
+    found = set(artifacts.refs_starting_with(header)) if scan else set()
+    deleted = kept = 0
+    for ref in sorted(refs | found):
+        head = artifacts.head(ref, len(header))
+        theirs = ref in found or head == header
+        if not theirs and (head.startswith(SEALED_PREFIX.encode("ascii"))
+                           or _referenced_elsewhere(journal, ref, run_ids)):
+            kept += 1  # another subject's, or clear content another run read too
+            continue
+        deleted += artifacts.delete(ref)
+    return deleted, kept
+
+
+def _referenced_elsewhere(journal: SqlJournal, ref: str, run_ids: list[str]) -> bool:
+    rows = journal.query("SELECT DISTINCT run_id FROM entries WHERE output = ?", (ref,))
+    return any(r[0] not in run_ids for r in rows)
+
+
+def _blank_runs(journal: SqlJournal, run_ids: list[str], tombstone: str,
+                sid: str) -> tuple[int, int]:
+    """Cancel the runs still going and overwrite their payloads. (cancelled, entries blanked)"""
+    cancelled = entries = 0
+    keep_null = "CASE WHEN {0} IS NULL THEN NULL ELSE ? END"
+    for run_id in run_ids:
+        cancelled += journal.set_status(run_id, "cancelled", error=tombstone, unless=FINISHED)
+        entries += journal.execute(
+            f"UPDATE entries SET output = {keep_null.format('output')}, "
+            f"error = {keep_null.format('error')}, detail = ? WHERE run_id = ?",
+            (tombstone, tombstone, tombstone, run_id))
+        journal.execute(  # the subject last: until then a retry finds this run again
+            f"UPDATE runs SET input = ?, result = {keep_null.format('result')}, "
+            f"error = {keep_null.format('error')}, subject = ? WHERE run_id = ?",
+            (tombstone, tombstone, tombstone, sid, run_id))
+    return cancelled, entries
+
+
+def _checkpoint(journal: SqlJournal) -> str:
+    """Copy the WAL into the database and truncate it, so old frames of erased rows go."""
+    if not isinstance(journal, SqliteJournal):
+        return "none"  # PostgreSQL: dead rows stay until VACUUM
+    with closing(sqlite3.connect(journal.path, timeout=30.0)) as conn:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    return "truncated" if busy == 0 else "busy"
