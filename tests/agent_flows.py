@@ -131,3 +131,13 @@ async def async_flow(ctx: FlowContext, inp: int) -> int:
 @flow
 def ask_model(ctx: FlowContext, inp: str) -> dict[str, Any]:
     return ctx.call_model(inp, max_tokens=4)
+
+
+def _profile(email: str) -> dict[str, Any]:
+    return {"email": email, "notes": "x" * 200_000}  # big enough to go to the artifact store
+
+
+@flow
+def remember(ctx: FlowContext, inp: dict[str, Any]) -> str:
+    profile = ctx.step(_profile, inp["email"])
+    return str(ctx.step(_shout, profile["email"]))

@@ -318,3 +318,29 @@ def test_chaos_sigkill_at_200_random_points(tmp_path: Path) -> None:
     assert unknown == 0
     print(f"{kills} kills over {runs} runs; {reconciled} tool calls reconciled after a kill")
     sqlite3.connect(book).close()
+
+
+def test_a_subjects_run_is_sealed_and_erasing_the_subject_leaves_nothing(
+        journal: SqlJournal, signer: DeploymentKey, tmp_path: Path) -> None:
+    from test_memory import _db_bytes, _dir_bytes
+
+    from aruntime.state.artifacts import ArtifactStore
+    from aruntime.state.erasure import erase_subject, verify_receipt
+    from aruntime.state.memory import MemoryStore
+
+    email = "carol.unique@example.com"
+    store = ArtifactStore(tmp_path / "artifacts")
+    runner = Runner(journal, signer=signer, artifacts=store)
+    memory = MemoryStore(journal, runner.keys)
+    r = runner.start("agent_flows:remember", {"email": email}, run_id="s", subject="carol")
+    assert r.result == email.upper()
+    assert runner.resume("s").result == email.upper()  # replay opens what it sealed
+    assert any(e.output and e.output.startswith("artifact:") for e in journal.entries("s"))
+    for blob in (_db_bytes(journal), _dir_bytes(tmp_path / "artifacts")):
+        assert email.encode() not in blob and email.upper().encode() not in blob
+    receipt = erase_subject("carol", journal, runner.keys, memory, store, signer)
+    assert verify_receipt(receipt, signer.public_key)
+    assert runner.resume("s").result is None  # its outcome went with its subject
+    for blob in (_db_bytes(journal), _dir_bytes(tmp_path / "artifacts")):
+        assert b"carol" not in blob and email.encode() not in blob
+    assert verify_run(journal, "s", signer.public_key).ok  # evidence holds digests only

@@ -66,8 +66,9 @@ def tool_entry(seq: int = 1, state: str = "attempt") -> Entry:
 
 
 def test_create_run_is_idempotent_and_refuses_another_input(journal: SqlJournal) -> None:
-    first = journal.create_run("r", "flows:f", '{"q": 1}', subject="alice")
-    again = journal.create_run("r", "flows:f", '{"q": 1}')
+    first, created = journal.create_run("r", "flows:f", '{"q": 1}', subject="alice")
+    again, created_again = journal.create_run("r", "flows:f", '{"q": 1}')
+    assert created and not created_again
     assert again == first and again.status == "running" and again.subject == "alice"
     with pytest.raises(JournalError, match="another input"):
         journal.create_run("r", "flows:f", '{"q": 2}')

@@ -42,7 +42,7 @@ def _json_arg(text: str, what: str) -> Any:
 
 
 def _runner(args: argparse.Namespace) -> Any:
-    from aruntime.agents.runner import Runner
+    from aruntime.agents.runner import Runner, default_artifacts
     from aruntime.cli import UsageError
     from aruntime.state.journal import JournalError, open_journal
     from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
@@ -52,7 +52,7 @@ def _runner(args: argparse.Namespace) -> Any:
         signer = DeploymentKey.load_or_create(default_key_path())
     except (JournalError, SigningError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    return Runner(journal, signer=signer)
+    return Runner(journal, signer=signer, artifacts=default_artifacts(journal))
 
 
 def _print(value: Any) -> None:
@@ -281,4 +281,30 @@ def run_prune(args: argparse.Namespace) -> int:
         raise UsageError("--older-than-days must be >= 0")
     cutoff = rfc3339(utc_now() - timedelta(days=args.older_than_days))
     _print({"pruned": _runner(args).journal.prune(cutoff), "before": cutoff})
+    return 0
+
+
+# -- aruntime subjects erase
+
+def add_erase_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subject", metavar="SUBJECT", help="whose data to erase everywhere")
+    parser.add_argument("--release-holds", action="store_true",
+                        help="erase even what memory holds under legal hold")
+    _journal_argument(parser)
+
+
+def run_erase(args: argparse.Namespace) -> int:
+    """Crypto-shred a subject across memory, run payloads and artifacts; print the receipt."""
+    from aruntime.cli import UsageError
+    from aruntime.state.erasure import LegalHoldError, erase_subject
+    from aruntime.state.memory import MemoryStore
+
+    runner = _runner(args)
+    try:
+        receipt = erase_subject(args.subject, runner.journal, runner.keys,
+                                MemoryStore(runner.journal, runner.keys), runner.artifacts,
+                                runner.evidence.signer, release_holds=args.release_holds)
+    except LegalHoldError as exc:
+        raise UsageError(str(exc)) from None
+    _print(json.loads(receipt.to_json()))
     return 0

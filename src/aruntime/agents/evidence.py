@@ -10,6 +10,7 @@ deployment key's over the hash, as in the request evidence log (state/evidence.p
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.contracts import canonical_json, evidence_hash
 from aruntime.state.evidence import GENESIS_HASH, sign_record_hash
-from aruntime.state.journal import SqlJournal
+from aruntime.state.journal import Entry, EvidenceConflict, Run, SqlJournal
 from aruntime.state.signing import DeploymentKey, key_id, verify_signature
 from aruntime.timeutil import rfc3339, utc_now
 
@@ -25,25 +26,95 @@ SCHEMA = "aruntime.run-evidence/v1"
 
 
 class RunEvidence:
+    """Appends to runs' chains. The head of each chain this process writes is kept in memory,
+    so an append reads nothing; another writer's record shows up as a conflict, and the head
+    is read again."""
+
     def __init__(self, journal: SqlJournal, signer: DeploymentKey | None = None) -> None:
         self.journal = journal
         self.signer = signer
+        self._heads: dict[str, tuple[int, str]] = {}  # run -> (next n, last hash)
 
-    def append(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one record to the run's chain (retrying if another writer took the slot)."""
-        while True:
+    def _head(self, run_id: str) -> tuple[int, str]:
+        if run_id not in self._heads:
             last = self.journal.query("SELECT n, hash FROM evidence WHERE run_id = ? "
                                       "ORDER BY n DESC LIMIT 1", (run_id,))
-            n, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (0, GENESIS_HASH)
-            record = {"schema": SCHEMA, "run_id": run_id, "n": n, "event": event,
-                      "created_at": rfc3339(utc_now()),
-                      **{k: v for k, v in fields.items() if v is not None}, "prev_hash": prev}
-            record["hash"] = evidence_hash(record)
-            if self.signer is not None:
-                record["signature"] = sign_record_hash(self.signer, record["hash"])
-            if self.journal.append_evidence(run_id, n, canonical_json(record).decode(),
+            self._heads[run_id] = (int(last[0][0]) + 1, str(last[0][1])) if last else (
+                0, GENESIS_HASH)
+        return self._heads[run_id]
+
+    def _build(self, run_id: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        n, prev = self._head(run_id)
+        record = {"schema": SCHEMA, "run_id": run_id, "n": n, "event": event,
+                  "created_at": rfc3339(utc_now()),
+                  **{k: v for k, v in fields.items() if v is not None}, "prev_hash": prev}
+        record["hash"] = evidence_hash(record)
+        if self.signer is not None:
+            record["signature"] = sign_record_hash(self.signer, record["hash"])
+        return record
+
+    def _advanced(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        self._heads[run_id] = (record["n"] + 1, record["hash"])
+        return record
+
+    def append(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one record to the run's chain."""
+        while True:
+            record = self._build(run_id, event, fields)
+            if self.journal.append_evidence(run_id, record["n"], canonical_json(record).decode(),
                                             record["hash"]):
-                return record
+                return self._advanced(run_id, record)
+            self._heads.pop(run_id, None)  # another writer appended: read the head again
+
+    def record_entry(self, entry: Entry, event: str, **fields: Any) -> Entry:
+        """Journal a new entry with its evidence record in one transaction. Returns the stored
+        entry: `entry` itself if this call wrote it, else the one another writer put there
+        first (which then has its own evidence)."""
+        stored: list[Entry] = []
+
+        def write(evidence: tuple[int, str, str]) -> bool:
+            stored.append(self.journal.record(entry, evidence))
+            return stored[-1] is entry
+
+        self._with_record(entry.run_id, event, fields, write)
+        return stored[-1]
+
+    def _with_record(self, run_id: str, event: str, fields: dict[str, Any],
+                     write: Callable[[tuple[int, str, str]], bool]) -> bool:
+        """Build the next record and hand it to `write`, a journal write that inserts it in its
+        own transaction; retried with a fresh head if another writer took the slot. Returns
+        what `write` returned (whether it wrote)."""
+        while True:
+            record = self._build(run_id, event, fields)
+            try:
+                wrote = write((record["n"], canonical_json(record).decode(), record["hash"]))
+            except EvidenceConflict:
+                self._heads.pop(run_id, None)
+                continue
+            if wrote:
+                self._advanced(run_id, record)
+            return wrote
+
+    def start_run(self, run_id: str, flow: str, input_json: str, subject: str | None,
+                  **fields: Any) -> tuple[Run, bool]:
+        """Create the run with its first evidence record (one transaction)."""
+        out: list[tuple[Run, bool]] = []
+
+        def write(evidence: tuple[int, str, str]) -> bool:
+            out.append(self.journal.create_run(run_id, flow, input_json, subject, evidence))
+            return out[-1][1]
+
+        self._heads.setdefault(run_id, (0, GENESIS_HASH))  # a new run's chain starts here
+        if not self._with_record(run_id, "run_started", {"flow": flow, **fields}, write):
+            self._heads.pop(run_id, None)  # it existed: its chain is in the journal
+        return out[-1]
+
+    def set_status(self, run_id: str, status: str, event: str, *, result: str | None = None,
+                   error: str | None = None, unless: tuple[str, ...] = (),
+                   **fields: Any) -> bool:
+        """Move the run's status and record `event`, in one transaction."""
+        return self._with_record(run_id, event, fields, lambda evidence: self.journal.set_status(
+            run_id, status, result=result, error=error, unless=unless, evidence=evidence))
 
 
 @dataclass(slots=True)

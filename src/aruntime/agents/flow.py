@@ -77,6 +77,7 @@ def digest(value: Any) -> str:
 class FlowContext:
     runner: Runner
     run_id: str
+    journaled: dict[int, Entry]  # the run's entries as of its (re)start, and those written since
     seq: int = 0
 
     # -- the calls a flow makes
@@ -227,7 +228,7 @@ class FlowContext:
                 "flow's code or inputs changed under a running flow")
 
     def _replayed(self, seq: int, kind: str, name: str, arg_digest: str) -> Entry | None:
-        entry = self.runner.journal.entry(self.run_id, seq)
+        entry = self.journaled.get(seq)  # read once when the run (re)started: no query a step
         if entry is not None:
             self._check(entry, kind, name, arg_digest)
         return entry
@@ -238,12 +239,11 @@ class FlowContext:
         return self.runner.load_output(self.run_id, entry.output)
 
     def _write(self, entry: Entry, **evidence: Any) -> Entry:
-        stored = self.runner.journal.record(entry)
-        if stored.updated_at == entry.updated_at:  # ours, not another writer's
-            self.runner.evidence.append(
-                self.run_id, f"{entry.kind}_{entry.state}", seq=entry.seq, name=entry.name,
-                arg_digest=entry.arg_digest, output_digest=_digest_of(entry.output),
-                error=entry.error, **evidence)
+        stored = self.runner.evidence.record_entry(
+            entry, f"{entry.kind}_{entry.state}", seq=entry.seq, name=entry.name,
+            arg_digest=entry.arg_digest, output_digest=_digest_of(entry.output),
+            error=entry.error, **evidence)
+        self.journaled[entry.seq] = stored
         return stored
 
     def _attempt(self, tool: Tool, args: dict[str, Any], seq: int, key: str,

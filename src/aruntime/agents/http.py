@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from aruntime.agents.runner import RunError, Runner, RunResult
+from aruntime.agents.runner import RunError, Runner, RunResult, default_artifacts
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
 from aruntime.state.journal import open_journal
 from aruntime.state.signing import DeploymentKey
@@ -28,8 +28,8 @@ def open_runner(data_dir: Path, signer: DeploymentKey) -> Runner:
     directory (where `aruntime run` puts it too)."""
     from aruntime.agents.cli import JOURNAL_ENV
 
-    return Runner(open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db"),
-                  signer=signer)
+    journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
+    return Runner(journal, signer=signer, artifacts=default_artifacts(journal))
 
 
 class StartRun(BaseModel):

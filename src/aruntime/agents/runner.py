@@ -24,8 +24,10 @@ import jsonschema
 from aruntime.agents.evidence import RunEvidence
 from aruntime.agents.flow import FLOW_ATTR, DeterminismError, FlowContext, Suspended
 from aruntime.agents.models import LocalModels
+from aruntime.state.artifacts import ArtifactStore, is_ref
 from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
 from aruntime.state.signing import DeploymentKey
+from aruntime.state.subject_keys import ShreddedError, SubjectKeys, is_sealed
 from aruntime.timeutil import parse_rfc3339, utc_now
 
 
@@ -63,23 +65,55 @@ def load_flow(ref: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+def default_artifacts(journal: SqlJournal) -> ArtifactStore:
+    """Beside a SQLite journal's file; for a shared journal, in this machine's data directory."""
+    from aruntime import paths
+    from aruntime.state.journal import SqliteJournal
+
+    base = journal.path.parent if isinstance(journal, SqliteJournal) else paths.data_dir()
+    return ArtifactStore(base / "artifacts")
+
+
 class Runner:
+    """`artifacts`: where payloads over `inline_limit` bytes go (the journal keeps their
+    reference). A run with a subject has its payloads sealed with the subject's key, so that
+    erasing the subject (state/erasure.py) leaves nothing of it readable."""
+
     def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
-                 models: LocalModels | None = None) -> None:
+                 models: LocalModels | None = None, artifacts: ArtifactStore | None = None,
+                 inline_limit: int = 64 * 1024) -> None:
         self.journal = journal
         self.evidence = RunEvidence(journal, signer)
         self.models = models or LocalModels()
+        self.keys = SubjectKeys(journal)
+        self.artifacts = artifacts
+        self.inline_limit = inline_limit
+        self._subjects: dict[str, str | None] = {}  # run -> subject, as each run is (re)started
 
     # -- payloads
 
     def store_output(self, run_id: str, value: Any) -> str:
-        try:
-            return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"run {run_id}: a journaled result must be JSON: {exc}") from None
+        text = _json(run_id, value)
+        subject = self._subjects.get(run_id)
+        if subject is not None:
+            text = self.keys.seal(subject, text.encode())
+        if self.artifacts is not None and len(text) > self.inline_limit:
+            return self.artifacts.put(text.encode())
+        return text
 
     def load_output(self, run_id: str, stored: str | None) -> Any:
-        return None if stored is None else json.loads(stored)
+        if stored is None:
+            return None
+        if stored.startswith(ERASED):
+            raise ShreddedError(f"run {run_id}: its subject was erased ({stored})")
+        if is_ref(stored):
+            if self.artifacts is None:
+                raise RunError(f"run {run_id} keeps {stored}, but this runner has no artifact "
+                               "store")
+            stored = self.artifacts.get(stored).decode()
+        if is_sealed(stored):
+            stored = self.keys.open(stored).decode()
+        return json.loads(stored)
 
     # -- lifecycle
 
@@ -88,17 +122,24 @@ class Runner:
         """Journal the run (idempotent for a given id) and execute it."""
         load_flow(flow_ref)  # a bad reference is an error now, not a failed run
         run_id = run_id or uuid.uuid4().hex
+        existing = self.journal.get_run(run_id)
+        if existing is not None:  # compared as values: a sealed input never repeats its bytes
+            self._subjects[run_id] = existing.subject
+            if existing.flow != flow_ref or self.load_output(run_id, existing.input) != \
+                    json.loads(_json(run_id, input_value)):
+                raise RunError(f"run {run_id} exists for {existing.flow} with another input")
+            return self._result(existing) if existing.status != "running" else \
+                self._execute(existing)
+        self._subjects[run_id] = subject
+        input_json = self.store_output(run_id, input_value)
         try:
-            run = self.journal.create_run(run_id, flow_ref, self.store_output(run_id, input_value),
-                                          subject)
+            run, created = self.evidence.start_run(run_id, flow_ref, input_json, subject,
+                                                   input_digest=_digest(input_json))
         except JournalError as exc:
             raise RunError(str(exc)) from None
         if run.status != "running":
             return self._result(run)
-        if not self.journal.query("SELECT 1 FROM evidence WHERE run_id = ? LIMIT 1", (run_id,)):
-            self.evidence.append(run_id, "run_started", flow=flow_ref,
-                                 input_digest=_digest(run.input))
-        return self._execute(run)
+        return self._execute(run, new=created)
 
     def resume(self, run_id: str) -> RunResult:
         run = self._run(run_id)
@@ -120,8 +161,7 @@ class Runner:
 
     def cancel(self, run_id: str) -> RunResult:
         run = self._run(run_id)
-        if self.journal.set_status(run_id, "cancelled", unless=FINISHED):
-            self.evidence.append(run_id, "run_cancelled")
+        self.evidence.set_status(run_id, "cancelled", "run_cancelled", unless=FINISHED)
         return self._result(self._run(run.run_id))
 
     # -- people's decisions
@@ -192,29 +232,33 @@ class Runner:
 
     # -- execution
 
-    def _execute(self, run: Run) -> RunResult:
+    def _execute(self, run: Run, new: bool = False) -> RunResult:
         fn = load_flow(run.flow)
-        ctx = FlowContext(self, run.run_id)
-        value = json.loads(run.input)
+        self._subjects[run.run_id] = run.subject
+        journaled = {} if new else {e.seq: e for e in self.journal.entries(run.run_id)}
+        ctx = FlowContext(self, run.run_id, journaled)
+        value = self.load_output(run.run_id, run.input)
         try:
             out = fn(ctx, value)
             if inspect.isawaitable(out):
                 out = asyncio.run(_await(out))
         except Suspended as s:
-            if self.journal.set_status(run.run_id, s.status, unless=FINISHED):
-                self.evidence.append(run.run_id, "run_suspended", seq=s.seq, status=s.status)
+            self.evidence.set_status(run.run_id, s.status, "run_suspended", unless=FINISHED,
+                                     seq=s.seq, suspended_as=s.status)
             return RunResult(run.run_id, self._run(run.run_id).status, waiting=s.reason)
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
         except Exception as exc:  # noqa: BLE001 - the flow's failure is the run's outcome
             message = f"{type(exc).__name__}: {exc}"
-            if self.journal.set_status(run.run_id, "failed", error=message, unless=FINISHED):
-                self.evidence.append(run.run_id, "run_failed", error=message)
+            if self.evidence.set_status(run.run_id, "failed", "run_failed", error=message,
+                                        unless=FINISHED):
+                return RunResult(run.run_id, "failed", error=message)
             return self._result(self._run(run.run_id))
         stored = self.store_output(run.run_id, out)
-        if self.journal.set_status(run.run_id, "completed", result=stored, unless=FINISHED):
-            self.evidence.append(run.run_id, "run_completed", result_digest=_digest(stored))
-        return self._result(self._run(run.run_id))
+        if self.evidence.set_status(run.run_id, "completed", "run_completed", result=stored,
+                                    unless=FINISHED, result_digest=_digest(stored)):
+            return RunResult(run.run_id, "completed", self.load_output(run.run_id, stored))
+        return self._result(self._run(run.run_id))  # cancelled meanwhile
 
     def _run(self, run_id: str) -> Run:
         run = self.journal.get_run(run_id)
@@ -230,8 +274,22 @@ class Runner:
         return entry
 
     def _result(self, run: Run) -> RunResult:
-        result = json.loads(run.result) if run.result is not None else None
+        self._subjects.setdefault(run.run_id, run.subject)
+        try:
+            result = self.load_output(run.run_id, run.result)
+        except ShreddedError:
+            result = None  # its subject was erased: the run's outcome is gone with it
         return RunResult(run.run_id, run.status, result, run.error)
+
+
+ERASED = "erased:"  # the tombstone erasure leaves in place of a payload
+
+
+def _json(run_id: str, value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"run {run_id}: a journaled value must be JSON: {exc}") from None
 
 
 async def _await(awaitable: Any) -> Any:

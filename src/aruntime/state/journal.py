@@ -53,6 +53,10 @@ class JournalError(Exception):
     """The journal refused a write (a conflicting entry, an unknown run)."""
 
 
+class EvidenceConflict(JournalError):  # noqa: N818 - a conflict, named as one
+    """Another writer appended the evidence record this one meant to."""
+
+
 @dataclass(slots=True)
 class Run:
     run_id: str
@@ -123,19 +127,36 @@ class SqlJournal(ABC):
 
     # -- runs
 
-    def create_run(self, run_id: str, flow: str, input_json: str,
-                   subject: str | None = None) -> Run:
-        """The run, created if new; an existing run of the same id is returned as it is (starting
-        a run is idempotent), unless it was for another flow or input."""
+    def create_run(self, run_id: str, flow: str, input_json: str, subject: str | None = None,
+                   evidence: tuple[int, str, str] | None = None) -> tuple[Run, bool]:
+        """The run, created if new (with `evidence`, its first evidence record in the same
+        transaction), and whether this call created it. An existing run of the same id is
+        returned as it is (starting a run is idempotent), unless it was for another flow or
+        input."""
         now = _now()
-        self.execute("INSERT INTO runs (run_id, flow, input, status, subject, created_at, "
-                   "updated_at) VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING",
-                   (run_id, flow, input_json, subject, now, now))
+        with self._cursor(write=True) as cur:
+            cur.execute(self._sql(
+                "INSERT INTO runs (run_id, flow, input, status, subject, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING"),
+                (run_id, flow, input_json, subject, now, now))
+            created = cur.rowcount == 1
+            if created and evidence is not None:
+                self._evidence_in(cur, run_id, evidence)
+        if created:
+            return Run(run_id, flow, input_json, "running", subject=subject, created_at=now,
+                       updated_at=now), True
         run = self.get_run(run_id)
         assert run is not None
         if run.flow != flow or run.input != input_json:
             raise JournalError(f"run {run_id} exists for {run.flow} with another input")
-        return run
+        return run, False
+
+    def _evidence_in(self, cur: Any, run_id: str, evidence: tuple[int, str, str]) -> None:
+        """Insert an evidence record inside the caller's transaction (which a conflict undoes)."""
+        cur.execute(self._sql("INSERT INTO evidence (run_id, n, record, hash) VALUES (?, ?, ?, ?) "
+                              "ON CONFLICT DO NOTHING"), (run_id, *evidence))
+        if cur.rowcount != 1:
+            raise EvidenceConflict(f"run {run_id}: evidence record {evidence[0]} is taken")
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
@@ -151,15 +172,22 @@ class SqlJournal(ABC):
         return [Run(*r[:9], compacted=bool(r[9])) for r in rows]
 
     def set_status(self, run_id: str, status: str, *, result: str | None = None,
-                   error: str | None = None, unless: tuple[str, ...] = ()) -> bool:
-        """Move a run to `status`; refused (False) while it is in one of `unless` (a cancelled
-        run is not revived by a late worker)."""
+                   error: str | None = None, unless: tuple[str, ...] = (),
+                   evidence: tuple[int, str, str] | None = None) -> bool:
+        """Move a run to `status` (with `evidence`, recorded in the same transaction); refused
+        (False) while it is in one of `unless` (a cancelled run is not revived by a late
+        worker)."""
         if status not in RUN_STATES:
             raise ValueError(f"unknown run status {status!r}")
         guard = f" AND status NOT IN ({', '.join('?' * len(unless))})" if unless else ""
-        return self.execute(f"UPDATE runs SET status = ?, result = ?, error = ?, updated_at = ? "
-                          f"WHERE run_id = ?{guard}",
-                          (status, result, error, _now(), run_id, *unless)) == 1
+        with self._cursor(write=True) as cur:
+            cur.execute(self._sql(f"UPDATE runs SET status = ?, result = ?, error = ?, "
+                                  f"updated_at = ? WHERE run_id = ?{guard}"),
+                        (status, result, error, _now(), run_id, *unless))
+            moved = cur.rowcount == 1
+            if moved and evidence is not None:
+                self._evidence_in(cur, run_id, evidence)
+        return moved
 
     # -- entries
 
@@ -175,15 +203,25 @@ class SqlJournal(ABC):
                          "ORDER BY seq", (run_id,))
         return [Entry(*r) for r in rows]
 
-    def record(self, e: Entry) -> Entry:
-        """Write a new entry. If one is there already (another process got there first), that
-        one stands and is returned: the journal, not this process, is the truth."""
+    def record(self, e: Entry, evidence: tuple[int, str, str] | None = None) -> Entry:
+        """Write a new entry and, with `evidence` (n, record JSON, hash), its evidence record in
+        the same transaction: one commit, one fsync. Returns `e` itself when it was written; if
+        the seq was taken (another process got there first), the stored entry, which stands:
+        the journal, not this process, is the truth. `EvidenceConflict` when the evidence slot
+        was taken (nothing was written; refresh the chain's head and try again)."""
         e.updated_at = _now()
-        self.execute("INSERT INTO entries (run_id, seq, kind, name, arg_digest, state, output, "
-                   "error, idem_key, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                   "ON CONFLICT DO NOTHING",
-                   (e.run_id, e.seq, e.kind, e.name, e.arg_digest, e.state, e.output, e.error,
-                    e.idem_key, e.detail, e.updated_at))
+        with self._cursor(write=True) as cur:
+            cur.execute(self._sql(
+                "INSERT INTO entries (run_id, seq, kind, name, arg_digest, state, output, "
+                "error, idem_key, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING"),
+                (e.run_id, e.seq, e.kind, e.name, e.arg_digest, e.state, e.output, e.error,
+                 e.idem_key, e.detail, e.updated_at))
+            wrote = cur.rowcount == 1
+            if wrote and evidence is not None:
+                self._evidence_in(cur, e.run_id, evidence)
+        if wrote:
+            return e
         stored = self.entry(e.run_id, e.seq)
         assert stored is not None
         return stored
