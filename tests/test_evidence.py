@@ -430,3 +430,18 @@ def test_signed_torn_tail_is_reported(tmp_path: Path, key: DeploymentKey) -> Non
     assert not result.ok and result.count == 6 and result.signed == 5
     assert result.errors[0] == "line 6: incomplete final line (torn write)"
     assert result.errors[1].startswith("line 6: malformed JSON")
+
+
+def test_a_signature_has_one_spelling() -> None:
+    """The last base64url character of an Ed25519 signature carries two spare bits: another
+    character with the same four leading bits decodes to the same bytes and must not
+    verify, or a record's signature could change without anyone being able to tell."""
+    from aruntime.state.signing import DeploymentKey, verify_signature
+
+    key = DeploymentKey.generate()
+    sig = key.sign(b"data")
+    assert verify_signature(key.public_key, b"data", sig)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twins = [sig[:-1] + c for c in alphabet
+             if c != sig[-1] and alphabet.index(c) >> 2 == alphabet.index(sig[-1]) >> 2]
+    assert twins and not any(verify_signature(key.public_key, b"data", t) for t in twins)

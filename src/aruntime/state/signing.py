@@ -71,8 +71,11 @@ def verify_signature(public_key: Ed25519PublicKey, data: bytes, signature: str) 
     """Whether `signature` (base64url, as `DeploymentKey.sign` writes it) signs `data`."""
     if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
         return False
+    raw = base64.urlsafe_b64decode(signature + "==")
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != signature:
+        return False  # one signature, one spelling: the last character's spare bits are zero
     try:
-        public_key.verify(base64.urlsafe_b64decode(signature + "=="), data)
+        public_key.verify(raw, data)
     except InvalidSignature:
         return False
     return True
