@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "engine"): ("aruntime.bench.engine", "engine throughput against transformers"),
     ("bench", "cache"): ("aruntime.bench.cache", "KV tiers on the Mooncake conversation trace"),
     ("bench", "route"): ("aruntime.bench.route", "KV-aware routing over 4 colocated workers"),
+    ("bench", "durable"): ("aruntime.bench.durable", "durable step overhead against LangGraph"),
     ("sim", "run"): ("aruntime.sim.cli:run", "simulate a cluster on a trace: goodput per policy"),
     ("sim", "calibrate"): ("aruntime.sim.cli:calibrate", "measure the engine's costs for sim"),
     ("schemas",): ("aruntime.contracts", "export the contracts' JSON Schemas"),
@@ -42,6 +43,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("runs", "resolve"): ("aruntime.agents.cli:resolve", "settle a tool call of unknown outcome"),
     ("runs", "compact"): ("aruntime.agents.cli:compact", "drop a finished run's journal entries"),
     ("runs", "prune"): ("aruntime.agents.cli:prune", "delete finished runs past an age"),
+    ("subjects", "erase"): ("aruntime.agents.cli:erase", "crypto-shred a subject everywhere"),
 }
 
 
