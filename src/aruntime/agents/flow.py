@@ -116,7 +116,7 @@ class FlowContext:
         """A completion through ARuntime's own engine (in process by default); the result holds
         the text, its token ids and the model's revision, and the evidence names the model."""
         seq = self._next()
-        params = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+        params: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
                   "seed": seed}
         arg_digest = digest({"model": params})
         done = self._replayed(seq, "model", "model", arg_digest)

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class JournalError(Exception):
     """The journal refused a write (a conflicting entry, an unknown run)."""
 
 
-class EvidenceConflict(JournalError):  # noqa: N818 - a conflict, named as one
+class EvidenceConflict(JournalError):
     """Another writer appended the evidence record this one meant to."""
 
 
@@ -90,7 +90,12 @@ class Entry:
 def _stamp(dt: datetime) -> str:
     # Always six fraction digits: times are compared as text (prune, list order), and rfc3339()'s
     # optional fraction would sort "…05.250000Z" before "…05Z".
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _run_of(r: tuple[Any, ...]) -> Run:
+    return Run(run_id=r[0], flow=r[1], input=r[2], status=r[3], result=r[4], error=r[5],
+               subject=r[6], created_at=r[7], updated_at=r[8], compacted=bool(r[9]))
 
 
 def _now() -> str:
@@ -162,14 +167,14 @@ class SqlJournal(ABC):
         rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
                          "created_at, updated_at, compacted FROM runs WHERE run_id = ?",
                          (run_id,))
-        return Run(*rows[0][:9], compacted=bool(rows[0][9])) if rows else None
+        return _run_of(rows[0]) if rows else None
 
     def list_runs(self, status: str | None = None, limit: int = 100) -> list[Run]:
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
         rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
                          f"created_at, updated_at, compacted FROM runs {where} "
                          "ORDER BY created_at DESC, run_id LIMIT ?", (*params, limit))
-        return [Run(*r[:9], compacted=bool(r[9])) for r in rows]
+        return [_run_of(r) for r in rows]
 
     def set_status(self, run_id: str, status: str, *, result: str | None = None,
                    error: str | None = None, unless: tuple[str, ...] = (),

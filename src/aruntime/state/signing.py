@@ -84,7 +84,7 @@ def verify_signature(public_key: Ed25519PublicKey, data: bytes, signature: str) 
 class DeploymentKey:
     """One Ed25519 private key and where it lives (None for a key held only in memory)."""
 
-    __slots__ = ("private_key", "path", "public_key", "key_id")
+    __slots__ = ("key_id", "path", "private_key", "public_key")
 
     def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
         self.private_key = private_key
