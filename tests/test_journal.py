@@ -297,3 +297,20 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
     assert f"127.0.0.1:{port}/runs" in message and "refused" in message.lower()
     assert "\n" not in message and "s3cret" not in message
     assert time.monotonic() - started < 10
+
+
+def test_a_retention_policy_compacts_then_deletes_finished_runs(journal: SqlJournal) -> None:
+    for run_id, status in (("done", "completed"), ("failed", "failed"), ("live", "running")):
+        journal.create_run(run_id, "flows:f", "{}")
+        journal.record(Entry(run_id, 1, "step", "s", "d", "done", output="1"))
+        journal.set_status(run_id, status)
+    future = "9999-01-01T00:00:00Z"
+    assert journal.apply_retention(compact_before=future) == {
+        "deleted": [], "compacted": ["done", "failed"]}
+    assert journal.entries("done") == [] and journal.get_run("done").compacted
+    assert len(journal.entries("live")) == 1  # a running run keeps its journal
+    assert journal.apply_retention(compact_before=future) == {"deleted": [], "compacted": []}
+    assert journal.apply_retention(delete_before="2000-01-01T00:00:00Z") == {
+        "deleted": [], "compacted": []}  # nothing that old
+    assert sorted(journal.apply_retention(delete_before=future)["deleted"]) == ["done", "failed"]
+    assert [r.run_id for r in journal.list_runs()] == ["live"]

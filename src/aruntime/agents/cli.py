@@ -270,17 +270,28 @@ def run_compact(args: argparse.Namespace) -> int:
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--older-than-days", type=float, required=True,
                         help="delete finished runs last updated longer ago than this")
+    parser.add_argument("--compact-older-than-days", type=float, default=None,
+                        help="and drop the journal entries of finished runs older than this")
     _journal_argument(parser)
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    """The retention policy: delete old finished runs, compact younger ones."""
     from aruntime.cli import UsageError
     from aruntime.timeutil import rfc3339, utc_now
 
-    if args.older_than_days < 0:
-        raise UsageError("--older-than-days must be >= 0")
-    cutoff = rfc3339(utc_now() - timedelta(days=args.older_than_days))
-    _print({"pruned": _runner(args).journal.prune(cutoff), "before": cutoff})
+    ages = [a for a in (args.older_than_days, args.compact_older_than_days) if a is not None]
+    if any(a < 0 for a in ages):
+        raise UsageError("ages in days must be >= 0")
+    now = utc_now()
+
+    def before(days: float | None) -> str | None:
+        return None if days is None else rfc3339(now - timedelta(days=days))
+
+    done = _runner(args).journal.apply_retention(before(args.compact_older_than_days),
+                                                 before(args.older_than_days))
+    _print({**done, "deleted_before": before(args.older_than_days),
+            "compacted_before": before(args.compact_older_than_days)})
     return 0
 
 

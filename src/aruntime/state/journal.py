@@ -267,6 +267,22 @@ class SqlJournal(ABC):
         self.execute("UPDATE runs SET compacted = 1 WHERE run_id = ?", (run_id,))
         return dropped
 
+    def apply_retention(self, compact_before: str | None = None,
+                        delete_before: str | None = None) -> dict[str, list[str]]:
+        """A retention policy in one call: finished runs last updated before `compact_before`
+        lose their entries, those before `delete_before` everything. Returns the run ids."""
+        out: dict[str, list[str]] = {"deleted": [], "compacted": []}
+        if delete_before is not None:
+            out["deleted"] = self.prune(delete_before)
+        if compact_before is not None:
+            cutoff = _stamp(parse_rfc3339(compact_before))
+            out["compacted"] = [r[0] for r in self.query(
+                "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
+                "AND compacted = 0 AND updated_at < ? ORDER BY run_id", (cutoff,))]
+            for run_id in out["compacted"]:
+                self.compact(run_id)
+        return out
+
     def prune(self, finished_before: str) -> list[str]:
         """Delete finished runs last updated before `finished_before` (RFC 3339), with
         everything they hold. Returns their ids."""
