@@ -344,3 +344,16 @@ def test_a_subjects_run_is_sealed_and_erasing_the_subject_leaves_nothing(
     for blob in (_db_bytes(journal), _dir_bytes(tmp_path / "artifacts")):
         assert b"carol" not in blob and email.encode() not in blob
     assert verify_run(journal, "s", signer.public_key).ok  # evidence holds digests only
+
+
+def test_step_records_are_signed_through_the_next_signed_record(runner: Runner, book: str,
+                                                                signer: DeploymentKey) -> None:
+    runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0}, run_id="v")
+    records = [json.loads(rec) for _, rec, _ in runner.journal.evidence("v")]
+    assert {r["event"] for r in records if "signature" not in r} == {"step_done", "tool_intent"}
+    assert records[-1]["event"] == "run_completed" and "signature" in records[-1]
+    last = records[-1]["n"]
+    assert "signature" not in records[-2]  # the last step's record
+    runner.journal.execute("DELETE FROM evidence WHERE run_id = ? AND n = ?", ("v", last))
+    check = verify_run(runner.journal, "v", signer.public_key)  # cut back to unsigned records
+    assert not check.ok and "signed by no later record" in check.errors[-1]

@@ -5,6 +5,12 @@ model call with the model's revision, each phase of a tool call, a human decisio
 digest it was bound to — with digests, never payloads. `prev_hash` chains it to the run's
 previous record and `hash` covers every field but itself and `signature`; the signature is the
 deployment key's over the hash, as in the request evidence log (state/evidence.py).
+
+A journaled step's record is written in the step's own transaction and is not signed: the chain
+binds it to the next signed record, and every record that is not a step's — run start, each
+suspension and end, every tool phase and human decision — is signed. So each point a run rests
+at is signed over everything before it, and a step costs one commit and no signature. Only a run
+still running (its process died mid-step) may end in unsigned records.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from aruntime.state.signing import DeploymentKey, key_id, verify_signature
 from aruntime.timeutil import rfc3339, utc_now
 
 SCHEMA = "aruntime.run-evidence/v1"
+# the events of journaled entries (step_done, model_done, tool_intent, …): signed by the next
+# signed record through the chain
+STEP_EVENTS = ("_done", "_error", "_intent", "_waiting", "_attempt")
 
 
 class RunEvidence:
@@ -43,13 +52,14 @@ class RunEvidence:
                 0, GENESIS_HASH)
         return self._heads[run_id]
 
-    def _build(self, run_id: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _build(self, run_id: str, event: str, fields: dict[str, Any],
+               sign: bool = True) -> dict[str, Any]:
         n, prev = self._head(run_id)
         record = {"schema": SCHEMA, "run_id": run_id, "n": n, "event": event,
                   "created_at": rfc3339(utc_now()),
                   **{k: v for k, v in fields.items() if v is not None}, "prev_hash": prev}
         record["hash"] = evidence_hash(record)
-        if self.signer is not None:
+        if sign and self.signer is not None:
             record["signature"] = sign_record_hash(self.signer, record["hash"])
         return record
 
@@ -76,16 +86,16 @@ class RunEvidence:
             stored.append(self.journal.record(entry, evidence))
             return stored[-1] is entry
 
-        self._with_record(entry.run_id, event, fields, write)
+        self._with_record(entry.run_id, event, fields, write, sign=False)
         return stored[-1]
 
     def _with_record(self, run_id: str, event: str, fields: dict[str, Any],
-                     write: Callable[[tuple[int, str, str]], bool]) -> bool:
+                     write: Callable[[tuple[int, str, str]], bool], sign: bool = True) -> bool:
         """Build the next record and hand it to `write`, a journal write that inserts it in its
         own transaction; retried with a fresh head if another writer took the slot. Returns
         what `write` returned (whether it wrote)."""
         while True:
-            record = self._build(run_id, event, fields)
+            record = self._build(run_id, event, fields, sign)
             try:
                 wrote = write((record["n"], canonical_json(record).decode(), record["hash"]))
             except EvidenceConflict:
@@ -130,11 +140,13 @@ class RunVerify:
 
 def verify_run(journal: SqlJournal, run_id: str,
                public_key: Ed25519PublicKey | None = None) -> RunVerify:
-    """Check the run's chain (order, links, hashes) and, given the deployment's public key, every
-    signature."""
+    """Check the run's chain (order, links, hashes) and, given the deployment's public key, its
+    signatures: each must verify, and an unsigned (step) record must be followed by a signed
+    one, unless the run is still running."""
     result = RunVerify(run_id)
     prev = GENESIS_HASH
     expected_key = key_id(public_key) if public_key is not None else None
+    unsigned_since: int | None = None
     for i, (n, text, stored_hash) in enumerate(journal.evidence(run_id)):
         result.records += 1
         where = f"record {n}"
@@ -154,12 +166,19 @@ def verify_run(journal: SqlJournal, run_id: str,
             signature = str(record.get("signature") or "")
             kid, _, sig = signature.rpartition(":")
             if not signature:
-                result.errors.append(f"{where}: unsigned")
+                if not str(record.get("event", "")).endswith(STEP_EVENTS):
+                    result.errors.append(f"{where}: unsigned")
+                unsigned_since = n if unsigned_since is None else unsigned_since
             elif kid != expected_key or not verify_signature(public_key, actual.encode("ascii"),
                                                               sig):
                 result.errors.append(f"{where}: signature does not verify with key "
                                      f"{expected_key}")
+            else:
+                unsigned_since = None
         prev = actual
     if result.records == 0:
         result.errors.append(f"run {run_id} has no evidence records")
+    run = journal.get_run(run_id)
+    if unsigned_since is not None and (run is None or run.status != "running"):
+        result.errors.append(f"records from {unsigned_since} on are signed by no later record")
     return result

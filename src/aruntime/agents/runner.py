@@ -122,21 +122,19 @@ class Runner:
         """Journal the run (idempotent for a given id) and execute it."""
         load_flow(flow_ref)  # a bad reference is an error now, not a failed run
         run_id = run_id or uuid.uuid4().hex
-        existing = self.journal.get_run(run_id)
-        if existing is not None:  # compared as values: a sealed input never repeats its bytes
-            self._subjects[run_id] = existing.subject
-            if existing.flow != flow_ref or self.load_output(run_id, existing.input) != \
-                    json.loads(_json(run_id, input_value)):
-                raise RunError(f"run {run_id} exists for {existing.flow} with another input")
-            return self._result(existing) if existing.status != "running" else \
-                self._execute(existing)
         self._subjects[run_id] = subject
         input_json = self.store_output(run_id, input_value)
         try:
             run, created = self.evidence.start_run(run_id, flow_ref, input_json, subject,
                                                    input_digest=_digest(input_json))
-        except JournalError as exc:
-            raise RunError(str(exc)) from None
+        except JournalError:  # it exists with other input bytes: the same value, sealed anew?
+            existing = self._run(run_id)
+            self._subjects[run_id] = existing.subject
+            if existing.flow != flow_ref or self.load_output(run_id, existing.input) != \
+                    json.loads(_json(run_id, input_value)):
+                raise RunError(f"run {run_id} exists for {existing.flow} with another input") \
+                    from None
+            run, created = existing, False
         if run.status != "running":
             return self._result(run)
         return self._execute(run, new=created)
