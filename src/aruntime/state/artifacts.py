@@ -20,6 +20,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from aruntime.fsutil import fsync_dir
+
 REF_PREFIX = "artifact:sha256:"
 REF_RE = re.compile(r"artifact:sha256:([0-9a-f]{64})")
 
@@ -66,7 +68,7 @@ class ArtifactStore:
             os.replace(tmp, path)  # a racing put of the same bytes wrote the same file
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return ref
 
     def get(self, ref: str) -> bytes:
@@ -99,7 +101,7 @@ class ArtifactStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def refs(self) -> Iterator[str]:
@@ -113,11 +115,3 @@ class ArtifactStore:
     def refs_starting_with(self, prefix: bytes) -> list[str]:
         """The artifacts whose bytes begin with `prefix` (a scan: reads each file's head)."""
         return [ref for ref in self.refs() if self.head(ref, len(prefix)) == prefix]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -295,8 +295,31 @@ class SqlJournal(ABC):
                 self.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
         return ids
 
+    # -- connections: one per thread, opened on first use
+
+    def _init_connections(self) -> None:
+        self._local = threading.local()
+        self._all_conns: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _thread_conn(self, open_conn: Callable[[], Any],
+                     usable: Callable[[Any], bool] = lambda conn: True) -> Any:
+        """This thread's connection, opened with `open_conn` when it has none usable."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or not usable(conn):
+            conn = open_conn()
+            self._local.conn = conn
+            with self._lock:
+                self._all_conns.append(conn)
+        return conn
+
     def close(self) -> None:
-        """Release connections."""
+        """Close every thread's connection."""
+        with self._lock:
+            for conn in self._all_conns:
+                conn.close()
+            self._all_conns.clear()
+        self._local = threading.local()
 
 
 class SqliteJournal(SqlJournal):
@@ -306,23 +329,20 @@ class SqliteJournal(SqlJournal):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._init_connections()
         self.create_schema()
 
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # erased rows are zeroed, not left in free pages
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA secure_delete=ON")  # erased rows are zeroed, not left in free pages
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._all_conns.append(conn)
+        conn: sqlite3.Connection = self._thread_conn(self._open)
         return conn
 
     @contextmanager
@@ -342,14 +362,6 @@ class SqliteJournal(SqlJournal):
             raise
         finally:
             cur.close()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all_conns:
-                conn.close()
-            self._all_conns.clear()
-        self._local = threading.local()
-
 
 def open_journal(url: str | Path) -> SqlJournal:
     """`postgresql://…` for a shared PostgreSQL; anything else is a SQLite file path."""

@@ -8,7 +8,6 @@ row lock and then re-checks its WHERE on the new row, so it changes nothing.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,25 +37,22 @@ class PostgresJournal(SqlJournal):
         self._where = (f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/"
                        f"{params.get('dbname', '')}")  # for errors: never the password
         self._conninfo = make_conninfo("", **params)
-        self._local = threading.local()
-        self._all_conns: list[Connection] = []
-        self._lock = threading.Lock()
+        self._init_connections()
         self.create_schema()
 
     def _sql(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")
 
+    def _open(self) -> Connection:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot reach the PostgreSQL journal at {self._where}: "
+                               f"{_first_line(exc)}") from None
+
     def _conn(self) -> Connection:
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:  # a broken connection reads as closed: open another
-            try:
-                conn = psycopg.connect(self._conninfo, autocommit=True)
-            except psycopg.Error as exc:
-                raise JournalError(f"cannot reach the PostgreSQL journal at {self._where}: "
-                                   f"{_first_line(exc)}") from None
-            self._local.conn = conn
-            with self._lock:
-                self._all_conns.append(conn)
+        # a broken connection reads as closed: open another
+        conn: Connection = self._thread_conn(self._open, lambda c: not c.closed)
         return conn
 
     @contextmanager
@@ -71,14 +67,6 @@ class PostgresJournal(SqlJournal):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for statement in SCHEMA:
                 cur.execute(statement)
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all_conns:
-                conn.close()
-            self._all_conns.clear()
-        self._local = threading.local()
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
