@@ -258,14 +258,15 @@ def test_core_exits_when_its_parent_dies(config: EngineConfig) -> None:
         if __name__ == "__main__":
             c = MPClient(EngineConfig(model={config.model!r}, kv_cache_bytes={KV_BYTES}))
             c.start()
-            print(c.core_pid, flush=True)
+            print(c.core_pid, c._sockdir, flush=True)
             time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
-        core_pid = int(parent.stdout.readline())
-        assert psutil.pid_exists(core_pid)
+        pid, sockdir = parent.stdout.readline().split()
+        core_pid = int(pid)
+        assert psutil.pid_exists(core_pid) and Path(sockdir).is_dir()
     finally:
         parent.kill()
         parent.wait(10)
@@ -273,6 +274,7 @@ def test_core_exits_when_its_parent_dies(config: EngineConfig) -> None:
     while _running(core_pid):
         assert time.monotonic() < deadline, "the engine core outlived its parent"
         time.sleep(0.05)
+    assert not Path(sockdir).exists()  # the dead parent's sockets are cleared away too
 
 
 def _running(pid: int) -> bool:

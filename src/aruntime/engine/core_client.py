@@ -37,6 +37,7 @@ from aruntime.engine.core_proc import (
     ModelInfo,
     Outputs,
     Ready,
+    SOCKET_DIR_PREFIX,
     RequestFailed,
     Shutdown,
     StatsReply,
@@ -204,7 +205,7 @@ class MPClient(_RoutingClient):
     def start(self) -> ModelInfo:
         if self._info is not None:
             return self._info
-        self._sockdir = tempfile.mkdtemp(prefix="aruntime-core-")
+        self._sockdir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
         in_addr = f"ipc://{self._sockdir}/input"
         out_addr = f"ipc://{self._sockdir}/output"
         self._ctx = zmq.Context()
