@@ -26,6 +26,7 @@ import zmq.asyncio
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import (
+    SOCKET_DIR_PREFIX,
     AbortRequests,
     AddRequest,
     Command,
@@ -37,7 +38,6 @@ from aruntime.engine.core_proc import (
     ModelInfo,
     Outputs,
     Ready,
-    SOCKET_DIR_PREFIX,
     RequestFailed,
     Shutdown,
     StatsReply,
