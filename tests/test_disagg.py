@@ -76,6 +76,10 @@ def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
         moved = sum(t.restore_bytes for t in stats.tiers if t.tier == TRANSPORT_TIER)
         restored_blocks = sum((len(p) - 1) // BLOCK for p in prompts)
         assert moved == disagg.audit.restored_bytes and moved >= restored_blocks * BLOCK_BYTES
+        # admission sees the prefill worker (which holds the prompt now) as the candidate
+        candidates = disagg.candidate_loads(prompts[-1])
+        assert [load.worker_id for load, _ in candidates] == ["p0"]
+        assert candidates[0][1] > 0 and candidates[0][0].running == 0
 
     within(main())
     audit = disagg.audit

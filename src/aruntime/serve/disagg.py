@@ -37,6 +37,7 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.pool import ROUTES_KEPT, PoolWorker, RouteRecord, WorkerInfo, WorkerPool
+from aruntime.serve.router import WorkerLoad
 from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
 
 __all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]
@@ -71,6 +72,8 @@ class TransportAudit:
 
 class DisaggregatedPool(EngineClient):
     """`start()` blocks until every worker of both groups is ready."""
+
+    keeps_loads = True
 
     def __init__(self, config: EngineConfig, prefill_workers: int, decode_workers: int,
                  policy: str = "kv", *, transport_dir: str | None = None,
@@ -130,6 +133,19 @@ class DisaggregatedPool(EngineClient):
             raise
         self._info = infos[1]
         return self._info
+
+    def candidate_loads(self, prompt: list[int], tenant_salt: bytes = b"",
+                        shared_prefix_tokens: int = 0) -> list[tuple[WorkerLoad, int]]:
+        """For admission: a request's first token comes from a prefill worker (its queue, its
+        predicted cached tokens), its later tokens from the least-loaded decode worker, whose
+        running batch sets the time per token. Without live prefill workers the decode workers
+        prefill themselves, and are the candidates."""
+        decode = self.decode.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
+        prefill = self.prefill.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
+        if not decode or not prefill:
+            return decode
+        running = min(load.running for load, _ in decode)
+        return [(dataclasses.replace(load, running=running), cached) for load, cached in prefill]
 
     def handoff_of(self, request_id: str) -> Handoff | None:
         return self._handoffs.get(request_id)
