@@ -116,9 +116,9 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    runner = _runner(args)
-    _print([{"run_id": r.run_id, "flow": r.flow, "status": r.status, "created_at": r.created_at,
-             "updated_at": r.updated_at} for r in runner.journal.list_runs(args.status, args.limit)])
+    from aruntime.agents.runner import summary
+
+    _print([summary(r) for r in _runner(args).journal.list_runs(args.status, args.limit)])
     return 0
 
 
@@ -127,21 +127,7 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
-
-    runner = _runner(args)
-    run = runner.journal.get_run(args.run_id)
-    if run is None:
-        raise UsageError(f"no run {args.run_id}")
-    _print({"run": {"run_id": run.run_id, "flow": run.flow, "status": run.status,
-                    "input": json.loads(run.input),
-                    "result": json.loads(run.result) if run.result else None,
-                    "error": run.error, "subject": run.subject, "created_at": run.created_at,
-                    "updated_at": run.updated_at, "compacted": run.compacted},
-            "entries": [{"seq": e.seq, "kind": e.kind, "name": e.name, "state": e.state,
-                         "arg_digest": e.arg_digest, "idempotency_key": e.idem_key,
-                         "detail": json.loads(e.detail), "error": e.error,
-                         "updated_at": e.updated_at} for e in runner.journal.entries(run.run_id)]})
+    _print(_call(_runner(args).describe, args.run_id))
     return 0
 
 
@@ -182,21 +168,16 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from aruntime.agents.evidence import verify_run
     from aruntime.cli import UsageError
     from aruntime.state.signing import SigningError, load_public_key
 
     runner = _runner(args)
     try:
-        key = (load_public_key(args.public_key) if args.public_key is not None
-               else runner.evidence.signer.public_key)
+        key = load_public_key(args.public_key) if args.public_key is not None else None
     except SigningError as exc:
         raise UsageError(str(exc)) from None
-    if runner.journal.get_run(args.run_id) is None:
-        raise UsageError(f"no run {args.run_id}")
-    result = verify_run(runner.journal, args.run_id, key)
-    _print({"run_id": result.run_id, "records": result.records, "ok": result.ok,
-            "errors": result.errors})
+    result = _call(runner.verify, args.run_id, key)
+    _print(result.to_json())
     return 0 if result.ok else 1
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -29,6 +29,7 @@ from aruntime.state.signing import DeploymentKey, key_id, verify_signature
 from aruntime.timeutil import rfc3339, utc_now
 
 SCHEMA = "aruntime.run-evidence/v1"
+T = TypeVar("T")
 # the events of journaled entries (step_done, model_done, tool_intent, …): signed by the next
 # signed record through the chain
 STEP_EVENTS = ("_done", "_error", "_intent", "_waiting", "_attempt")
@@ -63,68 +64,85 @@ class RunEvidence:
             record["signature"] = sign_record_hash(self.signer, record["hash"])
         return record
 
-    def _advanced(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        self._heads[run_id] = (record["n"] + 1, record["hash"])
-        return record
-
-    def append(self, run_id: str, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one record to the run's chain."""
-        while True:
-            record = self._build(run_id, event, fields)
-            if self.journal.append_evidence(run_id, record["n"], canonical_json(record).decode(),
-                                            record["hash"]):
-                return self._advanced(run_id, record)
-            self._heads.pop(run_id, None)  # another writer appended: read the head again
-
-    def record_entry(self, entry: Entry, event: str, **fields: Any) -> Entry:
-        """Journal a new entry with its evidence record in one transaction. Returns the stored
-        entry: `entry` itself if this call wrote it, else the one another writer put there
-        first (which then has its own evidence)."""
-        stored: list[Entry] = []
-
-        def write(evidence: tuple[int, str, str]) -> bool:
-            stored.append(self.journal.record(entry, evidence))
-            return stored[-1] is entry
-
-        self._with_record(entry.run_id, event, fields, write, sign=False)
-        return stored[-1]
-
     def _with_record(self, run_id: str, event: str, fields: dict[str, Any],
-                     write: Callable[[tuple[int, str, str]], bool], sign: bool = True) -> bool:
-        """Build the next record and hand it to `write`, a journal write that inserts it in its
-        own transaction; retried with a fresh head if another writer took the slot. Returns
-        what `write` returned (whether it wrote)."""
+                     write: Callable[[tuple[int, str, str]], tuple[T, bool]],
+                     sign: bool = True) -> T:
+        """Build the next record and hand it, as (n, JSON, hash), to `write`: a journal write
+        that inserts it in the same transaction as its change and says whether it wrote.
+        Retried with a fresh head if another writer took the slot (`EvidenceConflict`)."""
         while True:
             record = self._build(run_id, event, fields, sign)
             try:
-                wrote = write((record["n"], canonical_json(record).decode(), record["hash"]))
+                result, wrote = write((record["n"], canonical_json(record).decode(),
+                                       record["hash"]))
             except EvidenceConflict:
                 self._heads.pop(run_id, None)
                 continue
             if wrote:
-                self._advanced(run_id, record)
-            return wrote
+                self._heads[run_id] = (record["n"] + 1, record["hash"])
+            return result
+
+    def append(self, run_id: str, event: str, **fields: Any) -> None:
+        """Append one record to the run's chain, on its own."""
+
+        def write(evidence: tuple[int, str, str]) -> tuple[None, bool]:
+            if not self.journal.append_evidence(run_id, *evidence):
+                raise EvidenceConflict(f"run {run_id}: evidence record {evidence[0]} is taken")
+            return None, True
+
+        self._with_record(run_id, event, fields, write)
+
+    def record_entry(self, entry: Entry, event: str, **fields: Any) -> Entry:
+        """Journal a new entry with its (unsigned: see above) evidence record in one
+        transaction. Returns the stored entry: `entry` itself if this call wrote it, else the
+        one another writer put there first (which then has its own evidence)."""
+
+        def write(evidence: tuple[int, str, str]) -> tuple[Entry, bool]:
+            stored = self.journal.record(entry, evidence)
+            return stored, stored is entry
+
+        return self._with_record(entry.run_id, event, fields, write, sign=False)
+
+    def advance(self, run_id: str, seq: int, from_states: tuple[str, ...], state: str,
+                event: str, /, *, output: str | None = None, error: str | None = None,
+                **fields: Any) -> bool:
+        """Compare-and-set an entry's state and record `event` (with `error`, if any), in one
+        transaction: a state change is never on disk without its evidence. False when the
+        entry was not in `from_states` (nothing written)."""
+        fields = {**fields, "error": error}
+
+        def write(evidence: tuple[int, str, str]) -> tuple[bool, bool]:
+            moved = self.journal.advance(run_id, seq, from_states, state, output=output,
+                                         error=error, evidence=evidence)
+            return moved, moved
+
+        return self._with_record(run_id, event, fields, write)
 
     def start_run(self, run_id: str, flow: str, input_json: str, subject: str | None,
                   **fields: Any) -> tuple[Run, bool]:
         """Create the run with its first evidence record (one transaction)."""
-        out: list[tuple[Run, bool]] = []
 
-        def write(evidence: tuple[int, str, str]) -> bool:
-            out.append(self.journal.create_run(run_id, flow, input_json, subject, evidence))
-            return out[-1][1]
+        def write(evidence: tuple[int, str, str]) -> tuple[tuple[Run, bool], bool]:
+            run, created = self.journal.create_run(run_id, flow, input_json, subject, evidence)
+            return (run, created), created
 
         self._heads.setdefault(run_id, (0, GENESIS_HASH))  # a new run's chain starts here
-        if not self._with_record(run_id, "run_started", {"flow": flow, **fields}, write):
+        run, created = self._with_record(run_id, "run_started", {"flow": flow, **fields}, write)
+        if not created:
             self._heads.pop(run_id, None)  # it existed: its chain is in the journal
-        return out[-1]
+        return run, created
 
     def set_status(self, run_id: str, status: str, event: str, *, result: str | None = None,
                    error: str | None = None, unless: tuple[str, ...] = (),
                    **fields: Any) -> bool:
         """Move the run's status and record `event`, in one transaction."""
-        return self._with_record(run_id, event, fields, lambda evidence: self.journal.set_status(
-            run_id, status, result=result, error=error, unless=unless, evidence=evidence))
+
+        def write(evidence: tuple[int, str, str]) -> tuple[bool, bool]:
+            moved = self.journal.set_status(run_id, status, result=result, error=error,
+                                            unless=unless, evidence=evidence)
+            return moved, moved
+
+        return self._with_record(run_id, event, fields, write)
 
 
 @dataclass(slots=True)
@@ -136,6 +154,10 @@ class RunVerify:
     @property
     def ok(self) -> bool:
         return self.records > 0 and not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "records": self.records, "ok": self.ok,
+                "errors": self.errors}
 
 
 def verify_run(journal: SqlJournal, run_id: str,

@@ -69,10 +69,6 @@ class HumanWaitTimeout(RuntimeError):
 _UNSET: Any = object()
 
 
-def digest(value: Any) -> str:
-    return sha256_digest(value)
-
-
 @dataclass(slots=True)
 class FlowContext:
     runner: Runner
@@ -116,9 +112,9 @@ class FlowContext:
         """A completion through ARuntime's own engine (in process by default); the result holds
         the text, its token ids and the model's revision, and the evidence names the model."""
         seq = self._next()
-        params: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-                  "seed": seed}
-        arg_digest = digest({"model": params})
+        params: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens,
+                                  "temperature": temperature, "seed": seed}
+        arg_digest = sha256_digest({"model": params})
         done = self._replayed(seq, "model", "model", arg_digest)
         if done is not None:
             return dict(self._outcome(done, StepError))
@@ -133,15 +129,14 @@ class FlowContext:
         with its idempotency key, validate and journal the outcome."""
         seq = self._next()
         tool.check_input(args)
-        call_digest = digest({"tool": tool.name, "args": args})
-        journal = self.runner.journal
-        entry = journal.entry(self.run_id, seq)
+        call_digest = sha256_digest({"tool": tool.name, "args": args})
+        journal, evidence = self.runner.journal, self.runner.evidence
+        entry = self._replayed(seq, "tool", tool.name, call_digest)
         if entry is None:
-            key = digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
+            key = sha256_digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
             detail = {"needs_approval": tool.needs_approval, "side_effect": tool.side_effect}
             entry = self._write(Entry(self.run_id, seq, "tool", tool.name, call_digest, "intent",
                                       idem_key=key, detail=json.dumps(detail)))
-        self._check(entry, "tool", tool.name, call_digest)
         assert entry.idem_key is not None
         while True:
             state = entry.state
@@ -153,10 +148,9 @@ class FlowContext:
                 raise Suspended(seq, "waiting", f"tool call {seq} {tool.name!r} awaits approval "
                                 f"of {call_digest}")
             if state in ("intent", "approved"):
-                if journal.advance(self.run_id, seq, (state,), "attempt"):
-                    self.runner.evidence.append(self.run_id, "tool_attempt", seq=seq,
-                                                name=tool.name, arg_digest=call_digest,
-                                                idempotency_key=entry.idem_key)
+                if evidence.advance(self.run_id, seq, (state,), "attempt", "tool_attempt",
+                                    name=tool.name, arg_digest=call_digest,
+                                    idempotency_key=entry.idem_key):
                     return self._attempt(tool, args, seq, entry.idem_key, call_digest)
             elif state == "attempt":  # a process died after the attempt: did the effect happen?
                 self._reconcile(tool, args, seq, entry.idem_key, call_digest)
@@ -174,23 +168,22 @@ class FlowContext:
         if kind not in ("approval", "input"):
             raise ValueError("kind must be 'approval' or 'input'")
         seq = self._next()
-        arg_digest = digest({"kind": kind, "schema": schema, "payload": payload})
+        arg_digest = sha256_digest({"kind": kind, "schema": schema, "payload": payload})
         journal = self.runner.journal
-        entry = journal.entry(self.run_id, seq)
+        entry = self._replayed(seq, "wait", f"human:{kind}", arg_digest)
         if entry is None:
             deadline = (rfc3339(utc_now() + timedelta(seconds=timeout_s))
                         if timeout_s is not None else None)
             detail = {"kind": kind, "schema": schema, "deadline": deadline,
-                      "approves": digest(payload)}
+                      "approves": sha256_digest(payload)}
             entry = self._write(Entry(self.run_id, seq, "wait", f"human:{kind}", arg_digest,
                                       "waiting", detail=json.dumps(detail)))
-        self._check(entry, "wait", f"human:{kind}", arg_digest)
         if entry.state == "waiting":
             deadline = json.loads(entry.detail).get("deadline")
             if deadline is None or utc_now() < parse_rfc3339(deadline):
                 raise Suspended(seq, "waiting", f"wait {seq} for a person ({kind})")
-            if journal.advance(self.run_id, seq, ("waiting",), "timed_out"):
-                self.runner.evidence.append(self.run_id, "human_timeout", seq=seq)
+            self.runner.evidence.advance(self.run_id, seq, ("waiting",), "timed_out",
+                                         "human_timeout", seq=seq)
             entry = journal.entry(self.run_id, seq) or entry
         if entry.state == "timed_out":
             if on_timeout is _UNSET:
@@ -203,7 +196,7 @@ class FlowContext:
     def _begin_step(self, fn: Callable[..., Any], args: tuple[Any, ...],
                     name: str | None) -> tuple[int, str, str, Entry | None]:
         seq, name = self._next(), name or fn.__name__
-        arg_digest = digest({"step": name, "args": list(args)})
+        arg_digest = sha256_digest({"step": name, "args": list(args)})
         return seq, name, arg_digest, self._replayed(seq, "step", name, arg_digest)
 
     def _step_failed(self, seq: int, name: str, arg_digest: str, exc: Exception) -> None:
@@ -243,47 +236,45 @@ class FlowContext:
             entry, f"{entry.kind}_{entry.state}", seq=entry.seq, name=entry.name,
             arg_digest=entry.arg_digest, output_digest=_digest_of(entry.output),
             error=entry.error, **evidence)
+        if stored is not entry:  # another writer's entry stands: it must be this same call
+            self._check(stored, entry.kind, entry.name, entry.arg_digest)
         self.journaled[entry.seq] = stored
         return stored
 
     def _attempt(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
                  call_digest: str) -> Any:
-        journal = self.runner.journal
+        evidence = self.runner.evidence
         try:
             output = tool.invoke(args, key)
             tool.check_output(output)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            journal.advance(self.run_id, seq, ("attempt",), "error", error=message)
-            self.runner.evidence.append(self.run_id, "tool_error", seq=seq, name=tool.name,
-                                        arg_digest=call_digest, error=message)
+            evidence.advance(self.run_id, seq, ("attempt",), "error", "tool_error",
+                             error=message, seq=seq, name=tool.name, arg_digest=call_digest)
             raise ToolError(f"tool call {seq} {tool.name!r}: {message}") from exc
         stored = self.runner.store_output(self.run_id, output)
-        journal.advance(self.run_id, seq, ("attempt",), "done", output=stored)
-        self.runner.evidence.append(self.run_id, "tool_done", seq=seq, name=tool.name,
-                                    arg_digest=call_digest, output_digest=_digest_of(stored))
+        evidence.advance(self.run_id, seq, ("attempt",), "done", "tool_done", output=stored,
+                         seq=seq, name=tool.name, arg_digest=call_digest,
+                         output_digest=_digest_of(stored))
         return output
 
     def _reconcile(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
                    call_digest: str) -> None:
-        journal = self.runner.journal
+        about: dict[str, Any] = {"seq": seq, "name": tool.name, "arg_digest": call_digest}
+        evidence = self.runner.evidence
         answer = tool.reconcile(args, key) if tool.reconcile is not None else None
         if isinstance(answer, Applied):
             tool.check_output(answer.output)
             stored = self.runner.store_output(self.run_id, answer.output)
-            if journal.advance(self.run_id, seq, ("attempt",), "done", output=stored):
-                self.runner.evidence.append(self.run_id, "tool_reconciled", seq=seq,
-                                            name=tool.name, arg_digest=call_digest,
-                                            outcome="applied", output_digest=_digest_of(stored))
+            evidence.advance(self.run_id, seq, ("attempt",), "done", "tool_reconciled",
+                             output=stored, outcome="applied", output_digest=_digest_of(stored),
+                             **about)
         elif answer is NOT_APPLIED:
-            if journal.advance(self.run_id, seq, ("attempt",), "approved"):
-                self.runner.evidence.append(self.run_id, "tool_reconciled", seq=seq,
-                                            name=tool.name, arg_digest=call_digest,
-                                            outcome="not_applied")
-        elif journal.advance(self.run_id, seq, ("attempt",), "unknown"):
-            self.runner.evidence.append(self.run_id, "tool_unknown", seq=seq, name=tool.name,
-                                        arg_digest=call_digest)
+            evidence.advance(self.run_id, seq, ("attempt",), "approved", "tool_reconciled",
+                             outcome="not_applied", **about)
+        else:
+            evidence.advance(self.run_id, seq, ("attempt",), "unknown", "tool_unknown", **about)
 
 
 def _digest_of(stored: str | None) -> str | None:
-    return None if stored is None else digest(stored)
+    return None if stored is None else sha256_digest(stored)

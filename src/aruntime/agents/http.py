@@ -7,7 +7,6 @@ server's thread pool, never on its event loop. Errors have OpenAI's shape: an un
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from aruntime.agents.runner import RunError, Runner, RunResult, default_artifacts
+from aruntime.agents.runner import (
+    RunError,
+    Runner,
+    RunResult,
+    UnknownRunError,
+    default_artifacts,
+    summary,
+)
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
 from aruntime.state.journal import open_journal
 from aruntime.state.signing import DeploymentKey
@@ -53,17 +59,20 @@ def _runner(request: Request) -> Runner:
     return runner
 
 
-def _do(request: Request, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def _call(request: Request, name: str, *args: Any, **kwargs: Any) -> Any:
+    """A runner method; its errors in OpenAI's shape (unknown run 404, refusal 400)."""
     from aruntime.agents.flow import DeterminismError
 
-    runner = _runner(request)
-    if args and isinstance(args[0], str) and name != "start" and \
-            runner.journal.get_run(args[0]) is None:
-        raise NotFoundError(f"no run {args[0]}", param="run_id")
     try:
-        result: RunResult = getattr(runner, name)(*args, **kwargs)
+        return getattr(_runner(request), name)(*args, **kwargs)
+    except UnknownRunError as exc:
+        raise NotFoundError(str(exc), param="run_id") from None
     except (RunError, DeterminismError) as exc:
         raise InvalidRequestError(str(exc)) from None
+
+
+def _do(request: Request, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    result: RunResult = _call(request, name, *args, **kwargs)
     return result.to_json()
 
 
@@ -75,23 +84,13 @@ def start_run(body: StartRun, request: Request) -> dict[str, Any]:
 @router.get("")
 def list_runs(request: Request, status: str | None = None, limit: int = 100) -> dict[str, Any]:
     runs = _runner(request).journal.list_runs(status, max(1, min(limit, 1000)))
-    return {"object": "list", "data": [
-        {"run_id": r.run_id, "flow": r.flow, "status": r.status, "created_at": r.created_at,
-         "updated_at": r.updated_at} for r in runs]}
+    return {"object": "list", "data": [summary(r) for r in runs]}
 
 
 @router.get("/{run_id}")
 def show_run(run_id: str, request: Request) -> dict[str, Any]:
-    journal = _runner(request).journal
-    run = journal.get_run(run_id)
-    if run is None:
-        raise NotFoundError(f"no run {run_id}", param="run_id")
-    return {"run_id": run.run_id, "flow": run.flow, "status": run.status, "error": run.error,
-            "result": None if run.result is None else json.loads(run.result),
-            "created_at": run.created_at, "updated_at": run.updated_at,
-            "entries": [{"seq": e.seq, "kind": e.kind, "name": e.name, "state": e.state,
-                         "arg_digest": e.arg_digest, "detail": json.loads(e.detail)}
-                        for e in journal.entries(run_id)]}
+    result: dict[str, Any] = _call(request, "describe", run_id)
+    return result
 
 
 @router.post("/{run_id}/resume")
@@ -106,14 +105,8 @@ def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/{run_id}/verify")
 def verify_run(run_id: str, request: Request) -> dict[str, Any]:
-    from aruntime.agents.evidence import verify_run as verify
-
-    runner = _runner(request)
-    if runner.journal.get_run(run_id) is None:
-        raise NotFoundError(f"no run {run_id}", param="run_id")
-    key = runner.evidence.signer.public_key if runner.evidence.signer else None
-    result = verify(runner.journal, run_id, key)
-    return {"run_id": run_id, "records": result.records, "ok": result.ok, "errors": result.errors}
+    result: dict[str, Any] = _call(request, "verify", run_id).to_json()
+    return result
 
 
 @router.post("/{run_id}/calls/{seq}/approve")

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aruntime.agents.evidence import RunEvidence
+from aruntime.agents.evidence import RunEvidence, RunVerify, verify_run
 from aruntime.agents.flow import FLOW_ATTR, DeterminismError, FlowContext, Suspended
 from aruntime.agents.models import LocalModels
+from aruntime.contracts import sha256_digest
 from aruntime.state.artifacts import ArtifactStore, is_ref
+from aruntime.state.erasure import TOMBSTONE
 from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
 from aruntime.state.signing import DeploymentKey
 from aruntime.state.subject_keys import ShreddedError, SubjectKeys, is_sealed
@@ -34,6 +37,10 @@ from aruntime.timeutil import parse_rfc3339, utc_now
 class RunError(ValueError):
     """A request about a run that cannot be done as asked (unknown run, wrong state, a digest
     that is not the one awaiting approval, an answer that does not fit its schema)."""
+
+
+class UnknownRunError(RunError):
+    """No run of that id in the journal."""
 
 
 @dataclass(slots=True)
@@ -63,6 +70,12 @@ def load_flow(ref: str) -> Callable[..., Any]:
     if fn is None or not getattr(fn, FLOW_ATTR, False):
         raise RunError(f"flow {ref!r}: {attr} is not a function marked @flow in {module_name}")
     return fn  # type: ignore[no-any-return]
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """A run in a listing."""
+    return {"run_id": run.run_id, "flow": run.flow, "status": run.status,
+            "created_at": run.created_at, "updated_at": run.updated_at}
 
 
 def default_artifacts(journal: SqlJournal) -> ArtifactStore:
@@ -104,7 +117,7 @@ class Runner:
     def load_output(self, run_id: str, stored: str | None) -> Any:
         if stored is None:
             return None
-        if stored.startswith(ERASED):
+        if stored.startswith(TOMBSTONE):
             raise ShreddedError(f"run {run_id}: its subject was erased ({stored})")
         if is_ref(stored):
             if self.artifacts is None:
@@ -120,13 +133,13 @@ class Runner:
     def start(self, flow_ref: str, input_value: Any = None, *, run_id: str | None = None,
               subject: str | None = None) -> RunResult:
         """Journal the run (idempotent for a given id) and execute it."""
-        load_flow(flow_ref)  # a bad reference is an error now, not a failed run
+        fn = load_flow(flow_ref)  # a bad reference is an error now, not a failed run
         run_id = run_id or uuid.uuid4().hex
         self._subjects[run_id] = subject
         input_json = self.store_output(run_id, input_value)
         try:
             run, created = self.evidence.start_run(run_id, flow_ref, input_json, subject,
-                                                   input_digest=_digest(input_json))
+                                                   input_digest=sha256_digest(input_json))
         except JournalError:  # it exists with other input bytes: the same value, sealed anew?
             existing = self._run(run_id)
             self._subjects[run_id] = existing.subject
@@ -137,7 +150,7 @@ class Runner:
             run, created = existing, False
         if run.status != "running":
             return self._result(run)
-        return self._execute(run, new=created)
+        return self._execute(run, new=created, fn=fn)
 
     def resume(self, run_id: str) -> RunResult:
         run = self._run(run_id)
@@ -159,8 +172,33 @@ class Runner:
 
     def cancel(self, run_id: str) -> RunResult:
         run = self._run(run_id)
-        self.evidence.set_status(run_id, "cancelled", "run_cancelled", unless=FINISHED)
-        return self._result(self._run(run.run_id))
+        if self.evidence.set_status(run_id, "cancelled", "run_cancelled", unless=FINISHED):
+            return RunResult(run_id, "cancelled")
+        return self._result(run)  # it had finished already
+
+    # -- views (the CLI's and HTTP's)
+
+    def describe(self, run_id: str) -> dict[str, Any]:
+        """A run and its journal as JSON: payloads opened (None once erased), digests as they
+        are, for a person to read and decide on."""
+        run = self._run(run_id)
+        self._subjects.setdefault(run_id, run.subject)
+        view = {**summary(run), "input": self._opened(run_id, run.input),
+                "result": self._opened(run_id, run.result), "error": run.error,
+                "subject": run.subject, "compacted": run.compacted}
+        view["entries"] = [
+            {"seq": e.seq, "kind": e.kind, "name": e.name, "state": e.state,
+             "arg_digest": e.arg_digest, "idempotency_key": e.idem_key,
+             "detail": json.loads(e.detail), "error": e.error, "updated_at": e.updated_at}
+            for e in self.journal.entries(run_id)]
+        return view
+
+    def verify(self, run_id: str, public_key: Ed25519PublicKey | None = None) -> RunVerify:
+        """The run's evidence checked against `public_key` (default: this deployment's)."""
+        self._run(run_id)
+        if public_key is None and self.evidence.signer is not None:
+            public_key = self.evidence.signer.public_key
+        return verify_run(self.journal, run_id, public_key)
 
     # -- people's decisions
 
@@ -170,19 +208,17 @@ class Runner:
         if approves != entry.arg_digest:
             raise RunError(f"run {run_id} call {seq}: the approval is for {approves}, but the "
                            f"call awaiting approval is {entry.arg_digest}; refused")
-        if not self.journal.advance(run_id, seq, ("intent",), "approved"):
+        if not self.evidence.advance(run_id, seq, ("intent",), "approved", "approval", seq=seq,
+                                     decision="approved", by=by, approves=approves):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
-        self.evidence.append(run_id, "approval", seq=seq, decision="approved", by=by,
-                             approves=approves)
         return self.resume(run_id)
 
     def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected") -> RunResult:
         entry = self._entry(run_id, seq, "tool")
-        if not self.journal.advance(run_id, seq, ("intent",), "rejected",
-                                    error=f"rejected by {by}: {reason}"):
+        if not self.evidence.advance(run_id, seq, ("intent",), "rejected", "approval",
+                                     error=f"rejected by {by}: {reason}", seq=seq,
+                                     decision="rejected", by=by, approves=entry.arg_digest):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
-        self.evidence.append(run_id, "approval", seq=seq, decision="rejected", by=by,
-                             approves=entry.arg_digest)
         return self.resume(run_id)
 
     def respond(self, run_id: str, seq: int, response: Any, by: str,
@@ -204,11 +240,11 @@ class Runner:
         if errors:
             raise RunError(f"run {run_id} wait {seq}: the answer does not fit: "
                            f"{errors[0].message}")
-        if not self.journal.advance(run_id, seq, ("waiting",), "resolved",
-                                    output=self.store_output(run_id, response)):
+        stored = self.store_output(run_id, response)
+        if not self.evidence.advance(run_id, seq, ("waiting",), "resolved", "human_answer",
+                                     output=stored, seq=seq, by=by, approves=approves,
+                                     answer_digest=sha256_digest(stored)):
             raise RunError(f"run {run_id} wait {seq} is {entry.state}, not waiting")
-        self.evidence.append(run_id, "human_answer", seq=seq, by=by, approves=approves,
-                             answer_digest=_digest(self.store_output(run_id, response)))
         return self.resume(run_id)
 
     def resolve(self, run_id: str, seq: int, by: str, *, output: Any = None,
@@ -217,21 +253,22 @@ class Runner:
         failed (`failed`, a reason)."""
         entry = self._entry(run_id, seq, "tool")
         if failed is not None:
-            moved = self.journal.advance(run_id, seq, ("unknown",), "error",
-                                         error=f"resolved as failed by {by}: {failed}")
+            moved = self.evidence.advance(run_id, seq, ("unknown",), "error", "tool_resolved",
+                                          error=f"resolved as failed by {by}: {failed}",
+                                          seq=seq, by=by, outcome="failed")
         else:
-            moved = self.journal.advance(run_id, seq, ("unknown",), "done",
-                                         output=self.store_output(run_id, output))
+            moved = self.evidence.advance(run_id, seq, ("unknown",), "done", "tool_resolved",
+                                          output=self.store_output(run_id, output), seq=seq,
+                                          by=by, outcome="applied")
         if not moved:
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not unknown")
-        self.evidence.append(run_id, "tool_resolved", seq=seq, by=by,
-                             outcome="failed" if failed is not None else "applied")
         return self.resume(run_id)
 
     # -- execution
 
-    def _execute(self, run: Run, new: bool = False) -> RunResult:
-        fn = load_flow(run.flow)
+    def _execute(self, run: Run, new: bool = False,
+                 fn: Callable[..., Any] | None = None) -> RunResult:
+        fn = fn or load_flow(run.flow)
         self._subjects[run.run_id] = run.subject
         journaled = {} if new else {e.seq: e for e in self.journal.entries(run.run_id)}
         ctx = FlowContext(self, run.run_id, journaled)
@@ -254,14 +291,14 @@ class Runner:
             return self._result(self._run(run.run_id))
         stored = self.store_output(run.run_id, out)
         if self.evidence.set_status(run.run_id, "completed", "run_completed", result=stored,
-                                    unless=FINISHED, result_digest=_digest(stored)):
+                                    unless=FINISHED, result_digest=sha256_digest(stored)):
             return RunResult(run.run_id, "completed", self.load_output(run.run_id, stored))
         return self._result(self._run(run.run_id))  # cancelled meanwhile
 
     def _run(self, run_id: str) -> Run:
         run = self.journal.get_run(run_id)
         if run is None:
-            raise RunError(f"no run {run_id}")
+            raise UnknownRunError(f"no run {run_id}")
         return run
 
     def _entry(self, run_id: str, seq: int, kind: str) -> Entry:
@@ -273,14 +310,13 @@ class Runner:
 
     def _result(self, run: Run) -> RunResult:
         self._subjects.setdefault(run.run_id, run.subject)
+        return RunResult(run.run_id, run.status, self._opened(run.run_id, run.result), run.error)
+
+    def _opened(self, run_id: str, stored: str | None) -> Any:
         try:
-            result = self.load_output(run.run_id, run.result)
+            return self.load_output(run_id, stored)
         except ShreddedError:
-            result = None  # its subject was erased: the run's outcome is gone with it
-        return RunResult(run.run_id, run.status, result, run.error)
-
-
-ERASED = "erased:"  # the tombstone erasure leaves in place of a payload
+            return None  # its subject was erased: the payload is gone with it
 
 
 def _json(run_id: str, value: Any) -> str:
@@ -292,12 +328,6 @@ def _json(run_id: str, value: Any) -> str:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _digest(text: str) -> str:
-    from aruntime.contracts import sha256_digest
-
-    return sha256_digest(text)
 
 
 def _deadline_passed(entry: Entry, now: Any) -> bool:

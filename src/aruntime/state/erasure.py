@@ -59,6 +59,9 @@ class DeletionReceipt:
         return canonical_json(self.to_dict()).decode("utf-8")
 
 
+TOMBSTONE = "erased:"  # what a blanked payload starts with, before the receipt's id
+
+
 def erase_subject(subject: str, journal: SqlJournal, keys: SubjectKeys, memory: MemoryStore,
                   artifacts: ArtifactStore, signer: DeploymentKey, *,
                   release_holds: bool = False, scan_artifacts: bool = True) -> DeletionReceipt:
@@ -76,7 +79,7 @@ def erase_subject(subject: str, journal: SqlJournal, keys: SubjectKeys, memory: 
     shredded = keys.shred(subject).had_key
     items = memory.erase(subject)
     deleted, kept = _erase_artifacts(artifacts, journal, refs, sid, run_ids, scan_artifacts)
-    cancelled, entries = _blank_runs(journal, run_ids, f"erased:{receipt_id}", sid)
+    cancelled, entries = _blank_runs(journal, run_ids, f"{TOMBSTONE}{receipt_id}", sid)
     body = {
         "kind": RECEIPT_KIND, "receipt_id": receipt_id, "subject_digest": sid,
         "erased_at": rfc3339(utc_now()), "key_id": signer.key_id,

@@ -233,16 +233,24 @@ class SqlJournal(ABC):
 
     def advance(self, run_id: str, seq: int, from_states: tuple[str, ...], state: str, *,
                 output: str | None = None, error: str | None = None,
-                detail: str | None = None) -> bool:
-        """Compare-and-set an entry's state: True if it was in `from_states` and moved."""
+                detail: str | None = None,
+                evidence: tuple[int, str, str] | None = None) -> bool:
+        """Compare-and-set an entry's state (with `evidence`, recorded in the same
+        transaction): True if it was in `from_states` and moved."""
         sets, params = ["state = ?", "updated_at = ?"], [state, _now()]
         for column, value in (("output", output), ("error", error), ("detail", detail)):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(value)
         marks = ", ".join("?" * len(from_states))
-        return self.execute(f"UPDATE entries SET {', '.join(sets)} WHERE run_id = ? AND seq = ? "
-                          f"AND state IN ({marks})", (*params, run_id, seq, *from_states)) == 1
+        with self._cursor(write=True) as cur:
+            cur.execute(self._sql(f"UPDATE entries SET {', '.join(sets)} WHERE run_id = ? "
+                                  f"AND seq = ? AND state IN ({marks})"),
+                        (*params, run_id, seq, *from_states))
+            moved = cur.rowcount == 1
+            if moved and evidence is not None:
+                self._evidence_in(cur, run_id, evidence)
+        return moved
 
     # -- evidence
 
