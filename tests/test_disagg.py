@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiny_engine import BLOCK, BLOCK_BYTES, config, prompt
+from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
 
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.core_client import MPClient
@@ -92,20 +92,13 @@ def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
 
 def test_killing_the_decode_worker_mid_stream_fails_the_request_clearly(
         disagg: DisaggregatedPool) -> None:
-    params = SamplingParams(max_tokens=490, temperature=0.0, ignore_eos=True)
+    def kill() -> None:
+        pid = disagg.decode.workers["d0"].core_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
 
-    async def doomed() -> str:
-        got = 0
-        try:
-            async for out in disagg.generate("doomed", prompt(12, 7), params):
-                got += len(out.new_token_ids)
-                if got == 1:
-                    pid = disagg.decode.workers["d0"].core_pid
-                    assert pid is not None
-                    os.kill(pid, signal.SIGKILL)
-        except EngineDeadError as exc:
-            return str(exc)
-        return "completed"
+    def doomed() -> Awaitable[str]:
+        return kill_at_first_token(disagg, "doomed", prompt(12, 7), kill)
 
     async def main() -> None:
         result = await doomed()

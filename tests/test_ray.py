@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import ray
-from tiny_engine import BLOCK, BLOCK_BYTES, config, prompt
+from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
 
 from aruntime.cli import main as cli_main
-from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.engine.client import EngineClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.ray_pool import RayDisaggregatedPool, RayPool
@@ -195,21 +195,17 @@ def test_http_completion_through_ray_actors(disagg: RayDisaggregatedPool, tiny_m
 
 def test_killing_a_decode_actor_mid_stream_fails_clearly_and_the_other_takes_over(
         disagg: RayDisaggregatedPool) -> None:
-    params = SamplingParams(max_tokens=490, temperature=0.0, ignore_eos=True)
+    victims: list[str] = []
+
+    def kill() -> None:
+        route = disagg.decode.route_of("doomed")
+        assert route is not None
+        victims.append(route.worker)
+        ray.kill(ray.get_actor(f"aruntime-{route.worker}"), no_restart=True)
 
     async def doomed() -> tuple[str, str]:
-        got, victim = 0, ""
-        try:
-            async for out in disagg.generate("doomed", prompt(12, 7), params):
-                got += len(out.new_token_ids)
-                if got == 1:
-                    route = disagg.decode.route_of("doomed")
-                    assert route is not None
-                    victim = route.worker
-                    ray.kill(ray.get_actor(f"aruntime-{victim}"), no_restart=True)
-        except EngineDeadError as exc:
-            return victim, str(exc)
-        return victim, "completed"
+        result = await kill_at_first_token(disagg, "doomed", prompt(12, 7), kill)
+        return victims[0] if victims else "", result
 
     async def main() -> None:
         victim, result = await doomed()

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiny_engine import config, prompt
+from tiny_engine import config, kill_at_first_token, prompt
 
-from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.launch import background_server
@@ -139,22 +138,15 @@ def test_a_request_sent_to_a_killed_worker_is_retried_elsewhere(
 def test_killing_a_worker_mid_stream_fails_that_request_clearly_and_no_other(
         pool_factory: Callable[[int, str], WorkerPool]) -> None:
     pool = pool_factory(2, "round-robin")
-    params = SamplingParams(max_tokens=490, temperature=0.0, ignore_eos=True)
+    def kill() -> None:
+        route = pool.route_of("doomed")
+        assert route is not None
+        pid = pool.workers[route.worker].core_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
 
-    async def doomed() -> str:
-        got = 0
-        try:
-            async for out in pool.generate("doomed", prompt(12, 7), params):
-                got += len(out.new_token_ids)
-                if got == 1:
-                    route = pool.route_of("doomed")
-                    assert route is not None
-                    pid = pool.workers[route.worker].core_pid
-                    assert pid is not None
-                    os.kill(pid, signal.SIGKILL)
-        except EngineDeadError as exc:
-            return str(exc)
-        return "completed"
+    def doomed() -> Awaitable[str]:
+        return kill_at_first_token(pool, "doomed", prompt(12, 7), kill)
 
     async def main() -> None:
         # round-robin: doomed goes to w0, the concurrent one to w1

@@ -4,9 +4,13 @@ seeded prompts and a small engine config."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.sampling import SamplingParams
 
 BLOCK = 4
 BLOCK_BYTES = 2 * 2 * 2 * BLOCK * 16 * 4  # tiny: layers * (k, v) * kv_heads * block * dim * fp32
@@ -20,3 +24,21 @@ def prompt(n: int, seed: int) -> list[int]:
 def config(model: Path) -> EngineConfig:
     return EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
                         kv_cache_bytes=128 * BLOCK_BYTES, max_num_seqs=8)
+
+
+LONG = SamplingParams(max_tokens=490, temperature=0.0, ignore_eos=True)
+
+
+async def kill_at_first_token(client: EngineClient, request_id: str, ids: list[int],
+                              kill: Callable[[], Any]) -> str:
+    """Stream a long request and, once its first token is out, `kill()` the worker serving it.
+    Returns the error the stream ended with, or "completed" if the kill came too late."""
+    got = 0
+    try:
+        async for out in client.generate(request_id, ids, LONG):
+            got += len(out.new_token_ids)
+            if got == 1:
+                kill()
+    except EngineDeadError as exc:
+        return str(exc)
+    return "completed"
