@@ -38,6 +38,11 @@ TRACE = Path(__file__).resolve().parents[4] / "shared" / "traces" / "mooncake_co
 BLOCK = 32  # tokens per KV block: larger blocks amortise the per-block cost of a restore
 
 
+def p90(values: list[float]) -> float:
+    """The 90th percentile (statistics' default, exclusive method) of at least two values."""
+    return statistics.quantiles(values, n=10)[-1]
+
+
 @dataclass(frozen=True)
 class CacheWorkload:
     conversations: int = 32  # whole conversations of >= min_turns turns, first by arrival
@@ -129,7 +134,7 @@ class SetupResult:
 
     @property
     def ttft_p90(self) -> float:
-        return statistics.quantiles(self.ttft_s, n=10)[-1]
+        return p90(self.ttft_s)
 
 
 def replay(name: str, model_dir: Path, requests: list[Request], **config: Any) -> SetupResult:

@@ -41,6 +41,7 @@ from aruntime.bench.cache import (
     bench_model,
     conversation_slice,
     make_requests,
+    p90,
 )
 from aruntime.bench.claim import build_claim, model_ref, write_claim
 from aruntime.bench.engine import block_bytes
@@ -79,34 +80,33 @@ class Sent:
     turn: int
     prompt: list[int]
     output_tokens: int
-    hash_ids: tuple[int, ...]
-    block_tokens: int
+    hash_ids: tuple[int, ...]  # one per `tokens_per_hash` prompt tokens
     at: float = 0.0  # scheduled arrival, seconds from the start
 
 
 @dataclass
 class PolicyResult:
+    """Per request, in the order they were sent."""
+
     policy: str
+    requests: list[Sent]
     ttft_s: list[float]
     sent_s: list[float]  # when each request was sent (after its previous turn came back)
-    prompt_tokens: int
-    cached_tokens: int
-    predicted: list[int]
-    used: list[int]
+    predicted: list[int]  # cached tokens, as the router predicted them
+    used: list[int]  # ... and as the engine reused them
     workers: list[str]
-    warm: list[bool]  # not a group's first turn (cold under every policy)
     wall_s: float
-    requests: list[Sent] = field(default_factory=list)
     probe_ttft_s: list[float] = field(default_factory=list)  # lone short requests, after warm-up
     burst_s: float = 0.0  # two cold prompts on every worker at once: until the last first token
 
     @property
     def hit_rate(self) -> float:
-        return self.cached_tokens / self.prompt_tokens
+        return sum(self.used) / sum(len(s.prompt) for s in self.requests)
 
     @property
     def warm_ttft_s(self) -> list[float]:
-        return [t for t, w in zip(self.ttft_s, self.warm, strict=True) if w]
+        """After each group's first turn, which is cold under every policy."""
+        return [t for t, s in zip(self.ttft_s, self.requests, strict=True) if s.turn > 0]
 
     @property
     def ttft_p50(self) -> float:
@@ -114,7 +114,7 @@ class PolicyResult:
 
     @property
     def ttft_p90(self) -> float:
-        return statistics.quantiles(self.warm_ttft_s, n=10)[-1]
+        return p90(self.warm_ttft_s)
 
     @property
     def ttft_p50_all(self) -> float:
@@ -122,7 +122,7 @@ class PolicyResult:
 
     @property
     def ttft_p90_all(self) -> float:
-        return statistics.quantiles(self.ttft_s, n=10)[-1]
+        return p90(self.ttft_s)
 
     @property
     def audit_error(self) -> float:
@@ -162,8 +162,8 @@ def make_groups(w: RouteWorkload, vocab: int, trace: Path = TRACE) -> list[list[
     groups = []
     for g, turns in enumerate(chosen):
         reqs = make_requests(turns, cw, vocab)
-        groups.append([Sent(g, k, r.prompt, r.output_tokens, tuple(row["hash_ids"]),
-                            w.tokens_per_hash) for k, (r, row) in enumerate(zip(reqs, turns))])
+        groups.append([Sent(g, k, r.prompt, r.output_tokens, tuple(row["hash_ids"]))
+                       for k, (r, row) in enumerate(zip(reqs, turns))])
     return groups
 
 
@@ -184,33 +184,25 @@ def schedule(w: RouteWorkload, groups: list[list[Sent]], costs: Costs, cores: fl
     return rate
 
 
-async def _send(pool: Any, rid: str, s: Sent) -> tuple[float, int]:
-    params = SamplingParams(max_tokens=s.output_tokens, temperature=0.0, ignore_eos=True)
+async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1
+                ) -> tuple[float, int]:
+    """Stream a request to its end: (seconds to its first token, prompt tokens cached)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
     ttft, cached = 0.0, 0
-    async for out in pool.generate(rid, s.prompt, params):
+    async for out in client.generate(rid, prompt, params):
         if not ttft:
             ttft, cached = time.perf_counter() - t0, out.num_cached_tokens
     return ttft, cached
 
 
 PROBE_TOKENS = 40
-
-
 BURST_TOKENS = 256
 
 
 def burst_tokens(longest: int) -> int:
     """The burst's prompts: as long as the workload's longest, up to BURST_TOKENS."""
     return min(BURST_TOKENS, longest)
-
-
-async def _first_token(worker: Any, rid: str, prompt: list[int]) -> float:
-    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-    t0 = time.perf_counter()
-    async for _ in worker.generate(rid, prompt, params):
-        pass
-    return time.perf_counter() - t0
 
 
 async def _warm_up(pool: Any, longest: int) -> tuple[list[float], float]:
@@ -222,12 +214,12 @@ async def _warm_up(pool: Any, longest: int) -> tuple[list[float], float]:
     workers = list(pool.workers.values())
     probes = []
     for i, worker in enumerate(workers):
-        await _first_token(worker, f"warm-{i}", [3 + i] * longest)
-        probes += [await _first_token(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS)
+        await _send(worker, f"warm-{i}", [3 + i] * longest)
+        probes += [(await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS))[0]
                    for k in range(3)]
     t0 = time.perf_counter()
     n = burst_tokens(longest)
-    await asyncio.gather(*(_first_token(worker, f"burst-{i}-{k}", [90 + 2 * i + k] * n)
+    await asyncio.gather(*(_send(worker, f"burst-{i}-{k}", [90 + 2 * i + k] * n)
                            for i, worker in enumerate(workers) for k in range(2)))
     return probes, time.perf_counter() - t0
 
@@ -243,7 +235,7 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
                 await asyncio.sleep(delay)  # the load generator's clock, not a synchronisation
             rid = f"{policy}-{s.group}-{s.turn}"
             sent = time.perf_counter() - start
-            ttft, cached = await _send(pool, rid, s)
+            ttft, cached = await _send(pool, rid, s.prompt, s.output_tokens)
             rows.append((s, rid, sent, ttft, cached))
 
     await asyncio.gather(*(user(turns) for turns in groups))
@@ -251,11 +243,9 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
     rows.sort(key=lambda r: r[2])
     routes = [pool.route_of(rid) for _, rid, *_ in rows]
     return PolicyResult(
-        policy, [r[3] for r in rows], [r[2] for r in rows],
-        sum(len(r[0].prompt) for r in rows), sum(r[4] for r in rows),
+        policy, [r[0] for r in rows], [r[3] for r in rows], [r[2] for r in rows],
         [route.predicted_cached_tokens for route in routes], [r[4] for r in rows],
-        [route.worker for route in routes], [r[0].turn > 0 for r in rows], wall,
-        [r[0] for r in rows])
+        [route.worker for route in routes], wall)
 
 
 def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
@@ -283,7 +273,8 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
     from aruntime.sim.trace import SimRequest
 
     reqs = [SimRequest(t, len(s.prompt), s.output_tokens,
-                       s.hash_ids[:math.ceil(len(s.prompt) / s.block_tokens)], s.block_tokens)
+                       s.hash_ids[:math.ceil(len(s.prompt) / w.tokens_per_hash)],
+                       w.tokens_per_hash)
             for s, t in zip(r.requests, r.sent_s, strict=True)]
     config = SimConfig(cache_gb=engine.kv_cache_bytes / 1e9,
                        max_batched_tokens=engine.max_num_batched_tokens,
