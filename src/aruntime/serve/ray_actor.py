@@ -25,6 +25,7 @@ from aruntime.engine.core_client import InprocClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.errtext import first_line
 
 __all__ = ["EngineActor", "KVExport", "KVImport"]
 
@@ -90,7 +91,7 @@ class EngineActor:
         try:
             blobs: list[bytes] = await handoff.refs[0]
         except ray.exceptions.RayError as exc:  # e.g. its owner, the prefill actor, died
-            logger.warning("KV handoff lost, prefilling here: %s", str(exc).splitlines()[0])
+            logger.warning("KV handoff lost, prefilling here: %s", first_line(exc))
             return KVImport(0, 0, 0.0)
         blocks = await self.client.call(
             lambda engine: engine.import_prefix(prompt, blobs, tenant_salt, shared_prefix_tokens))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from aruntime.errtext import first_line
+
 __all__ = ["RayUnavailableError", "actor_options", "connect"]
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to the head; Ray's own timeout is much longer
@@ -42,8 +44,7 @@ def connect(address: str) -> None:
         ray.init(address=None if address == "auto" else address, include_dashboard=False,
                  log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RayUnavailableError(f"--ray {address}: {first}") from None
+        raise RayUnavailableError(f"--ray {address}: {first_line(exc)}") from None
 
 
 def _check_reachable(address: str) -> None:

@@ -32,6 +32,7 @@ from aruntime.engine.core_client import EngineStartError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.errtext import first_line
 from aruntime.serve.disagg import DisaggregatedPool
 from aruntime.serve.pool import WorkerPool
 from aruntime.serve.ray_actor import EngineActor, KVExport, KVImport
@@ -44,11 +45,6 @@ from aruntime.state.kv_events import BlockRemoved, BlockStored
 __all__ = ["HeldPrefixes", "RayDisaggregatedPool", "RayHandoffs", "RayPool", "RayWorker"]
 
 CALL_TIMEOUT_S = 30.0  # an actor's stats, abort or shutdown
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class HeldPrefixes:
@@ -174,7 +170,7 @@ class RayWorker(EngineClient):
             return cause
         if self._dead is None:
             self._dead = (f"worker {self.worker_id} (Ray actor {self.name}) died: "
-                          f"{_first_line(cause)}")
+                          f"{first_line(cause)}")
         return EngineDeadError(self._dead)
 
     async def _call(self, ref: Any) -> Any:

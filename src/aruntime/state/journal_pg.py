@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from aruntime.errtext import first_line
 from aruntime.state.journal import SCHEMA, JournalError, SqlJournal
 
 # Key of the advisory lock that queues schema creation: two processes opening a fresh database
@@ -32,7 +33,7 @@ class PostgresJournal(SqlJournal):
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
-            raise JournalError(f"not a PostgreSQL URL: {_first_line(exc)}") from None
+            raise JournalError(f"not a PostgreSQL URL: {first_line(exc)}") from None
         params.setdefault("connect_timeout", connect_timeout)  # the URL's own value wins
         self._where = (f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/"
                        f"{params.get('dbname', '')}")  # for errors: never the password
@@ -48,7 +49,7 @@ class PostgresJournal(SqlJournal):
             return psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise JournalError(f"cannot reach the PostgreSQL journal at {self._where}: "
-                               f"{_first_line(exc)}") from None
+                               f"{first_line(exc)}") from None
 
     def _conn(self) -> Connection:
         # a broken connection reads as closed: open another
@@ -68,6 +69,3 @@ class PostgresJournal(SqlJournal):
             for statement in SCHEMA:
                 cur.execute(statement)
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
