@@ -189,7 +189,8 @@ class Runner:
         view["entries"] = [
             {"seq": e.seq, "kind": e.kind, "name": e.name, "state": e.state,
              "arg_digest": e.arg_digest, "idempotency_key": e.idem_key,
-             "detail": json.loads(e.detail), "error": e.error, "updated_at": e.updated_at}
+             "detail": e.detail if e.detail.startswith(TOMBSTONE) else json.loads(e.detail),
+             "error": e.error, "updated_at": e.updated_at}
             for e in self.journal.entries(run_id)]
         return view
 
