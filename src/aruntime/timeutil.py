@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # Strict on purpose: an offset other than `Z` (even `+00:00`) means someone formatted a time by
 # hand, and records that compare or hash times must all spell them the same way.
@@ -13,7 +13,7 @@ _RFC3339_Z = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?
 
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def rfc3339(dt: datetime) -> str:
@@ -22,11 +22,19 @@ def rfc3339(dt: datetime) -> str:
     A naive datetime is refused: guessing its zone is how off-by-hours bugs are born."""
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError("naive datetime: give it a timezone (UTC) before formatting")
-    dt = dt.astimezone(timezone.utc)
+    dt = dt.astimezone(UTC)
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if dt.microsecond:
         text += f".{dt.microsecond:06d}"
     return text + "Z"
+
+
+def sortable_rfc3339(dt: datetime) -> str:
+    """`2025-01-02T03:04:05.000000Z`: always six fraction digits, so that stored times compare
+    as text in time order (rfc3339() would sort `…05.250000Z` before `…05Z`)."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("naive datetime: give it a timezone (UTC) before formatting")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -44,4 +52,4 @@ def parse_rfc3339(text: str) -> datetime:
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid calendar time: {exc}") from None
     micros = int((fraction or "0").ljust(6, "0")[:6])
-    return dt.replace(microsecond=micros, tzinfo=timezone.utc)
+    return dt.replace(microsecond=micros, tzinfo=UTC)

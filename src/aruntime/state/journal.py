@@ -23,11 +23,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aruntime.timeutil import parse_rfc3339, utc_now
+from aruntime.timeutil import parse_rfc3339, sortable_rfc3339, utc_now
 
 RUN_STATES = ("running", "waiting", "unknown", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -87,19 +86,13 @@ class Entry:
     updated_at: str = ""
 
 
-def _stamp(dt: datetime) -> str:
-    # Always six fraction digits: times are compared as text (prune, list order), and rfc3339()'s
-    # optional fraction would sort "…05.250000Z" before "…05Z".
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _run_of(r: tuple[Any, ...]) -> Run:
     return Run(run_id=r[0], flow=r[1], input=r[2], status=r[3], result=r[4], error=r[5],
                subject=r[6], created_at=r[7], updated_at=r[8], compacted=bool(r[9]))
 
 
 def _now() -> str:
-    return _stamp(utc_now())
+    return sortable_rfc3339(utc_now())
 
 
 class SqlJournal(ABC):
@@ -283,7 +276,7 @@ class SqlJournal(ABC):
         if delete_before is not None:
             out["deleted"] = self.prune(delete_before)
         if compact_before is not None:
-            cutoff = _stamp(parse_rfc3339(compact_before))
+            cutoff = sortable_rfc3339(parse_rfc3339(compact_before))
             out["compacted"] = [r[0] for r in self.query(
                 "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
                 "AND compacted = 0 AND updated_at < ? ORDER BY run_id", (cutoff,))]
@@ -294,7 +287,7 @@ class SqlJournal(ABC):
     def prune(self, finished_before: str) -> list[str]:
         """Delete finished runs last updated before `finished_before` (RFC 3339), with
         everything they hold. Returns their ids."""
-        cutoff = _stamp(parse_rfc3339(finished_before))  # spelt as the stored times are
+        cutoff = sortable_rfc3339(parse_rfc3339(finished_before))  # spelt as the stored times are
         ids = [r[0] for r in self.query(
             "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
             "AND updated_at < ?", (cutoff,))]

@@ -18,14 +18,14 @@ import builtins
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from aruntime.contracts.base import canonical_json
 from aruntime.state.journal import SqlJournal
 from aruntime.state.subject_keys import ShreddedError, SubjectKeys
-from aruntime.timeutil import utc_now
+from aruntime.timeutil import sortable_rfc3339, utc_now
 
 RETENTION: Mapping[str, timedelta | None] = MappingProxyType({
     "session": timedelta(days=1),
@@ -78,12 +78,6 @@ class MemoryItem:
     written_at: str
 
 
-def _stamp(dt: datetime) -> str:
-    # Six fraction digits always: expiry compares times as text, and rfc3339()'s optional
-    # fraction would sort "...05.250000Z" before "...05Z".
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _context(scope: Scope, key: str) -> bytes:
     return canonical_json(["aruntime.memory/v1", *scope.params(), key])
 
@@ -110,7 +104,7 @@ class MemoryStore:
             raise ValueError("PII tags must be non-empty strings")
         subject = scope.user if subject is None else subject
         sealed = self.keys.seal(subject, canonical_json(value), _context(scope, key))
-        sid, now = self.keys.digest(subject), _stamp(utc_now())
+        sid, now = self.keys.digest(subject), sortable_rfc3339(utc_now())
         self.journal.execute(
             f"INSERT INTO memory ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (tenant, user_id, agent, run_id, item_key) DO UPDATE SET "
@@ -153,7 +147,7 @@ class MemoryStore:
         """Delete items older than their class allows at `now`; how many went."""
         now = now or utc_now()
         return sum(self.journal.execute(
-            "DELETE FROM memory WHERE retention = ? AND written_at < ?", (name, _stamp(now - age)))
+            "DELETE FROM memory WHERE retention = ? AND written_at < ?", (name, sortable_rfc3339(now - age)))
             for name, age in self.retention.items() if age is not None)
 
     # -- erasure: a subject's items, and every item in the scopes of the user of that id
