@@ -2,14 +2,13 @@
 
 `JournalSaver` is a LangGraph `BaseCheckpointSaver` over any `SqlJournal`, so a LangGraph agent's
 threads live beside the journal's runs, on the embedded SQLite file or the shared PostgreSQL. It
-speaks only through `journal.execute` and `journal.query`, with one SQL text for both backends:
-serde blobs are base64 TEXT (SQLite's BLOB and PostgreSQL's BYTEA share no type name), metadata
-is JSON text, and metadata filters run here (`json_extract` and `jsonb` share no syntax).
+speaks only through `journal.execute`, `execute_all` and `query`, with one SQL text for both
+backends: serde blobs are base64 TEXT (SQLite's BLOB and PostgreSQL's BYTEA share no type
+name), metadata is JSON text, and metadata filters run here (`json_extract` and `jsonb` share no
+syntax).
 
-Every statement is its own transaction. Pending writes are reached only through their
-checkpoint: copies land writes before checkpoints (nothing shows until the checkpoint does),
-deletes drop writes before checkpoints, and every statement is idempotent, so repeating a call a
-crash interrupted finishes it.
+A call that touches both tables (delete, copy, prune) is one transaction: a checkpoint is never
+seen without its pending writes. Every statement is idempotent, so repeating a call is safe.
 
 Import this module only where LangGraph is wanted: it imports `langgraph.checkpoint`.
 """
@@ -78,14 +77,7 @@ class JournalSaver(BaseCheckpointSaver[int]):
     def __init__(self, journal: SqlJournal, *, serde: SerializerProtocol | None = None) -> None:
         super().__init__(serde=serde)
         self.journal = journal
-        for statement in SCHEMA:
-            try:
-                journal.execute(statement)
-            except Exception:  # noqa: BLE001 - any driver's error; the retry raises its own
-                # PostgreSQL: another process creating the same table at the same moment fails
-                # this one (a unique violation in pg_type); now its table exists, so IF NOT
-                # EXISTS holds. A second failure is real and raises.
-                journal.execute(statement)
+        journal.create_schema(SCHEMA)  # serialised across processes where the backend must be
 
     # -- encoding
 
@@ -206,32 +198,30 @@ class JournalSaver(BaseCheckpointSaver[int]):
     # -- deletion, copying, pruning
 
     def delete_thread(self, thread_id: str) -> None:
-        for table in ("lg_writes", "lg_checkpoints"):
-            self.journal.execute(f"DELETE FROM {table} WHERE thread_id = ?", (str(thread_id),))
+        self.journal.execute_all([(f"DELETE FROM {table} WHERE thread_id = ?", (str(thread_id),))
+                                  for table in ("lg_writes", "lg_checkpoints")])
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Drop the checkpoints the runs wrote, with their pending writes."""
         if not run_ids:
             return
         ids = [str(r) for r in run_ids]
-        self.journal.execute(
-            "DELETE FROM lg_writes WHERE EXISTS (SELECT 1 FROM lg_checkpoints c WHERE "
-            f"c.run_id IN ({_marks(len(ids))}) AND c.thread_id = lg_writes.thread_id AND "
-            "c.checkpoint_ns = lg_writes.checkpoint_ns AND "
-            "c.checkpoint_id = lg_writes.checkpoint_id)", ids)
-        self.journal.execute(f"DELETE FROM lg_checkpoints WHERE run_id IN ({_marks(len(ids))})",
-                             ids)
+        self.journal.execute_all([
+            (("DELETE FROM lg_writes WHERE EXISTS (SELECT 1 FROM lg_checkpoints c WHERE "
+              f"c.run_id IN ({_marks(len(ids))}) AND c.thread_id = lg_writes.thread_id AND "
+              "c.checkpoint_ns = lg_writes.checkpoint_ns AND "
+              "c.checkpoint_id = lg_writes.checkpoint_id)"), ids),
+            (f"DELETE FROM lg_checkpoints WHERE run_id IN ({_marks(len(ids))})", ids)])
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint (the whole parent chain, as delta channels need) and write."""
         params = (str(target_thread_id), str(source_thread_id))
-        self.journal.execute(
-            f"INSERT INTO lg_writes (thread_id, {_WRITE_COLS}) SELECT CAST(? AS TEXT), "
-            f"{_WRITE_COLS} FROM lg_writes WHERE thread_id = ? ON CONFLICT DO NOTHING", params)
         rest = _CHECKPOINT_COLS.removeprefix("thread_id, ")
-        self.journal.execute(
-            f"INSERT INTO lg_checkpoints ({_CHECKPOINT_COLS}) SELECT CAST(? AS TEXT), {rest} "
-            "FROM lg_checkpoints WHERE thread_id = ? ON CONFLICT DO NOTHING", params)
+        self.journal.execute_all([
+            ((f"INSERT INTO lg_writes (thread_id, {_WRITE_COLS}) SELECT CAST(? AS TEXT), "
+              f"{_WRITE_COLS} FROM lg_writes WHERE thread_id = ? ON CONFLICT DO NOTHING"), params),
+            ((f"INSERT INTO lg_checkpoints ({_CHECKPOINT_COLS}) SELECT CAST(? AS TEXT), {rest} "
+              "FROM lg_checkpoints WHERE thread_id = ? ON CONFLICT DO NOTHING"), params)])
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """`keep_latest` keeps each namespace's newest checkpoint and the ancestors its delta
@@ -249,9 +239,9 @@ class JournalSaver(BaseCheckpointSaver[int]):
                     continue
                 where = (f"thread_id = ? AND checkpoint_ns = ? AND checkpoint_id NOT IN "
                          f"({_marks(len(keep))})")
-                for table in ("lg_writes", "lg_checkpoints"):
-                    self.journal.execute(f"DELETE FROM {table} WHERE {where}",
-                                         (thread_id, ns, *keep))
+                self.journal.execute_all([(f"DELETE FROM {table} WHERE {where}",
+                                           (thread_id, ns, *keep))
+                                          for table in ("lg_writes", "lg_checkpoints")])
 
     def _replay_chain(self, thread_id: str, ns: str) -> builtins.list[str]:
         """The newest checkpoint and its ancestors back to the nearest one holding a value for

@@ -113,14 +113,25 @@ class SqlJournal(ABC):
             cur.execute(self._sql(sql), tuple(params))
             return int(cur.rowcount)
 
+    def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Several statements in one transaction (all or none); the rows each changed."""
+        counts = []
+        with self._cursor(write=True) as cur:
+            for sql, params in statements:
+                cur.execute(self._sql(sql), tuple(params))
+                counts.append(int(cur.rowcount))
+        return counts
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read."""
         with self._cursor(write=False) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return [tuple(r) for r in cur.fetchall()]
 
-    def create_schema(self) -> None:
-        for statement in SCHEMA:
+    def create_schema(self, statements: Sequence[str] = SCHEMA) -> None:
+        """Create tables (`CREATE … IF NOT EXISTS`): the journal's, or those of a store that
+        keeps its rows in the journal's database (subject keys, memory, LangGraph's)."""
+        for statement in statements:
             self.execute(statement)
 
     # -- runs

@@ -8,7 +8,7 @@ row lock and then re-checks its WHERE on the new row, so it changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,8 +18,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from aruntime.errtext import first_line
 from aruntime.state.journal import SCHEMA, JournalError, SqlJournal
 
-# Key of the advisory lock that queues schema creation: two processes opening a fresh database
-# at once would otherwise race CREATE TABLE IF NOT EXISTS into a unique violation in pg_type.
+# Key of the advisory lock that queues schema creation (the journal's and its neighbours'): two
+# processes opening a fresh database at once would otherwise race CREATE TABLE IF NOT EXISTS
+# into a unique violation in pg_type.
 _SCHEMA_LOCK = 0x6A6F75726E616C  # "journal"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -63,9 +64,9 @@ class PostgresJournal(SqlJournal):
         with conn.transaction(), conn.cursor() as cur:
             yield cur
 
-    def create_schema(self) -> None:
+    def create_schema(self, statements: Sequence[str] = SCHEMA) -> None:
         with self._cursor(write=True) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in SCHEMA:
+            for statement in statements:
                 cur.execute(statement)
 

@@ -88,8 +88,7 @@ class MemoryStore:
     def __init__(self, journal: SqlJournal, keys: SubjectKeys,
                  retention: Mapping[str, timedelta | None] = RETENTION) -> None:
         self.journal, self.keys, self.retention = journal, keys, dict(retention)
-        for statement in SCHEMA:
-            journal.execute(statement)
+        journal.create_schema(SCHEMA)
 
     def put(self, scope: Scope, key: str, value: Any, *, retention: str = "long",
             pii: Iterable[str] = (), subject: str | None = None) -> MemoryItem:

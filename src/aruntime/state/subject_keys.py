@@ -92,8 +92,7 @@ class SubjectKeys:
 
     def __init__(self, journal: SqlJournal) -> None:
         self.journal = journal
-        for statement in SCHEMA:
-            journal.execute(statement)
+        journal.create_schema(SCHEMA)
         journal.execute("INSERT INTO subject_salt (id, salt) VALUES (1, ?) ON CONFLICT DO NOTHING",
                         (_b64(secrets.token_bytes(32)),))
         salt: str = journal.query("SELECT salt FROM subject_salt WHERE id = 1")[0][0]
