@@ -42,11 +42,15 @@ def _json_arg(text: str, what: str) -> Any:
 
 
 def _runner(args: argparse.Namespace) -> Any:
+    """The runner of `--journal`; flows import from the working directory, as `python -m`
+    finds them."""
     from aruntime.agents.runner import Runner, default_artifacts
     from aruntime.cli import UsageError
     from aruntime.state.journal import JournalError, open_journal
     from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
 
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         journal = open_journal(args.journal or default_journal())
         signer = DeploymentKey.load_or_create(default_key_path())
@@ -89,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))  # flows in the working directory, as `python -m` finds
     value = _json_arg(args.input, "--input")
     runner = _runner(args)
     return _finish(_call(runner.start, args.flow, value, run_id=args.run_id,
@@ -136,7 +139,6 @@ def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     runner = _runner(args)
     return _finish(_call(runner.resume, args.run_id))
 
@@ -146,7 +148,6 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_recover(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     runner = _runner(args)
     results = _call(runner.recover)
     _print([r.to_json() for r in results])
@@ -188,7 +189,6 @@ def add_approve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     return _finish(_call(_runner(args).approve, args.run_id, args.seq, args.digest, args.by))
 
 
@@ -198,7 +198,6 @@ def add_reject_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_reject(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     return _finish(_call(_runner(args).reject, args.run_id, args.seq, args.by, args.reason))
 
 
@@ -210,7 +209,6 @@ def add_respond_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_respond(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     answer = _json_arg(args.answer, "--answer")
     return _finish(_call(_runner(args).respond, args.run_id, args.seq, answer, args.by,
                          args.digest))
@@ -224,7 +222,6 @@ def add_resolve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_resolve(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path.cwd()))
     runner = _runner(args)
     if args.failed is not None:
         return _finish(_call(runner.resolve, args.run_id, args.seq, args.by, failed=args.failed))
