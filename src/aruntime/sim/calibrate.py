@@ -78,8 +78,9 @@ def _timed_prefills(model: str, length: int, repeats: int, start: Any, out: Any)
     import torch
 
     torch.set_num_threads(1)
+    kv_token = load_model_config(Path(model)).kv_bytes_per_token()
     engine = LLMEngine(EngineConfig(model=model, enable_prefix_caching=False,
-                                    kv_cache_bytes=(length + 64) * 16 * 1024 * 8,
+                                    kv_cache_bytes=2 * (length + 64) * kv_token,
                                     max_num_batched_tokens=max(length, 64)))
     time_prefill(engine, 64, 0)
     start.wait()
