@@ -28,6 +28,7 @@ import torch
 from aruntime.bench import hardware
 from aruntime.bench.claim import build_claim, model_ref, write_claim
 from aruntime.bench.engine import block_bytes
+from aruntime.bench.stats import p90
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.llm_engine import LLMEngine
@@ -36,11 +37,6 @@ from aruntime.state.keys import KeyScheme, prefix_keys
 
 TRACE = Path(__file__).resolve().parents[4] / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
 BLOCK = 32  # tokens per KV block: larger blocks amortise the per-block cost of a restore
-
-
-def p90(values: list[float]) -> float:
-    """The 90th percentile (statistics' default, exclusive method) of at least two values."""
-    return statistics.quantiles(values, n=10)[-1]
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from aruntime.bench.durable_work import (
     three_node_graph,
     three_steps,
 )
+from aruntime.bench.stats import median_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +268,6 @@ class BenchResult:
     report: str  # what was printed on stdout, ratio last
     raw_log: str  # every invocation's time and every recovery, then the report
     rounds: list[Round]
-
-
-def median_of(items: list[Any], key: Callable[[Any], float]) -> Any:
-    """The median item by `key` (the lower median when the count is even)."""
-    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def filesystem(path: Path) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aruntime.bench import claim, hardware
+from aruntime.bench.stats import median_of
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.sampling import SamplingParams
 
@@ -191,10 +192,6 @@ def new_engine(model_dir: Path, kv_cache_bytes: int, **overrides: Any) -> LLMEng
 
     return LLMEngine(EngineConfig(model=str(model_dir), kv_cache_bytes=kv_cache_bytes,
                                   max_num_seqs=64, max_num_batched_tokens=2048, **overrides))
-
-
-def _median_run(runs: list[SystemRun]) -> SystemRun:
-    return sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
 
 
 def run_aruntime(model_dir: Path, requests: list[Request], m: ModelConfig
@@ -372,8 +369,8 @@ def run_bench(model_dir: Path, workload: Workload, *, json_path: Path | None = N
     duration = time.perf_counter() - started
     # The machine is shared and noisy: the median round of each system counts (the lower
     # median when the count is even), and every round is in the raw log.
-    ours = _median_run([o for o, _ in rounds])
-    base = _median_run([b for _, b in rounds])
+    ours = median_of([o for o, _ in rounds], lambda r: r.wall_s)
+    base = median_of([b for _, b in rounds], lambda r: r.wall_s)
 
     # -- figures
     roofline = max(rooflines)

@@ -41,10 +41,10 @@ from aruntime.bench.cache import (
     bench_model,
     conversation_slice,
     make_requests,
-    p90,
 )
 from aruntime.bench.claim import build_claim, model_ref, write_claim
 from aruntime.bench.engine import block_bytes
+from aruntime.bench.stats import p90
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import SWITCH_INTERVAL_S
 from aruntime.engine.sampling import SamplingParams
