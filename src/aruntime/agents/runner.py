@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from aruntime.agents.evidence import RunEvidence, RunVerify, verify_run
 from aruntime.agents.flow import FLOW_ATTR, DeterminismError, FlowContext, Suspended
 from aruntime.agents.models import LocalModels
+from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
 from aruntime.state.artifacts import ArtifactStore, is_ref
 from aruntime.state.erasure import TOMBSTONE
@@ -236,11 +237,8 @@ class Runner:
                                       "properties": {"approved": {"type": "boolean"}}}
         else:
             schema = detail.get("schema") or {}
-        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(response),
-                        key=lambda e: list(e.path))
-        if errors:
-            raise RunError(f"run {run_id} wait {seq}: the answer does not fit: "
-                           f"{errors[0].message}")
+        check_json(response, jsonschema.Draft202012Validator(schema),
+                   f"run {run_id} wait {seq}: the answer does not fit", RunError)
         stored = self.store_output(run_id, response)
         if not self.evidence.advance(run_id, seq, ("waiting",), "resolved", "human_answer",
                                      output=stored, seq=seq, by=by, approves=approves,

@@ -11,7 +11,7 @@ effect would be (a payment id, a ticket number) and answers `Applied(output)`, `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -49,16 +49,21 @@ class Tool:
     needs_approval: bool = False  # a person approves the exact arguments before the attempt
     reconcile: Callable[[dict[str, Any], str], Reconciliation] | None = None
     description: str = ""
+    _input: Any = field(init=False, repr=False, compare=False, default=None)
+    _output: Any = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         for schema in (self.input_schema, self.output_schema):
             jsonschema.Draft202012Validator.check_schema(schema)
+        # built once: every call of the tool is checked on the way in and out
+        object.__setattr__(self, "_input", jsonschema.Draft202012Validator(self.input_schema))
+        object.__setattr__(self, "_output", jsonschema.Draft202012Validator(self.output_schema))
 
     def check_input(self, args: Any) -> None:
-        _validate(args, self.input_schema, f"tool {self.name} input", ToolInputError)
+        check_json(args, self._input, f"tool {self.name} input", ToolInputError)
 
     def check_output(self, output: Any) -> None:
-        _validate(output, self.output_schema, f"tool {self.name} output", ToolOutputError)
+        check_json(output, self._output, f"tool {self.name} output", ToolOutputError)
 
     def invoke(self, args: dict[str, Any], key: str) -> Any:
         return self.fn(args, idempotency_key=key) if self.side_effect else self.fn(args)
@@ -69,9 +74,10 @@ class Tool:
                 "inputSchema": self.input_schema, "outputSchema": self.output_schema}
 
 
-def _validate(value: Any, schema: dict[str, Any], what: str, error: type[Exception]) -> None:
-    found = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
-                   key=lambda e: list(e.path))
+def check_json(value: Any, validator: jsonschema.Draft202012Validator, what: str,
+               error: type[Exception]) -> None:
+    """Raise `error` naming `what` and where in `value` the first misfit with the schema is."""
+    found = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
     if found:
         where = "/".join(str(p) for p in found[0].path) or "(root)"
         raise error(f"{what} at {where}: {found[0].message}")
