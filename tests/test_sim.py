@@ -19,8 +19,9 @@ from aruntime.sim.goodput import meets, search
 from aruntime.sim.prefix_cache import PrefixCache
 from aruntime.sim.trace import compress
 
-# round numbers: a step is 10 ms + 1 ms per prefill token + 10 ms per decoding sequence
-SIMPLE = Costs(step_s0=0.01, prefill_token_s=0.001, prefill_attn_s=0.0, decode_seq_s=0.01,
+# round numbers: a step is 10 ms + 1 ms per row (prefill token or decoding sequence) + 9 ms more
+# per decoding sequence
+SIMPLE = Costs(step_s0=0.01, prefill_token_s=0.001, prefill_attn_s=0.0, decode_seq_s=0.009,
                decode_ctx_s=0.0, kv_bytes_per_token=1_000_000, network_gbps=1.0)
 
 
@@ -28,21 +29,31 @@ def req(t: float, n: int, out: int, hashes: tuple[int, ...], block: int = 16) ->
     return SimRequest(t, n, out, hashes, block)
 
 
-def test_prefix_cache_lru_spills_to_host_and_promotes() -> None:
-    c = PrefixCache(device_blocks=2, host_blocks=2)
-    c.insert((1, 2))
-    c.insert((3,))  # evicts 1 to the host
-    assert list(c.device) == [2, 3] and list(c.host) == [1]
-    assert c.peek((1, 2, 9)) == 2
-    assert c.lookup((1, 2)) == (2, 1)  # two blocks hit, one of them from the host
-    assert 1 in c.device
+def test_prefix_cache_keeps_blocks_in_use_and_evicts_a_suffix_before_its_prefix() -> None:
+    c = PrefixCache(device_blocks=3, host_blocks=2)
+    assert c.take((1, 2)) == ([], 0)
+    a = c.allocate(2)
+    c.publish(a, 0, 1)
+    c.publish(a, 1, 2)
+    held = c.allocate(1)  # another sequence's block, in use throughout
+    c.release(a)  # tail first: block 2 goes before block 1
+    b = c.allocate(1)  # the pool is full: evicts block 2, to the host
+    assert c.peek((1, 2, 9)) == 2 and c.peek_tiers((1, 2)) == {"device": 1, "host": 1}
+    c.release(b)
+    assert c.take((1, 2, 9)) == ([1, 2], 1)  # block 2 restored from the host into b's block
+    assert c.peek_tiers((1, 2)) == {"device": 2} and c.overcommitted == 0
+    extra = c.allocate(1)  # every block is in use: beyond the pool, and back to nothing after
+    assert c.overcommitted == 1
+    c.release(extra)
+    c.release(held)
+    assert c.overcommitted == 0 and len(c.free) == 1
 
 
 def test_cache_hits_counted_right() -> None:
     reqs = [req(0, 48, 1, (1, 2, 3)), req(10, 48, 1, (1, 2, 4)), req(20, 48, 1, (5, 6, 7)),
             req(30, 32, 1, (1, 2))]  # a full-prompt hit still computes one token
     p = predict(reqs, Layout(1), "round-robin", SIMPLE)
-    assert p.hit_tokens == 0 + 32 + 0 + 31
+    assert p.hit_tokens == 0 + 32 + 0 + 16  # full blocks only, as the engine reuses them
     assert p.prompt_tokens == 48 * 3 + 32
 
 
@@ -102,17 +113,26 @@ def test_an_slo_run_stops_once_out_of_reach() -> None:
 
 
 def test_calibration_fit_recovers_known_terms_and_round_trips(tmp_path: Path) -> None:
-    s0, p1, p2, pc, ps, d1, d2 = 0.004, 2e-4, 1e-7, 3e-6, 0.01, 1e-3, 5e-8
-    points = [(n, 0) for n in (16, 64, 256, 1024, 2048)] + [
-        (n, c) for c in (256, 1024) for n in (16, 64)]
-    prefill = [(n, c, s0 + p1 * n + p2 * (n * c + n * (n + 1) / 2) + pc * c + ps)
+    # one row is cheap, two cost a jump, flat while the weights' reads bound a step, then linear
+    truth = Costs(step_s0=0.004, prefill_token_s=2e-4, prefill_attn_s=1e-7, prefill_ctx_s=3e-6,
+                  prefill_seq_s=0.001, rows_s=((2, 0.005), (16, 0.006), (64, 0.012)),
+                  decode_seq_s=1e-3, decode_ctx_s=5e-8, kv_bytes_per_token=1)
+    points = [(n, 0) for n in (1, 2, 4, 8, 16, 32, 64, 256, 1024, 2048)] + [
+        (n, c) for c in (256, 1024) for n in (1, 16, 64)]
+    prefill = [(n, c, truth.step_s0 + truth.prefill_seq_s + truth.prefill_s(n, c))
                for n, c in points]
-    decode = [(b, c, s0 + d1 * b + d2 * b * c) for b in (1, 8, 32) for c in (128, 1024)]
+    decode = [(b, c, truth.step_s0 + truth.weights_s(b) + truth.decode_s(b, b * c))
+              for b in (1, 2, 4, 8, 32) for c in (128, 1024)]
     got = fit(prefill, decode)
-    assert got == pytest.approx([s0, p1, p2, pc, ps, d1, d2], rel=1e-6)
-    path = costs_mod.save(SIMPLE, tmp_path / "c.json")
-    assert costs_mod.load(path) == SIMPLE
-    path.write_text(json.dumps({**SIMPLE.to_json(), "version": 99}))
+    assert [r for r, _ in got.rows_s] == [2, 16, 64]
+    assert [t for _, t in got.rows_s] == pytest.approx([0.005, 0.006, 0.012], rel=1e-6)
+    for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "prefill_ctx_s", "prefill_seq_s",
+                 "decode_seq_s", "decode_ctx_s"):
+        assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+    assert truth.weights_s(40) == pytest.approx(0.006 + 0.006 * 24 / 48)
+    path = costs_mod.save(truth, tmp_path / "c.json")
+    assert costs_mod.load(path) == truth
+    path.write_text(json.dumps({**truth.to_json(), "version": 99}))
     with pytest.raises(ValueError, match="version"):
         costs_mod.load(path)
 
@@ -169,11 +189,14 @@ def test_sim_calibrate_bad_model_exits_2(tmp_path: Path) -> None:
 
 
 def test_workers_sharing_cores_slow_down_as_measured() -> None:
-    config = SimConfig(cores=2, contended_cores=1.6)
-    assert [config.slowdown(b, 4) for b in (1, 2)] == [1.0, 1.0]  # side by side on two cores
-    assert config.slowdown(4, 4) == pytest.approx(4 / 1.6)  # all busy: the measured worth
-    assert config.slowdown(3, 4) == pytest.approx(3 / (2 * 0.9))  # halfway to it
-    assert SimConfig().slowdown(4, 4) == 1.0  # a device each
+    assert [SimConfig(cores=2).slowdown(b) for b in (1, 2, 3, 4)] == [1.0, 1.0, 1.5, 2.0]
+    config = SimConfig(cores=2, worth=(1.0, 1.9, 2.0, 1.6))
+    assert config.slowdown(2) == pytest.approx(2 / 1.9)  # side by side, but sharing caches
+    assert config.slowdown(3) == pytest.approx(1.5)
+    assert config.slowdown(4) == pytest.approx(4 / 1.6)  # all busy: the measured worth
+    assert SimConfig().slowdown(4) == 1.0  # a device each
+    with pytest.raises(ValueError, match="worth"):
+        SimConfig(cores=2, worth=(1.0, 2.5))
 
 
 def test_shared_cores_and_request_hops_lengthen_ttft() -> None:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import os
 import random
 import statistics
@@ -49,6 +48,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import SWITCH_INTERVAL_S
 from aruntime.engine.sampling import SamplingParams
 from aruntime.sim.costs import Costs
+from aruntime.state.keys import KeyScheme, prefix_keys
 
 BLOCK = 16
 MAX_SEQS = 16
@@ -80,7 +80,6 @@ class Sent:
     turn: int
     prompt: list[int]
     output_tokens: int
-    hash_ids: tuple[int, ...]  # one per `tokens_per_hash` prompt tokens
     at: float = 0.0  # scheduled arrival, seconds from the start
 
 
@@ -97,7 +96,8 @@ class PolicyResult:
     workers: list[str]
     wall_s: float
     probe_ttft_s: list[float] = field(default_factory=list)  # lone short requests, after warm-up
-    burst_s: float = 0.0  # two cold prompts on every worker at once: until the last first token
+    # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
+    together_s: list[float] = field(default_factory=list)
 
     @property
     def hit_rate(self) -> float:
@@ -162,8 +162,7 @@ def make_groups(w: RouteWorkload, vocab: int, trace: Path = TRACE) -> list[list[
     groups = []
     for g, turns in enumerate(chosen):
         reqs = make_requests(turns, cw, vocab)
-        groups.append([Sent(g, k, r.prompt, r.output_tokens, tuple(row["hash_ids"]))
-                       for k, (r, row) in enumerate(zip(reqs, turns))])
+        groups.append([Sent(g, k, r.prompt, r.output_tokens) for k, r in enumerate(reqs)])
     return groups
 
 
@@ -196,32 +195,40 @@ async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1
     return ttft, cached
 
 
-PROBE_TOKENS = 40
-BURST_TOKENS = 256
+PROBE_TOKENS = 16  # a length the calibration measures, so its fit is close there
+BUSY_TOKENS = 256
+BUSY_ROUNDS = 3
 
 
-def burst_tokens(longest: int) -> int:
-    """The burst's prompts: as long as the workload's longest, up to BURST_TOKENS."""
-    return min(BURST_TOKENS, longest)
+def busy_tokens(longest: int) -> int:
+    """The prompts that keep workers busy together: as long as the workload's longest, up to
+    BUSY_TOKENS."""
+    return min(BUSY_TOKENS, longest)
 
 
-async def _warm_up(pool: Any, longest: int) -> tuple[list[float], float]:
+async def _warm_up(pool: Any, longest: int) -> tuple[list[float], list[float]]:
     """A long prompt of its own on every worker (first steps pay for allocations); then short
     probes one at a time, whose TTFTs less the engine's known step give the fixed cost of a
-    request's hops; then two cold prompts on every worker at once, whose makespan tells what
-    the cores are worth to the serving path with every worker busy. Returns (probe TTFTs,
-    burst seconds)."""
+    request's hops; then cold prompts sent at once to 1, 2, ... workers, one each: the time
+    until the last first token (the work over the rate it was done at, however the OS took
+    turns) tells what the cores are worth to the serving path with that many busy. Returns
+    (probe TTFTs, seconds to the last first token with 1, 2, ... workers busy)."""
     workers = list(pool.workers.values())
     probes = []
     for i, worker in enumerate(workers):
         await _send(worker, f"warm-{i}", [3 + i] * longest)
         probes += [(await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS))[0]
                    for k in range(3)]
-    t0 = time.perf_counter()
-    n = burst_tokens(longest)
-    await asyncio.gather(*(_send(worker, f"burst-{i}-{k}", [90 + 2 * i + k] * n)
-                           for i, worker in enumerate(workers) for k in range(2)))
-    return probes, time.perf_counter() - t0
+    n, together, salt = busy_tokens(longest), [], 90
+    for busy in range(1, len(workers) + 1):
+        rounds = []
+        for _ in range(BUSY_ROUNDS):  # a token of its own per prompt: nothing is cached
+            sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", [salt + i] * n)
+                                          for i in range(busy)))
+            salt += busy
+            rounds.append(max(t for t, _ in sent))
+        together.append(statistics.median(rounds))
+    return probes, together
 
 
 async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResult:
@@ -256,9 +263,9 @@ def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
     pool.start()
     try:
         async def main() -> PolicyResult:
-            probes, burst = await _warm_up(pool, longest)
+            probes, together = await _warm_up(pool, longest)
             result = await _drive(pool, policy, groups)
-            result.probe_ttft_s, result.burst_s = probes, burst
+            result.probe_ttft_s, result.together_s = probes, together
             await pool.shutdown()
             return result
         return asyncio.run(main())
@@ -267,19 +274,19 @@ def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
 
 
 def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConfig,
-             cores: int, contended: float) -> list[float]:
+             cores: int, worth: tuple[float, ...]) -> list[float]:
     """The simulator's TTFTs for the same requests sent at the same times on the same layout."""
     from aruntime.sim.model import Layout, SimConfig, predict
     from aruntime.sim.trace import SimRequest
 
+    root = KeyScheme(BLOCK, "sim").root()  # the engine's blocks, under its digests
     reqs = [SimRequest(t, len(s.prompt), s.output_tokens,
-                       s.hash_ids[:math.ceil(len(s.prompt) / w.tokens_per_hash)],
-                       w.tokens_per_hash)
+                       tuple(int.from_bytes(k[:8]) for k in prefix_keys(root, s.prompt, BLOCK)),
+                       BLOCK)
             for s, t in zip(r.requests, r.sent_s, strict=True)]
     config = SimConfig(cache_gb=engine.kv_cache_bytes / 1e9,
                        max_batched_tokens=engine.max_num_batched_tokens,
-                       max_seqs=engine.max_num_seqs, seed=w.seed, cores=cores,
-                       contended_cores=contended)
+                       max_seqs=engine.max_num_seqs, seed=w.seed, cores=cores, worth=worth)
     return predict(reqs, Layout(w.workers), r.policy, costs, config, r.sent_s).ttft_s
 
 
@@ -341,20 +348,24 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
          f"{w.workers} workers sharing {cores} cores; longest prompt {longest} tokens; "
          f"{pool_blocks} KV blocks of {BLOCK} tokens per worker; Poisson arrivals at "
          f"{rate:.2f} req/s ({w.load:.0%} of the cores' capacity with nothing cached)")
-    metrics_extra = {"arrival_rate_rps": round(rate, 3), "contended_cores": round(contended, 3)}
+    metrics_extra: dict[str, Any] = {"arrival_rate_rps": round(rate, 3),
+                                     "contended_cores": round(contended, 3)}
     results = {p: run_policy(config, p, groups, w, longest) for p in POLICIES}
     probe = statistics.median(t for r in results.values() for t in r.probe_ttft_s)
     hops = max(0.0, probe - costs.prompt_s(PROBE_TOKENS))
     costs = replace(costs, request_s=hops)
     note(f"a lone {PROBE_TOKENS}-token request: TTFT {probe * 1e3:.1f} ms, of which "
          f"{hops * 1e3:.1f} ms outside the engine step (the simulator adds it to every request)")
-    burst = statistics.median(r.burst_s for r in results.values())
-    serving = min(float(cores), 2 * w.workers * costs.prompt_s(burst_tokens(longest)) / burst)
-    note(f"{2 * w.workers} cold {burst_tokens(longest)}-token prompts on the {w.workers} workers "
-         f"at once: "
-         f"{burst * 1e3:.0f} ms, the cores worth {serving:.2f} to the serving path "
-         f"({contended:.2f} to engines alone)")
-    predicted = {p: simulate(r, costs, w, config, cores, serving) for p, r in results.items()}
+    together = [statistics.median(r.together_s[b] for r in results.values())
+                for b in range(w.workers)]
+    worth = tuple(min(b, b * together[0] / t) for b, t in enumerate(together, 1))
+    note(f"cold {busy_tokens(longest)}-token prompts sent at once to 1..{w.workers} workers: "
+         f"last first token after {', '.join(f'{t * 1e3:.0f}' for t in together)} ms; the cores "
+         f"worth "
+         f"{', '.join(f'{x:.2f}' for x in worth)} workers to the serving path "
+         f"({contended:.2f} to {w.workers} engines alone)")
+    metrics_extra["cores_worth_all_busy"] = round(worth[-1], 3)
+    predicted = {p: simulate(r, costs, w, config, cores, worth) for p, r in results.items()}
     for r in results.values():
         for i, t in enumerate(r.ttft_s):
             log.append(f"{r.policy} {i} sent_s={r.sent_s[i]:.4f} worker={r.workers[i]} "

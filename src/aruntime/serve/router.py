@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aruntime.state.directory_index import SHARED_WORKER, PrefixMatch
@@ -112,12 +112,18 @@ class Router:
                   prompt_tokens: int) -> tuple[int, float]:
         """(cached tokens, restore-weighted cached tokens) the worker would reuse: its own
         blocks, then the shared Redis tier's beyond them; at least one token is computed."""
+        by_worker = {m.worker_id: m for m in matches}
+        return self._predicted(by_worker.get(worker), by_worker.get(SHARED_WORKER), prompt_tokens)
+
+    def _predicted(self, own: PrefixMatch | None, shared: PrefixMatch | None,
+                   prompt_tokens: int) -> tuple[int, float]:
         usable = max(0, (prompt_tokens - 1) // self.block_size)
-        own = next((m for m in matches if m.worker_id == worker), None)
-        shared = next((m for m in matches if m.worker_id == SHARED_WORKER), None)
         blocks, weighted = 0, 0.0
         if own is not None:
-            for tier, n in sorted(own.by_tier.items(), key=lambda kv: -TIER_WEIGHTS.get(kv[0], 0)):
+            tiers: Iterable[tuple[str, int]] = own.by_tier.items()
+            if len(own.by_tier) > 1:  # the cheapest to restore first
+                tiers = sorted(tiers, key=lambda kv: -TIER_WEIGHTS.get(kv[0], 0))
+            for tier, n in tiers:
                 take = min(n, usable - blocks)
                 blocks += take
                 weighted += take * TIER_WEIGHTS.get(tier, 0.5)
@@ -136,10 +142,18 @@ class Router:
         if not candidates:
             raise ValueError("no candidate worker")
         ids = [c.worker_id for c in candidates]
-        hits = {w: self.predicted(w, matches, prompt_tokens) for w in ids}
-        scores = {c.worker_id: self.cost(c, hits[c.worker_id][1], prompt_tokens)
-                  for c in candidates}
+        by_worker = {m.worker_id: m for m in matches}
+        shared = by_worker.get(SHARED_WORKER)
+
+        def hit(w: str) -> tuple[int, float]:
+            if shared is None and w not in by_worker:
+                return 0, 0.0
+            return self._predicted(by_worker.get(w), shared, prompt_tokens)
+
+        scores: dict[str, float] = {}  # only the policies that price candidates fill it
         if self.policy == "kv":
+            scores = {c.worker_id: self.cost(c, hit(c.worker_id)[1], prompt_tokens)
+                      for c in candidates}
             # ties (e.g. nothing cached, nothing queued) rotate, so cold groups spread out
             start = self._next % len(ids)
             order = ids[start:] + ids[:start]
@@ -151,5 +165,6 @@ class Router:
         elif self.policy == "random":
             worker = self._rng.choice(ids)
         else:  # least-loaded: the cache is ignored
-            worker = min(candidates, key=lambda c: self.cost(c, 0.0, 0)).worker_id
-        return Decision(worker, hits[worker][0], scores)
+            scores = {c.worker_id: self.cost(c, 0.0, 0) for c in candidates}
+            worker = min(ids, key=lambda w: scores[w])
+        return Decision(worker, hit(worker)[0], scores)

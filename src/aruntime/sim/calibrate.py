@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,17 +189,47 @@ def loopback_gbps(nbytes: int = 128 << 20) -> float:
     return got / seconds / 1e9
 
 
+ROW_KNOTS = (2, 16, 64)  # where a CPU step's cost by rows bends: Costs.rows_s
+
+
+def _rows_basis(rows: int) -> list[float]:
+    """Weights on the knots' values and on the slope beyond them, so that
+    Costs.weights_s(rows) is their dot product with [values..., prefill_token_s]."""
+    xs = (1, *ROW_KNOTS)
+    out = [0.0] * (len(ROW_KNOTS) + 1)
+    if rows >= xs[-1]:
+        out[-2], out[-1] = 1.0, float(rows - xs[-1])
+        return out
+    for j in range(1, len(xs)):
+        if rows <= xs[j]:
+            f = max(0, rows - xs[j - 1]) / (xs[j] - xs[j - 1])
+            out[j - 1] = f
+            if j > 1:
+                out[j - 2] = 1.0 - f
+            return out
+    return out
+
+
 def fit(prefill: list[tuple[int, int, float]],
-        decode: list[tuple[int, int, float]]) -> list[float]:
-    """Least squares (of relative error) of step seconds on [1, tokens, attention pairs, cached
-    context, prompts started, batch, batch x context]; prefill points are one prompt each, as
-    (new tokens, cached context, seconds). Negative terms (noise) are clipped to zero."""
-    rows = [[1.0, n, n * c + n * (n + 1) / 2, c, 1.0, 0.0, 0.0] for n, c, _ in prefill]
-    rows += [[1.0, 0.0, 0.0, 0.0, 0.0, b, b * c] for b, c, _ in decode]
+        decode: list[tuple[int, int, float]]) -> Costs:
+    """Least squares (of relative error) of step seconds on a step's fixed cost, its rows' cost
+    along ROW_KNOTS and beyond, attention pairs, cached context, prompts started, batch and
+    batch x context. Prefill points are one prompt each, as (new tokens, cached context,
+    seconds); decode points (batch, context each, seconds). Negative terms (noise) are clipped
+    to zero. Returns the step terms (the caller adds what else it measured)."""
+    rows = [[1.0, *_rows_basis(n), n * c + n * (n + 1) / 2, c, 1.0, 0.0, 0.0]
+            for n, c, _ in prefill]
+    rows += [[1.0, *_rows_basis(b), 0.0, 0.0, 0.0, b, b * c] for b, c, _ in decode]
     y = np.array([t for _, _, t in prefill] + [t for _, _, t in decode])
     # relative errors: a 16-token step matters to a TTFT as much as a 2048-token one
     coef, *_ = np.linalg.lstsq(np.array(rows) / y[:, None], np.ones_like(y), rcond=None)
-    return [max(0.0, float(v)) for v in coef]
+    v = [max(0.0, float(x)) for x in coef]
+    k = len(ROW_KNOTS)
+    s0, knots, slope = v[0], v[1:1 + k], v[1 + k]
+    p2, pc, ps, d1, d2 = v[2 + k:]
+    return Costs(step_s0=s0, prefill_token_s=slope, prefill_attn_s=p2, prefill_ctx_s=pc,
+                 prefill_seq_s=ps, rows_s=tuple(zip(ROW_KNOTS, knots, strict=True)),
+                 decode_seq_s=d1, decode_ctx_s=d2, kv_bytes_per_token=1)
 
 
 def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print,
@@ -209,16 +240,16 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
     chunks of at most that many tokens, after whatever context came before them."""
     # short prompts pin down a step's fixed cost; cached contexts under several suffix lengths
     # tell the gather of a cached prefix from attention over it
-    lengths = [16, 64, 128, 512, 1024, 2048] if quick else [
-        16, 32, 64, 128, 256, 512, 1024, 2048, 3072]
+    lengths = [1, 2, 4, 8, 16, 32, 64, 128, 512, 1024, 2048] if quick else [
+        1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 3072]
     contexts = (256, 1024) if quick else (128, 512, 1024, 2048)
-    suffixes = [16, 64]
+    suffixes = [1, 16, 64]
     if chunk is not None:  # a CPU's cost per token bends with size: measure where it runs
         lengths = sorted({n for n in lengths if n < chunk} | {chunk})
         suffixes = sorted({n for n in suffixes if n < chunk} | {chunk})
     cached = tuple((c, n) for c in contexts for n in suffixes)
-    shapes = ((1, 128), (1, 512), (16, 128), (16, 512)) if quick else tuple(
-        (b, c) for b in (1, 8, 32) for c in (128, 1024))
+    shapes = ((1, 128), (1, 512), (2, 256), (4, 256), (16, 128), (16, 512)) if quick else tuple(
+        (b, c) for b in (1, 2, 4, 8, 32) for c in (128, 1024))
     repeats, steps = (2, 8) if quick else (3, 16)
     engine = LLMEngine(EngineConfig(model=str(model), enable_prefix_caching=False,
                                     kv_cache_bytes=1 << 30, max_num_batched_tokens=4096))
@@ -237,12 +268,14 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
     decode = [(b, c, time_decode(engine, b, c, steps, b * 10000 + c)) for b, c in shapes]
     for b, c, t in decode:
         log(f"decode batch {b:>3} context {c:>5}: {t * 1e3:7.2f} ms/step ({b / t:,.0f} tok/s)")
-    s0, p1, p2, pc, ps, d1, d2 = fit(prefill, decode)
+    terms = fit(prefill, decode)
     kv = load_model_config(model).kv_bytes_per_token()  # the engine keeps fp32 KV here
-    log(f"fit: step {s0 * 1e3:.2f} ms + {p1 * 1e6:.1f} us/prefill token + {p2 * 1e9:.3f} ns/pair "
-        f"+ {pc * 1e6:.2f} us/cached context token + {ps * 1e3:.2f} ms/prompt "
-        f"+ {d1 * 1e3:.3f} ms/decode seq "
-        f"+ {d2 * 1e9:.2f} ns/context token")
+    log(f"fit: step {terms.step_s0 * 1e3:.2f} ms; rows "
+        + ", ".join(f"{r}: +{t * 1e3:.2f} ms" for r, t in terms.rows_s)
+        + f", then {terms.prefill_token_s * 1e6:.1f} us/row; {terms.prefill_attn_s * 1e9:.3f} "
+        f"ns/pair + {terms.prefill_ctx_s * 1e6:.2f} us/cached context token + "
+        f"{terms.prefill_seq_s * 1e3:.2f} ms/prompt + {terms.decode_seq_s * 1e3:.3f} ms/decode "
+        f"seq + {terms.decode_ctx_s * 1e9:.2f} ns/context token")
     restore: dict[str, float] = {}
     net = 1.0
     if bandwidths:
@@ -259,9 +292,7 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
             f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; KV transfer "
             + (f"(shared-memory transport, prefill to decode engine) {net:.2f} GB/s"
                if moved is not None else f"(loopback TCP) {net:.2f} GB/s"))
-    return Costs(step_s0=s0, prefill_token_s=p1, prefill_attn_s=p2, prefill_ctx_s=pc,
-                 prefill_seq_s=ps, decode_seq_s=d1,
-                 decode_ctx_s=d2, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
-                 model=f"{model.name}@{engine.revision}",
-                 hardware=hardware.summary(hardware.describe("cpu")),
-                 measured_at=rfc3339(utc_now()), source="calibrate")
+    return replace(terms, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
+                   model=f"{model.name}@{engine.revision}",
+                   hardware=hardware.summary(hardware.describe("cpu")),
+                   measured_at=rfc3339(utc_now()), source="calibrate")

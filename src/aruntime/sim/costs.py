@@ -1,12 +1,18 @@
 """What one engine step costs on this machine: the calibration record the simulator runs on.
 
 A step batches prefill chunk tokens with one decode token per running sequence (chunked prefill,
-continuous batching). Its cost is linear in what it does:
+continuous batching); each is a row the weights multiply. Its cost is what it does:
 
-    step_s = step_s0 + prefill_token_s * n + prefill_attn_s * sum(context each prefill token sees)
+    step_s = step_s0 + weights_s(rows)
+           + prefill_attn_s * sum(context each prefill token sees)
            + prefill_ctx_s * (context already in the KV cache of each prefill chunk)
            + prefill_seq_s * (prompts whose prefill starts in the step)
            + decode_seq_s * batch + decode_ctx_s * sum(context of each decoding sequence)
+
+`weights_s` is not linear on a CPU: one row is a matrix-vector product, two or more a matrix
+product that costs a jump more; while rows are few, reading the weights bounds a step; beyond
+that, compute does, a `prefill_token_s` a row. So it runs along measured knots (`rows_s`, seconds
+beyond a one-row step) and then linearly; without knots it is `prefill_token_s` a row.
 
 Moving KV costs `kv_bytes_per_token` over a tier's restore bandwidth or the network's.
 """
@@ -20,19 +26,20 @@ from typing import Any
 
 from aruntime import paths
 
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Costs:
-    step_s0: float  # fixed cost of one engine step (scheduling, sampling, Python)
-    prefill_token_s: float  # per prefill token (the weights' matmuls)
+    step_s0: float  # fixed cost of a one-row engine step (scheduling, sampling, Python)
+    prefill_token_s: float  # per row beyond the last knot of `rows_s` (the weights' matmuls)
     prefill_attn_s: float  # per (prefill token x context token it attends to)
     decode_seq_s: float  # per decoding sequence in a step
     decode_ctx_s: float  # per context token read by a decoding sequence
     kv_bytes_per_token: int
     prefill_ctx_s: float = 0.0  # per token of context a prefill chunk gathers from the cache
     prefill_seq_s: float = 0.0  # per prompt started (admission, prefix lookup, first sampling)
+    rows_s: tuple[tuple[int, float], ...] = ()  # (rows, seconds beyond a one-row step), rising
     restore_gbps: dict[str, float] = field(default_factory=dict)  # tier name -> GB/s into device
     network_gbps: float = 1.0  # KV transfer between workers (prefill -> decode)
     request_s: float = 0.0  # a request's hops outside the engine step (router, IPC, streaming)
@@ -50,12 +57,30 @@ class Costs:
             raise ValueError("kv_bytes_per_token and network_gbps must be positive")
         if any(v <= 0 for v in self.restore_gbps.values()):
             raise ValueError("restore bandwidths must be positive")
+        if any(r <= 1 or s < 0 for r, s in self.rows_s) or \
+                [r for r, _ in self.rows_s] != sorted({r for r, _ in self.rows_s}):
+            raise ValueError("rows_s: knots above one row, in rising order, seconds >= 0")
+
+    def weights_s(self, rows: int) -> float:
+        """The weights' work on a step's rows: its prefill tokens, one per decoding sequence."""
+        if not self.rows_s:
+            return self.prefill_token_s * rows
+        x0, y0 = 1, 0.0
+        for x1, y1 in self.rows_s:
+            if rows <= x1:
+                return y0 + (y1 - y0) * max(0, rows - x0) / (x1 - x0)
+            x0, y0 = x1, y1
+        return y0 + self.prefill_token_s * (rows - x0)
+
+    def chunk_s(self, tokens: int, context: int) -> float:
+        """What a prefill chunk adds to its step beyond `weights_s`: its `tokens` attending to
+        themselves and to `context` tokens already in the KV cache, gathered from it."""
+        pairs = tokens * context + tokens * (tokens + 1) / 2
+        return self.prefill_attn_s * pairs + self.prefill_ctx_s * context
 
     def prefill_s(self, tokens: int, context: int) -> float:
-        """Prefill part of a step: `tokens` new tokens after `context` already in the KV cache."""
-        pairs = tokens * context + tokens * (tokens + 1) / 2
-        return (self.prefill_token_s * tokens + self.prefill_attn_s * pairs
-                + self.prefill_ctx_s * context)
+        """A step's prefill work when it holds one chunk and nothing else."""
+        return self.weights_s(tokens) + self.chunk_s(tokens, context)
 
     def prompt_s(self, tokens: int, chunk: int | None = None) -> float:
         """Time to first token of a prompt alone on its worker: its prefill in chunks of at most
@@ -66,6 +91,7 @@ class Costs:
             for done in range(0, tokens, step))
 
     def decode_s(self, batch: int, context_sum: int) -> float:
+        """What decoding sequences add to a step beyond their rows' `weights_s`."""
         return self.decode_seq_s * batch + self.decode_ctx_s * context_sum
 
     def transfer_s(self, tokens: int) -> float:
@@ -82,13 +108,14 @@ class Costs:
         if data.get("version") != VERSION:
             raise ValueError(f"calibration version {data.get('version')!r}, expected {VERSION}")
         fields = {k: v for k, v in data.items() if k != "version"}
+        fields["rows_s"] = tuple((int(r), float(s)) for r, s in fields.get("rows_s", ()))
         return cls(**fields)
 
 
 # The 40M demo Llama on the 2-core EPYC of PERF_NOTES: ~2,800 prefill tok/s at 512 tokens,
 # ~320 decode tok/s at batch 8, ~700 at batch 32; 8 layers x 2 x 4 KV heads x 64 x fp32.
 DEFAULTS = Costs(step_s0=0.004, prefill_token_s=0.00030, prefill_attn_s=2.0e-9,
-                 decode_seq_s=0.0011, decode_ctx_s=4.0e-8, kv_bytes_per_token=16384,
+                 decode_seq_s=0.0008, decode_ctx_s=4.0e-8, kv_bytes_per_token=16384,
                  restore_gbps={"host": 8.0, "disk": 2.0}, network_gbps=1.0,
                  model="demo-small (PERF_NOTES figures)", source="defaults")
 

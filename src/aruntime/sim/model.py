@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 
 from aruntime.sim.costs import Costs
-from aruntime.sim.policies import POLICIES
+from aruntime.sim.policies import POLICIES, RouterPolicy
 from aruntime.sim.prefix_cache import PrefixCache
-from aruntime.sim.trace import SimRequest
+from aruntime.sim.trace import MOONCAKE_BLOCK, SimRequest
 from aruntime.sim.worker import Decode, Worker
 
 ARRIVE, STEP, HANDOFF = 0, 1, 2
@@ -48,29 +48,25 @@ class SimConfig:
     max_seqs: int = 64
     seed: int = 0
     # CPU cores the workers share (None: each worker has its own device), and what they are
-    # worth with every worker busy (`sim calibrate`'s effective cores; None: all of them).
+    # worth with 1, 2, ... workers busy at once, as measured (empty: one core each, up to all).
     cores: int | None = None
-    contended_cores: float | None = None
+    worth: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cache_gb < 0 or self.host_gb < 0 or self.max_batched_tokens < 1 or self.max_seqs < 1:
             raise ValueError("cache sizes must be >= 0 and batch limits positive")
         if self.cores is not None and self.cores < 1:
             raise ValueError("cores must be >= 1")
-        if self.contended_cores is not None and self.contended_cores <= 0:
-            raise ValueError("contended_cores must be positive")
+        if any(not 0 < x <= b for b, x in enumerate(self.worth, 1)):
+            raise ValueError("worth: with b workers busy, the cores are worth (0, b] workers")
 
-    def slowdown(self, busy: int, workers: int) -> float:
+    def slowdown(self, busy: int) -> float:
         """How much longer a step takes while `busy` workers (itself included) share the cores:
-        up to `cores` run side by side; beyond, they take turns, and the cores' worth falls
-        linearly towards `contended_cores` as the last workers join (caches and memory
-        bandwidth are shared too)."""
+        up to `cores` run side by side; beyond, they take turns. Where the cores' worth was
+        measured, it says instead (caches, memory bandwidth and the router share them too)."""
         if self.cores is None or busy <= 1:
             return 1.0
-        worth = float(min(busy, self.cores))
-        if busy > self.cores and self.contended_cores is not None and workers > self.cores:
-            worth *= 1 - (1 - self.contended_cores / self.cores) * (
-                (busy - self.cores) / (workers - self.cores))
+        worth = self.worth[busy - 1] if busy <= len(self.worth) else min(busy, self.cores)
         return max(1.0, busy / worth)
 
 
@@ -98,18 +94,15 @@ class Prediction:
         return ok / len(self.ttft_s) if self.ttft_s else 1.0
 
 
-def _block_bytes(costs: Costs, requests: list[SimRequest]) -> int:
-    return costs.kv_bytes_per_token * (requests[0].block_tokens if requests else 512)
-
-
 def build_workers(layout: Layout, costs: Costs, config: SimConfig,
-                  block_bytes: int) -> tuple[list[Worker], list[Worker]]:
+                  block_tokens: int) -> tuple[list[Worker], list[Worker]]:
+    block_bytes = costs.kv_bytes_per_token * block_tokens
     dev, host = int(config.cache_gb * 1e9 // block_bytes), int(config.host_gb * 1e9 // block_bytes)
     role = "both" if not layout.decode else "prefill"
     pre = [Worker(i, role, costs, PrefixCache(dev, host), config.max_batched_tokens,
-                  config.max_seqs) for i in range(layout.prefill)]
+                  config.max_seqs, block_tokens) for i in range(layout.prefill)]
     dec = [Worker(layout.prefill + i, "decode", costs, PrefixCache(0), config.max_batched_tokens,
-                  config.max_seqs) for i in range(layout.decode)]
+                  config.max_seqs, block_tokens) for i in range(layout.decode)]
     return pre, dec
 
 
@@ -129,9 +122,10 @@ class _Run:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         self.requests, self.costs, self.slo = requests, costs, slo
-        self.prefill, self.decode = build_workers(layout, costs, config, _block_bytes(costs, requests))
+        block_tokens = requests[0].block_tokens if requests else MOONCAKE_BLOCK
+        self.prefill, self.decode = build_workers(layout, costs, config, block_tokens)
         self.workers = self.prefill + self.decode
-        self.policy = POLICIES[policy](config.seed)
+        self.policy = RouterPolicy(policy, config.seed, block_tokens)
         self.config = config
         n = len(requests)
         self.first = [math.nan] * n
@@ -190,7 +184,7 @@ class _Run:
         """Processor sharing: whenever the number of busy workers changes, every step in flight
         goes on at the new share of the cores, and its end moves."""
         busy = [x for x in self.workers if x.plan is not None]
-        rate = 1.0 / self.config.slowdown(len(busy), len(self.workers))
+        rate = 1.0 / self.config.slowdown(len(busy))
         for x in busy:
             assert x.plan is not None
             end = x.plan.advance(now, rate)
@@ -207,10 +201,11 @@ class _Run:
             self.ttft[i] = now - self.arrivals[i]
             if self.slo and self.ttft[i] > self.slo.ttft_s:
                 self.misses += 1
+            decode = w.decode_after_prefill(job)
             if r.output_len <= 1:
                 self.finish(i, now)
-            elif w.role == "both":
-                w.enqueue_decode(Decode(i, r.output_len - 1, r.input_len + 1))
+            elif decode is not None:
+                w.enqueue_decode(decode)
             else:
                 start = max(now, w.link_free)
                 w.link_free = start + self.costs.transfer_s(r.input_len)

@@ -1,59 +1,39 @@
-"""Routing policies: which worker a new request's prefill goes to. Each is a class with one
-method, `choose(request, workers)`, named in POLICIES."""
+"""Routing in the simulator is the serving router's own decision (`aruntime.serve.router`), made
+over the simulated workers as the pool makes it over real ones: each worker's queued prefill
+tokens and requests, its running decodes, and the prefix its cache holds, by tier."""
 
 from __future__ import annotations
 
-import random
-from abc import ABC, abstractmethod
-
+from aruntime.serve.router import POLICIES, Router, WorkerLoad
 from aruntime.sim.trace import SimRequest
 from aruntime.sim.worker import Worker
+from aruntime.state.directory_index import PrefixMatch
+
+__all__ = ["POLICIES", "RouterPolicy"]
 
 
-class Policy(ABC):
-    @abstractmethod
-    def choose(self, r: SimRequest, workers: list[Worker]) -> Worker:
-        """Called once per arrival, before the request is queued; may change only the policy."""
-
-
-class RoundRobin(Policy):
-    def __init__(self, seed: int = 0) -> None:
-        self.next = 0
-
-    def choose(self, r: SimRequest, workers: list[Worker]) -> Worker:
-        w = workers[self.next % len(workers)]
-        self.next += 1
-        return w
-
-
-class Random(Policy):
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = random.Random(seed)
+class RouterPolicy:
+    def __init__(self, policy: str, seed: int, block_tokens: int) -> None:
+        self.router = Router(policy, block_tokens, seed=seed)
+        # round-robin and random look at neither loads nor caches: spare building them
+        self.blind = policy in ("round-robin", "random")
+        self._idle: list[WorkerLoad] = []
+        self._ids: list[str] = []
 
     def choose(self, r: SimRequest, workers: list[Worker]) -> Worker:
-        return workers[self.rng.randrange(len(workers))]
-
-
-class LeastLoaded(Policy):
-    def __init__(self, seed: int = 0) -> None:
-        pass
-
-    def choose(self, r: SimRequest, workers: list[Worker]) -> Worker:
-        return min(workers, key=Worker.load_s)
-
-
-class KVAware(Policy):
-    """Least predicted time to first token: the prompt tokens the worker's cache would not
-    cover, plus the work already queued there."""
-
-    def __init__(self, seed: int = 0) -> None:
-        pass
-
-    def choose(self, r: SimRequest, workers: list[Worker]) -> Worker:
-        per_token = workers[0].costs.prefill_token_s
-        return min(workers, key=lambda w: (r.input_len - w.predicted_hit_tokens(r)) * per_token
-                   + w.load_s())
-
-
-POLICIES: dict[str, type[Policy]] = {
-    "kv": KVAware, "round-robin": RoundRobin, "random": Random, "least-loaded": LeastLoaded}
+        """Called once per arrival, before the request is queued on the worker it returns."""
+        if len(self._ids) != len(workers):
+            self._ids = [str(i) for i in range(len(workers))]
+            self._idle = [WorkerLoad(i) for i in self._ids]
+        if self.blind:
+            return workers[int(self.router.choose(self._idle, [], r.input_len).worker)]
+        loads, matches = [], []
+        keys = r.usable_keys
+        for wid, w in zip(self._ids, workers):
+            loads.append(WorkerLoad(wid, w.pending_tokens, len(w.running) + len(w.waiting),
+                                    len(w.queue)))
+            by_tier = w.cache.peek_tiers(keys)
+            if by_tier:
+                best = "device" if "device" in by_tier else "host"
+                matches.append(PrefixMatch(wid, best, sum(by_tier.values()), by_tier))
+        return workers[int(self.router.choose(loads, matches, r.input_len).worker)]

@@ -22,6 +22,16 @@ class SimRequest:
         if self.input_len < 1 or self.output_len < 1 or self.block_tokens < 1:
             raise ValueError("input_len, output_len and block_tokens must be positive")
 
+    @property
+    def full_keys(self) -> tuple[int, ...]:
+        """The ids of the prompt's full blocks: the ones the engine can publish."""
+        return self.hash_ids[:self.input_len // self.block_tokens]
+
+    @property
+    def usable_keys(self) -> tuple[int, ...]:
+        """The leading blocks a prefix hit can cover: at least one token is always computed."""
+        return self.hash_ids[:(self.input_len - 1) // self.block_tokens]
+
 
 def load_trace(path: Path, limit: int | None = None, scale: int = 1) -> list[SimRequest]:
     """Requests in arrival order. `scale` divides every length (a 512-token block becomes

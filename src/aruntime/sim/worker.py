@@ -8,6 +8,7 @@ the jump at the end of the step in flight. Within a jump a step costs what its f
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class Prefill:
     predicted_uncached: int
     computed: int = 0
     started: bool = False
+    table: list[int] = field(default_factory=list)  # its KV blocks, as the engine's block table
 
 
 @dataclass(slots=True)
@@ -30,6 +32,8 @@ class Decode:
     index: int
     remaining: int  # output tokens still to produce
     context: int
+    table: list[int] | None = None  # its KV blocks here (None: not kept, as on a decode worker)
+    room: float = math.inf  # tokens its blocks hold: past that, it takes another
 
 
 @dataclass(slots=True)
@@ -54,27 +58,22 @@ class StepPlan:
 
 class Worker:
     def __init__(self, wid: int, role: str, costs: Costs, cache: PrefixCache,
-                 max_batched_tokens: int, max_seqs: int) -> None:
+                 max_batched_tokens: int, max_seqs: int, block_tokens: int) -> None:
         self.wid, self.role, self.costs, self.cache = wid, role, costs, cache
+        self.block_tokens = block_tokens
         self.max_batched_tokens, self.max_seqs = max_batched_tokens, max_seqs
         self.queue: deque[Prefill] = deque()
         self.running: list[Decode] = []
         self.waiting: deque[Decode] = deque()  # decodes beyond max_seqs
-        self.pending_tokens = 0  # uncached prompt tokens routed here and not yet computed
+        self.pending_tokens = 0  # uncached tokens of prompts routed here, first token not out
         self.plan: StepPlan | None = None
         self.gen = 0  # bumps when a planned step is cut, so its stale event is ignored
         self.incoming = 0  # decode worker: prompts whose KV is still in transfer here
         self.link_free = 0.0  # when this worker's outgoing KV link is next idle
         self.hit_tokens = 0
 
-    def load_s(self) -> float:
-        """Seconds of work queued here, as a router estimates it."""
-        c = self.costs
-        return self.pending_tokens * c.prefill_token_s + (
-            len(self.running) + len(self.waiting)) * c.decode_seq_s
-
     def predicted_hit_tokens(self, r: SimRequest) -> int:
-        return min(self.cache.peek(r.hash_ids) * r.block_tokens, r.input_len - 1)
+        return self.cache.peek(r.usable_keys) * r.block_tokens
 
     def enqueue_prefill(self, index: int, r: SimRequest) -> None:
         job = Prefill(index, r, r.input_len - self.predicted_hit_tokens(r))
@@ -116,10 +115,11 @@ class Worker:
             if not job.started:
                 extra += self._start(job)
             n = min(budget, job.request.input_len - job.computed)
-            extra += c.prefill_s(n, job.computed)
+            extra += c.chunk_s(n, job.computed)
             plan.chunks.append((job, n))
             budget -= n
             slots -= 1
+        extra += c.weights_s(len(self.running) + sum(n for _, n in plan.chunks))
         if not plan.chunks:
             if not self.running:
                 return None
@@ -134,9 +134,9 @@ class Worker:
         are restored to the device first. Returns what starting it adds to the step: the
         per-prompt cost and the restore."""
         r = job.request
-        blocks, host = self.cache.lookup(r.hash_ids)
-        job.computed = min(blocks * r.block_tokens, r.input_len - 1)
-        host_tokens = min(host * r.block_tokens, job.computed)
+        job.table, host = self.cache.take(r.usable_keys)
+        job.computed = len(job.table) * r.block_tokens
+        host_tokens = host * r.block_tokens
         self.hit_tokens += job.computed
         self.pending_tokens += (r.input_len - job.computed) - job.predicted_uncached
         job.predicted_uncached = r.input_len - job.computed
@@ -151,20 +151,50 @@ class Worker:
         assert p is not None
         self.plan = None
         done: list[Decode] = []
+        steps = p.steps
         for d in self.running:
-            d.remaining -= p.steps
-            d.context += p.steps
+            d.remaining -= steps
+            d.context += steps
+            if d.context > d.room:
+                assert d.table is not None
+                self._grow(d.table, d.context)
+                d.room = len(d.table) * self.block_tokens
             if d.remaining <= 0:
                 done.append(d)
+                if d.table is not None:
+                    self.cache.release(d.table)
         if done:
             self.running = [d for d in self.running if d.remaining > 0]
         prefilled = []
         for job, n in p.chunks:
+            r = job.request
             job.computed += n
-            self.pending_tokens -= n
-            if job.computed >= job.request.input_len:
+            self._grow(job.table, job.computed)
+            keys = r.full_keys
+            for i in range((job.computed - n) // r.block_tokens,
+                           min(job.computed // r.block_tokens, len(keys))):
+                self.cache.publish(job.table, i, keys[i])
+            if job.computed >= r.input_len:
                 prefilled.append(job)
-                self.cache.insert(job.request.hash_ids)
-        if prefilled:
-            self.queue = deque(j for j in self.queue if j.computed < j.request.input_len)
+                self.pending_tokens -= job.predicted_uncached
+        if prefilled:  # the step's chunks came from the head of the queue, in order
+            head = [self.queue.popleft() for _ in p.chunks]
+            self.queue.extendleft(reversed([j for j in head if j.computed < j.request.input_len]))
         return prefilled, done
+
+    def _grow(self, table: list[int], tokens: int) -> None:
+        """Blocks for `tokens` tokens of KV, taken as the engine takes them."""
+        need = -(-tokens // self.block_tokens) - len(table)
+        if need > 0:
+            table += self.cache.allocate(need)
+
+    def decode_after_prefill(self, job: Prefill) -> Decode | None:
+        """What a prompt whose first token is out does next here: decode (colocated, with its
+        blocks), or nothing (its last token is out, or its KV goes to a decode worker), which
+        frees its blocks."""
+        r = job.request
+        if r.output_len > 1 and self.role == "both":
+            return Decode(job.index, r.output_len - 1, r.input_len + 1, job.table,
+                          len(job.table) * self.block_tokens)
+        self.cache.release(job.table)
+        return None
