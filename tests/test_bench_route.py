@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aruntime.bench.route import RouteWorkload, make_groups, run_bench, schedule
+from aruntime.bench.route import RouteWorkload, make_groups, run_bench, schedule, serving_costs
 from aruntime.sim.costs import DEFAULTS
 
 SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2)
@@ -44,6 +44,16 @@ def test_schedule_keeps_turns_in_order_at_the_offered_load(trace: Path) -> None:
     assert len(set(times)) == len(times)
     doubled = schedule(SMALL, groups, DEFAULTS, cores=4)
     assert doubled == pytest.approx(2 * rate)  # capacity scales with the cores
+
+
+def test_serving_costs_finds_the_step_factor_and_the_hops() -> None:
+    shapes = [(16, 0), (16, 384), (256, 0), (64, 128)] * 3
+    slower = DEFAULTS.scaled(1.2)
+    lone = [(n, c, slower.prompt_s(n, 256, c) + 0.003) for n, c in shapes]
+    costs, factor = serving_costs(DEFAULTS, lone, 256)
+    assert factor == pytest.approx(1.2)
+    assert costs.request_s == pytest.approx(0.003)
+    assert costs.prompt_s(100, 256, 50) == pytest.approx(slower.prompt_s(100, 256, 50))
 
 
 def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_path: Path,

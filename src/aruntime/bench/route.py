@@ -57,7 +57,7 @@ POLICIES = ("kv", "round-robin", "random")
 
 @dataclass(frozen=True)
 class RouteWorkload:
-    groups: int = 16  # conversations
+    groups: int = 32  # conversations (128 requests: a p90 over 96 warm turns, not 48)
     turns: int = 4  # requests per group (its first turns)
     workers: int = 4
     tokens_per_hash: int = 8  # a 512-token hash id becomes 8 tokens (1/64 scale)
@@ -95,7 +95,8 @@ class PolicyResult:
     used: list[int]  # ... and as the engine reused them
     workers: list[str]
     wall_s: float
-    probe_ttft_s: list[float] = field(default_factory=list)  # lone short requests, after warm-up
+    # lone requests after warm-up: (new tokens, cached tokens, TTFT), one request in flight
+    lone: list[tuple[int, int, float]] = field(default_factory=list)
     # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
     together_s: list[float] = field(default_factory=list)
 
@@ -196,6 +197,7 @@ async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1
 
 
 PROBE_TOKENS = 16  # a length the calibration measures, so its fit is close there
+HIT_CONTEXT = 384  # ... and a warm turn's shape: that many tokens cached before it
 BUSY_TOKENS = 256
 BUSY_ROUNDS = 3
 
@@ -206,29 +208,37 @@ def busy_tokens(longest: int) -> int:
     return min(BUSY_TOKENS, longest)
 
 
-async def _warm_up(pool: Any, longest: int) -> tuple[list[float], list[float]]:
-    """A long prompt of its own on every worker (first steps pay for allocations); then short
-    probes one at a time, whose TTFTs less the engine's known step give the fixed cost of a
-    request's hops; then cold prompts sent at once to 1, 2, ... workers, one each: the time
-    until the last first token (the work over the rate it was done at, however the OS took
-    turns) tells what the cores are worth to the serving path with that many busy. Returns
-    (probe TTFTs, seconds to the last first token with 1, 2, ... workers busy)."""
+async def _warm_up(pool: Any, longest: int) -> tuple[list[tuple[int, int, float]], list[float]]:
+    """A long prompt of its own on every worker (first steps pay for allocations); then lone
+    requests one at a time, short cold ones and warm turns after a cached prefix, whose TTFTs
+    set against the calibration tell what the serving path adds to an engine step; then cold
+    prompts sent at once to 1, 2, ... workers, one each: the time until the last first token
+    (the work over the rate it was done at, however the OS took turns) tells what the cores
+    are worth to the serving path with that many busy. Returns (lone requests as (new tokens,
+    cached tokens, TTFT), seconds to the last first token with 1, 2, ... workers busy)."""
     workers = list(pool.workers.values())
-    probes = []
+    lone = []
+    context = min(HIT_CONTEXT, longest - PROBE_TOKENS) // BLOCK * BLOCK
     for i, worker in enumerate(workers):
         await _send(worker, f"warm-{i}", [3 + i] * longest)
-        probes += [(await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS))[0]
-                   for k in range(3)]
+        for k in range(3):  # a token of its own per prompt, or the warm prompt's prefix
+            ttft, _ = await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append((PROBE_TOKENS, 0, ttft))
+            ttft, cached = await _send(worker, f"hit-{i}-{k}",
+                                       [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append((context + PROBE_TOKENS - cached, cached, ttft))
     n, together, salt = busy_tokens(longest), [], 90
     for busy in range(1, len(workers) + 1):
         rounds = []
-        for _ in range(BUSY_ROUNDS):  # a token of its own per prompt: nothing is cached
+        for _ in range(BUSY_ROUNDS):
             sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", [salt + i] * n)
                                           for i in range(busy)))
             salt += busy
             rounds.append(max(t for t, _ in sent))
+            if busy == 1:
+                lone.append((n, 0, sent[0][0]))
         together.append(statistics.median(rounds))
-    return probes, together
+    return lone, together
 
 
 async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResult:
@@ -263,9 +273,9 @@ def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
     pool.start()
     try:
         async def main() -> PolicyResult:
-            probes, together = await _warm_up(pool, longest)
+            lone, together = await _warm_up(pool, longest)
             result = await _drive(pool, policy, groups)
-            result.probe_ttft_s, result.together_s = probes, together
+            result.lone, result.together_s = lone, together
             await pool.shutdown()
             return result
         return asyncio.run(main())
@@ -288,6 +298,23 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
                        max_batched_tokens=engine.max_num_batched_tokens,
                        max_seqs=engine.max_num_seqs, seed=w.seed, cores=cores, worth=worth)
     return predict(reqs, Layout(w.workers), r.policy, costs, config, r.sent_s).ttft_s
+
+
+def serving_costs(costs: Costs, lone: list[tuple[int, int, float]],
+                  chunk: int) -> tuple[Costs, float]:
+    """The calibration as the serving path runs it: lone requests' TTFTs, (new tokens, cached
+    tokens, seconds), fitted (least squares) as a factor on the calibrated prompt time plus a
+    fixed cost of hops (router, IPC, streaming). The engine processes run beside the router
+    rather than alone, so their steps can run a little slower than calibrated. Returns the
+    costs scaled by that factor, with the hops as `request_s`, and the factor."""
+    import numpy as np
+
+    predicted = [costs.prompt_s(new, chunk, cached) for new, cached, _ in lone]
+    a = np.array([[p, 1.0] for p in predicted])
+    (factor, hops), *_ = np.linalg.lstsq(a, np.array([t for *_, t in lone]), rcond=None)
+    factor = float(np.clip(factor, 0.5, 2.0))
+    hops = max(0.0, statistics.median(t - factor * p for p, (*_, t) in zip(predicted, lone)))
+    return replace(costs.scaled(factor), request_s=hops), factor
 
 
 def _calibrate_here(model_dir: Path, chunk: int) -> tuple[Costs, list[str]]:
@@ -351,11 +378,11 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
     metrics_extra: dict[str, Any] = {"arrival_rate_rps": round(rate, 3),
                                      "contended_cores": round(contended, 3)}
     results = {p: run_policy(config, p, groups, w, longest) for p in POLICIES}
-    probe = statistics.median(t for r in results.values() for t in r.probe_ttft_s)
-    hops = max(0.0, probe - costs.prompt_s(PROBE_TOKENS))
-    costs = replace(costs, request_s=hops)
-    note(f"a lone {PROBE_TOKENS}-token request: TTFT {probe * 1e3:.1f} ms, of which "
-         f"{hops * 1e3:.1f} ms outside the engine step (the simulator adds it to every request)")
+    lone = [x for r in results.values() for x in r.lone]
+    costs, factor = serving_costs(costs, lone, w.chunk)
+    note(f"{len(lone)} lone requests through the serving path: TTFT = {factor:.3f} x the "
+         f"calibration's engine steps + {costs.request_s * 1e3:.1f} ms of hops")
+    metrics_extra["serving_step_factor"] = round(factor, 4)
     together = [statistics.median(r.together_s[b] for r in results.values())
                 for b in range(w.workers)]
     worth = tuple(min(b, b * together[0] / t) for b, t in enumerate(together, 1))

@@ -189,7 +189,7 @@ def loopback_gbps(nbytes: int = 128 << 20) -> float:
     return got / seconds / 1e9
 
 
-ROW_KNOTS = (2, 16, 64)  # where a CPU step's cost by rows bends: Costs.rows_s
+ROW_KNOTS = (2, 4, 8, 16, 32, 64)  # where a CPU step's cost by rows may bend: Costs.rows_s
 
 
 def _rows_basis(rows: int) -> list[float]:

@@ -20,7 +20,7 @@ Moving KV costs `kv_bytes_per_token` over a tier's restore bandwidth or the netw
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +82,21 @@ class Costs:
         """A step's prefill work when it holds one chunk and nothing else."""
         return self.weights_s(tokens) + self.chunk_s(tokens, context)
 
-    def prompt_s(self, tokens: int, chunk: int | None = None) -> float:
-        """Time to first token of a prompt alone on its worker: its prefill in chunks of at most
-        `chunk` tokens (None: one), a step each."""
+    def prompt_s(self, tokens: int, chunk: int | None = None, cached: int = 0) -> float:
+        """Time to first token of a prompt alone on its worker: its `tokens` new tokens after
+        `cached` ones in the KV cache, in chunks of at most `chunk` tokens (None: one), a step
+        each."""
         step = chunk or tokens
         return self.prefill_seq_s + sum(
-            self.step_s0 + self.prefill_s(min(step, tokens - done), done)
+            self.step_s0 + self.prefill_s(min(step, tokens - done), cached + done)
             for done in range(0, tokens, step))
+
+    def scaled(self, factor: float) -> Costs:
+        """Every step term `factor` times as long (an engine running slower or faster)."""
+        names = ("step_s0", "prefill_token_s", "prefill_attn_s", "prefill_ctx_s",
+                 "prefill_seq_s", "decode_seq_s", "decode_ctx_s")
+        return replace(self, rows_s=tuple((r, s * factor) for r, s in self.rows_s),
+                       **{n: getattr(self, n) * factor for n in names})
 
     def decode_s(self, batch: int, context_sum: int) -> float:
         """What decoding sequences add to a step beyond their rows' `weights_s`."""
@@ -142,6 +150,4 @@ def load(path: Path) -> Costs:
 
 
 def replace_network(costs: Costs, gbps: float) -> Costs:
-    from dataclasses import replace
-
     return replace(costs, network_gbps=gbps)
