@@ -39,8 +39,8 @@ def test_tiers_are_weighted_by_restore_cost() -> None:
     router = Router("kv", block_size=16)
     d = router.choose(IDLE, [match("w0", disk=4), match("w1", host=4)], 100)
     assert d.worker == "w1"
-    assert d.scores["w0"] == pytest.approx(100 - 4 * 16 * 0.6)
-    assert d.scores["w1"] == pytest.approx(100 - 4 * 16 * 0.9)
+    assert d.scores["w0"] == pytest.approx(100 - 2 * 4 * 16 * 0.6)  # a cached token: 2 queued
+    assert d.scores["w1"] == pytest.approx(100 - 2 * 4 * 16 * 0.9)
 
 
 def test_the_shared_redis_tier_counts_for_every_worker_beyond_its_own_blocks() -> None:
