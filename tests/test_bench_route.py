@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from aruntime.bench.route import RouteWorkload, make_groups, run_bench, schedule, serving_costs
+from aruntime.bench.route import (
+    Lone,
+    RouteWorkload,
+    make_groups,
+    run_bench,
+    schedule,
+    serving_costs,
+)
 from aruntime.sim.costs import DEFAULTS
 
 SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2)
@@ -49,7 +56,8 @@ def test_schedule_keeps_turns_in_order_at_the_offered_load(trace: Path) -> None:
 def test_serving_costs_finds_the_step_factor_and_the_hops() -> None:
     shapes = [(16, 0), (16, 384), (256, 0), (64, 128)] * 3
     slower = DEFAULTS.scaled(1.2)
-    lone = [(n, c, slower.prompt_s(n, 256, c) + 0.003) for n, c in shapes]
+    lone = [Lone(n, c, slower.prompt_s(n, 256, c) + 0.003, slower.prompt_s(n, 256, c))
+            for n, c in shapes]
     costs, factor = serving_costs(DEFAULTS, lone, 256)
     assert factor == pytest.approx(1.2)
     assert costs.request_s == pytest.approx(0.003)

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aruntime.bench import hardware
 from aruntime.bench.cache import (
@@ -95,8 +95,7 @@ class PolicyResult:
     used: list[int]  # ... and as the engine reused them
     workers: list[str]
     wall_s: float
-    # lone requests after warm-up: (new tokens, cached tokens, TTFT), one request in flight
-    lone: list[tuple[int, int, float]] = field(default_factory=list)
+    lone: list[Lone] = field(default_factory=list)  # after warm-up, one request in flight
     # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
     together_s: list[float] = field(default_factory=list)
 
@@ -184,16 +183,28 @@ def schedule(w: RouteWorkload, groups: list[list[Sent]], costs: Costs, cores: fl
     return rate
 
 
+class Lone(NamedTuple):
+    """A request with nothing else in flight, as the serving path ran it."""
+
+    new: int  # prompt tokens computed
+    cached: int  # ... and reused
+    ttft_s: float  # from its send
+    engine_s: float  # from its arrival at the engine to its first token there
+
+
 async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1
-                ) -> tuple[float, int]:
-    """Stream a request to its end: (seconds to its first token, prompt tokens cached)."""
+                ) -> tuple[float, int, float]:
+    """Stream a request to its end: (seconds to its first token, prompt tokens cached, seconds
+    of that in the engine, from its arrival there to its first token)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
-    ttft, cached = 0.0, 0
+    ttft, cached, engine = 0.0, 0, 0.0
     async for out in client.generate(rid, prompt, params):
         if not ttft:
             ttft, cached = time.perf_counter() - t0, out.num_cached_tokens
-    return ttft, cached
+            engine = (out.first_token_time - out.arrival_time
+                      if out.first_token_time and out.arrival_time else ttft)
+    return ttft, cached, engine
 
 
 PROBE_TOKENS = 16  # a length the calibration measures, so its fit is close there
@@ -208,25 +219,26 @@ def busy_tokens(longest: int) -> int:
     return min(BUSY_TOKENS, longest)
 
 
-async def _warm_up(pool: Any, longest: int) -> tuple[list[tuple[int, int, float]], list[float]]:
+async def _warm_up(pool: Any, longest: int) -> tuple[list[Lone], list[float]]:
     """A long prompt of its own on every worker (first steps pay for allocations); then lone
     requests one at a time, short cold ones and warm turns after a cached prefix, whose TTFTs
     set against the calibration tell what the serving path adds to an engine step; then cold
     prompts sent at once to 1, 2, ... workers, one each: the time until the last first token
     (the work over the rate it was done at, however the OS took turns) tells what the cores
-    are worth to the serving path with that many busy. Returns (lone requests as (new tokens,
-    cached tokens, TTFT), seconds to the last first token with 1, 2, ... workers busy)."""
+    are worth to the serving path with that many busy. Returns (the lone requests, seconds to
+    the last first token with 1, 2, ... workers busy)."""
     workers = list(pool.workers.values())
     lone = []
     context = min(HIT_CONTEXT, longest - PROBE_TOKENS) // BLOCK * BLOCK
     for i, worker in enumerate(workers):
         await _send(worker, f"warm-{i}", [3 + i] * longest)
         for k in range(3):  # a token of its own per prompt, or the warm prompt's prefix
-            ttft, _ = await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append((PROBE_TOKENS, 0, ttft))
-            ttft, cached = await _send(worker, f"hit-{i}-{k}",
-                                       [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append((context + PROBE_TOKENS - cached, cached, ttft))
+            ttft, _, engine = await _send(worker, f"probe-{i}-{k}",
+                                          [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append(Lone(PROBE_TOKENS, 0, ttft, engine))
+            ttft, cached, engine = await _send(
+                worker, f"hit-{i}-{k}", [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append(Lone(context + PROBE_TOKENS - cached, cached, ttft, engine))
     n, together, salt = busy_tokens(longest), [], 90
     for busy in range(1, len(workers) + 1):
         rounds = []
@@ -234,9 +246,9 @@ async def _warm_up(pool: Any, longest: int) -> tuple[list[tuple[int, int, float]
             sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", [salt + i] * n)
                                           for i in range(busy)))
             salt += busy
-            rounds.append(max(t for t, _ in sent))
+            rounds.append(max(t for t, *_ in sent))
             if busy == 1:
-                lone.append((n, 0, sent[0][0]))
+                lone.append(Lone(n, 0, sent[0][0], sent[0][2]))
         together.append(statistics.median(rounds))
     return lone, together
 
@@ -252,7 +264,7 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
                 await asyncio.sleep(delay)  # the load generator's clock, not a synchronisation
             rid = f"{policy}-{s.group}-{s.turn}"
             sent = time.perf_counter() - start
-            ttft, cached = await _send(pool, rid, s.prompt, s.output_tokens)
+            ttft, cached, _ = await _send(pool, rid, s.prompt, s.output_tokens)
             rows.append((s, rid, sent, ttft, cached))
 
     await asyncio.gather(*(user(turns) for turns in groups))
@@ -300,20 +312,18 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
     return predict(reqs, Layout(w.workers), r.policy, costs, config, r.sent_s).ttft_s
 
 
-def serving_costs(costs: Costs, lone: list[tuple[int, int, float]],
-                  chunk: int) -> tuple[Costs, float]:
-    """The calibration as the serving path runs it: lone requests' TTFTs, (new tokens, cached
-    tokens, seconds), fitted (least squares) as a factor on the calibrated prompt time plus a
-    fixed cost of hops (router, IPC, streaming). The engine processes run beside the router
-    rather than alone, so their steps can run a little slower than calibrated. Returns the
-    costs scaled by that factor, with the hops as `request_s`, and the factor."""
-    import numpy as np
-
-    predicted = [costs.prompt_s(new, chunk, cached) for new, cached, _ in lone]
-    a = np.array([[p, 1.0] for p in predicted])
-    (factor, hops), *_ = np.linalg.lstsq(a, np.array([t for *_, t in lone]), rcond=None)
-    factor = float(np.clip(factor, 0.5, 2.0))
-    hops = max(0.0, statistics.median(t - factor * p for p, (*_, t) in zip(predicted, lone)))
+def serving_costs(costs: Costs, lone: list[Lone], chunk: int) -> tuple[Costs, float]:
+    """The calibration as the serving path runs it. Lone requests' time in the engine, set
+    against the calibrated prompt time, gives a factor on the steps (least squares through the
+    origin): the engine processes run beside the router rather than alone, so their steps can
+    run a little slower than calibrated. The rest of their TTFT, the median, is the hops
+    (router, IPC, streaming). Returns the costs scaled by that factor, with the hops as
+    `request_s`, and the factor."""
+    predicted = [costs.prompt_s(x.new, chunk, x.cached) for x in lone]
+    factor = sum(p * x.engine_s for p, x in zip(predicted, lone, strict=True)) / sum(
+        p * p for p in predicted)
+    factor = min(2.0, max(0.5, factor))
+    hops = max(0.0, statistics.median(x.ttft_s - x.engine_s for x in lone))
     return replace(costs.scaled(factor), request_s=hops), factor
 
 
