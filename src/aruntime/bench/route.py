@@ -13,8 +13,10 @@ a little more than its share of groups, so a router that scatters a group makes 
 
 TTFT is measured from each request's send. The routing audit compares the cached tokens the router
 predicted with those the engines reused. Then the simulator replays each policy's run (the same
-requests at the same send times, the calibrated costs, the workers sharing the machine's cores)
-and its TTFT p50 is set against the real one. The last line is round-robin's TTFT p90 over kv's.
+requests at the same send times, on workers sharing the machine's cores) and its TTFT p50 is set
+against the real one. It runs on the calibrated step costs as the serving path bore them out in
+the runs' warm-ups (lone requests give a factor on the steps and the hops) and on what the cores
+were worth there with 1..N workers busy. The last line is round-robin's TTFT p90 over kv's.
 """
 
 from __future__ import annotations
