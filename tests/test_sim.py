@@ -49,6 +49,17 @@ def test_prefix_cache_keeps_blocks_in_use_and_evicts_a_suffix_before_its_prefix(
     assert c.overcommitted == 0 and len(c.free) == 1
 
 
+def test_a_block_recomputed_while_on_the_host_is_kept_once() -> None:
+    c = PrefixCache(device_blocks=1, host_blocks=2)
+    a = c.allocate(1)
+    c.publish(a, 0, 7)
+    c.release(a)
+    b = c.allocate(1)  # evicts 7 to the host
+    assert c.peek_tiers((7,)) == {"host": 1}
+    c.publish(b, 0, 7)  # computed again (a prompt whose earlier blocks missed)
+    assert c.peek_tiers((7,)) == {"device": 1} and not c.host
+
+
 def test_cache_hits_counted_right() -> None:
     reqs = [req(0, 48, 1, (1, 2, 3)), req(10, 48, 1, (1, 2, 4)), req(20, 48, 1, (5, 6, 7)),
             req(30, 32, 1, (1, 2))]  # a full-prompt hit still computes one token

@@ -85,6 +85,7 @@ class PrefixCache:
         if table[i] < 0 and key not in self.refs:
             table[i] = key
             self.refs[key] = 1
+            self.host.pop(key, None)  # recomputed: the device copy is the one kept
 
     def release(self, table: Sequence[int]) -> None:
         """A sequence ends: tail first into the LRU queue, so its prefix is evicted last. Blocks
