@@ -96,7 +96,6 @@ class PolicyResult:
     predicted: list[int]  # cached tokens, as the router predicted them
     used: list[int]  # ... and as the engine reused them
     workers: list[str]
-    wall_s: float
     lone: list[Lone] = field(default_factory=list)  # after warm-up, one request in flight
     # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
     together_s: list[float] = field(default_factory=list)
@@ -270,13 +269,12 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
             rows.append((s, rid, sent, ttft, cached))
 
     await asyncio.gather(*(user(turns) for turns in groups))
-    wall = time.perf_counter() - start
     rows.sort(key=lambda r: r[2])
     routes = [pool.route_of(rid) for _, rid, *_ in rows]
     return PolicyResult(
         policy, [r[0] for r in rows], [r[3] for r in rows], [r[2] for r in rows],
         [route.predicted_cached_tokens for route in routes], [r[4] for r in rows],
-        [route.worker for route in routes], wall)
+        [route.worker for route in routes])
 
 
 def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
@@ -311,7 +309,7 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
     config = SimConfig(cache_gb=engine.kv_cache_bytes / 1e9,
                        max_batched_tokens=engine.max_num_batched_tokens,
                        max_seqs=engine.max_num_seqs, seed=w.seed, cores=cores, worth=worth)
-    return predict(reqs, Layout(w.workers), r.policy, costs, config, r.sent_s).ttft_s
+    return predict(reqs, Layout(w.workers), r.policy, costs, config).ttft_s
 
 
 def serving_costs(costs: Costs, lone: list[Lone], chunk: int) -> tuple[Costs, float]:

@@ -192,22 +192,18 @@ def loopback_gbps(nbytes: int = 128 << 20) -> float:
 ROW_KNOTS = (2, 4, 8, 16, 32, 64)  # where a CPU step's cost by rows may bend: Costs.rows_s
 
 
+_UNIT = Costs(0.0, 0.0, 0.0, 0.0, 0.0, 1)
+
+
 def _rows_basis(rows: int) -> list[float]:
-    """Weights on the knots' values and on the slope beyond them, so that
-    Costs.weights_s(rows) is their dot product with [values..., prefill_token_s]."""
-    xs = (1, *ROW_KNOTS)
-    out = [0.0] * (len(ROW_KNOTS) + 1)
-    if rows >= xs[-1]:
-        out[-2], out[-1] = 1.0, float(rows - xs[-1])
-        return out
-    for j in range(1, len(xs)):
-        if rows <= xs[j]:
-            f = max(0, rows - xs[j - 1]) / (xs[j] - xs[j - 1])
-            out[j - 1] = f
-            if j > 1:
-                out[j - 2] = 1.0 - f
-            return out
-    return out
+    """Costs.weights_s(rows) is linear in the knots' values and the slope beyond them: its
+    value with each of those set to 1 and the rest to 0, so that the fit's terms are them."""
+    def unit(j: int) -> float:
+        knots = tuple((r, float(i == j)) for i, r in enumerate(ROW_KNOTS))
+        return replace(_UNIT, rows_s=knots,
+                       prefill_token_s=float(j == len(ROW_KNOTS))).weights_s(rows)
+
+    return [unit(j) for j in range(len(ROW_KNOTS) + 1)]
 
 
 def fit(prefill: list[tuple[int, int, float]],

@@ -8,7 +8,6 @@ the jump at the end of the step in flight. Within a jump a step costs what its f
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -33,7 +32,6 @@ class Decode:
     remaining: int  # output tokens still to produce
     context: int
     table: list[int] | None = None  # its KV blocks here (None: not kept, as on a decode worker)
-    room: float = math.inf  # tokens its blocks hold: past that, it takes another
 
 
 @dataclass(slots=True)
@@ -155,10 +153,8 @@ class Worker:
         for d in self.running:
             d.remaining -= steps
             d.context += steps
-            if d.context > d.room:
-                assert d.table is not None
+            if d.table is not None:
                 self._grow(d.table, d.context)
-                d.room = len(d.table) * self.block_tokens
             if d.remaining <= 0:
                 done.append(d)
                 if d.table is not None:
@@ -194,7 +190,6 @@ class Worker:
         frees its blocks."""
         r = job.request
         if r.output_len > 1 and self.role == "both":
-            return Decode(job.index, r.output_len - 1, r.input_len + 1, job.table,
-                          len(job.table) * self.block_tokens)
+            return Decode(job.index, r.output_len - 1, r.input_len + 1, job.table)
         self.cache.release(job.table)
         return None
