@@ -346,6 +346,19 @@ def test_a_subjects_run_is_sealed_and_erasing_the_subject_leaves_nothing(
     assert verify_run(journal, "s", signer.public_key).ok  # evidence holds digests only
 
 
+def test_an_answer_given_by_another_runner_is_sealed_under_the_runs_subject(
+        journal: SqlJournal, signer: DeploymentKey) -> None:
+    from aruntime.state.subject_keys import is_sealed
+
+    started = Runner(journal, signer=signer)
+    assert started.start("agent_flows:ask_name", None, run_id="w",
+                         subject="dave").status == "waiting"
+    answering = Runner(journal, signer=signer)  # a CLI or a restarted server, say
+    assert answering.respond("w", 1, {"name": "Dave"}, "ann").result == "hello Dave"
+    entry = journal.entry("w", 1)
+    assert entry is not None and is_sealed(entry.output)
+
+
 def test_step_records_are_signed_through_the_next_signed_record(runner: Runner, book: str,
                                                                 signer: DeploymentKey) -> None:
     runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0}, run_id="v")

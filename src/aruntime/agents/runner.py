@@ -102,13 +102,13 @@ class Runner:
         self.keys = SubjectKeys(journal)
         self.artifacts = artifacts
         self.inline_limit = inline_limit
-        self._subjects: dict[str, str | None] = {}  # run -> subject, as each run is (re)started
+        self._subjects: dict[str, str | None] = {}  # run -> subject, read once per run
 
     # -- payloads
 
     def store_output(self, run_id: str, value: Any) -> str:
         text = _json(run_id, value)
-        subject = self._subjects.get(run_id)
+        subject = self._subject(run_id)
         if subject is not None:
             text = self.keys.seal(subject, text.encode())
         if self.artifacts is not None and len(text) > self.inline_limit:
@@ -183,7 +183,6 @@ class Runner:
         """A run and its journal as JSON: payloads opened (None once erased), digests as they
         are, for a person to read and decide on."""
         run = self._run(run_id)
-        self._subjects.setdefault(run_id, run.subject)
         view = {**summary(run), "input": self._opened(run_id, run.input),
                 "result": self._opened(run_id, run.result), "error": run.error,
                 "subject": run.subject, "compacted": run.compacted}
@@ -268,7 +267,6 @@ class Runner:
     def _execute(self, run: Run, new: bool = False,
                  fn: Callable[..., Any] | None = None) -> RunResult:
         fn = fn or load_flow(run.flow)
-        self._subjects[run.run_id] = run.subject
         journaled = {} if new else {e.seq: e for e in self.journal.entries(run.run_id)}
         ctx = FlowContext(self, run.run_id, journaled)
         value = self.load_output(run.run_id, run.input)
@@ -294,6 +292,15 @@ class Runner:
             return RunResult(run.run_id, "completed", self.load_output(run.run_id, stored))
         return self._result(self._run(run.run_id))  # cancelled meanwhile
 
+    def _subject(self, run_id: str) -> str | None:
+        """Whose data the run holds: its payloads are sealed under that subject's key. Read from
+        the journal, so a runner that did not start the run (a CLI answering a wait, a
+        restarted server) seals as the one that did."""
+        if run_id not in self._subjects:
+            run = self.journal.get_run(run_id)
+            self._subjects[run_id] = run.subject if run is not None else None
+        return self._subjects[run_id]
+
     def _run(self, run_id: str) -> Run:
         run = self.journal.get_run(run_id)
         if run is None:
@@ -308,7 +315,6 @@ class Runner:
         return entry
 
     def _result(self, run: Run) -> RunResult:
-        self._subjects.setdefault(run.run_id, run.subject)
         return RunResult(run.run_id, run.status, self._opened(run.run_id, run.result), run.error)
 
     def _opened(self, run_id: str, stored: str | None) -> Any:
