@@ -82,16 +82,6 @@ class RunEvidence:
                 self._heads[run_id] = (record["n"] + 1, record["hash"])
             return result
 
-    def append(self, run_id: str, event: str, **fields: Any) -> None:
-        """Append one record to the run's chain, on its own."""
-
-        def write(evidence: tuple[int, str, str]) -> tuple[None, bool]:
-            if not self.journal.append_evidence(run_id, *evidence):
-                raise EvidenceConflict(f"run {run_id}: evidence record {evidence[0]} is taken")
-            return None, True
-
-        self._with_record(run_id, event, fields, write)
-
     def record_entry(self, entry: Entry, event: str, **fields: Any) -> Entry:
         """Journal a new entry with its (unsigned: see above) evidence record in one
         transaction. Returns the stored entry: `entry` itself if this call wrote it, else the

@@ -22,7 +22,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
@@ -179,8 +179,7 @@ class FlowContext:
             entry = self._write(Entry(self.run_id, seq, "wait", f"human:{kind}", arg_digest,
                                       "waiting", detail=json.dumps(detail)))
         if entry.state == "waiting":
-            deadline = json.loads(entry.detail).get("deadline")
-            if deadline is None or utc_now() < parse_rfc3339(deadline):
+            if not deadline_passed(entry, utc_now()):
                 raise Suspended(seq, "waiting", f"wait {seq} for a person ({kind})")
             self.runner.evidence.advance(self.run_id, seq, ("waiting",), "timed_out",
                                          "human_timeout", seq=seq)
@@ -278,3 +277,9 @@ class FlowContext:
 
 def _digest_of(stored: str | None) -> str | None:
     return None if stored is None else sha256_digest(stored)
+
+
+def deadline_passed(entry: Entry, now: datetime) -> bool:
+    """Whether a human wait's deadline (if it has one) is past at `now`."""
+    deadline = json.loads(entry.detail).get("deadline")
+    return deadline is not None and parse_rfc3339(deadline) <= now

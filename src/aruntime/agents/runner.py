@@ -23,7 +23,13 @@ import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.agents.evidence import RunEvidence, RunVerify, verify_run
-from aruntime.agents.flow import FLOW_ATTR, DeterminismError, FlowContext, Suspended
+from aruntime.agents.flow import (
+    FLOW_ATTR,
+    DeterminismError,
+    FlowContext,
+    Suspended,
+    deadline_passed,
+)
 from aruntime.agents.models import LocalModels
 from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
@@ -32,7 +38,7 @@ from aruntime.state.erasure import TOMBSTONE
 from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
 from aruntime.state.signing import DeploymentKey
 from aruntime.state.subject_keys import ShreddedError, SubjectKeys, is_sealed
-from aruntime.timeutil import parse_rfc3339, utc_now
+from aruntime.timeutil import utc_now
 
 
 class RunError(ValueError):
@@ -166,7 +172,7 @@ class Runner:
         results = [self.resume(r.run_id) for r in self.journal.list_runs("running", 10_000)]
         now = utc_now()
         for run in self.journal.list_runs("waiting", 10_000):
-            if any(e.kind == "wait" and e.state == "waiting" and _deadline_passed(e, now)
+            if any(e.kind == "wait" and e.state == "waiting" and deadline_passed(e, now)
                    for e in self.journal.entries(run.run_id)):
                 results.append(self.resume(run.run_id))
         return results
@@ -334,7 +340,3 @@ def _json(run_id: str, value: Any) -> str:
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
-
-def _deadline_passed(entry: Entry, now: Any) -> bool:
-    deadline = json.loads(entry.detail).get("deadline")
-    return deadline is not None and parse_rfc3339(deadline) <= now

@@ -67,11 +67,6 @@ def is_sealed(text: object) -> bool:
     return isinstance(text, str) and text.startswith(SEALED_PREFIX)
 
 
-def sealed_subject(sealed: str) -> str:
-    """The subject digest a sealed payload names."""
-    return _parse(sealed)[0]
-
-
 def _parse(sealed: str) -> tuple[str, bytes]:
     match = _SEALED.match(sealed) if isinstance(sealed, str) else None
     if match is None:
