@@ -97,17 +97,17 @@ class TieredKVCache:
 
     def available(self, keys: list[BlockKey]) -> int:
         """How many leading keys some tier holds (presence only; reads check the content)."""
-        if not keys:
-            return 0
-        found = [False] * len(keys)
+        missing = list(range(len(keys)))  # positions no tier asked so far holds
         for store in self.stores:  # one call per tier: a remote tier is one round trip
+            if not missing:
+                break
             try:
-                present = store.contains_many(keys)
+                present = store.contains_many([keys[i] for i in missing])
             except Exception:  # an unreachable tier is a miss, not a failure
                 logger.exception("presence check in %s failed", store.name)
                 continue
-            found = [a or b for a, b in zip(found, present)]
-        return next((i for i, hit in enumerate(found) if not hit), len(keys))
+            missing = [i for i, hit in zip(missing, present, strict=True) if not hit]
+        return missing[0] if missing else len(keys)
 
     def get(self, key: BlockKey) -> tuple[BlockPayload, str] | None:
         """The block and the name of the tier it came from, or None."""
