@@ -19,7 +19,7 @@ from aruntime.engine.outputs import RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.launch import background_server
 from aruntime.serve.pool import WorkerPool
-from aruntime.serve.router import request_keys
+from aruntime.state.keys import request_keys
 
 DEADLINE = 60.0
 

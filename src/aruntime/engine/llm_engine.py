@@ -22,7 +22,7 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme
+from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
 from aruntime.state.kv_events import EventBuffer, KVEventBatch
 from aruntime.state.kv_format import StaleBlockError, decode, encode
 
@@ -79,8 +79,9 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        seq = self._sequence(request_id, prompt_token_ids, params, arrival_time, tenant_salt,
-                             shared_prefix_tokens)
+        seq = Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
+                       arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
+                       shared_prefix_tokens // self.config.block_size)
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))
@@ -89,21 +90,12 @@ class LLMEngine:
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt_token_ids)
 
-    def _sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                  arrival_time: float | None, tenant_salt: bytes,
-                  shared_prefix_tokens: int) -> Sequence:
-        return Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
-                        arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
-                        shared_prefix_tokens // self.config.block_size)
-
     def _reusable_keys(self, prompt_token_ids: list[int], tenant_salt: bytes,
                        shared_prefix_tokens: int) -> list[BlockKey]:
         """Keys of the prompt's blocks a prefix lookup may reuse: every full block but one
         holding the last token, which is always computed (its logits give the first token)."""
-        seq = self._sequence("", prompt_token_ids, SamplingParams(), 0.0, tenant_salt,
-                             shared_prefix_tokens)
-        bs = self.config.block_size
-        return seq.block_keys(bs, (len(prompt_token_ids) - 1) // bs)
+        keys = request_keys(self.key_scheme, prompt_token_ids, tenant_salt, shared_prefix_tokens)
+        return keys[:(len(prompt_token_ids) - 1) // self.config.block_size]
 
     def export_prefix(self, prompt_token_ids: list[int], tenant_salt: bytes = b"",
                       shared_prefix_tokens: int = 0) -> list[bytes]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import enum
-import hashlib
 import time
 
 from aruntime.engine.sampling import SamplingParams
-from aruntime.state.keys import BlockKey, block_key
+from aruntime.state.keys import BlockKey, block_key, rerooted
 
 
 class SequenceStatus(enum.Enum):
@@ -58,7 +57,7 @@ class Sequence:
             if i < self._shared_blocks:
                 parent = self._keys[-1] if i else self._shared_root  # type: ignore[assignment]
             elif i == self._shared_blocks and i:
-                parent = BlockKey(hashlib.sha256(self._root + self._keys[-1]).digest())
+                parent = rerooted(self._root, self._keys[-1])
             else:
                 parent = self._keys[-1] if self._keys else self._root
             self._keys.append(block_key(parent, self.token_ids[i * block_size:(i + 1) * block_size]))

@@ -36,7 +36,14 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.pool import ROUTES_KEPT, PoolWorker, RouteRecord, WorkerInfo, WorkerPool
+from aruntime.serve.pool import (
+    ROUTES_KEPT,
+    PoolWorker,
+    RouteRecord,
+    WorkerInfo,
+    WorkerPool,
+    merge_stats,
+)
 from aruntime.serve.router import WorkerLoad
 from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
 
@@ -223,10 +230,7 @@ class DisaggregatedPool(EngineClient):
         self._refresh_audit(decode)
         if prefill is None:
             return decode
-        total = {f: getattr(decode, f) + getattr(prefill, f)
-                 for f in EngineStats.__struct_fields__ if f not in ("kv_usage", "tiers")}
-        return EngineStats(kv_usage=(decode.kv_usage + prefill.kv_usage) / 2,
-                           tiers=decode.tiers + prefill.tiers, **total)
+        return merge_stats([decode, prefill])
 
     def _refresh_audit(self, decode: EngineStats) -> None:
         """The transport's bytes and seconds: the decode workers' restores from its tier."""

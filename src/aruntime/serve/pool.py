@@ -35,10 +35,10 @@ from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.router import Router, WorkerLoad, request_keys
+from aruntime.serve.router import Router, WorkerLoad
 from aruntime.state.directory import CacheDirectory, DirectoryError
 from aruntime.state.directory_index import PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.keys import BlockKey, KeyScheme, request_keys
 
 __all__ = ["PoolWorker", "PrefixDirectory", "RouteRecord", "WorkerInfo", "WorkerPool"]
 
@@ -68,6 +68,14 @@ class PrefixDirectory(Protocol):
 
     def longest_prefix(self, keys: list[BlockKey]) -> list[PrefixMatch]: ...
     def close(self) -> None: ...
+
+
+def merge_stats(stats: list[EngineStats]) -> EngineStats:
+    """Engines' counters summed, their KV usage averaged, their tiers listed in order."""
+    total = {f: sum(getattr(s, f) for s in stats) for f in EngineStats.__struct_fields__
+             if f not in ("kv_usage", "tiers")}
+    return EngineStats(kv_usage=sum(s.kv_usage for s in stats) / len(stats),
+                       tiers=[t for s in stats for t in s.tiers], **total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +306,7 @@ class WorkerPool(EngineClient):
         stats = [s for s in got if isinstance(s, EngineStats)]
         if not stats:
             raise EngineDeadError(f"no worker answered: {got[0]!r}")
-        total = {f: sum(getattr(s, f) for s in stats) for f in EngineStats.__struct_fields__
-                 if f not in ("kv_usage", "tiers")}
-        return EngineStats(kv_usage=sum(s.kv_usage for s in stats) / len(stats),
-                           tiers=[t for s in stats for t in s.tiers], **total)
+        return merge_stats(stats)
 
     def metrics_text(self) -> str:
         """Prometheus lines for the routing audit and worker health."""

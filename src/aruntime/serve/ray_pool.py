@@ -37,9 +37,8 @@ from aruntime.serve.disagg import DisaggregatedPool
 from aruntime.serve.pool import WorkerPool
 from aruntime.serve.ray_actor import EngineActor, KVExport, KVImport
 from aruntime.serve.ray_cluster import actor_options
-from aruntime.serve.router import request_keys
 from aruntime.state.directory_index import DirectoryIndex, PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.state.keys import BlockKey, KeyScheme, request_keys
 from aruntime.state.kv_events import BlockRemoved, BlockStored
 
 __all__ = ["HeldPrefixes", "RayDisaggregatedPool", "RayHandoffs", "RayPool", "RayWorker"]

@@ -12,13 +12,11 @@ predicts for the chosen worker: the routing audit compares them with what the en
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aruntime.state.directory_index import SHARED_WORKER, PrefixMatch
-from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, block_key
 
 POLICIES = ("kv", "round-robin", "random", "least-loaded")
 # Share of a block's prefill cost that restoring it from this tier saves.
@@ -49,26 +47,6 @@ class Decision:
     worker: str
     predicted_cached_tokens: int
     scores: dict[str, float] = field(default_factory=dict)  # worker -> cost (lower is better)
-
-
-def request_keys(scheme: KeyScheme, tokens: Sequence[int], tenant_salt: bytes = b"",
-                 shared_prefix_tokens: int = 0) -> list[BlockKey]:
-    """The block keys the engine gives a prompt (see `Sequence.block_keys`): the first
-    `shared_prefix_tokens // block_size` blocks in the shared namespace, then re-rooted in the
-    tenant's."""
-    bs = scheme.block_size
-    shared_blocks = shared_prefix_tokens // bs
-    root, shared_root = scheme.root(tenant_salt), scheme.root(SHARED_NAMESPACE)
-    keys: list[BlockKey] = []
-    for i in range(len(tokens) // bs):
-        if i < shared_blocks:
-            parent = keys[-1] if i else shared_root
-        elif i == shared_blocks and i:
-            parent = BlockKey(hashlib.sha256(root + keys[-1]).digest())
-        else:
-            parent = keys[-1] if keys else root
-        keys.append(block_key(parent, tokens[i * bs:(i + 1) * bs]))
-    return keys
 
 
 class Router:

@@ -45,3 +45,24 @@ def prefix_keys(root: BlockKey, token_ids: Sequence[int], block_size: int) -> li
         parent = block_key(parent, token_ids[start:start + block_size])
         keys.append(parent)
     return keys
+
+
+def rerooted(root: BlockKey, shared_last: BlockKey) -> BlockKey:
+    """Where a tenant's chain goes on after a prefix shared across tenants: its root, bound to
+    the shared prefix's last key."""
+    return BlockKey(hashlib.sha256(root + shared_last).digest())
+
+
+def request_keys(scheme: KeyScheme, tokens: Sequence[int], tenant_salt: bytes = b"",
+                 shared_prefix_tokens: int = 0) -> list[BlockKey]:
+    """The keys of a prompt's full blocks, as the engine gives them (`Sequence.block_keys`): the
+    first `shared_prefix_tokens // block_size` in the shared namespace, the rest re-rooted in
+    the tenant's."""
+    bs = scheme.block_size
+    shared = shared_prefix_tokens // bs
+    if not shared:
+        return prefix_keys(scheme.root(tenant_salt), tokens, bs)
+    keys = prefix_keys(scheme.root(SHARED_NAMESPACE), tokens[:shared * bs], bs)
+    if len(keys) < shared:
+        return keys
+    return keys + prefix_keys(rerooted(scheme.root(tenant_salt), keys[-1]), tokens[shared * bs:], bs)
