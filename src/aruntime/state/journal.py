@@ -30,6 +30,7 @@ from aruntime.timeutil import parse_rfc3339, sortable_rfc3339, utc_now
 
 RUN_STATES = ("running", "waiting", "unknown", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+_FINISHED_SQL = f"status IN ({', '.join(repr(s) for s in FINISHED)})"
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -275,9 +276,15 @@ class SqlJournal(ABC):
         run = self.get_run(run_id)
         if run is None or run.status not in FINISHED:
             raise JournalError(f"run {run_id} is not finished; only finished runs are compacted")
-        dropped = self.execute("DELETE FROM entries WHERE run_id = ?", (run_id,))
-        self.execute("UPDATE runs SET compacted = 1 WHERE run_id = ?", (run_id,))
-        return dropped
+        return self._compact([run_id])
+
+    def _compact(self, run_ids: list[str]) -> int:
+        """Drop finished runs' entries and mark them compacted, in one transaction; the entries
+        dropped."""
+        counts = self.execute_all(
+            [("DELETE FROM entries WHERE run_id = ?", (r,)) for r in run_ids]
+            + [("UPDATE runs SET compacted = 1 WHERE run_id = ?", (r,)) for r in run_ids])
+        return sum(counts[:len(run_ids)])
 
     def apply_retention(self, compact_before: str | None = None,
                         delete_before: str | None = None) -> dict[str, list[str]]:
@@ -289,10 +296,9 @@ class SqlJournal(ABC):
         if compact_before is not None:
             cutoff = sortable_rfc3339(parse_rfc3339(compact_before))
             out["compacted"] = [r[0] for r in self.query(
-                "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
-                "AND compacted = 0 AND updated_at < ? ORDER BY run_id", (cutoff,))]
-            for run_id in out["compacted"]:
-                self.compact(run_id)
+                f"SELECT run_id FROM runs WHERE {_FINISHED_SQL} AND compacted = 0 "
+                "AND updated_at < ? ORDER BY run_id", (cutoff,))]
+            self._compact(out["compacted"])
         return out
 
     def prune(self, finished_before: str) -> list[str]:
@@ -300,11 +306,9 @@ class SqlJournal(ABC):
         everything they hold. Returns their ids."""
         cutoff = sortable_rfc3339(parse_rfc3339(finished_before))  # spelt as the stored times are
         ids = [r[0] for r in self.query(
-            "SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') "
-            "AND updated_at < ?", (cutoff,))]
-        for run_id in ids:
-            for table in ("entries", "evidence", "runs"):
-                self.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            f"SELECT run_id FROM runs WHERE {_FINISHED_SQL} AND updated_at < ?", (cutoff,))]
+        self.execute_all([(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                          for run_id in ids for table in ("entries", "evidence", "runs")])
         return ids
 
     # -- connections: one per thread, opened on first use
