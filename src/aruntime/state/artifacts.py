@@ -14,13 +14,11 @@ does not scrub the disk's blocks, which is why the key, not the delete, is what 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from aruntime.fsutil import fsync_dir
+from aruntime.fsutil import fsync_dir, write_atomic
 
 REF_PREFIX = "artifact:sha256:"
 REF_RE = re.compile(r"artifact:sha256:([0-9a-f]{64})")
@@ -59,16 +57,7 @@ class ArtifactStore:
         except FileNotFoundError:
             pass
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # a racing put of the same bytes wrote the same file
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        write_atomic(path, data)  # a racing put of the same bytes wrote the same file
         return ref
 
     def get(self, ref: str) -> bytes:

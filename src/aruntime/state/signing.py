@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aruntime import paths
-from aruntime.fsutil import fsync_dir
+from aruntime.fsutil import fsync_dir, write_atomic, write_temp
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,8 @@ class DeploymentKey:
                 return
         except FileNotFoundError:
             pass
-        _write_atomic(path, pem, 0o644)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(path, pem, 0o644)
 
 
 def _as_bytes(text: str | bytes) -> bytes:
@@ -158,7 +158,7 @@ def _create_if_absent(path: Path) -> None:
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption())
-    tmp = _write_temp(path, pem, 0o600)
+    tmp = write_temp(path, pem, 0o600)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -166,27 +166,3 @@ def _create_if_absent(path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = _write_temp(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
