@@ -196,11 +196,14 @@ class WorkerPool(EngineClient):
         while len(self._routes) > ROUTES_KEPT:
             self._routes.popitem(last=False)
 
-    def _matches(self, worker: str, prompt: list[int], tenant_salt: bytes,
-                 shared_prefix_tokens: int) -> list[PrefixMatch]:
+    def _keys(self, prompt: list[int], tenant_salt: bytes,
+              shared_prefix_tokens: int) -> list[BlockKey]:
+        """The prompt's block keys: every worker of the pool has the same scheme."""
+        scheme = next(iter(self.registry.values())).scheme
+        return request_keys(scheme, prompt, tenant_salt, shared_prefix_tokens)
+
+    def _matches(self, keys: list[BlockKey]) -> list[PrefixMatch]:
         assert self.directory is not None
-        keys = request_keys(self.registry[worker].scheme, prompt, tenant_salt,
-                            shared_prefix_tokens)
         try:
             return self.directory.longest_prefix(keys)
         except DirectoryError:
@@ -213,18 +216,18 @@ class WorkerPool(EngineClient):
         live = self.live_workers()
         if not live or self.directory is None:
             return []
-        matches = self._matches(live[0], prompt, tenant_salt, shared_prefix_tokens)
+        matches = self._matches(self._keys(prompt, tenant_salt, shared_prefix_tokens))
         return [(self.router.load(w), self.router.predicted(w, matches, len(prompt))[0])
                 for w in live]
 
-    def _decide(self, request_id: str, prompt: list[int], tenant_salt: bytes,
-                shared_prefix_tokens: int, exclude: set[str]) -> RouteRecord:
+    def _decide(self, request_id: str, keys: list[BlockKey], prompt_tokens: int,
+                exclude: set[str]) -> RouteRecord:
         live = [w for w in self.live_workers() if w not in exclude]
         if not live:
             raise EngineDeadError(f"no live worker can take request {request_id} "
                                   f"(tried {', '.join(sorted(exclude)) or 'none'})")
-        matches = self._matches(live[0], prompt, tenant_salt, shared_prefix_tokens)
-        decision = self.router.choose([self.router.load(w) for w in live], matches, len(prompt))
+        decision = self.router.choose([self.router.load(w) for w in live], self._matches(keys),
+                                      prompt_tokens)
         return RouteRecord(request_id, decision.worker, decision.predicted_cached_tokens,
                            attempts=len(exclude) + 1)
 
@@ -236,9 +239,9 @@ class WorkerPool(EngineClient):
             raise RuntimeError("the worker pool has not been started")
         await self._attach_all()
         tried: set[str] = set()
+        keys = self._keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)  # once: retries too
         while True:
-            route = self._decide(request_id, prompt_token_ids, tenant_salt,
-                                 shared_prefix_tokens, tried)
+            route = self._decide(request_id, keys, len(prompt_token_ids), tried)
             self._record(route)
             tried.add(route.worker)
             attempt = self._attempt(route, prompt_token_ids, params, tenant_salt,
