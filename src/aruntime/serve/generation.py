@@ -71,7 +71,9 @@ class Generation:
         c.num_tokens += len(out.new_token_ids)
         c.last = out
         if out.logprobs:
-            c.logprobs = (c.logprobs or []) + out.logprobs
+            if c.logprobs is None:
+                c.logprobs = []
+            c.logprobs.extend(out.logprobs)  # not a new list a token
         if out.finished:
             c.finish_reason = out.finish_reason or "stop"
         return c
