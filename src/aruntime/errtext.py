@@ -7,3 +7,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def described(exc: BaseException) -> str:
+    """`TypeName: message`, as a failure is recorded."""
+    return f"{type(exc).__name__}: {exc}"

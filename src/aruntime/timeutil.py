@@ -20,9 +20,7 @@ def rfc3339(dt: datetime) -> str:
     """`2025-01-02T03:04:05Z`, or with microseconds when there are any: `...05.250000Z`.
 
     A naive datetime is refused: guessing its zone is how off-by-hours bugs are born."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError("naive datetime: give it a timezone (UTC) before formatting")
-    dt = dt.astimezone(UTC)
+    dt = _as_utc(dt)
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if dt.microsecond:
         text += f".{dt.microsecond:06d}"
@@ -32,9 +30,13 @@ def rfc3339(dt: datetime) -> str:
 def sortable_rfc3339(dt: datetime) -> str:
     """`2025-01-02T03:04:05.000000Z`: always six fraction digits, so that stored times compare
     as text in time order (rfc3339() would sort `…05.250000Z` before `…05Z`)."""
+    return _as_utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _as_utc(dt: datetime) -> datetime:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError("naive datetime: give it a timezone (UTC) before formatting")
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC)
 
 
 def parse_rfc3339(text: str) -> datetime:

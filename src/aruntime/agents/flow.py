@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
 from aruntime.contracts import sha256_digest
+from aruntime.errtext import described
 from aruntime.state.journal import Entry
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
@@ -199,7 +200,7 @@ class FlowContext:
         return seq, name, arg_digest, self._replayed(seq, "step", name, arg_digest)
 
     def _step_failed(self, seq: int, name: str, arg_digest: str, exc: Exception) -> None:
-        message = f"{type(exc).__name__}: {exc}"
+        message = described(exc)
         self._write(Entry(self.run_id, seq, "step", name, arg_digest, "error", error=message))
         raise StepError(f"step {seq} {name!r} failed: {message}") from exc
 
@@ -247,7 +248,7 @@ class FlowContext:
             output = tool.invoke(args, key)
             tool.check_output(output)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
+            message = described(exc)
             evidence.advance(self.run_id, seq, ("attempt",), "error", "tool_error",
                              error=message, seq=seq, name=tool.name, arg_digest=call_digest)
             raise ToolError(f"tool call {seq} {tool.name!r}: {message}") from exc

@@ -33,6 +33,7 @@ from aruntime.agents.flow import (
 from aruntime.agents.models import LocalModels
 from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
+from aruntime.errtext import described
 from aruntime.state.artifacts import ArtifactStore, is_ref
 from aruntime.state.erasure import TOMBSTONE
 from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
@@ -165,7 +166,7 @@ class Runner:
             return self._result(run)
         if run.status != "running":
             self.journal.set_status(run_id, "running", unless=FINISHED)
-        return self._execute(self._run(run_id))
+        return self._execute(run)  # reads only what a status change leaves as it was
 
     def recover(self) -> list[RunResult]:
         """Resume what a dead process left running, and waits whose deadline passed."""
@@ -287,7 +288,7 @@ class Runner:
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
         except Exception as exc:  # noqa: BLE001 - the flow's failure is the run's outcome
-            message = f"{type(exc).__name__}: {exc}"
+            message = described(exc)
             if self.evidence.set_status(run.run_id, "failed", "run_failed", error=message,
                                         unless=FINISHED):
                 return RunResult(run.run_id, "failed", error=message)

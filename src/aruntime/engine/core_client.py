@@ -49,6 +49,7 @@ from aruntime.engine.core_proc import (
 )
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.errtext import described
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -352,7 +353,7 @@ class InprocClient(_RoutingClient):
         try:
             engine = LLMEngine(self.config)
         except Exception as exc:
-            raise EngineStartError(f"engine failed to start: {type(exc).__name__}: {exc}") from exc
+            raise EngineStartError(f"engine failed to start: {described(exc)}") from exc
         self._commands = queue.Queue()
         loop = EngineLoop(engine, self._commands, self._emit)
         self._thread = threading.Thread(
@@ -366,7 +367,7 @@ class InprocClient(_RoutingClient):
         try:
             loop.run()
         except BaseException as exc:  # noqa: BLE001 - reported to every waiter
-            self._emit(EngineFailed(f"{type(exc).__name__}: {exc}"))
+            self._emit(EngineFailed(described(exc)))
 
     def _emit(self, message: CoreMessage) -> None:
         """Called on the engine thread: hop onto the bound loop."""

@@ -29,6 +29,7 @@ import msgspec
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.errtext import described
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -290,7 +291,7 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> 
         EngineLoop(engine, commands, outbox.put, publisher).run()
     except BaseException as exc:  # noqa: BLE001 - the client must hear why, whatever it was
         logger.error("engine core failed:\n%s", traceback.format_exc())
-        outbox.put(EngineFailed(f"{type(exc).__name__}: {exc}"))
+        outbox.put(EngineFailed(described(exc)))
         code = 1
     if publisher is not None:
         publisher.shutdown()

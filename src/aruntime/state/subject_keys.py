@@ -71,7 +71,7 @@ def _parse(sealed: str) -> tuple[str, bytes]:
     match = _SEALED.match(sealed) if isinstance(sealed, str) else None
     if match is None:
         raise SealedDataError("not a sealed payload (expected 'sealed:v1:<digest>:<base64url>')")
-    body = base64.urlsafe_b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4))
+    body = _unb64(match.group(2))
     if len(body) < _NONCE + 16:
         raise SealedDataError("sealed payload is truncated")
     return match.group(1), body
@@ -79,6 +79,10 @@ def _parse(sealed: str) -> tuple[str, bytes]:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class SubjectKeys:
@@ -91,7 +95,7 @@ class SubjectKeys:
         journal.execute("INSERT INTO subject_salt (id, salt) VALUES (1, ?) ON CONFLICT DO NOTHING",
                         (_b64(secrets.token_bytes(32)),))
         salt: str = journal.query("SELECT salt FROM subject_salt WHERE id = 1")[0][0]
-        self._salt = base64.urlsafe_b64decode(salt + "=" * (-len(salt) % 4))
+        self._salt = _unb64(salt)
 
     is_sealed = staticmethod(is_sealed)
 
@@ -152,7 +156,7 @@ class SubjectKeys:
         if rows[0][0] is None:
             raise ShreddedError(f"subject {sid} was erased: its key is shredded")
         text: str = rows[0][0]
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return _unb64(text)
 
 
 def _aad(sid: str, context: bytes) -> bytes:
