@@ -30,6 +30,11 @@ from aruntime.timeutil import parse_rfc3339, sortable_rfc3339, utc_now
 
 RUN_STATES = ("running", "waiting", "unknown", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+# the columns Run and Entry are read from, in their fields' order
+_RUN_COLS = ("run_id, flow, input, status, result, error, subject, created_at, updated_at, "
+             "compacted")
+_ENTRY_COLS = ("run_id, seq, kind, name, arg_digest, state, output, error, idem_key, detail, "
+               "updated_at")
 _FINISHED_SQL = f"status IN ({', '.join(repr(s) for s in FINISHED)})"
 
 SCHEMA = (
@@ -169,16 +174,13 @@ class SqlJournal(ABC):
             raise EvidenceConflict(f"run {run_id}: evidence record {evidence[0]} is taken")
 
     def get_run(self, run_id: str) -> Run | None:
-        rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
-                         "created_at, updated_at, compacted FROM runs WHERE run_id = ?",
-                         (run_id,))
+        rows = self.query(f"SELECT {_RUN_COLS} FROM runs WHERE run_id = ?", (run_id,))
         return _run_of(rows[0]) if rows else None
 
     def list_runs(self, status: str | None = None, limit: int = 100) -> list[Run]:
         where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        rows = self.query("SELECT run_id, flow, input, status, result, error, subject, "
-                         f"created_at, updated_at, compacted FROM runs {where} "
-                         "ORDER BY created_at DESC, run_id LIMIT ?", (*params, limit))
+        rows = self.query(f"SELECT {_RUN_COLS} FROM runs {where} "
+                          "ORDER BY created_at DESC, run_id LIMIT ?", (*params, limit))
         return [_run_of(r) for r in rows]
 
     def set_status(self, run_id: str, status: str, *, result: str | None = None,
@@ -202,15 +204,13 @@ class SqlJournal(ABC):
     # -- entries
 
     def entry(self, run_id: str, seq: int) -> Entry | None:
-        rows = self.query("SELECT run_id, seq, kind, name, arg_digest, state, output, error, "
-                         "idem_key, detail, updated_at FROM entries WHERE run_id = ? AND seq = ?",
-                         (run_id, seq))
+        rows = self.query(f"SELECT {_ENTRY_COLS} FROM entries WHERE run_id = ? AND seq = ?",
+                          (run_id, seq))
         return Entry(*rows[0]) if rows else None
 
     def entries(self, run_id: str) -> list[Entry]:
-        rows = self.query("SELECT run_id, seq, kind, name, arg_digest, state, output, error, "
-                         "idem_key, detail, updated_at FROM entries WHERE run_id = ? "
-                         "ORDER BY seq", (run_id,))
+        rows = self.query(f"SELECT {_ENTRY_COLS} FROM entries WHERE run_id = ? ORDER BY seq",
+                          (run_id,))
         return [Entry(*r) for r in rows]
 
     def record(self, e: Entry, evidence: tuple[int, str, str] | None = None) -> Entry:
