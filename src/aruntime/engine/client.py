@@ -43,6 +43,11 @@ class EngineClient(ABC):
         """Where a request ran and what the router predicted; None for a single engine."""
         return None
 
+    def running_beside(self, request_id: str) -> int | None:
+        """Decodes running on the worker a request went to, by the client's own count; None
+        where it keeps none (a single engine, whose load the API keeps itself)."""
+        return None
+
     def candidate_loads(self, prompt: list[int], tenant_salt: bytes = b"",
                         shared_prefix_tokens: int = 0) -> list[Any] | None:
         """Per worker: its load and the cached tokens predicted for `prompt`. None for a single

@@ -157,6 +157,9 @@ class DisaggregatedPool(EngineClient):
     def handoff_of(self, request_id: str) -> Handoff | None:
         return self._handoffs.get(request_id)
 
+    def running_beside(self, request_id: str) -> int | None:
+        return self.decode.running_beside(request_id)  # decodes run on the decode worker
+
     def route_of(self, request_id: str) -> RouteRecord | None:
         """Both legs as one route: the cached tokens predicted are those the transport should
         carry, the used ones those the decode worker reused."""

@@ -22,7 +22,6 @@ from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     RateLimitError,
 )
-from aruntime.serve.router import Router
 from aruntime.state.evidence import output_digest
 
 if TYPE_CHECKING:
@@ -204,11 +203,10 @@ async def _engine_stream(state: ServerState, gen: Generation,
 
 def _running_beside(state: ServerState, request_id: str) -> int:
     """Decodes running on the request's worker now, itself included."""
-    router: Router | None = getattr(state.client, "router", None)
-    route = state.client.route_of(request_id)
-    if route is not None and router is not None:
-        return max(1, router.load(route.worker).running)
-    return max(1, state.local_load.load(LOCAL_WORKER).running)
+    running = state.client.running_beside(request_id)
+    if running is None:
+        running = state.local_load.load(LOCAL_WORKER).running
+    return max(1, running)
 
 
 async def aclose(stream: AsyncIterator[Any]) -> None:

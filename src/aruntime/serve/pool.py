@@ -191,6 +191,10 @@ class WorkerPool(EngineClient):
     def route_of(self, request_id: str) -> RouteRecord | None:
         return self._routes.get(request_id)
 
+    def running_beside(self, request_id: str) -> int | None:
+        route = self._routes.get(request_id)
+        return self.router.load(route.worker).running if route is not None else None
+
     def _record(self, route: RouteRecord) -> None:
         self._routes[route.request_id] = route
         while len(self._routes) > ROUTES_KEPT:
