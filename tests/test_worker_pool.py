@@ -202,3 +202,19 @@ def test_http_stream_from_a_killed_worker_ends_with_an_error_chunk(
             metrics = http.get("/metrics").text
             assert 'aruntime_worker_up{worker="' in metrics
             assert "aruntime_route_failed_mid_stream_total" in metrics
+
+
+def test_merged_stats_keep_one_entry_a_tier() -> None:
+    from aruntime.engine.outputs import EngineStats, TierStats
+    from aruntime.serve.pool import merge_stats
+
+    def engine(hits: int, usage: float) -> EngineStats:
+        tier = TierStats("transport", hits, 1, 0, 0, 100, 0.5, [hits, 1], restore_bytes=10)
+        return EngineStats(1, 0, 0, usage, 8, 4, 10, 5, 10, 3, tiers=[tier])
+
+    merged = merge_stats([engine(2, 0.2), engine(3, 0.6)])
+    assert [t.tier for t in merged.tiers] == ["transport"]  # one /metrics series, not two
+    t = merged.tiers[0]
+    assert (t.hits, t.misses, t.stored_bytes, t.load_buckets, t.restore_bytes) == (
+        5, 2, 200, [5, 2], 20)
+    assert merged.num_running == 2 and merged.kv_usage == pytest.approx(0.4)

@@ -33,7 +33,7 @@ from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
-from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.router import Router, WorkerLoad
 from aruntime.state.directory import CacheDirectory, DirectoryError
@@ -71,11 +71,20 @@ class PrefixDirectory(Protocol):
 
 
 def merge_stats(stats: list[EngineStats]) -> EngineStats:
-    """Engines' counters summed, their KV usage averaged, their tiers listed in order."""
+    """Engines' counters summed, their KV usage averaged, and each tier's counters summed
+    across them: one entry a tier, as /metrics may export one series a tier."""
     total = {f: sum(getattr(s, f) for s in stats) for f in EngineStats.__struct_fields__
              if f not in ("kv_usage", "tiers")}
+    tiers: dict[str, TierStats] = {}
+    for t in (t for s in stats for t in s.tiers):
+        m = tiers.get(t.tier)
+        tiers[t.tier] = t if m is None else TierStats(
+            tier=t.tier,
+            load_buckets=[a + b for a, b in zip(m.load_buckets, t.load_buckets, strict=True)],
+            **{f: getattr(m, f) + getattr(t, f) for f in TierStats.__struct_fields__
+               if f not in ("tier", "load_buckets")})
     return EngineStats(kv_usage=sum(s.kv_usage for s in stats) / len(stats),
-                       tiers=[t for s in stats for t in s.tiers], **total)
+                       tiers=list(tiers.values()), **total)
 
 
 @dataclass(frozen=True, slots=True)
