@@ -130,12 +130,12 @@ def _erase_artifacts(artifacts: ArtifactStore, journal: SqlJournal, refs: set[st
     found = set(artifacts.refs_starting_with(header)) if scan else set()
     deleted = kept = 0
     for ref in sorted(refs | found):
-        head = artifacts.head(ref, len(header))
-        theirs = ref in found or head == header
-        if not theirs and (head.startswith(SEALED_PREFIX.encode("ascii"))
-                           or _referenced_elsewhere(journal, ref, run_ids)):
-            kept += 1  # another subject's, or clear content another run read too
-            continue
+        if ref not in found:  # only referenced: whose is it?
+            head = artifacts.head(ref, len(header))
+            if head != header and (head.startswith(SEALED_PREFIX.encode("ascii"))
+                                   or _referenced_elsewhere(journal, ref, run_ids)):
+                kept += 1  # another subject's, or clear content another run read too
+                continue
         deleted += artifacts.delete(ref)
     return deleted, kept
 
