@@ -74,7 +74,6 @@ class _RoutingClient(EngineClient):
         self._stats_waiters: dict[int, asyncio.Future[EngineStats]] = {}
         self._nonces = itertools.count()
         self._dead: EngineDeadError | None = None
-        self._info: ModelInfo | None = None
 
     @property
     def is_alive(self) -> bool:

@@ -95,7 +95,6 @@ class DisaggregatedPool(EngineClient):
         self.config = cfg
         self.audit = TransportAudit()
         self._handoffs: OrderedDict[str, Handoff] = OrderedDict()
-        self._info: ModelInfo | None = None
 
     def _transport_config(self, config: EngineConfig, transport_dir: str | None) -> EngineConfig:
         """Every worker opens the shared-memory transport as its top KV tier."""

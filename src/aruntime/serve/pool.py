@@ -143,7 +143,6 @@ class WorkerPool(EngineClient):
             for i in range(num_workers)}
         self.registry: dict[str, WorkerInfo] = {}
         self.directory: PrefixDirectory | None = None
-        self._info: ModelInfo | None = None
         self._routes: OrderedDict[str, RouteRecord] = OrderedDict()
         self._attached = False
 
