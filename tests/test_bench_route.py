@@ -17,7 +17,8 @@ from aruntime.bench.route import (
 )
 from aruntime.sim.costs import DEFAULTS
 
-SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2)
+SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2,
+                      repeats=2)
 
 
 @pytest.fixture
@@ -75,7 +76,10 @@ def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_pat
                 "sim_ttft_p50_error_kv", "arrival_rate_rps"):
         assert key in claim["metrics"]
     assert 0.0 <= claim["metrics"]["hit_rate_kv"] <= 1.0
+    assert claim["metrics"]["runs_per_policy"] == 2
+    assert sum(line.startswith("run 2/2 ") for line in lines) == 2 * 3  # real and simulated
     assert claim["metrics"]["audit_error"] >= 0.0
     assert json.loads(out.read_text())["metric"] == "ttft_p90"
     log = Path(str(out) + ".log").read_text()
     assert "predicted=" in log and "used=" in log and "sim_ttft_s=" in log
+    assert "random run=2 " in log

@@ -7,16 +7,20 @@ group's prompts share a growing prefix. Arrivals are open-loop, as users arrive:
 schedule over the turns in rounds (turn k of every group, shuffled, before turn k+1), except that
 a user sends a turn only after the answer to the previous one came back. The rate is set from a
 calibration of the engine measured at the start of the run (one thread, as each worker has): the
-offered load is `load` times what the cores could serve if no prompt were cached, which is where
-a cache-blind router saturates while a cache-aware one has room. Each worker's device pool holds
+offered load is `load` times what the cores could serve if no prompt were cached, near where a
+cache-blind router saturates while a cache-aware one has room. Each worker's device pool holds
 a little more than its share of groups, so a router that scatters a group makes workers thrash.
 
+Each policy runs `repeats` times, the policies taking turns so that the machine's drift falls on
+all of them, and every figure is the median over a policy's runs: near saturation on a shared
+machine one run's TTFT p50 moves by tens of percent.
+
 TTFT is measured from each request's send. The routing audit compares the cached tokens the router
-predicted with those the engines reused. Then the simulator replays each policy's run (the same
-requests at the same send times, on workers sharing the machine's cores) and its TTFT p50 is set
-against the real one. It runs on the calibrated step costs as the serving path bore them out in
-the runs' warm-ups (lone requests give a factor on the steps and the hops) and on what the cores
-were worth there with 1..N workers busy. The last line is round-robin's TTFT p90 over kv's.
+predicted with those the engines reused. Then the simulator replays each run (the same requests
+at the same send times, on workers sharing the machine's cores) and the median of its TTFT p50s
+is set against the real one. It runs on the calibrated step costs as the serving path bore them
+out in the runs' warm-ups (lone requests give a factor on the steps and the hops) and on what the
+cores were worth there with 1..N workers busy. The last line is round-robin's TTFT p90 over kv's.
 """
 
 from __future__ import annotations
@@ -68,12 +72,13 @@ class RouteWorkload:
     extends: float = 0.5  # ... and whose every turn repeats this share of the last one's blocks
     max_output: int = 4
     pool_share: float = 1.25  # device pool of each worker, in its share (groups/workers) of groups
-    load: float = 1.0  # offered load, as a share of the cores' capacity with nothing cached
+    load: float = 0.9  # offered load, as a share of the cores' capacity with nothing cached
     chunk: int = 256  # prefill tokens per engine step: a short prompt waits for one chunk at most
     seed: int = 0
+    repeats: int = 3  # runs of each policy, interleaved; its figures are their medians
 
 
-QUICK = RouteWorkload(groups=8, turns=3)
+QUICK = RouteWorkload(groups=8, turns=3, repeats=1)
 
 
 @dataclass
@@ -125,10 +130,54 @@ class PolicyResult:
     def ttft_p90_all(self) -> float:
         return p90(self.ttft_s)
 
+
+@dataclass
+class PolicyRuns:
+    """A policy's runs of the same workload and the simulator's TTFTs for each. Its figures are
+    medians over the runs: on a shared machine near saturation one run's p50 moves by tens of
+    percent with the machine's noise."""
+
+    policy: str
+    runs: list[PolicyResult] = field(default_factory=list)
+    simulated: list[list[float]] = field(default_factory=list)  # per run, per request
+
+    def _median(self, figure: str) -> float:
+        return statistics.median(getattr(r, figure) for r in self.runs)
+
+    @property
+    def hit_rate(self) -> float:
+        return self._median("hit_rate")
+
+    @property
+    def ttft_p50(self) -> float:
+        return self._median("ttft_p50")
+
+    @property
+    def ttft_p90(self) -> float:
+        return self._median("ttft_p90")
+
+    @property
+    def ttft_p50_all(self) -> float:
+        return self._median("ttft_p50_all")
+
+    @property
+    def ttft_p90_all(self) -> float:
+        return self._median("ttft_p90_all")
+
     @property
     def audit_error(self) -> float:
-        return sum(abs(p - u) for p, u in zip(self.predicted, self.used, strict=True)) / max(
-            1, sum(self.used))
+        """Over every request of every run."""
+        return sum(abs(p - u) for r in self.runs for p, u in zip(r.predicted, r.used,
+                                                                 strict=True)) / max(
+            1, sum(sum(r.used) for r in self.runs))
+
+    @property
+    def sim_p50(self) -> float:
+        return statistics.median(statistics.median(t) for t in self.simulated)
+
+    @property
+    def sim_error(self) -> float:
+        return abs(self.sim_p50 - self.ttft_p50_all) / self.ttft_p50_all
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -387,14 +436,21 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
          f"{rate:.2f} req/s ({w.load:.0%} of the cores' capacity with nothing cached)")
     metrics_extra: dict[str, Any] = {"arrival_rate_rps": round(rate, 3),
                                      "contended_cores": round(contended, 3)}
-    results = {p: run_policy(config, p, groups, w, longest) for p in POLICIES}
-    lone = [x for r in results.values() for x in r.lone]
+    results = {p: PolicyRuns(p) for p in POLICIES}
+    for k in range(w.repeats):  # interleaved, so the machine's drift falls on every policy
+        for p in POLICIES:
+            r = run_policy(config, p, groups, w, longest)
+            results[p].runs.append(r)
+            note(f"run {k + 1}/{w.repeats} {p}: hit rate {r.hit_rate:.1%}, ttft p50 "
+                 f"{r.ttft_p50 * 1e3:.1f} ms, p90 {r.ttft_p90 * 1e3:.1f} ms, p50 all "
+                 f"{r.ttft_p50_all * 1e3:.1f} ms")
+    runs = [r for rs in results.values() for r in rs.runs]
+    lone = [x for r in runs for x in r.lone]
     costs, factor = serving_costs(costs, lone, w.chunk)
     note(f"{len(lone)} lone requests through the serving path: TTFT = {factor:.3f} x the "
          f"calibration's engine steps + {costs.request_s * 1e3:.1f} ms of hops")
     metrics_extra["serving_step_factor"] = round(factor, 4)
-    together = [statistics.median(r.together_s[b] for r in results.values())
-                for b in range(w.workers)]
+    together = [statistics.median(r.together_s[b] for r in runs) for b in range(w.workers)]
     worth = tuple(min(b, b * together[0] / t) for b, t in enumerate(together, 1))
     note(f"cold {busy_tokens(longest)}-token prompts sent at once to 1..{w.workers} workers: "
          f"last first token after {', '.join(f'{t * 1e3:.0f}' for t in together)} ms; the cores "
@@ -402,25 +458,28 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
          f"{', '.join(f'{x:.2f}' for x in worth)} workers to the serving path "
          f"({contended:.2f} to {w.workers} engines alone)")
     metrics_extra["cores_worth_all_busy"] = round(worth[-1], 3)
-    predicted = {p: simulate(r, costs, w, config, cores, worth) for p, r in results.items()}
-    for r in results.values():
-        for i, t in enumerate(r.ttft_s):
-            log.append(f"{r.policy} {i} sent_s={r.sent_s[i]:.4f} worker={r.workers[i]} "
-                       f"predicted={r.predicted[i]} used={r.used[i]} ttft_s={t:.5f} "
-                       f"sim_ttft_s={predicted[r.policy][i]:.5f}")
-    note("hit rate: all requests; ttft: after each group's first (cold) turn, which "
-         "every policy must compute in full; 'p90 all' includes it; 'sim p50' is the "
-         "simulator's TTFT p50 (all requests) for the same sends, against the real one")
+    for rs in results.values():
+        for k, r in enumerate(rs.runs, 1):
+            sim = simulate(r, costs, w, config, cores, worth)
+            rs.simulated.append(sim)
+            real, predicted = r.ttft_p50_all, statistics.median(sim)
+            note(f"run {k}/{w.repeats} {r.policy}: sim ttft p50 {predicted * 1e3:.1f} ms against "
+                 f"{real * 1e3:.1f} real ({(predicted - real) / real:+.1%})")
+            for i, t in enumerate(r.ttft_s):
+                log.append(f"{r.policy} run={k} {i} sent_s={r.sent_s[i]:.4f} "
+                           f"worker={r.workers[i]} predicted={r.predicted[i]} used={r.used[i]} "
+                           f"ttft_s={t:.5f} sim_ttft_s={sim[i]:.5f}")
+    note(f"medians over {w.repeats} run(s) of each policy; hit rate: all requests; ttft: after "
+         "each group's first (cold) turn, which every policy must compute in full; 'p90 all' "
+         "includes it; 'sim p50' is the simulator's TTFT p50 (all requests) for the same "
+         "sends, against the real one")
     note(f"{'policy':<12} {'hit rate':>8} {'ttft p50 ms':>12} {'ttft p90 ms':>12} "
          f"{'p90 all ms':>11} {'audit err':>9} {'sim p50 ms':>11} {'real p50 ms':>12} "
          f"{'sim err':>8}")
-    sim_error = {}
-    for p, r in results.items():
-        sim_p50 = statistics.median(predicted[p])
-        sim_error[p] = abs(sim_p50 - r.ttft_p50_all) / r.ttft_p50_all
-        note(f"{p:<12} {r.hit_rate:>8.1%} {r.ttft_p50 * 1e3:>12.1f} {r.ttft_p90 * 1e3:>12.1f} "
-             f"{r.ttft_p90_all * 1e3:>11.1f} {r.audit_error:>9.1%} {sim_p50 * 1e3:>11.1f} "
-             f"{r.ttft_p50_all * 1e3:>12.1f} {sim_error[p]:>8.1%}")
+    for p, rs in results.items():
+        note(f"{p:<12} {rs.hit_rate:>8.1%} {rs.ttft_p50 * 1e3:>12.1f} "
+             f"{rs.ttft_p90 * 1e3:>12.1f} {rs.ttft_p90_all * 1e3:>11.1f} {rs.audit_error:>9.1%} "
+             f"{rs.sim_p50 * 1e3:>11.1f} {rs.ttft_p50_all * 1e3:>12.1f} {rs.sim_error:>8.1%}")
     kv, rr = results["kv"], results["round-robin"]
     ratio = rr.ttft_p90 / kv.ttft_p90
     note(f"ttft p90 ratio round-robin / kv: {ratio:.2f}")
@@ -434,7 +493,9 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
         "ttft_p90_all_ratio": round(rr.ttft_p90_all / kv.ttft_p90_all, 3),
         "audit_error": round(kv.audit_error, 4),
         **metrics_extra,
-        **{f"sim_ttft_p50_error_{p.replace('-', '_')}": round(e, 4) for p, e in sim_error.items()},
+        "runs_per_policy": w.repeats,
+        **{f"sim_ttft_p50_error_{p.replace('-', '_')}": round(rs.sim_error, 4)
+           for p, rs in results.items()},
     }
     claim = build_claim(
         statement=(f"With {w.workers} colocated workers, KV-aware routing gives {ratio:.2f}x lower "
@@ -445,10 +506,10 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
         baseline_value=round(rr.ttft_p90 * 1e3, 3), metrics=metrics,
         model=model_ref(model_dir), hardware=hardware.summary(hw),
         workload=(f"Mooncake conversation trace: first {w.groups} conversations of >= {w.turns} "
-                  f"turns, {w.min_prompt}-{w.max_prompt} tokens, each turn repeating >= "
-                  f"{w.extends:.0%} of the last's blocks (hash id = {w.tokens_per_hash} tokens); "
+                  f"turns, {w.min_prompt}-{w.max_prompt} tokens, turns repeating >= "
+                  f"{w.extends:.0%} of the last's blocks, {w.tokens_per_hash} tokens/hash id; "
                   f"Poisson {rate:.2f} req/s ({w.load:.0%} of cold capacity), a turn after the "
-                  f"last answer; p90 after turn 1"),
+                  f"last answer; p90 after turn 1; median of {w.repeats} run(s)"),
         precision="fp32", context=longest, concurrency=w.groups, seed=w.seed,
         duration_s=round(time.time() - started, 3), percentile="p90", raw_log="\n".join(log))
     if json_path is not None:
@@ -457,7 +518,8 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_trace_bench_arguments(parser, "fewer turns (about a minute)")
+    add_trace_bench_arguments(parser,
+                              "fewer groups and turns, one run of each policy (about a minute)")
 
 
 def run(args: argparse.Namespace) -> int:
