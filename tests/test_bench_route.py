@@ -9,6 +9,7 @@ import pytest
 
 from aruntime.bench.route import (
     Lone,
+    LoneStep,
     RouteWorkload,
     make_groups,
     run_bench,
@@ -54,15 +55,20 @@ def test_schedule_keeps_turns_in_order_at_the_offered_load(trace: Path) -> None:
     assert doubled == pytest.approx(2 * rate)  # capacity scales with the cores
 
 
-def test_serving_costs_finds_the_step_factor_and_the_hops() -> None:
+def test_serving_costs_finds_the_step_factor_the_loop_and_the_hops() -> None:
     shapes = [(16, 0), (16, 384), (256, 0), (64, 128)] * 3
     slower = DEFAULTS.scaled(1.2)
     lone = [Lone(n, c, slower.prompt_s(n, 256, c) + 0.003, slower.prompt_s(n, 256, c))
             for n, c in shapes]
-    costs, factor = serving_costs(DEFAULTS, lone, 256)
+    steps = [LoneStep(ctx, slower.step_s0 + slower.weights_s(1) + slower.decode_s(1, ctx) + 0.002)
+             for ctx in range(400, 408)]  # each step 2 ms longer in the serving loop
+    costs, factor, loop = serving_costs(DEFAULTS, lone, steps, 256)
     assert factor == pytest.approx(1.2)
-    assert costs.request_s == pytest.approx(0.003)
-    assert costs.prompt_s(100, 256, 50) == pytest.approx(slower.prompt_s(100, 256, 50))
+    assert loop == pytest.approx(0.002)
+    assert costs.request_s == pytest.approx(0.001)  # the first token paid the loop among hops
+    assert costs.step_s0 == pytest.approx(slower.step_s0 + 0.002)
+    assert costs.request_s + costs.prompt_s(16, 256, 384) == pytest.approx(lone[1].ttft_s)
+    assert serving_costs(DEFAULTS, lone, [], 256)[2] == 0.0  # no decode steps: no loop known
 
 
 def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_path: Path,
@@ -73,7 +79,7 @@ def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_pat
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("ttft p90 ratio round-robin / kv: ")
     for key in ("hit_rate_kv", "hit_rate_round_robin", "ttft_p90_ratio", "audit_error",
-                "sim_ttft_p50_error_kv", "arrival_rate_rps"):
+                "sim_ttft_p50_error_kv", "arrival_rate_rps", "serving_loop_ms"):
         assert key in claim["metrics"]
     assert 0.0 <= claim["metrics"]["hit_rate_kv"] <= 1.0
     assert claim["metrics"]["runs_per_policy"] == 2

@@ -102,6 +102,7 @@ class PolicyResult:
     used: list[int]  # ... and as the engine reused them
     workers: list[str]
     lone: list[Lone] = field(default_factory=list)  # after warm-up, one request in flight
+    decode_steps: list[LoneStep] = field(default_factory=list)  # ... and its decode steps
     # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
     together_s: list[float] = field(default_factory=list)
 
@@ -242,23 +243,41 @@ class Lone(NamedTuple):
     engine_s: float  # from its arrival at the engine to its first token there
 
 
-async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1
-                ) -> tuple[float, int, float]:
-    """Stream a request to its end: (seconds to its first token, prompt tokens cached, seconds
-    of that in the engine, from its arrival there to its first token)."""
+class LoneStep(NamedTuple):
+    """A decode step of a request with nothing else in flight: the time between two of its
+    tokens as they streamed out, which is the serving loop's whole step."""
+
+    context: int  # tokens the step's sequence attends to
+    seconds: float
+
+
+class Streamed(NamedTuple):
+    ttft_s: float
+    cached: int  # prompt tokens reused
+    engine_s: float  # of the TTFT, from the request's arrival at the engine to its first token
+    gaps_s: list[float]  # between one streamed token and the next
+
+
+async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1) -> Streamed:
+    """Stream a request to its end."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     t0 = time.perf_counter()
-    ttft, cached, engine = 0.0, 0, 0.0
+    ttft, cached, engine, last, gaps = 0.0, 0, 0.0, 0.0, []
     async for out in client.generate(rid, prompt, params):
+        now = time.perf_counter()
         if not ttft:
-            ttft, cached = time.perf_counter() - t0, out.num_cached_tokens
+            ttft, cached = now - t0, out.num_cached_tokens
             engine = (out.first_token_time - out.arrival_time
                       if out.first_token_time and out.arrival_time else ttft)
-    return ttft, cached, engine
+        elif out.new_token_ids:
+            gaps.append(now - last)
+        last = now
+    return Streamed(ttft, cached, engine, gaps)
 
 
 PROBE_TOKENS = 16  # a length the calibration measures, so its fit is close there
 HIT_CONTEXT = 384  # ... and a warm turn's shape: that many tokens cached before it
+DECODE_TOKENS = 8  # a lone warm turn streams this many, to time the serving loop's steps
 BUSY_TOKENS = 256
 BUSY_ROUNDS = 3
 
@@ -269,26 +288,32 @@ def busy_tokens(longest: int) -> int:
     return min(BUSY_TOKENS, longest)
 
 
-async def _warm_up(pool: Any, longest: int) -> tuple[list[Lone], list[float]]:
+async def _warm_up(pool: Any, longest: int
+                   ) -> tuple[list[Lone], list[LoneStep], list[float]]:
     """A long prompt of its own on every worker (first steps pay for allocations); then lone
     requests one at a time, short cold ones and warm turns after a cached prefix, whose TTFTs
-    set against the calibration tell what the serving path adds to an engine step; then cold
-    prompts sent at once to 1, 2, ... workers, one each: the time until the last first token
-    (the work over the rate it was done at, however the OS took turns) tells what the cores
-    are worth to the serving path with that many busy. Returns (the lone requests, seconds to
-    the last first token with 1, 2, ... workers busy)."""
+    set against the calibration tell what the serving path adds to an engine step, and a warm
+    turn that decodes, whose tokens' spacing tells what the serving loop adds between steps;
+    then cold prompts sent at once to 1, 2, ... workers, one each: the time until the last
+    first token (the work over the rate it was done at, however the OS took turns) tells what
+    the cores are worth to the serving path with that many busy. Returns (the lone requests,
+    their decode steps, seconds to the last first token with 1, 2, ... workers busy)."""
     workers = list(pool.workers.values())
-    lone = []
+    lone, steps = [], []
     context = min(HIT_CONTEXT, longest - PROBE_TOKENS) // BLOCK * BLOCK
     for i, worker in enumerate(workers):
         await _send(worker, f"warm-{i}", [3 + i] * longest)
         for k in range(3):  # a token of its own per prompt, or the warm prompt's prefix
-            ttft, _, engine = await _send(worker, f"probe-{i}-{k}",
-                                          [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append(Lone(PROBE_TOKENS, 0, ttft, engine))
-            ttft, cached, engine = await _send(
-                worker, f"hit-{i}-{k}", [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append(Lone(context + PROBE_TOKENS - cached, cached, ttft, engine))
+            cold = await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append(Lone(PROBE_TOKENS, 0, cold.ttft_s, cold.engine_s))
+            warm = await _send(worker, f"hit-{i}-{k}",
+                               [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
+            lone.append(Lone(context + PROBE_TOKENS - warm.cached, warm.cached, warm.ttft_s,
+                             warm.engine_s))
+        decoded = await _send(worker, f"decode-{i}", [3 + i] * context + [49] * PROBE_TOKENS,
+                              DECODE_TOKENS)
+        steps += [LoneStep(context + PROBE_TOKENS + k, gap)
+                  for k, gap in enumerate(decoded.gaps_s, 1)]
     n, together, salt = busy_tokens(longest), [], 90
     for busy in range(1, len(workers) + 1):
         rounds = []
@@ -296,11 +321,11 @@ async def _warm_up(pool: Any, longest: int) -> tuple[list[Lone], list[float]]:
             sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", [salt + i] * n)
                                           for i in range(busy)))
             salt += busy
-            rounds.append(max(t for t, *_ in sent))
+            rounds.append(max(x.ttft_s for x in sent))
             if busy == 1:
-                lone.append(Lone(n, 0, sent[0][0], sent[0][2]))
+                lone.append(Lone(n, 0, sent[0].ttft_s, sent[0].engine_s))
         together.append(statistics.median(rounds))
-    return lone, together
+    return lone, steps, together
 
 
 async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResult:
@@ -314,8 +339,8 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
                 await asyncio.sleep(delay)  # the load generator's clock, not a synchronisation
             rid = f"{policy}-{s.group}-{s.turn}"
             sent = time.perf_counter() - start
-            ttft, cached, _ = await _send(pool, rid, s.prompt, s.output_tokens)
-            rows.append((s, rid, sent, ttft, cached))
+            out = await _send(pool, rid, s.prompt, s.output_tokens)
+            rows.append((s, rid, sent, out.ttft_s, out.cached))
 
     await asyncio.gather(*(user(turns) for turns in groups))
     rows.sort(key=lambda r: r[2])
@@ -334,9 +359,9 @@ def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
     pool.start()
     try:
         async def main() -> PolicyResult:
-            lone, together = await _warm_up(pool, longest)
+            lone, steps, together = await _warm_up(pool, longest)
             result = await _drive(pool, policy, groups)
-            result.lone, result.together_s = lone, together
+            result.lone, result.decode_steps, result.together_s = lone, steps, together
             await pool.shutdown()
             return result
         return asyncio.run(main())
@@ -361,19 +386,29 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
     return predict(reqs, Layout(w.workers), r.policy, costs, config).ttft_s
 
 
-def serving_costs(costs: Costs, lone: list[Lone], chunk: int) -> tuple[Costs, float]:
+def serving_costs(costs: Costs, lone: list[Lone], steps: list[LoneStep], chunk: int
+                  ) -> tuple[Costs, float, float]:
     """The calibration as the serving path runs it. Lone requests' time in the engine, set
     against the calibrated prompt time, gives a factor on the steps (least squares through the
     origin): the engine processes run beside the router rather than alone, so their steps can
     run a little slower than calibrated. The rest of their TTFT, the median, is the hops
-    (router, IPC, streaming). Returns the costs scaled by that factor, with the hops as
-    `request_s`, and the factor."""
+    (router, IPC, streaming). A lone request's decode steps, set against the scaled calibration,
+    give what the serving loop adds to every step (the step's outputs and KV events sent, the
+    next commands read), the median; the calibration, timing `engine.step()` alone, never sees
+    it. The first token pays it among the hops already. Returns the costs scaled by the factor
+    with that much more a step and the rest of the hops as `request_s`, the factor, and the
+    loop's seconds a step."""
     predicted = [costs.prompt_s(x.new, chunk, x.cached) for x in lone]
     factor = sum(p * x.engine_s for p, x in zip(predicted, lone, strict=True)) / sum(
         p * p for p in predicted)
     factor = min(2.0, max(0.5, factor))
+    scaled = costs.scaled(factor)
     hops = max(0.0, statistics.median(x.ttft_s - x.engine_s for x in lone))
-    return replace(costs.scaled(factor), request_s=hops), factor
+    loop = max(0.0, statistics.median(
+        x.seconds - scaled.step_s0 - scaled.weights_s(1) - scaled.decode_s(1, x.context)
+        for x in steps)) if steps else 0.0
+    return replace(scaled, step_s0=scaled.step_s0 + loop,
+                   request_s=max(0.0, hops - loop)), factor, loop
 
 
 def _calibrate_here(model_dir: Path, chunk: int) -> tuple[Costs, list[str]]:
@@ -446,10 +481,14 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
                  f"{r.ttft_p50_all * 1e3:.1f} ms")
     runs = [r for rs in results.values() for r in rs.runs]
     lone = [x for r in runs for x in r.lone]
-    costs, factor = serving_costs(costs, lone, w.chunk)
-    note(f"{len(lone)} lone requests through the serving path: TTFT = {factor:.3f} x the "
-         f"calibration's engine steps + {costs.request_s * 1e3:.1f} ms of hops")
+    steps = [x for r in runs for x in r.decode_steps]
+    costs, factor, loop = serving_costs(costs, lone, steps, w.chunk)
+    note(f"{len(lone)} lone requests and {len(steps)} of their decode steps through the "
+         f"serving path: TTFT = {factor:.3f} x the calibration's engine steps, each "
+         f"{loop * 1e3:.2f} ms longer for the serving loop, + {costs.request_s * 1e3:.1f} ms "
+         f"of hops")
     metrics_extra["serving_step_factor"] = round(factor, 4)
+    metrics_extra["serving_loop_ms"] = round(loop * 1e3, 3)
     together = [statistics.median(r.together_s[b] for r in runs) for b in range(w.workers)]
     worth = tuple(min(b, b * together[0] / t) for b, t in enumerate(together, 1))
     note(f"cold {busy_tokens(longest)}-token prompts sent at once to 1..{w.workers} workers: "
