@@ -11,6 +11,7 @@ from aruntime.bench.route import (
     Lone,
     LoneStep,
     RouteWorkload,
+    WarmUp,
     make_groups,
     run_bench,
     schedule,
@@ -55,20 +56,24 @@ def test_schedule_keeps_turns_in_order_at_the_offered_load(trace: Path) -> None:
     assert doubled == pytest.approx(2 * rate)  # capacity scales with the cores
 
 
-def test_serving_costs_finds_the_step_factor_the_loop_and_the_hops() -> None:
+def test_serving_costs_finds_the_step_factor_the_loop_the_wake_and_the_hops() -> None:
     shapes = [(16, 0), (16, 384), (256, 0), (64, 128)] * 3
     slower = DEFAULTS.scaled(1.2)
     lone = [Lone(n, c, slower.prompt_s(n, 256, c) + 0.003, slower.prompt_s(n, 256, c))
             for n, c in shapes]
+    woken = [x._replace(ttft_s=x.ttft_s + 0.0025, engine_s=x.engine_s + 0.0025)
+             for x in lone if x.cached]  # the same warm turns, each 2.5 ms longer after idling
     steps = [LoneStep(ctx, slower.step_s0 + slower.weights_s(1) + slower.decode_s(1, ctx) + 0.002)
              for ctx in range(400, 408)]  # each step 2 ms longer in the serving loop
-    costs, factor, loop = serving_costs(DEFAULTS, lone, steps, 256)
+    costs, factor, loop = serving_costs(DEFAULTS, WarmUp(lone, woken, steps), 256)
     assert factor == pytest.approx(1.2)
     assert loop == pytest.approx(0.002)
+    assert costs.wake_s == pytest.approx(0.0025)
     assert costs.request_s == pytest.approx(0.001)  # the first token paid the loop among hops
     assert costs.step_s0 == pytest.approx(slower.step_s0 + 0.002)
     assert costs.request_s + costs.prompt_s(16, 256, 384) == pytest.approx(lone[1].ttft_s)
-    assert serving_costs(DEFAULTS, lone, [], 256)[2] == 0.0  # no decode steps: no loop known
+    bare = serving_costs(DEFAULTS, WarmUp(lone), 256)  # nothing measured: neither is assumed
+    assert bare.loop_s == 0.0 and bare.costs.wake_s == 0.0
 
 
 def test_bench_route_writes_a_claim_with_the_audit(tiny_model_dir: Path, tmp_path: Path,

@@ -229,6 +229,15 @@ def test_shared_cores_and_request_hops_lengthen_ttft() -> None:
     assert predict(reqs, Layout(4), "round-robin", hops).ttft_s == pytest.approx([step + 0.005] * 4)
 
 
+def test_only_a_step_after_its_worker_idled_pays_the_wake() -> None:
+    woken = replace(SIMPLE, wake_s=0.004)
+    step = SIMPLE.step_s0 + SIMPLE.prefill_s(100, 0)
+    reqs = [req(0, 100, 1, (1,)), req(step / 2, 100, 1, (2,)), req(10, 100, 1, (3,))]
+    got = predict(reqs, Layout(1), "round-robin", woken).ttft_s
+    # the second waits for the first's step and follows it at once; the third finds it idle
+    assert got == pytest.approx([step + 0.004, 2 * step + 0.004 - step / 2, step + 0.004])
+
+
 def test_calibrate_measures_the_kv_transport_between_two_engines(tiny_model_dir: Path) -> None:
     from aruntime.engine.config import ModelConfig
     from aruntime.sim.calibrate import transport_gbps

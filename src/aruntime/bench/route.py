@@ -90,6 +90,34 @@ class Sent:
     at: float = 0.0  # scheduled arrival, seconds from the start
 
 
+class Lone(NamedTuple):
+    """A request with nothing else in flight, as the serving path ran it."""
+
+    new: int  # prompt tokens computed
+    cached: int  # ... and reused
+    ttft_s: float  # from its send
+    engine_s: float  # from its arrival at the engine to its first token there
+
+
+class LoneStep(NamedTuple):
+    """A decode step of a request with nothing else in flight: the time between two of its
+    tokens as they streamed out, which is the serving loop's whole step."""
+
+    context: int  # tokens the step's sequence attends to
+    seconds: float
+
+
+@dataclass
+class WarmUp:
+    """What a pool's warm-up measured, for the simulator to run as the serving path does."""
+
+    lone: list[Lone] = field(default_factory=list)  # one request in flight, back to back
+    woken: list[Lone] = field(default_factory=list)  # ... each after its engine sat idle
+    decode_steps: list[LoneStep] = field(default_factory=list)  # a lone request's
+    # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
+    together_s: list[float] = field(default_factory=list)
+
+
 @dataclass
 class PolicyResult:
     """Per request, in the order they were sent."""
@@ -101,10 +129,7 @@ class PolicyResult:
     predicted: list[int]  # cached tokens, as the router predicted them
     used: list[int]  # ... and as the engine reused them
     workers: list[str]
-    lone: list[Lone] = field(default_factory=list)  # after warm-up, one request in flight
-    decode_steps: list[LoneStep] = field(default_factory=list)  # ... and its decode steps
-    # cold prompts sent at once to 1, 2, ... workers: until the last first token, for each count
-    together_s: list[float] = field(default_factory=list)
+    warm_up: WarmUp = field(default_factory=WarmUp)  # its pool's, before the run
 
     @property
     def hit_rate(self) -> float:
@@ -234,23 +259,6 @@ def schedule(w: RouteWorkload, groups: list[list[Sent]], costs: Costs, cores: fl
     return rate
 
 
-class Lone(NamedTuple):
-    """A request with nothing else in flight, as the serving path ran it."""
-
-    new: int  # prompt tokens computed
-    cached: int  # ... and reused
-    ttft_s: float  # from its send
-    engine_s: float  # from its arrival at the engine to its first token there
-
-
-class LoneStep(NamedTuple):
-    """A decode step of a request with nothing else in flight: the time between two of its
-    tokens as they streamed out, which is the serving loop's whole step."""
-
-    context: int  # tokens the step's sequence attends to
-    seconds: float
-
-
 class Streamed(NamedTuple):
     ttft_s: float
     cached: int  # prompt tokens reused
@@ -278,6 +286,7 @@ async def _send(client: Any, rid: str, prompt: list[int], max_tokens: int = 1) -
 PROBE_TOKENS = 16  # a length the calibration measures, so its fit is close there
 HIT_CONTEXT = 384  # ... and a warm turn's shape: that many tokens cached before it
 DECODE_TOKENS = 8  # a lone warm turn streams this many, to time the serving loop's steps
+IDLE_S = 0.1  # an engine idles this long before a woken probe, as between a worker's requests
 BUSY_TOKENS = 256
 BUSY_ROUNDS = 3
 
@@ -288,44 +297,50 @@ def busy_tokens(longest: int) -> int:
     return min(BUSY_TOKENS, longest)
 
 
-async def _warm_up(pool: Any, longest: int
-                   ) -> tuple[list[Lone], list[LoneStep], list[float]]:
+async def _warm_up(pool: Any, longest: int) -> WarmUp:
     """A long prompt of its own on every worker (first steps pay for allocations); then lone
     requests one at a time, short cold ones and warm turns after a cached prefix, whose TTFTs
-    set against the calibration tell what the serving path adds to an engine step, and a warm
-    turn that decodes, whose tokens' spacing tells what the serving loop adds between steps;
-    then cold prompts sent at once to 1, 2, ... workers, one each: the time until the last
-    first token (the work over the rate it was done at, however the OS took turns) tells what
-    the cores are worth to the serving path with that many busy. Returns (the lone requests,
-    their decode steps, seconds to the last first token with 1, 2, ... workers busy)."""
+    set against the calibration tell what the serving path adds to an engine step; the same
+    warm turns after the engine sat idle, which tell what waking it costs; and a warm turn that
+    decodes, whose tokens' spacing tells what the serving loop adds between steps. Then cold
+    prompts sent at once to 1, 2, ... workers, one each: the time until the last first token
+    (the work over the rate it was done at, however the OS took turns) tells what the cores
+    are worth to the serving path with that many busy."""
     workers = list(pool.workers.values())
-    lone, steps = [], []
+    out = WarmUp()
     context = min(HIT_CONTEXT, longest - PROBE_TOKENS) // BLOCK * BLOCK
+
+    def lone(sent: Streamed, prompt: list[int]) -> Lone:
+        return Lone(len(prompt) - sent.cached, sent.cached, sent.ttft_s, sent.engine_s)
+
     for i, worker in enumerate(workers):
         await _send(worker, f"warm-{i}", [3 + i] * longest)
         for k in range(3):  # a token of its own per prompt, or the warm prompt's prefix
-            cold = await _send(worker, f"probe-{i}-{k}", [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append(Lone(PROBE_TOKENS, 0, cold.ttft_s, cold.engine_s))
-            warm = await _send(worker, f"hit-{i}-{k}",
-                               [3 + i] * context + [50 + 4 * i + k] * PROBE_TOKENS)
-            lone.append(Lone(context + PROBE_TOKENS - warm.cached, warm.cached, warm.ttft_s,
-                             warm.engine_s))
+            cold = [50 + 4 * i + k] * PROBE_TOKENS
+            out.lone.append(lone(await _send(worker, f"probe-{i}-{k}", cold), cold))
+            warm = [3 + i] * context + cold
+            out.lone.append(lone(await _send(worker, f"hit-{i}-{k}", warm), warm))
+        for k in range(3):
+            await asyncio.sleep(IDLE_S)  # the engine's idle time, not a synchronisation
+            warm = [3 + i] * context + [70 + 4 * i + k] * PROBE_TOKENS
+            out.woken.append(lone(await _send(worker, f"woken-{i}-{k}", warm), warm))
         decoded = await _send(worker, f"decode-{i}", [3 + i] * context + [49] * PROBE_TOKENS,
                               DECODE_TOKENS)
-        steps += [LoneStep(context + PROBE_TOKENS + k, gap)
-                  for k, gap in enumerate(decoded.gaps_s, 1)]
-    n, together, salt = busy_tokens(longest), [], 90
+        out.decode_steps += [LoneStep(context + PROBE_TOKENS + k, gap)
+                             for k, gap in enumerate(decoded.gaps_s, 1)]
+    n, salt = busy_tokens(longest), 90
     for busy in range(1, len(workers) + 1):
         rounds = []
         for _ in range(BUSY_ROUNDS):
-            sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", [salt + i] * n)
-                                          for i in range(busy)))
+            prompts = [[salt + i] * n for i in range(busy)]
+            sent = await asyncio.gather(*(_send(workers[i], f"busy-{salt + i}", prompt)
+                                          for i, prompt in enumerate(prompts)))
             salt += busy
             rounds.append(max(x.ttft_s for x in sent))
             if busy == 1:
-                lone.append(Lone(n, 0, sent[0].ttft_s, sent[0].engine_s))
-        together.append(statistics.median(rounds))
-    return lone, steps, together
+                out.lone.append(lone(sent[0], prompts[0]))
+        out.together_s.append(statistics.median(rounds))
+    return out
 
 
 async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResult:
@@ -359,9 +374,9 @@ def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
     pool.start()
     try:
         async def main() -> PolicyResult:
-            lone, steps, together = await _warm_up(pool, longest)
+            warm_up = await _warm_up(pool, longest)
             result = await _drive(pool, policy, groups)
-            result.lone, result.decode_steps, result.together_s = lone, steps, together
+            result.warm_up = warm_up
             await pool.shutdown()
             return result
         return asyncio.run(main())
@@ -386,18 +401,24 @@ def simulate(r: PolicyResult, costs: Costs, w: RouteWorkload, engine: EngineConf
     return predict(reqs, Layout(w.workers), r.policy, costs, config).ttft_s
 
 
-def serving_costs(costs: Costs, lone: list[Lone], steps: list[LoneStep], chunk: int
-                  ) -> tuple[Costs, float, float]:
-    """The calibration as the serving path runs it. Lone requests' time in the engine, set
-    against the calibrated prompt time, gives a factor on the steps (least squares through the
-    origin): the engine processes run beside the router rather than alone, so their steps can
-    run a little slower than calibrated. The rest of their TTFT, the median, is the hops
-    (router, IPC, streaming). A lone request's decode steps, set against the scaled calibration,
-    give what the serving loop adds to every step (the step's outputs and KV events sent, the
-    next commands read), the median; the calibration, timing `engine.step()` alone, never sees
-    it. The first token pays it among the hops already. Returns the costs scaled by the factor
-    with that much more a step and the rest of the hops as `request_s`, the factor, and the
-    loop's seconds a step."""
+class Serving(NamedTuple):
+    costs: Costs  # the calibration as the serving path runs it
+    factor: float  # on the calibrated steps
+    loop_s: float  # the serving loop's time a step, beyond the engine's
+
+
+def serving_costs(costs: Costs, warm_up: WarmUp, chunk: int) -> Serving:
+    """The calibration as the serving path runs it, from warm-ups' measurements. Lone requests'
+    time in the engine, set against the calibrated prompt time, gives a factor on the steps
+    (least squares through the origin): the engine processes run beside the router rather than
+    alone, so their steps can run a little slower than calibrated. The rest of their TTFT, the
+    median, is the hops (router, IPC, streaming). A lone request's decode steps, set against
+    the scaled calibration, give what the serving loop adds to every step (the step's outputs
+    and KV events sent, the next commands read), the median; the calibration, timing
+    `engine.step()` alone, never sees it, and the first token pays it among the hops already.
+    Warm turns after their engine idled, against the same turns back to back, give what waking
+    an idle engine costs its first step (the median difference: caches gone cold)."""
+    lone = warm_up.lone
     predicted = [costs.prompt_s(x.new, chunk, x.cached) for x in lone]
     factor = sum(p * x.engine_s for p, x in zip(predicted, lone, strict=True)) / sum(
         p * p for p in predicted)
@@ -406,9 +427,16 @@ def serving_costs(costs: Costs, lone: list[Lone], steps: list[LoneStep], chunk: 
     hops = max(0.0, statistics.median(x.ttft_s - x.engine_s for x in lone))
     loop = max(0.0, statistics.median(
         x.seconds - scaled.step_s0 - scaled.weights_s(1) - scaled.decode_s(1, x.context)
-        for x in steps)) if steps else 0.0
-    return replace(scaled, step_s0=scaled.step_s0 + loop,
-                   request_s=max(0.0, hops - loop)), factor, loop
+        for x in warm_up.decode_steps)) if warm_up.decode_steps else 0.0
+
+    def beyond(probes: list[Lone]) -> float:
+        return statistics.median(x.engine_s - scaled.prompt_s(x.new, chunk, x.cached)
+                                 for x in probes)
+
+    warm = [x for x in lone if x.cached]
+    wake = max(0.0, beyond(warm_up.woken) - beyond(warm)) if warm_up.woken and warm else 0.0
+    return Serving(replace(scaled, step_s0=scaled.step_s0 + loop,
+                           request_s=max(0.0, hops - loop), wake_s=wake), factor, loop)
 
 
 def _calibrate_here(model_dir: Path, chunk: int) -> tuple[Costs, list[str]]:
@@ -480,16 +508,19 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
                  f"{r.ttft_p50 * 1e3:.1f} ms, p90 {r.ttft_p90 * 1e3:.1f} ms, p50 all "
                  f"{r.ttft_p50_all * 1e3:.1f} ms")
     runs = [r for rs in results.values() for r in rs.runs]
-    lone = [x for r in runs for x in r.lone]
-    steps = [x for r in runs for x in r.decode_steps]
-    costs, factor, loop = serving_costs(costs, lone, steps, w.chunk)
-    note(f"{len(lone)} lone requests and {len(steps)} of their decode steps through the "
+    pooled = WarmUp(*([x for r in runs for x in getattr(r.warm_up, name)]
+                      for name in ("lone", "woken", "decode_steps")))
+    costs, factor, loop = serving_costs(costs, pooled, w.chunk)
+    note(f"{len(pooled.lone)} lone requests, {len(pooled.woken)} after their engine idled "
+         f"{IDLE_S * 1e3:.0f} ms and {len(pooled.decode_steps)} decode steps through the "
          f"serving path: TTFT = {factor:.3f} x the calibration's engine steps, each "
-         f"{loop * 1e3:.2f} ms longer for the serving loop, + {costs.request_s * 1e3:.1f} ms "
-         f"of hops")
+         f"{loop * 1e3:.2f} ms longer for the serving loop, the first after idling "
+         f"{costs.wake_s * 1e3:.2f} ms longer still, + {costs.request_s * 1e3:.1f} ms of hops")
     metrics_extra["serving_step_factor"] = round(factor, 4)
     metrics_extra["serving_loop_ms"] = round(loop * 1e3, 3)
-    together = [statistics.median(r.together_s[b] for r in runs) for b in range(w.workers)]
+    metrics_extra["wake_ms"] = round(costs.wake_s * 1e3, 3)
+    together = [statistics.median(r.warm_up.together_s[b] for r in runs)
+                for b in range(w.workers)]
     worth = tuple(min(b, b * together[0] / t) for b, t in enumerate(together, 1))
     note(f"cold {busy_tokens(longest)}-token prompts sent at once to 1..{w.workers} workers: "
          f"last first token after {', '.join(f'{t * 1e3:.0f}' for t in together)} ms; the cores "

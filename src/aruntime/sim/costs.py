@@ -43,6 +43,7 @@ class Costs:
     restore_gbps: dict[str, float] = field(default_factory=dict)  # tier name -> GB/s into device
     network_gbps: float = 1.0  # KV transfer between workers (prefill -> decode)
     request_s: float = 0.0  # a request's hops outside the engine step (router, IPC, streaming)
+    wake_s: float = 0.0  # what a step costs more when its engine had nothing to do before it
     model: str = ""  # checkpoint name@revision the figures were measured on
     hardware: str = ""
     measured_at: str = ""  # RFC 3339 UTC, or "" for the built-in defaults
@@ -50,7 +51,7 @@ class Costs:
 
     def __post_init__(self) -> None:
         for name in ("step_s0", "prefill_token_s", "prefill_attn_s", "prefill_ctx_s",
-                     "prefill_seq_s", "decode_seq_s", "decode_ctx_s", "request_s"):
+                     "prefill_seq_s", "decode_seq_s", "decode_ctx_s", "request_s", "wake_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.kv_bytes_per_token <= 0 or self.network_gbps <= 0:

@@ -69,6 +69,7 @@ class Worker:
         self.incoming = 0  # decode worker: prompts whose KV is still in transfer here
         self.link_free = 0.0  # when this worker's outgoing KV link is next idle
         self.hit_tokens = 0
+        self.idle = True  # no step since it last had nothing to do: the next one wakes it
 
     def predicted_hit_tokens(self, r: SimRequest) -> int:
         return self.cache.peek(r.usable_keys) * r.block_tokens
@@ -120,8 +121,12 @@ class Worker:
         extra += c.weights_s(len(self.running) + sum(n for _, n in plan.chunks))
         if not plan.chunks:
             if not self.running:
+                self.idle = True
                 return None
             plan.steps = min(d.remaining for d in self.running)
+        if self.idle:
+            extra += c.wake_s / plan.steps  # the first step pays it, in a jump of equal steps
+            self.idle = False
         plan.cost = c.step_s0 + decode_s + extra
         plan.left, plan.updated = plan.cost * plan.steps, now
         self.plan = plan
