@@ -14,6 +14,7 @@ product that costs a jump more; while rows are few, reading the weights bounds a
 that, compute does, a `prefill_token_s` a row. So it runs along measured knots (`rows_s`, seconds
 beyond a one-row step) and then linearly; without knots it is `prefill_token_s` a row.
 
+The first step after an engine had nothing to do costs `wake_s` more (its caches went cold).
 Moving KV costs `kv_bytes_per_token` over a tier's restore bandwidth or the network's.
 """
 
