@@ -19,8 +19,9 @@ TTFT is measured from each request's send. The routing audit compares the cached
 predicted with those the engines reused. Then the simulator replays each run (the same requests
 at the same send times, on workers sharing the machine's cores) and the median of its TTFT p50s
 is set against the real one. It runs on the calibrated step costs as the serving path bore them
-out in the runs' warm-ups (lone requests give a factor on the steps and the hops) and on what the
-cores were worth there with 1..N workers busy. The last line is round-robin's TTFT p90 over kv's.
+out in the runs' warm-ups (lone requests give a factor on the steps, the serving loop's time a
+step, what waking an idle engine costs, and the hops) and on what the cores were worth there
+with 1..N workers busy. The last line is round-robin's TTFT p90 over kv's.
 """
 
 from __future__ import annotations
