@@ -359,6 +359,26 @@ def test_an_answer_given_by_another_runner_is_sealed_under_the_runs_subject(
     assert entry is not None and is_sealed(entry.output)
 
 
+def test_a_runner_keeps_few_subjects_and_seals_under_a_forgotten_one(
+        journal: SqlJournal, signer: DeploymentKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aruntime.agents import runner as runner_mod
+    from aruntime.state.subject_keys import is_sealed
+
+    monkeypatch.setattr(runner_mod, "SUBJECTS_KEPT", 2)
+    runner = Runner(journal, signer=signer)
+    for run_id, subject in (("w1", "erin"), ("w2", None), ("w3", "frank")):
+        assert runner.start("agent_flows:ask_name", None, run_id=run_id,
+                            subject=subject).status == "waiting"
+    assert list(runner._subjects) == ["w2", "w3"]  # w1, touched first, is forgotten
+    assert runner.respond("w1", 1, {"name": "Erin"}, "ann").result == "hello Erin"
+    entry = journal.entry("w1", 1)
+    assert entry is not None and is_sealed(entry.output)  # its subject read again
+    assert list(runner._subjects) == ["w3", "w1"]
+    assert runner.respond("w2", 1, {"name": "Gus"}, "ann").result == "hello Gus"
+    entry = journal.entry("w2", 1)
+    assert entry is not None and not is_sealed(entry.output)  # no subject: stored in clear
+
+
 def test_step_records_are_signed_through_the_next_signed_record(runner: Runner, book: str,
                                                                 signer: DeploymentKey) -> None:
     runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0}, run_id="v")

@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJourna
 from aruntime.state.signing import DeploymentKey
 from aruntime.state.subject_keys import ShreddedError, SubjectKeys, is_sealed
 from aruntime.timeutil import utc_now
+
+SUBJECTS_KEPT = 4096  # runs whose subject a runner keeps in memory
 
 
 class RunError(ValueError):
@@ -109,7 +112,9 @@ class Runner:
         self.keys = SubjectKeys(journal)
         self.artifacts = artifacts
         self.inline_limit = inline_limit
-        self._subjects: dict[str, str | None] = {}  # run -> subject, read once per run
+        # run -> subject, the runs touched last: a run's subject never changes, and one out of
+        # here is read from the journal again, so a long-lived server's memory stays bounded
+        self._subjects: OrderedDict[str, str | None] = OrderedDict()
 
     # -- payloads
 
@@ -143,14 +148,14 @@ class Runner:
         """Journal the run (idempotent for a given id) and execute it."""
         fn = load_flow(flow_ref)  # a bad reference is an error now, not a failed run
         run_id = run_id or uuid.uuid4().hex
-        self._subjects[run_id] = subject
+        self._remember(run_id, subject)
         input_json = self.store_output(run_id, input_value)
         try:
             run, created = self.evidence.start_run(run_id, flow_ref, input_json, subject,
                                                    input_digest=sha256_digest(input_json))
         except JournalError:  # it exists with other input bytes: the same value, sealed anew?
             existing = self._run(run_id)
-            self._subjects[run_id] = existing.subject
+            self._remember(run_id, existing.subject)
             if existing.flow != flow_ref or self.load_output(run_id, existing.input) != \
                     json.loads(_json(run_id, input_value)):
                 raise RunError(f"run {run_id} exists for {existing.flow} with another input") \
@@ -303,10 +308,18 @@ class Runner:
         """Whose data the run holds: its payloads are sealed under that subject's key. Read from
         the journal, so a runner that did not start the run (a CLI answering a wait, a
         restarted server) seals as the one that did."""
-        if run_id not in self._subjects:
-            run = self.journal.get_run(run_id)
-            self._subjects[run_id] = run.subject if run is not None else None
-        return self._subjects[run_id]
+        if run_id in self._subjects:
+            self._subjects.move_to_end(run_id)
+            return self._subjects[run_id]
+        run = self.journal.get_run(run_id)
+        return self._remember(run_id, run.subject if run is not None else None)
+
+    def _remember(self, run_id: str, subject: str | None) -> str | None:
+        self._subjects[run_id] = subject
+        self._subjects.move_to_end(run_id)
+        if len(self._subjects) > SUBJECTS_KEPT:
+            self._subjects.popitem(last=False)
+        return subject
 
     def _run(self, run_id: str) -> Run:
         run = self.journal.get_run(run_id)
