@@ -158,6 +158,16 @@ class PolicyResult:
         return p90(self.ttft_s)
 
 
+class _Median:
+    """A PolicyRuns figure: the median of the same-named PolicyResult figure over its runs."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, runs: PolicyRuns, owner: type | None = None) -> float:
+        return statistics.median(getattr(r, self.name) for r in runs.runs)
+
+
 @dataclass
 class PolicyRuns:
     """A policy's runs of the same workload and the simulator's TTFTs for each. Its figures are
@@ -168,28 +178,11 @@ class PolicyRuns:
     runs: list[PolicyResult] = field(default_factory=list)
     simulated: list[list[float]] = field(default_factory=list)  # per run, per request
 
-    def _median(self, figure: str) -> float:
-        return statistics.median(getattr(r, figure) for r in self.runs)
-
-    @property
-    def hit_rate(self) -> float:
-        return self._median("hit_rate")
-
-    @property
-    def ttft_p50(self) -> float:
-        return self._median("ttft_p50")
-
-    @property
-    def ttft_p90(self) -> float:
-        return self._median("ttft_p90")
-
-    @property
-    def ttft_p50_all(self) -> float:
-        return self._median("ttft_p50_all")
-
-    @property
-    def ttft_p90_all(self) -> float:
-        return self._median("ttft_p90_all")
+    hit_rate = _Median()
+    ttft_p50 = _Median()
+    ttft_p90 = _Median()
+    ttft_p50_all = _Median()
+    ttft_p90_all = _Median()
 
     @property
     def audit_error(self) -> float:
