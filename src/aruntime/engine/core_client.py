@@ -26,7 +26,6 @@ import zmq.asyncio
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import (
-    SOCKET_DIR_PREFIX,
     AbortRequests,
     AddRequest,
     Command,
@@ -205,7 +204,7 @@ class MPClient(_RoutingClient):
     def start(self) -> ModelInfo:
         if self._info is not None:
             return self._info
-        self._sockdir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
+        self._sockdir = tempfile.mkdtemp(prefix="aruntime-core-")  # this core's ipc sockets
         in_addr = f"ipc://{self._sockdir}/input"
         out_addr = f"ipc://{self._sockdir}/output"
         self._ctx = zmq.Context()
@@ -222,7 +221,7 @@ class MPClient(_RoutingClient):
         spawn = multiprocessing.get_context("spawn")
         self._proc = spawn.Process(
             target=run_engine_core,
-            args=(self.config, in_addr, out_addr),
+            args=(self.config, in_addr, out_addr, self._sockdir),
             name="aruntime-engine-core",
             daemon=True,
         )

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
-SOCKET_DIR_PREFIX = "aruntime-core-"  # a client's ipc socket directory, one per core process
 
 # --- client -> core ---------------------------------------------------------------------------
 
@@ -255,8 +254,10 @@ class EngineLoop:
 # --- the core process -------------------------------------------------------------------------
 
 
-def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> None:
-    """Process entry: load the engine, say Ready (or EngineFailed), then serve until Shutdown."""
+def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
+                    socket_dir: str) -> None:
+    """Process entry: load the engine, say Ready (or EngineFailed), then serve until Shutdown.
+    `socket_dir` is the client's directory of the two ipc endpoints, this core's alone."""
     import zmq
 
     logging.basicConfig(level=logging.INFO,
@@ -267,7 +268,7 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str) -> 
     # Python between tensor ops; at the default 5 ms switch interval a request or its first
     # token could wait that long at each hop whenever the engine is busy.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    _watch_parent(_ipc_dir(input_addr))
+    _watch_parent(socket_dir)
     ctx = zmq.Context()
     commands: queue.Queue[LoopCommand] = queue.Queue()
     outbox: queue.Queue[CoreMessage | None] = queue.Queue()
@@ -345,15 +346,7 @@ def _send_loop(ctx: Any, addr: str, outbox: queue.Queue[CoreMessage | None]) -> 
     sock.close()
 
 
-def _ipc_dir(addr: str) -> str | None:
-    """The directory of an `ipc://DIR/NAME` endpoint made for this core alone (aruntime-core-*)."""
-    if not addr.startswith("ipc://"):
-        return None
-    directory = os.path.dirname(addr.removeprefix("ipc://"))
-    return directory if os.path.basename(directory).startswith(SOCKET_DIR_PREFIX) else None
-
-
-def _watch_parent(socket_dir: str | None = None) -> None:
+def _watch_parent(socket_dir: str) -> None:
     """Exit when the parent dies: nobody could read our outputs, and the KV cache is ours. The
     parent's ipc socket directory (`socket_dir`) is removed on the way out: nobody else will."""
     parent = multiprocessing.parent_process()
@@ -369,8 +362,7 @@ def _watch_parent(socket_dir: str | None = None) -> None:
             if os.getppid() != ppid:
                 break
         logger.warning("parent process %d is gone; engine core exiting", ppid)
-        if socket_dir is not None:
-            shutil.rmtree(socket_dir, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
         os._exit(1)
 
     threading.Thread(target=watch, name="core-parent-watch", daemon=True).start()
