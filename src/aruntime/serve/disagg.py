@@ -146,11 +146,12 @@ class DisaggregatedPool(EngineClient):
         predicted cached tokens), its later tokens from the least-loaded decode worker, whose
         running batch sets the time per token. Without live prefill workers the decode workers
         prefill themselves, and are the candidates."""
-        decode = self.decode.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
         prefill = self.prefill.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
-        if not decode or not prefill:
-            return decode
-        running = min(load.running for load, _ in decode)
+        decoders = self.decode.live_workers()
+        if not prefill or not decoders or self.decode.directory is None:
+            return self.decode.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
+        # only their batches count here: no need to predict their caches
+        running = min(self.decode.router.load(w).running for w in decoders)
         return [(dataclasses.replace(load, running=running), cached) for load, cached in prefill]
 
     def handoff_of(self, request_id: str) -> Handoff | None:
