@@ -143,6 +143,7 @@ class WorkerPool(EngineClient):
             for i in range(num_workers)}
         self.registry: dict[str, WorkerInfo] = {}
         self.directory: PrefixDirectory | None = None
+        self.scheme: KeyScheme | None = None  # the workers' block keys, once started
         self._routes: OrderedDict[str, RouteRecord] = OrderedDict()
         self._attached = False
 
@@ -167,10 +168,11 @@ class WorkerPool(EngineClient):
             self.close()
             raise
         self._info = infos[0]
-        scheme = KeyScheme(self.config.block_size, self._info.revision)
+        self.scheme = KeyScheme(self.config.block_size, self._info.revision)
         for (wid, w), info in zip(self.workers.items(), infos, strict=True):
-            self.registry[wid] = WorkerInfo(wid, self.role, scheme, info.num_blocks, w.core_pid)
-        self.directory = self._open_directory(scheme)
+            self.registry[wid] = WorkerInfo(wid, self.role, self.scheme, info.num_blocks,
+                                            w.core_pid)
+        self.directory = self._open_directory(self.scheme)
         return self._info
 
     def _make_worker(self, worker_id: str, startup_timeout: float) -> PoolWorker:
@@ -211,8 +213,8 @@ class WorkerPool(EngineClient):
     def _keys(self, prompt: list[int], tenant_salt: bytes,
               shared_prefix_tokens: int) -> list[BlockKey]:
         """The prompt's block keys: every worker of the pool has the same scheme."""
-        scheme = next(iter(self.registry.values())).scheme
-        return request_keys(scheme, prompt, tenant_salt, shared_prefix_tokens)
+        assert self.scheme is not None
+        return request_keys(self.scheme, prompt, tenant_salt, shared_prefix_tokens)
 
     def _matches(self, keys: list[BlockKey]) -> list[PrefixMatch]:
         assert self.directory is not None
