@@ -240,8 +240,8 @@ def recover_langgraph(workdir: Path, tag: str, w: DurableWorkload) -> Recovery:
         recovery_s = time.perf_counter() - t0
         if out != {"count": w.recovery_steps}:
             raise RuntimeError(f"the recovered graph ended at {out}")
-        stamps = sorted(datetime.fromisoformat(t.checkpoint["ts"]).timestamp()
-                        for t in saver.list({"configurable": {"thread_id": thread}}))
+        stamps = [datetime.fromisoformat(t.checkpoint["ts"]).timestamp()
+                  for t in saver.list({"configurable": {"thread_id": thread}})]
     first = min(s for s in stamps if s >= wall0) - wall0
     return Recovery(killed_at, recovery_s, first)
 
