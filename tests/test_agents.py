@@ -70,6 +70,14 @@ def test_a_run_completes_and_its_evidence_verifies(runner: Runner, book: str,
     assert not verify_run(runner.journal, "r1", other).ok  # signed by this deployment only
 
 
+def test_every_tool_record_names_its_call(runner: Runner, book: str) -> None:
+    runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0}, run_id="t")
+    records = [json.loads(rec) for _, rec, _ in runner.journal.evidence("t")]
+    tools = [r for r in records if r["event"].startswith("tool_")]
+    assert {r["event"] for r in tools} == {"tool_intent", "tool_attempt", "tool_done"}
+    assert all(isinstance(r.get("seq"), int) for r in tools)
+
+
 def test_resuming_replays_the_journal_without_running_steps_again(runner: Runner,
                                                                   book: str) -> None:
     first = runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0}, run_id="r")

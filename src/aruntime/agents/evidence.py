@@ -96,10 +96,10 @@ class RunEvidence:
     def advance(self, run_id: str, seq: int, from_states: tuple[str, ...], state: str,
                 event: str, /, *, output: str | None = None, error: str | None = None,
                 **fields: Any) -> bool:
-        """Compare-and-set an entry's state and record `event` (with `error`, if any), in one
-        transaction: a state change is never on disk without its evidence. False when the
-        entry was not in `from_states` (nothing written)."""
-        fields = {**fields, "error": error}
+        """Compare-and-set an entry's state and record `event` (with the entry's `seq` and
+        `error`, if any), in one transaction: a state change is never on disk without its
+        evidence. False when the entry was not in `from_states` (nothing written)."""
+        fields = {"seq": seq, **fields, "error": error}
 
         def write(evidence: tuple[int, str, str]) -> tuple[bool, bool]:
             moved = self.journal.advance(run_id, seq, from_states, state, output=output,

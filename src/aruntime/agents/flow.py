@@ -183,7 +183,7 @@ class FlowContext:
             if not deadline_passed(entry, utc_now()):
                 raise Suspended(seq, "waiting", f"wait {seq} for a person ({kind})")
             self.runner.evidence.advance(self.run_id, seq, ("waiting",), "timed_out",
-                                         "human_timeout", seq=seq)
+                                         "human_timeout")
             entry = journal.entry(self.run_id, seq) or entry
         if entry.state == "timed_out":
             if on_timeout is _UNSET:
@@ -250,17 +250,16 @@ class FlowContext:
         except Exception as exc:
             message = described(exc)
             evidence.advance(self.run_id, seq, ("attempt",), "error", "tool_error",
-                             error=message, seq=seq, name=tool.name, arg_digest=call_digest)
+                             error=message, name=tool.name, arg_digest=call_digest)
             raise ToolError(f"tool call {seq} {tool.name!r}: {message}") from exc
         stored = self.runner.store_output(self.run_id, output)
         evidence.advance(self.run_id, seq, ("attempt",), "done", "tool_done", output=stored,
-                         seq=seq, name=tool.name, arg_digest=call_digest,
-                         output_digest=_digest_of(stored))
+                         name=tool.name, arg_digest=call_digest, output_digest=_digest_of(stored))
         return output
 
     def _reconcile(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
                    call_digest: str) -> None:
-        about: dict[str, Any] = {"seq": seq, "name": tool.name, "arg_digest": call_digest}
+        about: dict[str, Any] = {"name": tool.name, "arg_digest": call_digest}
         evidence = self.runner.evidence
         answer = tool.reconcile(args, key) if tool.reconcile is not None else None
         if isinstance(answer, Applied):

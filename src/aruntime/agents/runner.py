@@ -221,7 +221,7 @@ class Runner:
         if approves != entry.arg_digest:
             raise RunError(f"run {run_id} call {seq}: the approval is for {approves}, but the "
                            f"call awaiting approval is {entry.arg_digest}; refused")
-        if not self.evidence.advance(run_id, seq, ("intent",), "approved", "approval", seq=seq,
+        if not self.evidence.advance(run_id, seq, ("intent",), "approved", "approval",
                                      decision="approved", by=by, approves=approves):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
@@ -229,7 +229,7 @@ class Runner:
     def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected") -> RunResult:
         entry = self._entry(run_id, seq, "tool")
         if not self.evidence.advance(run_id, seq, ("intent",), "rejected", "approval",
-                                     error=f"rejected by {by}: {reason}", seq=seq,
+                                     error=f"rejected by {by}: {reason}",
                                      decision="rejected", by=by, approves=entry.arg_digest):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
@@ -252,7 +252,7 @@ class Runner:
                    f"run {run_id} wait {seq}: the answer does not fit", RunError)
         stored = self.store_output(run_id, response)
         if not self.evidence.advance(run_id, seq, ("waiting",), "resolved", "human_answer",
-                                     output=stored, seq=seq, by=by, approves=approves,
+                                     output=stored, by=by, approves=approves,
                                      answer_digest=sha256_digest(stored)):
             raise RunError(f"run {run_id} wait {seq} is {entry.state}, not waiting")
         return self.resume(run_id)
@@ -265,10 +265,10 @@ class Runner:
         if failed is not None:
             moved = self.evidence.advance(run_id, seq, ("unknown",), "error", "tool_resolved",
                                           error=f"resolved as failed by {by}: {failed}",
-                                          seq=seq, by=by, outcome="failed")
+                                          by=by, outcome="failed")
         else:
             moved = self.evidence.advance(run_id, seq, ("unknown",), "done", "tool_resolved",
-                                          output=self.store_output(run_id, output), seq=seq,
+                                          output=self.store_output(run_id, output),
                                           by=by, outcome="applied")
         if not moved:
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not unknown")
