@@ -325,6 +325,7 @@ class Runner:
         run = self.journal.get_run(run_id)
         if run is None:
             raise UnknownRunError(f"no run {run_id}")
+        self._remember(run_id, run.subject)  # what sealing its payloads would read again
         return run
 
     def _entry(self, run_id: str, seq: int, kind: str) -> Entry:
