@@ -190,7 +190,9 @@ def verify_run(journal: SqlJournal, run_id: str,
         prev = actual
     if result.records == 0:
         result.errors.append(f"run {run_id} has no evidence records")
-    run = journal.get_run(run_id)
-    if unsigned_since is not None and (run is None or run.status != "running"):
-        result.errors.append(f"records from {unsigned_since} on are signed by no later record")
+    if unsigned_since is not None:  # only a running run may end on unsigned records
+        run = journal.get_run(run_id)
+        if run is None or run.status != "running":
+            result.errors.append(f"records from {unsigned_since} on are signed by no later "
+                                 "record")
     return result
