@@ -149,14 +149,10 @@ class SqlJournal(ABC):
         returned as it is (starting a run is idempotent), unless it was for another flow or
         input."""
         now = _now()
-        with self._cursor(write=True) as cur:
-            cur.execute(self._sql(
-                "INSERT INTO runs (run_id, flow, input, status, subject, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING"),
-                (run_id, flow, input_json, subject, now, now))
-            created = cur.rowcount == 1
-            if created and evidence is not None:
-                self._evidence_in(cur, run_id, evidence)
+        created = self._write_one(
+            "INSERT INTO runs (run_id, flow, input, status, subject, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING",
+            (run_id, flow, input_json, subject, now, now), run_id, evidence)
         if created:
             return Run(run_id, flow, input_json, "running", subject=subject, created_at=now,
                        updated_at=now), True
@@ -165,6 +161,17 @@ class SqlJournal(ABC):
         if run.flow != flow or run.input != input_json:
             raise JournalError(f"run {run_id} exists for {run.flow} with another input")
         return run, False
+
+    def _write_one(self, sql: str, params: tuple[Any, ...], run_id: str,
+                   evidence: tuple[int, str, str] | None) -> bool:
+        """Write one row (`sql`, a guarded insert or update) and, if it was written, `evidence`
+        in the same transaction. Whether the row was written."""
+        with self._cursor(write=True) as cur:
+            cur.execute(self._sql(sql), params)
+            wrote = bool(cur.rowcount == 1)
+            if wrote and evidence is not None:
+                self._evidence_in(cur, run_id, evidence)
+        return wrote
 
     def _evidence_in(self, cur: Any, run_id: str, evidence: tuple[int, str, str]) -> None:
         """Insert an evidence record inside the caller's transaction (which a conflict undoes)."""
@@ -192,14 +199,9 @@ class SqlJournal(ABC):
         if status not in RUN_STATES:
             raise ValueError(f"unknown run status {status!r}")
         guard = f" AND status NOT IN ({', '.join('?' * len(unless))})" if unless else ""
-        with self._cursor(write=True) as cur:
-            cur.execute(self._sql(f"UPDATE runs SET status = ?, result = ?, error = ?, "
-                                  f"updated_at = ? WHERE run_id = ?{guard}"),
-                        (status, result, error, _now(), run_id, *unless))
-            moved = cur.rowcount == 1
-            if moved and evidence is not None:
-                self._evidence_in(cur, run_id, evidence)
-        return moved
+        return self._write_one(f"UPDATE runs SET status = ?, result = ?, error = ?, "
+                               f"updated_at = ? WHERE run_id = ?{guard}",
+                               (status, result, error, _now(), run_id, *unless), run_id, evidence)
 
     # -- entries
 
@@ -220,17 +222,11 @@ class SqlJournal(ABC):
         the journal, not this process, is the truth. `EvidenceConflict` when the evidence slot
         was taken (nothing was written; refresh the chain's head and try again)."""
         e.updated_at = _now()
-        with self._cursor(write=True) as cur:
-            cur.execute(self._sql(
-                "INSERT INTO entries (run_id, seq, kind, name, arg_digest, state, output, "
-                "error, idem_key, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING"),
+        if self._write_one(
+                f"INSERT INTO entries ({_ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (e.run_id, e.seq, e.kind, e.name, e.arg_digest, e.state, e.output, e.error,
-                 e.idem_key, e.detail, e.updated_at))
-            wrote = cur.rowcount == 1
-            if wrote and evidence is not None:
-                self._evidence_in(cur, e.run_id, evidence)
-        if wrote:
+                 e.idem_key, e.detail, e.updated_at), e.run_id, evidence):
             return e
         stored = self.entry(e.run_id, e.seq)
         assert stored is not None
@@ -248,14 +244,9 @@ class SqlJournal(ABC):
                 sets.append(f"{column} = ?")
                 params.append(value)
         marks = ", ".join("?" * len(from_states))
-        with self._cursor(write=True) as cur:
-            cur.execute(self._sql(f"UPDATE entries SET {', '.join(sets)} WHERE run_id = ? "
-                                  f"AND seq = ? AND state IN ({marks})"),
-                        (*params, run_id, seq, *from_states))
-            moved = cur.rowcount == 1
-            if moved and evidence is not None:
-                self._evidence_in(cur, run_id, evidence)
-        return moved
+        return self._write_one(f"UPDATE entries SET {', '.join(sets)} WHERE run_id = ? "
+                               f"AND seq = ? AND state IN ({marks})",
+                               (*params, run_id, seq, *from_states), run_id, evidence)
 
     # -- evidence
 
