@@ -185,9 +185,11 @@ class Runner:
 
     def cancel(self, run_id: str) -> RunResult:
         run = self._run(run_id)
+        if run.status in FINISHED:  # nothing to cancel, nothing to sign
+            return self._result(run)
         if self.evidence.set_status(run_id, "cancelled", "run_cancelled", unless=FINISHED):
             return RunResult(run_id, "cancelled")
-        return self._result(run)  # it had finished already
+        return self._result(self._run(run_id))  # it finished meanwhile, as it stands now
 
     # -- views (the CLI's and HTTP's)
 
