@@ -281,3 +281,22 @@ def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
     assert errors == [] and [p.name for p in tmp_path.iterdir()] == ["scheme.json"]
     with pytest.raises(KeySchemeMismatchError):
         claim_scheme_file(tmp_path / "scheme.json", KeyScheme(8, scheme.model_revision))
+
+
+def test_a_load_whose_every_block_is_stale_recomputes_instead_of_failing(
+        tiny_model_dir: Path, tmp_path: Path, reference: list[int]) -> None:
+    """The prompt's first block is corrupt on disk: the load brings nothing back, and the engine
+    computes the whole prompt (it used to raise from an empty batched copy and die)."""
+    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
+    first = engine(tiny_model_dir, **disk)
+    first.generate([PROMPT], GREEDY)
+    first.tiers.close()
+    path = tmp_path / "kv" / f"{_prompt_keys(first)[0].hex()}.kv"
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    eng = engine(tiny_model_dir, **disk)
+    out = eng.generate([PROMPT], GREEDY)[0]
+    assert out.new_token_ids == reference and out.num_cached_tokens == 0
+    assert eng.tiers.counters["disk"].stale == 1
+    again = eng.generate([PROMPT], GREEDY)[0]  # the engine lives on, and caches the prompt anew
+    assert again.new_token_ids == reference and again.num_cached_tokens == 40

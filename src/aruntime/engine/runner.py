@@ -65,7 +65,10 @@ class ModelRunner:
                             tuple(data.shape))
 
     def write_blocks(self, block_ids: list[int], payloads: list[BlockPayload]) -> None:
-        """Restore blocks in one batched copy: per-block dispatch would cost a third of it."""
+        """Restore blocks in one batched copy: per-block dispatch would cost a third of it.
+        Nothing to restore is nothing to do (a load whose every block was stale)."""
+        if not payloads:
+            return
         expected = tuple(self.kv_cache[:, :, :, 0].shape)
         dtype = str(self.dtype).removeprefix("torch.")
         sources = []
