@@ -300,3 +300,61 @@ def test_a_load_whose_every_block_is_stale_recomputes_instead_of_failing(
     assert eng.tiers.counters["disk"].stale == 1
     again = eng.generate([PROMPT], GREEDY)[0]  # the engine lives on, and caches the prompt anew
     assert again.new_token_ids == reference and again.num_cached_tokens == 40
+
+
+def test_a_damaged_scheme_file_sets_the_blocks_aside_and_the_server_starts(
+        tiny_model_dir: Path, tmp_path: Path, reference: list[int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Unreadable tier metadata is not a reason to stop serving: its blocks go to a quarantine
+    directory (one warning naming the file), the tier starts empty, and a server starts on it."""
+    import httpx
+
+    from aruntime.serve.launch import background_server
+
+    kv = tmp_path / "kv"
+    disk = {"kv_disk_dir": str(kv), "kv_disk_bytes": 1 << 20}
+    first = engine(tiny_model_dir, **disk)
+    first.generate([PROMPT], GREEDY)
+    first.tiers.close()
+    blocks = sorted(p.name for p in kv.glob("*.kv"))
+    (kv / "scheme.json").write_bytes(b'{"block_size": \xff\xfe\x00 torn')
+    with caplog.at_level("WARNING"):
+        eng = engine(tiny_model_dir, **disk)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(kv / "scheme.json") in warnings[0]
+    [aside] = kv.glob("quarantine-*")
+    assert sorted(p.name for p in aside.glob("*.kv")) == blocks and not list(kv.glob("*.kv"))
+    out = eng.generate([PROMPT], GREEDY)[0]
+    assert out.new_token_ids == reference and out.num_cached_tokens == 0
+    eng.tiers.close()
+    (kv / "scheme.json").write_bytes(b"\x00\x01 not json")
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=BLOCK,
+                          kv_cache_bytes=1 << 20, **disk)  # type: ignore[arg-type]
+    with background_server(config, tmp_path / "data", served_model_name="tiny") as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:
+        body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+        got = http.post("/v1/completions", json=body)
+    assert got.status_code == 200 and len(list(kv.glob("quarantine-*"))) == 2
+
+
+def test_serve_refuses_a_readable_scheme_of_another_model_in_one_line(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    kv = tmp_path / "kv"
+    kv.mkdir()
+    other = KeyScheme(BLOCK, "sha256:" + "0" * 64)
+    (kv / "scheme.json").write_text(json.dumps({"block_size": other.block_size,
+                                                "model_revision": other.model_revision,
+                                                "name": other.name, "version": other.version}))
+    out = subprocess.run([sys.executable, "-m", "aruntime.cli", "serve", "--model",
+                          str(tiny_model_dir), "--kv-disk-dir", str(kv), "--kv-disk-bytes",
+                          str(1 << 20), "--block-size", str(BLOCK), "--device", "cpu",
+                          "--data-dir", str(tmp_path / "data"), "--port", "18457"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("aruntime: error:") and "use another --kv-disk-dir" in last
+    assert not list(kv.glob("quarantine-*"))  # another model's blocks are kept where they are
