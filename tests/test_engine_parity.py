@@ -119,3 +119,61 @@ def test_sliding_window_caps_the_context(tmp_path: Path) -> None:
     hf = hf_model(path)
     prompt = prompts(eng.model_config.vocab_size, [20], seed=9)[0]
     assert eng.generate([prompt], GREEDY)[0].new_token_ids == hf_greedy(hf, prompt, GREEDY.max_tokens)
+
+
+def _transformers5_llama3(tmp_path: Path) -> Path:
+    """The tiny checkpoint with a config.json as transformers 5 writes a Llama 3.1 one: rope
+    theta and the llama3 scaling under `rope_parameters`, nothing at the top level."""
+    import json
+
+    from transformers import LlamaConfig
+
+    from aruntime.engine.demo import write_demo_model
+
+    path = write_demo_model(tmp_path / "llama3", size="tiny")
+    cfg = json.loads((path / "config.json").read_text())
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32}
+    keep = {k: v for k, v in cfg.items() if k not in ("rope_theta", "rope_scaling")}
+    LlamaConfig(**keep, rope_parameters=rope).save_pretrained(path)
+    return path
+
+
+def test_a_transformers5_rope_parameters_config_matches_transformers(tmp_path: Path) -> None:
+    import json
+
+    path = _transformers5_llama3(tmp_path)
+    written = json.loads((path / "config.json").read_text())
+    assert "rope_theta" not in written and written["rope_parameters"]["rope_type"] == "llama3"
+    eng = engine(path, block_size=4)
+    assert eng.model_config.rope_theta == 500000.0
+    hf = hf_model(path)
+    for prompt in prompts(eng.model_config.vocab_size, [9, 60]):
+        ref = hf_greedy(hf, prompt, GREEDY.max_tokens)
+        assert eng.generate([prompt], GREEDY)[0].new_token_ids == ref
+        seq = Sequence("p", prompt, GREEDY, eng.key_scheme.root())
+        eng.scheduler.add(seq)
+        sched = eng.scheduler.schedule()
+        _, logits = eng.runner.execute(sched)
+        with torch.no_grad():
+            want = hf(torch.tensor([prompt])).logits[0, -1]
+        assert torch.allclose(logits[0], want, atol=1e-4, rtol=0), (logits[0] - want).abs().max()
+        for c in sched.chunks:
+            eng.scheduler.on_computed(c)
+        eng.scheduler.finish(seq)
+
+
+@pytest.mark.parametrize("spelling", ["rope_parameters", "rope_scaling"])
+@pytest.mark.parametrize("rope", [{"rope_type": "yarn", "factor": 4.0},
+                                  {"type": "dynamic", "factor": 2.0},
+                                  {"rope_type": "llama3", "factor": 8.0}])
+def test_a_rope_the_engine_cannot_compute_is_refused(spelling: str, rope: dict) -> None:
+    from aruntime.engine.config import ModelConfig, ModelConfigError
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+           spelling: rope}
+    kind = rope.get("rope_type") or rope.get("type")
+    with pytest.raises(ModelConfigError, match=rf"rope.*{kind}"):
+        ModelConfig.from_hf(cfg)

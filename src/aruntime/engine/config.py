@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+# The rope types the model computes (engine/model.py), with the parameters each needs.
+ROPE_TYPES: dict[str | None, tuple[str, ...]] = {
+    None: (), "default": (), "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+               "original_max_position_embeddings"),
+}
 
 
 class ModelConfigError(ValueError):
@@ -43,9 +49,15 @@ class ModelConfig:
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelConfigError("num_attention_heads must be a multiple of num_key_value_heads")
-        rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type"))
-        if rope_type not in (None, "default", "linear", "llama3"):
-            raise ModelConfigError(f"unsupported rope_scaling type {rope_type!r}")
+        scaling = self.rope_scaling or {}
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        if rope_type not in ROPE_TYPES:
+            raise ModelConfigError(
+                f"unsupported rope type {rope_type!r}; this engine computes "
+                f"{', '.join(str(t) for t in ROPE_TYPES if t)}")
+        missing = [k for k in ROPE_TYPES[rope_type] if k not in scaling]
+        if missing:
+            raise ModelConfigError(f"rope type {rope_type!r} needs {', '.join(missing)}")
 
     def kv_bytes_per_token(self, itemsize: int = 4) -> int:
         """K and V of one token across all layers: what a cache block is sized by."""
@@ -64,6 +76,7 @@ class ModelConfig:
             eos_ids = tuple(int(e) for e in eos) if isinstance(eos, list) else (
                 () if eos is None else (int(eos),))
             arch = str(archs[0])
+            rope_theta, rope_scaling = _rope(cfg)
             return cls(
                 architecture=arch,
                 vocab_size=int(cfg["vocab_size"]),
@@ -75,8 +88,8 @@ class ModelConfig:
                 head_dim=int(cfg.get("head_dim") or hidden // heads),
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
                 rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                rope_scaling=cfg.get("rope_scaling"),
+                rope_theta=rope_theta,
+                rope_scaling=rope_scaling,
                 attention_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                 # Qwen2 configs carry a window they only use when use_sliding_window is set
@@ -92,6 +105,24 @@ class ModelConfig:
             if isinstance(exc, ModelConfigError):
                 raise
             raise ModelConfigError(f"config.json has a malformed field: {exc}") from None
+
+
+def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) in either spelling: transformers < 5 writes `rope_theta` and
+    `rope_scaling` at the top level, transformers >= 5 both inside `rope_parameters`."""
+    params = cfg.get("rope_parameters")
+    if params is None:
+        scaling = cfg.get("rope_scaling")
+        if scaling is not None and not isinstance(scaling, dict):
+            raise ModelConfigError("config.json's rope_scaling must be an object")
+        return float(cfg.get("rope_theta", 10000.0)), scaling
+    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
+        raise ModelConfigError("config.json's rope_parameters must be one object of numbers "
+                               "(per-layer-type rope is not supported)")
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    return theta, (scaling if kind not in (None, "default") else None)
 
 
 @dataclass(frozen=True, slots=True)
