@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis_server import free_port
 
 from aruntime.engine.config import EngineConfig
 from aruntime.serve.launch import BackgroundServer, background_server
@@ -407,6 +408,7 @@ def test_aruntime_serve_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
         assert r.status_code == 200, r.text
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "the engine core should run in its own process"
+        _second_server_on_the_same_data_dir_stops_in_one_line(tiny_model_dir, tmp_path, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -424,6 +426,20 @@ def test_aruntime_serve_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
                     load_public_key(tmp_path / "keys" / "evidence-ed25519.pub.pem"),
                     require_signatures=True)
     assert signed.ok and signed.signed == 1, signed.errors
+
+
+def _second_server_on_the_same_data_dir_stops_in_one_line(model: Path, data_dir: Path,
+                                                          holder: int) -> None:
+    """Before it loads a model: exit 2, one line naming the directory, the process holding it
+    and the flag to pick another."""
+    second = subprocess.run(
+        [sys.executable, "-m", "aruntime.cli", "serve", "--model", str(model),
+         "--port", str(free_port()), "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith("aruntime: error:") and str(data_dir) in line
+    assert f"pid {holder}" in line and "--data-dir" in line
 
 
 def test_tenants_do_not_share_cached_prefixes(http: httpx.Client) -> None:

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from aruntime.engine.demo import ensure_demo_model, is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.serve.api import build_app
+    from aruntime.serve.data_dir import DataDirClaim, DataDirInUseError
     from aruntime.serve.ray_cluster import RayUnavailableError, connect
     from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
 
@@ -137,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--kv-transport-dir is for workers on this machine; with --ray the KV "
                          "goes through Ray's object store")
     data_dir = args.data_dir or paths.data_dir()
+    try:  # before the model loads: a second server on this directory stops here, in one line
+        claim = DataDirClaim(data_dir)
+    except (DataDirInUseError, OSError) as exc:
+        raise UsageError(str(exc)) from None
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
     except (SigningError, OSError) as exc:
@@ -175,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                     timeout_graceful_shutdown=10)
     finally:
         client.close()
+        claim.release()
     return 0
 
 
