@@ -189,14 +189,65 @@ def test_model_calls_go_through_the_engine_and_name_its_revision(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     from aruntime.agents.models import LocalModels
 
-    runner = Runner(SqliteJournal(tmp_path / "j.db"), models=LocalModels(tiny_model_dir))
+    models = LocalModels(tiny_model_dir, device="cpu")
+    runner = Runner(SqliteJournal(tmp_path / "j.db"), models=models)
     r = runner.start("agent_flows:ask_model", "hello", run_id="m")
     assert r.status == "completed" and len(r.result["token_ids"]) == 4
     assert r.result["model_revision"].startswith("sha256:")
-    model_events = [json.loads(rec) for _, rec, _ in runner.journal.evidence("m")
-                    if json.loads(rec)["event"] == "model_done"]
+    model_events = _model_events(runner.journal, "m")
     assert model_events[0]["model_revision"] == r.result["model_revision"]
     assert runner.resume("m").result == r.result
+    models.close()
+
+
+def _model_events(journal: SqlJournal, run_id: str) -> list[dict[str, Any]]:
+    return [json.loads(rec) for _, rec, _ in journal.evidence(run_id)
+            if json.loads(rec)["event"] == "model_done"]
+
+
+def test_a_served_flow_calls_the_served_model_on_the_servers_path(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """On `serve --model X`, a run's model call is answered by X through the server's own
+    client: the run's evidence names X, its revision and the request that the server's own
+    evidence log records (it used to load the demo model in the flow's process)."""
+    from tiny_engine import config
+
+    from aruntime.serve.launch import background_server
+    from aruntime.state.evidence import verify
+
+    sys.path.insert(0, str(TESTS))
+    data = tmp_path / "data"
+    with background_server(config(tiny_model_dir), data, served_model_name="tiny-x") as srv:
+        card = httpx.get(f"{srv.url}/v1/models").json()["data"][0]
+        r = httpx.post(f"{srv.url}/v1/runs", timeout=120, json={
+            "flow": "agent_flows:ask_model", "input": "hello", "run_id": "served"})
+        assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+        result = r.json()["result"]
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    assert result["model"] == "tiny-x" and result["model_revision"] == card["aruntime"]["revision"]
+    assert len(result["token_ids"]) == 4
+    [event] = _model_events(SqliteJournal(data / "runs.db"), "served")
+    assert (event["model"], event["model_revision"]) == ("tiny-x", card["aruntime"]["revision"])
+    records = [json.loads(line) for line in (data / "evidence.jsonl").read_text().splitlines()]
+    [record] = [rec for rec in records if rec["request_id"] == result["request_id"]]
+    assert record["model"] == "tiny-x" and record["usage"]["completion_tokens"] == 4
+    assert record["route"]["worker"]  # it went the way an HTTP request goes
+    assert verify(data / "evidence.jsonl").ok
+    assert 'aruntime:request_success_total{finished_reason="length",model_name="tiny-x"}' \
+        in metrics
+
+
+def test_aruntime_run_calls_the_model_it_is_given(tiny_model_dir: Path, tmp_path: Path) -> None:
+    p = cli("run", "agent_flows:ask_model", "--input", '"hello"', "--run-id", "m1",
+            "--model", str(tiny_model_dir), home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)["result"]
+    assert result["model"] == tiny_model_dir.name and len(result["token_ids"]) == 4
+    [event] = _model_events(SqliteJournal(tmp_path / "data" / "runs.db"), "m1")
+    assert event["model"] == tiny_model_dir.name
+    assert event["model_revision"] == result["model_revision"]
+    bad = cli("run", "agent_flows:ask_model", "--model", str(tmp_path / "nowhere"), home=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
 # -- the command line and HTTP faces

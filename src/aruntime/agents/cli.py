@@ -41,9 +41,16 @@ def _json_arg(text: str, what: str) -> Any:
         raise UsageError(f"{what}: not JSON ({exc.msg} at character {exc.pos})") from None
 
 
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", type=Path, default=None,
+                        help="the checkpoint the flows' model calls go to, through an "
+                             "in-process engine client (default: the demo model)")
+
+
 def _runner(args: argparse.Namespace) -> Any:
     """The runner of `--journal`; flows import from the working directory, as `python -m`
-    finds them."""
+    finds them, and call models on `--model`."""
+    from aruntime.agents.models import LocalModels
     from aruntime.agents.runner import Runner, default_artifacts
     from aruntime.cli import UsageError
     from aruntime.state.journal import JournalError, open_journal
@@ -56,7 +63,11 @@ def _runner(args: argparse.Namespace) -> Any:
         signer = DeploymentKey.load_or_create(default_key_path())
     except (JournalError, SigningError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    return Runner(journal, signer=signer, artifacts=default_artifacts(journal))
+    model = getattr(args, "model", None)
+    if model is not None and not (model / "config.json").is_file():
+        raise UsageError(f"--model {model}: no config.json there")
+    return Runner(journal, signer=signer, artifacts=default_artifacts(journal),
+                  models=LocalModels(model))
 
 
 def _print(value: Any) -> None:
@@ -90,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subject", default=None,
                         help="whose data the run holds (deleting the subject erases it)")
     _journal_argument(parser)
+    _model_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +120,7 @@ def _run_id(parser: argparse.ArgumentParser) -> None:
 
 def _seq(parser: argparse.ArgumentParser) -> None:
     _run_id(parser)
+    _model_argument(parser)
     parser.add_argument("seq", metavar="SEQ", type=int, help="the call's sequence number")
     parser.add_argument("--by", default="cli", help="who decides (recorded in the evidence)")
 
@@ -136,6 +149,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
     _run_id(parser)
+    _model_argument(parser)
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -145,6 +159,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
     _journal_argument(parser)
+    _model_argument(parser)
 
 
 def run_recover(args: argparse.Namespace) -> int:

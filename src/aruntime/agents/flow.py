@@ -110,8 +110,9 @@ class FlowContext:
 
     def call_model(self, prompt: str, *, max_tokens: int = 32, temperature: float = 0.0,
                    seed: int | None = None) -> dict[str, Any]:
-        """A completion through ARuntime's own engine (in process by default); the result holds
-        the text, its token ids and the model's revision, and the evidence names the model."""
+        """A completion through the runner's models (the server's own path in a server, an
+        in-process engine client in `aruntime run`); the result holds the text, its token ids,
+        the model's name and revision, and the evidence names them."""
         seq = self._next()
         params: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens,
                                   "temperature": temperature, "seed": seed}
@@ -119,10 +120,12 @@ class FlowContext:
         done = self._replayed(seq, "model", "model", arg_digest)
         if done is not None:
             return dict(self._outcome(done, StepError))
-        result = self.runner.models.complete(**params)
+        result = self.runner.models.complete(prompt, max_tokens=max_tokens,
+                                             temperature=temperature, seed=seed)
         self._write(Entry(self.run_id, seq, "model", "model", arg_digest, "done",
                           output=self.runner.store_output(self.run_id, result)),
-                    model=result.get("model"), model_revision=result.get("model_revision"))
+                    model=result.get("model"), model_revision=result.get("model_revision"),
+                    request_id=result.get("request_id"))
         return result
 
     def call_tool(self, tool: Tool, args: dict[str, Any]) -> Any:

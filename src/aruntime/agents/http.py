@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from aruntime.agents.models import Models
 from aruntime.agents.runner import (
     RunError,
     Runner,
@@ -29,13 +30,13 @@ from aruntime.state.signing import DeploymentKey
 router = APIRouter(prefix="/v1/runs")
 
 
-def open_runner(data_dir: Path, signer: DeploymentKey) -> Runner:
+def open_runner(data_dir: Path, signer: DeploymentKey, models: Models) -> Runner:
     """The server's runner: the journal named by $ARUNTIME_JOURNAL, else runs.db in the data
-    directory (where `aruntime run` puts it too)."""
+    directory (where `aruntime run` puts it too); its flows call models through `models`."""
     from aruntime.agents.cli import JOURNAL_ENV
 
     journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
-    return Runner(journal, signer=signer, artifacts=default_artifacts(journal))
+    return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal))
 
 
 class StartRun(BaseModel):

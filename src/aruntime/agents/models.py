@@ -1,47 +1,132 @@
-"""Model calls from flows, through ARuntime's own engine in this process.
+"""Model calls from flows: one seam, `Models.complete`, always answered by an engine client.
 
-The engine loads on the first call (a flow that calls no model never imports torch); the result
-names the checkpoint and its revision digest, which the run's evidence records.
+A flow never builds an engine of its own. In a server its calls take the server's own path
+(serve/flow_models.py: admission, routing over the pool, metrics, a request evidence record);
+in `aruntime run` they go to an in-process engine client on `--model` (default: the default
+model), started on the first call, so a flow that calls no model never loads one. Either way
+the result names the model that answered and its revision digest, which the run's evidence
+records.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aruntime.engine.client import EngineClient
+from aruntime.engine.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from aruntime.engine.llm_engine import LLMEngine
-    from aruntime.engine.tokenizer import Tokenizer
+    from aruntime.engine.core_client import InprocClient
+
+T = TypeVar("T")
+CALL_TIMEOUT_S = 600.0  # one completion, queueing included
 
 
-class LocalModels:
-    def __init__(self, model_dir: Path | None = None) -> None:
-        self.model_dir = model_dir  # None: the built-in demo model
-        self._engine: LLMEngine | None = None
-        self._tokenizer: Tokenizer | None = None
+class Models(ABC):
+    """What `ctx.call_model` calls, on the flow's thread (never an event loop's)."""
 
-    def _load(self) -> tuple[LLMEngine, Tokenizer]:
-        if self._engine is None or self._tokenizer is None:
-            from aruntime.engine.config import EngineConfig
-            from aruntime.engine.demo import ensure_demo_model
-            from aruntime.engine.llm_engine import LLMEngine
-            from aruntime.engine.tokenizer import Tokenizer
-
-            model = self.model_dir or ensure_demo_model("small")
-            self._engine = LLMEngine(EngineConfig(model=str(model), device="cpu"))
-            self._tokenizer = Tokenizer.from_dir(model)
-            self.model_dir = Path(model)
-        return self._engine, self._tokenizer
-
-    def complete(self, prompt: str, max_tokens: int, temperature: float,
+    @abstractmethod
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float,
                  seed: int | None) -> dict[str, Any]:
-        from aruntime.engine.sampling import SamplingParams
+        """One completion: `text`, `token_ids`, `finish_reason`, `model` (the name it was
+        served under), `model_revision`, and `request_id` where a request log has it."""
 
-        engine, tokenizer = self._load()
-        ids = tokenizer.encode(prompt)
-        out = engine.generate([ids], SamplingParams(max_tokens=max_tokens,
-                                                    temperature=temperature, seed=seed))[0]
-        assert self.model_dir is not None
-        return {"text": tokenizer.decode(out.new_token_ids), "token_ids": out.new_token_ids,
-                "finish_reason": out.finish_reason, "model": self.model_dir.name,
-                "model_revision": str(engine.revision)}
+
+class TextCodec(Protocol):
+    """The tokenizer's part a completion needs."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class LoopThread:
+    """An event loop on a daemon thread, where an engine client lives for synchronous callers."""
+
+    def __init__(self, name: str = "aruntime-models") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
+        return run_on(self.loop, coro, timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10.0)
+        self.loop.close()
+
+
+def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T],
+           timeout: float = CALL_TIMEOUT_S) -> T:
+    """Run `coro` on `loop` (another thread's) and wait for it here."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("a model call cannot wait on the event loop it must run on; "
+                           "call it from the flow's own thread")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+
+async def client_complete(client: EngineClient, codec: TextCodec, request_id: str, prompt: str,
+                          params: SamplingParams) -> tuple[list[int], str | None]:
+    """The output token ids and finish reason of one request through `client`."""
+    ids: list[int] = []
+    reason = None
+    async for out in client.generate(request_id, codec.encode(prompt), params):
+        ids.extend(out.new_token_ids)
+        reason = out.finish_reason if out.finished else reason
+    return ids, reason
+
+
+class LocalModels(Models):
+    """`aruntime run`'s models: an in-process engine client on `model_dir` (None: the default
+    model), started on the first call on a loop thread of its own."""
+
+    def __init__(self, model_dir: Path | None = None, *, device: str = "auto") -> None:
+        self.model_dir = model_dir
+        self.device = device
+        self._client: InprocClient | None = None
+        self._codec: TextCodec | None = None
+        self._loop: LoopThread | None = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> tuple[InprocClient, TextCodec, LoopThread]:
+        with self._lock:
+            if self._client is None or self._codec is None or self._loop is None:
+                from aruntime.engine.config import EngineConfig
+                from aruntime.engine.core_client import InprocClient
+                from aruntime.engine.demo import ensure_demo_model
+                from aruntime.engine.tokenizer import Tokenizer
+
+                model = Path(self.model_dir or ensure_demo_model("small"))
+                client = InprocClient(EngineConfig(model=str(model), device=self.device))
+                client.start()
+                self._codec, self._loop, self.model_dir = Tokenizer.from_dir(model), \
+                    LoopThread(), model
+                self._client = client
+            return self._client, self._codec, self._loop
+
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float,
+                 seed: int | None) -> dict[str, Any]:
+        client, codec, loop = self._start()
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        ids, reason = loop.call(client_complete(client, codec, f"flow-{uuid.uuid4().hex}",
+                                                prompt, params))
+        info = client.model_info
+        return {"text": codec.decode(ids), "token_ids": ids, "finish_reason": reason,
+                "model": info.name, "model_revision": info.revision}
+
+    def close(self) -> None:
+        if self._client is not None and self._loop is not None:
+            self._loop.call(self._client.shutdown())
+            self._loop.stop()
+        self._client = self._loop = None

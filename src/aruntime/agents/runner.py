@@ -31,7 +31,7 @@ from aruntime.agents.flow import (
     Suspended,
     deadline_passed,
 )
-from aruntime.agents.models import LocalModels
+from aruntime.agents.models import LocalModels, Models
 from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
 from aruntime.errtext import described
@@ -104,7 +104,7 @@ class Runner:
     erasing the subject (state/erasure.py) leaves nothing of it readable."""
 
     def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
-                 models: LocalModels | None = None, artifacts: ArtifactStore | None = None,
+                 models: Models | None = None, artifacts: ArtifactStore | None = None,
                  inline_limit: int = 64 * 1024) -> None:
         self.journal = journal
         self.evidence = RunEvidence(journal, signer)

@@ -47,10 +47,12 @@ from aruntime.serve.generation import (
     Generation,
     aclose,
     admit_slo,
+    collect,
     finalize,
     merged,
     plan,
 )
+from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.metrics import CONTENT_TYPE, Metrics
 from aruntime.serve.router import Router
 from aruntime.state.evidence import EvidenceLog
@@ -106,9 +108,12 @@ def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
-        app.state.runner = open_runner(Path(data_dir), key)
-        app.state.server = ServerState(client, tokenizer, model_name, model_info, demo,
-                                       Path(data_dir), Metrics(model_name), evidence, key)
+        state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
+                            Metrics(model_name), evidence, key)
+        app.state.server = state
+        # flows this server runs call models the way its HTTP requests do
+        app.state.runner = open_runner(Path(data_dir), key,
+                                       ServedModels(state, asyncio.get_running_loop()))
         try:
             yield
         finally:
@@ -238,7 +243,7 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, gen, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    work = asyncio.create_task(_collect(state, gen))
+    work = asyncio.create_task(collect(state, gen))
     gone = asyncio.create_task(_wait_disconnect(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -261,16 +266,6 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
 async def _wait_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def _collect(state: ServerState, gen: Generation) -> None:
-    stream = merged(state, gen)
-    try:
-        async for index, out in stream:
-            gen.apply(index, out)
-    finally:
-        await aclose(stream)
-        finalize(state, gen)
 
 
 def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:

@@ -44,11 +44,15 @@ class Choice:
     prompt: list[int]
     params: SamplingParams
     text: str = ""
-    num_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     last: RequestOutput | None = None
     logprobs: list[TokenLogprob] | None = None
     text_offset: int = 0  # for completions-style logprobs
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Generation:
     def apply(self, index: int, out: RequestOutput) -> Choice:
         c = self.choices[index]
         c.text += out.new_text
-        c.num_tokens += len(out.new_token_ids)
+        c.token_ids.extend(out.new_token_ids)
         c.last = out
         if out.logprobs:
             if c.logprobs is None:
@@ -207,6 +211,17 @@ def _running_beside(state: ServerState, request_id: str) -> int:
     if running is None:
         running = state.local_load.load(LOCAL_WORKER).running
     return max(1, running)
+
+
+async def collect(state: ServerState, gen: Generation) -> None:
+    """Run every choice to its end, applying its deltas; metrics and evidence once it ends."""
+    stream = merged(state, gen)
+    try:
+        async for index, out in stream:
+            gen.apply(index, out)
+    finally:
+        await aclose(stream)
+        finalize(state, gen)
 
 
 async def aclose(stream: AsyncIterator[Any]) -> None:
