@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from aruntime.bench.cache import (
     CacheWorkload,
     conversation_slice,
@@ -51,3 +53,20 @@ def test_run_bench_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> No
     assert claim["measured_at"].endswith("Z") and claim["concurrency"] == 1
     written = json.loads((tmp_path / "claim.json").read_text())
     assert written["metrics"]["ttft_p50_ratio"] == m["ttft_p50_ratio"]
+
+
+def test_a_quick_trace_bench_is_a_smoke_run_that_writes_no_claim(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--quick` replays a smaller slice, which can tell another story than the full run: it
+    says so, and a claim asked of it is refused with one line."""
+    from aruntime.bench.cache import SMOKE_NOTE
+    from aruntime.cli import main
+
+    trace = write_trace(tmp_path / "trace.jsonl")
+    for bench in ("cache", "route"):
+        status = main(["bench", bench, "--quick", "--trace", str(trace), "--json",
+                       str(tmp_path / f"{bench}.json")])
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and "smoke run" in line and "--json" in line
+        assert not (tmp_path / f"{bench}.json").exists()
+    assert "no claim is written" in SMOKE_NOTE

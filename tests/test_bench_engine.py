@@ -17,8 +17,8 @@ from aruntime.bench import engine as bench_engine
 from aruntime.cli import main
 
 CLAIM_FIELDS = {
-    "schema", "label", "statement", "metric", "value", "unit", "baseline", "ratio", "metrics",
-    "model", "hardware", "runtime_version", "workload", "precision", "context", "concurrency",
+    "schema", "label", "statement", "metric", "value", "unit", "direction", "baseline", "ratio",
+    "metrics", "model", "hardware", "runtime_version", "workload", "precision", "context", "concurrency",
     "seed", "duration_s", "percentile", "measured_at", "raw_log_sha256",
 }
 METRICS = {
@@ -94,3 +94,13 @@ def test_cli_rejects_a_model_dir_without_config(tmp_path: Path,
     assert main(["bench", "engine", "--quick", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aruntime: error: --model")
+
+
+def test_quick_measures_the_same_workload_with_fewer_repeats() -> None:
+    """A quick run is less precise, never another measurement: only the repeat counts differ
+    (it once ran 24 requests instead of 64, and its ratio told another story)."""
+    from dataclasses import replace
+
+    quick, full = bench_engine.QUICK, bench_engine.FULL
+    assert quick.rounds < full.rounds and quick.ttft_repeats < full.ttft_repeats
+    assert replace(quick, rounds=full.rounds, ttft_repeats=full.ttft_repeats) == full

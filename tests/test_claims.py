@@ -41,7 +41,7 @@ def bench_json(directory: Path, *, value: float = 125.0, measured_at: str = MEAS
     raw = f"# raw log of a run measured at {measured_at}: {value} tok/s\n"
     record = build_claim(
         statement=f"ARuntime's output throughput is {value / 100:.2f}x transformers'",
-        metric="output_throughput", value=value, unit="tok/s",
+        metric="output_throughput", value=value, unit="tok/s", direction="higher-is-better",
         baseline_name="transformers 5.24.0 generate, static batch 8", baseline_value=100.0,
         metrics={"mfu": 0.1}, model=MODEL, hardware="AMD EPYC, 2 cores", workload="64 requests",
         precision="fp32", context=640, concurrency=64, seed=0, duration_s=90.0,
@@ -371,7 +371,7 @@ def test_a_yanked_claim_stays_with_its_reason(repo: Path,
             f"(claims/{CLAIM_ID}.json): {why}") in changelog
     readme = (repo / "README.md").read_text().splitlines()
     row = next(line for line in readme if f"[{CLAIM_ID}]" in line)
-    assert "~~125.00 tok/s~~" in row and "~~1.25×~~" in row and f"**yanked**: {why}" in row
+    assert "~~125.00 tok/s~~" in row and "~~1.25× higher~~" in row and f"**yanked**: {why}" in row
     assert check(repo, capsys)[0] == 0
     assert run("yank", CLAIM_ID, "--why", "again", "--root", repo) == 2
     assert run("review", CLAIM_ID, "--root", repo) == 2
@@ -400,3 +400,27 @@ def test_exit_codes(repo: Path) -> None:
         bad = aruntime(*argv)
         assert bad.returncode == 2, argv
         assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("aruntime: error: ")
+
+
+def test_a_lower_is_better_figure_reads_as_times_lower(tmp_path: Path, repo: Path) -> None:
+    """The README says what a reader understands: a TTFT 3.60x below its baseline is "3.60×
+    lower", not the raw value / baseline "0.28×"; the record keeps the ratio and its direction."""
+    raw = "# raw log\n"
+    record = build_claim(
+        statement="KV tiers give 3.60x lower median TTFT than the device-only prefix cache",
+        metric="ttft_p50", value=127.03, unit="ms", direction="lower-is-better",
+        baseline_name="device-only prefix cache", baseline_value=456.92, metrics={},
+        model=MODEL, hardware="AMD EPYC, 2 cores", workload="trace slice", precision="fp32",
+        context=640, concurrency=1, seed=0, duration_s=9.0, percentile="p50", raw_log=raw,
+        measured_at=MEASURED)
+    path = write_claim(tmp_path / "ttft.json", record, raw)[0]
+    assert run("add", path, "--id", "ttft-lower", "--root", repo, "--now", ADDED) == 0
+    data = load(repo, "ttft-lower")
+    assert data["direction"] == "lower-is-better"
+    assert data["ratio"] == pytest.approx(127.03 / 456.92)
+    row = next(line for line in (repo / "README.md").read_text().splitlines()
+               if "[ttft-lower]" in line)
+    assert "3.60× lower" in row and "0.28×" not in row
+    engine_row = next(line for line in (repo / "README.md").read_text().splitlines()
+                      if f"[{CLAIM_ID}]" in line)
+    assert "1.25× higher" in engine_row

@@ -45,6 +45,7 @@ def _claim(**overrides: Any) -> dict[str, Any]:
         "metric": "output_tokens_per_s",
         "value": 1200.0,
         "unit": "tokens/s",
+        "direction": "higher-is-better",
         "baseline": {"name": "transformers", "value": 400.0},
         "ratio": 3.0,
         "metrics": {"p50_ttft_ms": 12.5, "requests": 64, "note": "warm"},

@@ -35,6 +35,7 @@ def build_claim(
     metric: str,
     value: float,
     unit: str,
+    direction: str,
     baseline_name: str,
     baseline_value: float,
     metrics: dict[str, float | int | str],
@@ -53,7 +54,7 @@ def build_claim(
 ) -> dict[str, Any]:
     """Assemble a claim record; the ratio is always value / baseline, never passed in.
 
-    `model` is `name@revision`; `hardware`, `workload` are one-line descriptions (the contract
+    `direction` is "higher-is-better" or "lower-is-better"; `model` is `name@revision`; `hardware`, `workload` are one-line descriptions (the contract
     keeps them under 256 characters; the details belong in the raw log); `percentile` says which
     statistic of the repeated runs `value` is (`p50` for the median round)."""
     record = {
@@ -63,6 +64,7 @@ def build_claim(
         "metric": metric,
         "value": value,
         "unit": unit,
+        "direction": direction,
         "baseline": {"name": baseline_name, "value": baseline_value},
         "ratio": value / baseline_value if baseline_value else float("nan"),
         "metrics": metrics,

@@ -388,7 +388,7 @@ def summarise(w: DurableWorkload, workdir: Path, rounds: list[Round], floor: flo
                    f"evidence) adds {value:.3f} ms at p50 over the bare step; {lg} adds "
                    f"{baseline:.3f} ms on the same 3-node graph at the same durability "
                    f"(langgraph-sqlite / aruntime {ratio:.2f}), measured in the same run"),
-        metric="step_overhead_p50", value=value, unit="ms",
+        metric="step_overhead_p50", value=value, unit="ms", direction="lower-is-better",
         baseline_name=f"{lg}, durability=sync", baseline_value=baseline, metrics=metrics,
         model=f"aruntime-bench-durable@{source_digest()}",
         hardware=f"{hardware.summary(hw)}; SQLite on {disk}"[:255], workload=w.describe(),

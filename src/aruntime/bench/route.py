@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 
 from aruntime.bench import hardware
 from aruntime.bench.cache import (
+    SMOKE_NOTE,
     TRACE,
     CacheWorkload,
     add_trace_bench_arguments,
@@ -460,7 +461,8 @@ def calibrate_workers(model_dir: Path, w: RouteWorkload, note: Any) -> tuple[Cos
 
 def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
               json_path: Path | None = None,
-              calibration: tuple[Costs, float] | None = None) -> dict[str, Any]:
+              calibration: tuple[Costs, float] | None = None, *,
+              smoke: bool = False) -> dict[str, Any]:
     """`calibration`: (costs, contended cores) to use instead of measuring them (tests)."""
     # 4 engine processes share the cores: one torch thread each, set before they spawn
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // w.workers)))
@@ -546,6 +548,8 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
              f"{rs.sim_p50 * 1e3:>11.1f} {rs.ttft_p50_all * 1e3:>12.1f} {rs.sim_error:>8.1%}")
     kv, rr = results["kv"], results["round-robin"]
     ratio = rr.ttft_p90 / kv.ttft_p90
+    if smoke:
+        note(SMOKE_NOTE)
     note(f"ttft p90 ratio round-robin / kv: {ratio:.2f}")
     metrics: dict[str, Any] = {
         "hit_rate_kv": round(kv.hit_rate, 4), "hit_rate_round_robin": round(rr.hit_rate, 4),
@@ -565,7 +569,7 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
         statement=(f"With {w.workers} colocated workers, KV-aware routing gives {ratio:.2f}x lower "
                    f"p90 TTFT than round-robin on shared-prefix groups from the Mooncake "
                    f"conversation trace (hit rate {kv.hit_rate:.0%} vs {rr.hit_rate:.0%})"),
-        metric="ttft_p90", value=round(kv.ttft_p90 * 1e3, 3), unit="ms",
+        metric="ttft_p90", value=round(kv.ttft_p90 * 1e3, 3), unit="ms", direction="lower-is-better",
         baseline_name="round-robin routing, same workers and workload",
         baseline_value=round(rr.ttft_p90 * 1e3, 3), metrics=metrics,
         model=model_ref(model_dir), hardware=hardware.summary(hw),
@@ -591,7 +595,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = bench_model(args)
     try:
-        run_bench(model, QUICK if args.quick else RouteWorkload(), args.trace, args.json)
+        run_bench(model, QUICK if args.quick else RouteWorkload(), args.trace, args.json,
+                  smoke=args.quick)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return 0

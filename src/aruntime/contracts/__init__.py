@@ -32,6 +32,7 @@ from aruntime.contracts.claim import (  # noqa: F401 - re-exported
     ClaimLabel,
     ClaimRecord,
     ClaimStatus,
+    Direction,
     HistoryEntry,
     LongText,
     Source,

@@ -34,6 +34,13 @@ class ClaimStatus(StrEnum):
     YANKED = "yanked"
 
 
+class Direction(StrEnum):
+    """Which way the metric improves: how a reader should take the ratio."""
+
+    HIGHER_IS_BETTER = "higher-is-better"  # throughput: ratio 3.66 reads "3.66x higher"
+    LOWER_IS_BETTER = "lower-is-better"  # latency: ratio 0.28 reads "3.60x lower"
+
+
 class SourceKind(StrEnum):
     PAPER = "paper"
     SPECIFICATION = "specification"
@@ -103,7 +110,7 @@ class HistoryEntry(StrictModel):
 # A claim with a `metric` is a performance claim and must carry all of these. `metrics` (the
 # secondary figures) stays optional.
 PERFORMANCE_FIELDS = (
-    "value", "unit", "baseline", "ratio", "model", "hardware", "runtime_version", "workload",
+    "value", "unit", "direction", "baseline", "ratio", "model", "hardware", "runtime_version", "workload",
     "precision", "context", "concurrency", "seed", "duration_s", "percentile", "measured_at",
     "raw_log_sha256",
 )
@@ -131,6 +138,8 @@ class ClaimRecord(StrictModel):
     metric: NonEmpty | None = None
     value: float | None = None
     unit: NonEmpty | None = None
+    direction: Direction | None = Field(
+        default=None, description="whether a higher or a lower value is the better one")
     baseline: Baseline | None = None
     ratio: float | None = Field(default=None, description="value / baseline.value")
     metrics: dict[str, float | int | str] | None = None
@@ -213,6 +222,13 @@ class ClaimRecord(StrictModel):
     @property
     def is_performance(self) -> bool:
         return self.metric is not None
+
+    @property
+    def gain(self) -> float:
+        """How many times better than the baseline, as a reader says it: the ratio for a
+        higher-is-better metric, its inverse for a lower-is-better one."""
+        assert self.ratio is not None
+        return 1 / self.ratio if self.direction is Direction.LOWER_IS_BETTER else self.ratio
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
