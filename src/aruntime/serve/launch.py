@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aruntime import paths
+from aruntime.cli import UsageError
 
 if TYPE_CHECKING:
     from aruntime.engine.config import EngineConfig
@@ -77,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_model_dir(model: Path) -> None:
     """A bad --model is a usage error with one line, before any process starts."""
-    from aruntime.cli import UsageError
     from aruntime.engine.config import ModelConfig, ModelConfigError
 
     if not model.is_dir():
@@ -101,31 +101,41 @@ def check_model_dir(model: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from aruntime.cli import UsageError
-    from aruntime.engine.config import EngineConfig
-    from aruntime.engine.core_client import EngineStartError, MPClient
     from aruntime.engine.core_proc import SWITCH_INTERVAL_S
-    from aruntime.engine.demo import ensure_demo_model, is_demo_checkpoint
-    from aruntime.engine.tokenizer import Tokenizer, TokenizerError
-    from aruntime.serve.api import build_app
     from aruntime.serve.data_dir import DataDirClaim, DataDirInUseError
-    from aruntime.serve.ray_cluster import RayUnavailableError, connect
-    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # the API's socket threads, as in the engine core
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.model is None:
-        model = ensure_demo_model("small")
-        logger.warning("no --model given: serving the DEMO model at %s. Its weights are RANDOM, "
-                       "so its output is meaningless text. Pass --model DIR to serve a real "
-                       "Hugging Face checkpoint (config.json, tokenizer.json, *.safetensors).",
-                       model)
-    else:
-        model = args.model.expanduser().absolute()
+    model = _model_dir(args.model)
+    _check_arguments(args)
+    data_dir = args.data_dir or paths.data_dir()
+    try:  # before the model loads: a second server on this directory stops here, in one line
+        claim = DataDirClaim(data_dir)
+    except (DataDirInUseError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        return _serve(args, model, data_dir)
+    finally:
+        claim.release()
+
+
+def _model_dir(given: Path | None) -> Path:
+    """The checkpoint to serve, checked: --model, or the demo model said loudly."""
+    from aruntime.engine.demo import ensure_demo_model
+
+    if given is not None:
+        model = given.expanduser().absolute()
         check_model_dir(model)
+        return model
+    model = ensure_demo_model("small")
+    logger.warning("no --model given: serving the DEMO model at %s. Its weights are RANDOM, "
+                   "so its output is meaningless text. Pass --model DIR to serve a real "
+                   "Hugging Face checkpoint (config.json, tokenizer.json, *.safetensors).", model)
+    return model
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
     if args.workers < 1:
@@ -137,16 +147,43 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None and args.kv_transport_dir is not None:
         raise UsageError("--kv-transport-dir is for workers on this machine; with --ray the KV "
                          "goes through Ray's object store")
-    data_dir = args.data_dir or paths.data_dir()
-    try:  # before the model loads: a second server on this directory stops here, in one line
-        claim = DataDirClaim(data_dir)
-    except (DataDirInUseError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
+    """Sign, start the engine client, serve until stopped."""
+    import uvicorn
+
+    from aruntime.engine.demo import is_demo_checkpoint
+    from aruntime.engine.tokenizer import Tokenizer, TokenizerError
+    from aruntime.serve.api import build_app
+    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
+
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
-    except (SigningError, OSError) as exc:
+        tokenizer = Tokenizer.from_dir(model)
+    except (SigningError, OSError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
+    client = _started_client(args, model)
+    info = client.model_info
+    name = args.served_model_name or info.name
+    app = build_app(client, tokenizer, name, model_info=info,
+                    data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
+                    signer=signer)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=10)
+    finally:
+        client.close()
+    return 0
+
+
+def _started_client(args: argparse.Namespace,
+                    model: Path) -> MPClient | WorkerPool | DisaggregatedPool:
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.core_client import EngineStartError, MPClient
+    from aruntime.serve.ray_cluster import RayUnavailableError, connect
+
     try:
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
@@ -154,8 +191,7 @@ def run(args: argparse.Namespace) -> int:
             max_model_len=args.max_model_len, device=args.device,
             kv_host_bytes=args.kv_host_bytes, kv_disk_dir=args.kv_disk_dir,
             kv_disk_bytes=args.kv_disk_bytes, kv_redis_url=args.kv_redis)
-        tokenizer = Tokenizer.from_dir(model)
-    except (ValueError, TokenizerError) as exc:
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         if args.ray is not None:
@@ -166,22 +202,12 @@ def run(args: argparse.Namespace) -> int:
         info = client.start()
     except (EngineStartError, RayUnavailableError) as exc:
         raise UsageError(str(exc)) from None
-    name = args.served_model_name or info.name
     pids = (client.core_pid if isinstance(client, MPClient)
             else [w.core_pid for w in client.workers.values()])
     logger.info("engine core pid %s ready: %s (%s) on %s, max_model_len %d, %d KV blocks",
-                pids, name, info.revision[:19], info.device, info.max_model_len,
+                pids, info.name, info.revision[:19], info.device, info.max_model_len,
                 info.num_blocks)
-    app = build_app(client, tokenizer, name, model_info=info,
-                    data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
-                    signer=signer)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=10)
-    finally:
-        client.close()
-        claim.release()
-    return 0
+    return client
 
 
 def _engine_client(config: EngineConfig, workers: int, policy: str, prefill_workers: int = 0,
