@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from aruntime.state.journal import SqlJournal
+    from aruntime.durable.journal import SqlJournal
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def postgres_url() -> Iterator[str]:
 def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlJournal]:
     """A fresh, empty journal of each backend: a new SQLite file, or a new PostgreSQL database
     on the session's server (the server starts only when a postgres case runs)."""
-    from aruntime.state.journal import SqliteJournal
+    from aruntime.durable.journal import SqliteJournal
 
     j: SqlJournal
     if request.param == "sqlite":
@@ -52,7 +52,7 @@ def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlJourn
     else:
         from pg_server import fresh_database
 
-        from aruntime.state.journal_pg import PostgresJournal
+        from aruntime.durable.journal_pg import PostgresJournal
 
         j = PostgresJournal(fresh_database(request.getfixturevalue("postgres_url")))
     yield j

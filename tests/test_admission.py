@@ -18,7 +18,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import RequestOutput
 from aruntime.serve.admission import Admission, Costs
 from aruntime.serve.launch import BackgroundServer, background_server
-from aruntime.serve.router import WorkerLoad
+from aruntime.cluster.router import WorkerLoad
 
 MODEL = "tiny"
 

@@ -20,12 +20,12 @@ import httpx
 import pytest
 from agent_flows import ledger
 
-from aruntime.agents.evidence import verify_run
+from aruntime.evidence.runs import verify_run
 from aruntime.agents.flow import DeterminismError
 from aruntime.agents.runner import RunError, Runner
 from aruntime.contracts import sha256_digest
-from aruntime.state.journal import SqliteJournal, SqlJournal
-from aruntime.state.signing import DeploymentKey
+from aruntime.durable.journal import SqliteJournal, SqlJournal
+from aruntime.evidence.signing import DeploymentKey
 from aruntime.timeutil import parse_rfc3339
 
 TESTS = Path(__file__).parent
@@ -213,7 +213,7 @@ def test_a_served_flow_calls_the_served_model_on_the_servers_path(
     from tiny_engine import config
 
     from aruntime.serve.launch import background_server
-    from aruntime.state.evidence import verify
+    from aruntime.evidence.log import verify
 
     sys.path.insert(0, str(TESTS))
     data = tmp_path / "data"
@@ -383,9 +383,9 @@ def test_a_subjects_run_is_sealed_and_erasing_the_subject_leaves_nothing(
         journal: SqlJournal, signer: DeploymentKey, tmp_path: Path) -> None:
     from test_memory import _db_bytes, _dir_bytes
 
-    from aruntime.state.artifacts import ArtifactStore
-    from aruntime.state.erasure import erase_subject, verify_receipt
-    from aruntime.state.memory import MemoryStore
+    from aruntime.governance.artifacts import ArtifactStore
+    from aruntime.governance.erasure import erase_subject, verify_receipt
+    from aruntime.governance.memory import MemoryStore
 
     email = "carol.unique@example.com"
     store = ArtifactStore(tmp_path / "artifacts")
@@ -407,7 +407,7 @@ def test_a_subjects_run_is_sealed_and_erasing_the_subject_leaves_nothing(
 
 def test_an_answer_given_by_another_runner_is_sealed_under_the_runs_subject(
         journal: SqlJournal, signer: DeploymentKey) -> None:
-    from aruntime.state.subject_keys import is_sealed
+    from aruntime.governance.subject_keys import is_sealed
 
     started = Runner(journal, signer=signer)
     assert started.start("agent_flows:ask_name", None, run_id="w",
@@ -421,7 +421,7 @@ def test_an_answer_given_by_another_runner_is_sealed_under_the_runs_subject(
 def test_a_runner_keeps_few_subjects_and_seals_under_a_forgotten_one(
         journal: SqlJournal, signer: DeploymentKey, monkeypatch: pytest.MonkeyPatch) -> None:
     from aruntime.agents import runner as runner_mod
-    from aruntime.state.subject_keys import is_sealed
+    from aruntime.governance.subject_keys import is_sealed
 
     monkeypatch.setattr(runner_mod, "SUBJECTS_KEPT", 2)
     runner = Runner(journal, signer=signer)

@@ -11,14 +11,14 @@ from aruntime.engine.block_pool import BlockPool, NoFreeBlocksError
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
-from aruntime.state.keys import KeyScheme, block_key, prefix_keys
+from aruntime.kv.keys import KeyScheme, block_key, prefix_keys
 
 SCHEME = KeyScheme(block_size=4, model_revision="sha256:" + "ab" * 32)
 
 
 def test_keys_are_canonical_across_processes() -> None:
     here = prefix_keys(SCHEME.root(b"tenant-a"), list(range(10)), 4)
-    code = ("from aruntime.state.keys import KeyScheme, prefix_keys;"
+    code = ("from aruntime.kv.keys import KeyScheme, prefix_keys;"
             f"s = KeyScheme(4, {SCHEME.model_revision!r});"
             "print(','.join(k.hex() for k in prefix_keys(s.root(b'tenant-a'), list(range(10)), 4)))")
     for seed in ("1", "2"):

@@ -18,9 +18,9 @@ from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.disagg import DisaggregatedPool
+from aruntime.cluster.disagg import DisaggregatedPool
 from aruntime.serve.launch import background_server
-from aruntime.state.shm_store import TRANSPORT_TIER
+from aruntime.kv.shm_store import TRANSPORT_TIER
 
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -133,8 +133,8 @@ def test_http_completion_through_prefill_and_decode_workers(
 
 
 def test_the_transport_store_sees_what_another_opener_wrote(tmp_path: Path) -> None:
-    from aruntime.state.keys import BlockKey, KeyScheme
-    from aruntime.state.shm_store import ShmStore
+    from aruntime.kv.keys import BlockKey, KeyScheme
+    from aruntime.kv.shm_store import ShmStore
 
     scheme = KeyScheme(BLOCK, "rev")
     writer, reader = ShmStore(tmp_path, 64, scheme), ShmStore(tmp_path, 64, scheme)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aruntime.contracts import EvidenceRecord, canonical_json
-from aruntime.state.evidence import (
+from aruntime.evidence.log import (
     GENESIS_HASH,
     EvidenceLog,
     EvidenceLogError,
@@ -22,7 +22,7 @@ from aruntime.state.evidence import (
     sign_record_hash,
     verify,
 )
-from aruntime.state.signing import (
+from aruntime.evidence.signing import (
     DeploymentKey,
     SigningError,
     load_public_key,
@@ -437,7 +437,7 @@ def test_a_signature_has_one_spelling() -> None:
     four spare bits: another character with the same two leading bits decodes to the same bytes
     and must not verify, or a record's signature could change without anyone being able to
     tell."""
-    from aruntime.state.signing import DeploymentKey, verify_signature
+    from aruntime.evidence.signing import DeploymentKey, verify_signature
 
     key = DeploymentKey.generate()
     sig = key.sign(b"data")

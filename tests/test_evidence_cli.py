@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aruntime.contracts import canonical_json
-from aruntime.state.evidence import EvidenceLog, output_digest
-from aruntime.state.signing import DeploymentKey, default_key_path, public_key_path
+from aruntime.evidence.log import EvidenceLog, output_digest
+from aruntime.evidence.signing import DeploymentKey, default_key_path, public_key_path
 
 
 def _record(i: int) -> dict[str, object]:

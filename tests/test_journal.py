@@ -16,15 +16,15 @@ import pytest
 from pg_server import fresh_database
 from redis_server import free_port
 
-from aruntime.state.journal import Entry, JournalError, SqliteJournal, SqlJournal, open_journal
-from aruntime.state.journal_pg import PostgresJournal
+from aruntime.durable.journal import Entry, JournalError, SqliteJournal, SqlJournal, open_journal
+from aruntime.durable.journal_pg import PostgresJournal
 from aruntime.timeutil import parse_rfc3339, rfc3339
 
 # A second process on the same journal: `advance` races on a go line, `record` writes an entry
 # and then waits to be killed.
 CHILD = """
 import sys
-from aruntime.state.journal import Entry, open_journal
+from aruntime.durable.journal import Entry, open_journal
 
 url, mode, arg = sys.argv[1:4]
 j = open_journal(url)

@@ -23,11 +23,11 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.state.directory import SHARED_WORKER, CacheDirectory, DirectoryClient, PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme, prefix_keys
-from aruntime.state.kv_events import BlockRemoved, BlockStored, KVEventBatch
-from aruntime.state.kv_format import KeySchemeMismatchError
-from aruntime.state.kv_publisher import ZmqPublisher
+from aruntime.kv.directory import SHARED_WORKER, CacheDirectory, DirectoryClient, PrefixMatch
+from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
+from aruntime.kv.events import BlockRemoved, BlockStored, KVEventBatch
+from aruntime.kv.block_format import KeySchemeMismatchError
+from aruntime.kv.publisher import ZmqPublisher
 
 T = TypeVar("T")
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)

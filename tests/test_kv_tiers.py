@@ -13,9 +13,9 @@ from tiny_engine import BLOCK, prompt
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.state.keys import BlockKey, KeyScheme, prefix_keys
-from aruntime.state.kv_format import KeySchemeMismatchError, decode, encode
-from aruntime.state.tier_stores import DiskStore, RedisStore
+from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
+from aruntime.kv.block_format import KeySchemeMismatchError, decode, encode
+from aruntime.kv.tier_stores import DiskStore, RedisStore
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
@@ -169,7 +169,7 @@ def test_tenants_never_share_blocks(tiny_model_dir: Path, tmp_path: Path) -> Non
 
 
 def test_kv_events_name_the_tier(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from aruntime.state.kv_events import BlockRemoved, BlockStored
+    from aruntime.kv.events import BlockRemoved, BlockStored
 
     eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=3000, kv_events=True,
                  kv_disk_dir=str(tmp_path / "kv"), kv_disk_bytes=1 << 20)
@@ -238,8 +238,8 @@ def test_a_shared_prefix_crosses_tenants_only_when_published(tiny_model_dir: Pat
 
 
 def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
-    from aruntime.state.kv_format import BlockPayload
-    from aruntime.state.tier_stores import HostStore
+    from aruntime.kv.block_format import BlockPayload
+    from aruntime.kv.tier_stores import HostStore
 
     store = HostStore(capacity_bytes=3 * 100)
     keys = [BlockKey(bytes([i]) * 32) for i in range(5)]
@@ -260,7 +260,7 @@ def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
 def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
     import threading
 
-    from aruntime.state.tier_stores import claim_scheme_file
+    from aruntime.kv.tier_stores import claim_scheme_file
 
     scheme = KeyScheme(4, "sha256:" + "a" * 64)
     errors: list[BaseException] = []

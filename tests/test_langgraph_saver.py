@@ -22,7 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
 from aruntime.agents.langgraph_saver import JournalSaver
-from aruntime.state.journal import SqlJournal, open_journal
+from aruntime.durable.journal import SqlJournal, open_journal
 
 
 def _reopen(journal: SqlJournal) -> SqlJournal:

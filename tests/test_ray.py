@@ -21,7 +21,7 @@ from aruntime.cli import main as cli_main
 from aruntime.engine.client import EngineClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.ray_pool import RayDisaggregatedPool, RayPool
+from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
 
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -237,7 +237,7 @@ def test_serve_with_an_unreachable_or_malformed_ray_address_is_one_line_exit_2(
 def test_workers_that_cannot_be_placed_or_started_fail_at_once(
         cluster: None, colocated: RayPool, tiny_model_dir: Path) -> None:
     from aruntime.engine.core_client import EngineStartError
-    from aruntime.serve.ray_cluster import RayUnavailableError
+    from aruntime.cluster.ray.cluster import RayUnavailableError
 
     with pytest.raises(RayUnavailableError, match="3 decode workers need 3 aruntime_decode"):
         RayPool(config(tiny_model_dir), 3, role="decode")

@@ -8,9 +8,9 @@ import pytest
 
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.sequence import Sequence
-from aruntime.serve.router import Router, WorkerLoad
-from aruntime.state.directory_index import PrefixMatch
-from aruntime.state.keys import SHARED_NAMESPACE, KeyScheme, request_keys
+from aruntime.cluster.router import Router, WorkerLoad
+from aruntime.kv.directory_index import PrefixMatch
+from aruntime.kv.keys import SHARED_NAMESPACE, KeyScheme, request_keys
 
 IDLE = [WorkerLoad("w0"), WorkerLoad("w1"), WorkerLoad("w2")]
 

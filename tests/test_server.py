@@ -22,8 +22,8 @@ from redis_server import free_port
 
 from aruntime.engine.config import EngineConfig
 from aruntime.serve.launch import BackgroundServer, background_server
-from aruntime.state.evidence import verify
-from aruntime.state.signing import load_public_key
+from aruntime.evidence.log import verify
+from aruntime.evidence.signing import load_public_key
 
 KV_BYTES = 2 * 1024 * 1024
 MAX_MODEL_LEN = 256

@@ -53,8 +53,8 @@ def _runner(args: argparse.Namespace) -> Any:
     from aruntime.agents.models import LocalModels
     from aruntime.agents.runner import Runner, default_artifacts
     from aruntime.cli import UsageError
-    from aruntime.state.journal import JournalError, open_journal
-    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
+    from aruntime.durable.journal import JournalError, open_journal
+    from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
 
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -185,7 +185,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     from aruntime.cli import UsageError
-    from aruntime.state.signing import SigningError, load_public_key
+    from aruntime.evidence.signing import SigningError, load_public_key
 
     runner = _runner(args)
     try:
@@ -250,7 +250,7 @@ def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_compact(args: argparse.Namespace) -> int:
     from aruntime.cli import UsageError
-    from aruntime.state.journal import JournalError
+    from aruntime.durable.journal import JournalError
 
     try:
         dropped = _runner(args).journal.compact(args.run_id)
@@ -300,8 +300,8 @@ def add_erase_arguments(parser: argparse.ArgumentParser) -> None:
 def run_erase(args: argparse.Namespace) -> int:
     """Crypto-shred a subject across memory, run payloads and artifacts; print the receipt."""
     from aruntime.cli import UsageError
-    from aruntime.state.erasure import LegalHoldError, erase_subject
-    from aruntime.state.memory import MemoryStore
+    from aruntime.governance.erasure import LegalHoldError, erase_subject
+    from aruntime.governance.memory import MemoryStore
 
     runner = _runner(args)
     try:

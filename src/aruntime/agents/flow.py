@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
 from aruntime.contracts import sha256_digest
 from aruntime.errtext import described
-from aruntime.state.journal import Entry
+from aruntime.durable.journal import Entry
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from aruntime.state.journal import SqlJournal
+from aruntime.durable.journal import SqlJournal
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS lg_checkpoints (

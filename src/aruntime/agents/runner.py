@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aruntime.agents.evidence import RunEvidence, RunVerify, verify_run
+from aruntime.evidence.runs import RunEvidence, RunVerify, verify_run
 from aruntime.agents.flow import (
     FLOW_ATTR,
     DeterminismError,
@@ -35,11 +35,11 @@ from aruntime.agents.models import LocalModels, Models
 from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
 from aruntime.errtext import described
-from aruntime.state.artifacts import ArtifactStore, is_ref
-from aruntime.state.erasure import TOMBSTONE
-from aruntime.state.journal import FINISHED, Entry, JournalError, Run, SqlJournal
-from aruntime.state.signing import DeploymentKey
-from aruntime.state.subject_keys import ShreddedError, SubjectKeys, is_sealed
+from aruntime.governance.artifacts import ArtifactStore, is_ref
+from aruntime.governance.erasure import TOMBSTONE
+from aruntime.durable.journal import FINISHED, Entry, JournalError, Run, SqlJournal
+from aruntime.evidence.signing import DeploymentKey
+from aruntime.governance.subject_keys import ShreddedError, SubjectKeys, is_sealed
 from aruntime.timeutil import utc_now
 
 SUBJECTS_KEPT = 4096  # runs whose subject a runner keeps in memory
@@ -92,7 +92,7 @@ def summary(run: Run) -> dict[str, Any]:
 def default_artifacts(journal: SqlJournal) -> ArtifactStore:
     """Beside a SQLite journal's file; for a shared journal, in this machine's data directory."""
     from aruntime import paths
-    from aruntime.state.journal import SqliteJournal
+    from aruntime.durable.journal import SqliteJournal
 
     base = journal.path.parent if isinstance(journal, SqliteJournal) else paths.data_dir()
     return ArtifactStore(base / "artifacts")
@@ -101,7 +101,7 @@ def default_artifacts(journal: SqlJournal) -> ArtifactStore:
 class Runner:
     """`artifacts`: where payloads over `inline_limit` bytes go (the journal keeps their
     reference). A run with a subject has its payloads sealed with the subject's key, so that
-    erasing the subject (state/erasure.py) leaves nothing of it readable."""
+    erasing the subject (governance/erasure.py) leaves nothing of it readable."""
 
     def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
                  models: Models | None = None, artifacts: ArtifactStore | None = None,

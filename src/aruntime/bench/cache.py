@@ -33,7 +33,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.state.keys import KeyScheme, prefix_keys
+from aruntime.kv.keys import KeyScheme, prefix_keys
 
 TRACE = Path(__file__).resolve().parents[4] / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
 BLOCK = 32  # tokens per KV block: larger blocks amortise the per-block cost of a restore

@@ -128,8 +128,8 @@ class Systems:
 
     def __init__(self, workdir: Path, saver: Any) -> None:
         from aruntime.agents.runner import Runner
-        from aruntime.state.journal import SqliteJournal
-        from aruntime.state.signing import DeploymentKey
+        from aruntime.durable.journal import SqliteJournal
+        from aruntime.evidence.signing import DeploymentKey
 
         self.runner = Runner(SqliteJournal(workdir / "aruntime.db"),
                              signer=DeploymentKey.generate())  # evidence signed, as deployed
@@ -195,8 +195,8 @@ def child(argv: list[str], home: Path) -> subprocess.Popen[bytes]:
 def recover_aruntime(workdir: Path, tag: str, w: DurableWorkload) -> Recovery:
     """`aruntime run` in a child, killed; then `Runner.resume` here, timed."""
     from aruntime.agents.runner import Runner
-    from aruntime.state.journal import SqliteJournal
-    from aruntime.state.signing import DeploymentKey, default_key_path
+    from aruntime.durable.journal import SqliteJournal
+    from aruntime.evidence.signing import DeploymentKey, default_key_path
     from aruntime.timeutil import parse_rfc3339
 
     path, home, run_id = workdir / f"recovery-{tag}.db", workdir / "home", f"recovery-{tag}"

@@ -56,7 +56,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import SWITCH_INTERVAL_S
 from aruntime.engine.sampling import SamplingParams
 from aruntime.sim.costs import Costs
-from aruntime.state.keys import KeyScheme, prefix_keys
+from aruntime.kv.keys import KeyScheme, prefix_keys
 
 BLOCK = 16
 MAX_SEQS = 16
@@ -363,7 +363,7 @@ async def _drive(pool: Any, policy: str, groups: list[list[Sent]]) -> PolicyResu
 
 def run_policy(config: EngineConfig, policy: str, groups: list[list[Sent]],
                w: RouteWorkload, longest: int) -> PolicyResult:
-    from aruntime.serve.pool import WorkerPool
+    from aruntime.cluster.pool import WorkerPool
 
     pool = WorkerPool(config, w.workers, policy, seed=w.seed)
     pool.start()

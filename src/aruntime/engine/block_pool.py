@@ -11,8 +11,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aruntime.state.keys import BlockKey
-from aruntime.state.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.keys import BlockKey
+from aruntime.kv.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
 
 
 @dataclass(slots=True)

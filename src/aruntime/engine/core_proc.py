@@ -33,7 +33,7 @@ from aruntime.errtext import described
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
-    from aruntime.state.kv_publisher import KVEventPublisher
+    from aruntime.kv.publisher import KVEventPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def _kv_publisher(engine: LLMEngine, config: EngineConfig) -> KVEventPublisher |
     """The worker's KV event publisher, when a cache directory is to follow it."""
     if config.kv_events_endpoint is None:
         return None
-    from aruntime.state.kv_publisher import ZmqPublisher
+    from aruntime.kv.publisher import ZmqPublisher
 
     worker_id = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     return ZmqPublisher(

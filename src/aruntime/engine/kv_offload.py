@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from aruntime.engine.runner import ModelRunner
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.kv_events import EventBuffer
-from aruntime.state.kv_format import StaleBlockError
-from aruntime.state.shm_store import ShmStore
-from aruntime.state.tier_stores import DiskStore, HostStore, RedisStore, TierStore
-from aruntime.state.tiered_cache import TieredKVCache
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.events import EventBuffer
+from aruntime.kv.block_format import StaleBlockError
+from aruntime.kv.shm_store import ShmStore
+from aruntime.kv.tier_stores import DiskStore, HostStore, RedisStore, TierStore
+from aruntime.kv.tiered_cache import TieredKVCache
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.state.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
-from aruntime.state.kv_events import EventBuffer, KVEventBatch
-from aruntime.state.kv_format import StaleBlockError, decode, encode
+from aruntime.kv.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
+from aruntime.kv.events import EventBuffer, KVEventBatch
+from aruntime.kv.block_format import StaleBlockError, decode, encode
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from aruntime.engine.attention import (
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
-from aruntime.state.kv_format import BlockPayload, StaleBlockError
+from aruntime.kv.block_format import BlockPayload, StaleBlockError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.sequence import Sequence, SequenceStatus
-from aruntime.state.keys import BlockKey
+from aruntime.kv.keys import BlockKey
 
 
 class PrefixLoader(Protocol):

@@ -6,7 +6,7 @@ import enum
 import time
 
 from aruntime.engine.sampling import SamplingParams
-from aruntime.state.keys import BlockKey, block_key, rerooted
+from aruntime.kv.keys import BlockKey, block_key, rerooted
 
 
 class SequenceStatus(enum.Enum):

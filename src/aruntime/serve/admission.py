@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from aruntime.contracts.request import SLO
 from aruntime.engine.outputs import RequestOutput
-from aruntime.serve.router import WorkerLoad
+from aruntime.cluster.router import WorkerLoad
 
 # Optimistic until measured: a fast GPU's prefill rate and decode step.
 DEFAULT_PREFILL_S_PER_TOKEN = 2e-5

@@ -27,8 +27,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import __version__
-from aruntime.agents.http import open_runner
-from aruntime.agents.http import router as runs_router
+from aruntime.serve.runs_routes import open_runner
+from aruntime.serve.runs_routes import router as runs_router
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import TokenLogprob
@@ -54,9 +54,9 @@ from aruntime.serve.generation import (
 )
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.metrics import CONTENT_TYPE, Metrics
-from aruntime.serve.router import Router
-from aruntime.state.evidence import EvidenceLog
-from aruntime.state.signing import DeploymentKey, default_key_path
+from aruntime.cluster.router import Router
+from aruntime.evidence.log import EvidenceLog
+from aruntime.evidence.signing import DeploymentKey, default_key_path
 
 logger = logging.getLogger(__name__)
 

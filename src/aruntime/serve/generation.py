@@ -22,7 +22,7 @@ from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     RateLimitError,
 )
-from aruntime.state.evidence import output_digest
+from aruntime.evidence.log import output_digest
 
 if TYPE_CHECKING:
     from aruntime.serve.api import ServerState

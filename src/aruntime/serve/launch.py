@@ -24,8 +24,8 @@ from aruntime.cli import UsageError
 if TYPE_CHECKING:
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import MPClient
-    from aruntime.serve.disagg import DisaggregatedPool
-    from aruntime.serve.pool import WorkerPool
+    from aruntime.cluster.disagg import DisaggregatedPool
+    from aruntime.cluster.pool import WorkerPool
 
 logger = logging.getLogger("aruntime.serve")
 T = TypeVar("T")
@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.serve.api import build_app
-    from aruntime.state.signing import DeploymentKey, SigningError, default_key_path
+    from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
 
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -182,7 +182,7 @@ def _started_client(args: argparse.Namespace,
                     model: Path) -> MPClient | WorkerPool | DisaggregatedPool:
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import EngineStartError, MPClient
-    from aruntime.serve.ray_cluster import RayUnavailableError, connect
+    from aruntime.cluster.ray.cluster import RayUnavailableError, connect
 
     try:
         config = EngineConfig(
@@ -219,19 +219,19 @@ def _engine_client(config: EngineConfig, workers: int, policy: str, prefill_work
     from aruntime.engine.core_client import MPClient
 
     if ray:
-        from aruntime.serve.ray_pool import RayDisaggregatedPool, RayPool
+        from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
 
         if prefill_workers or decode_workers:
             return RayDisaggregatedPool(config, prefill_workers, decode_workers, policy)
         return RayPool(config, workers, policy)
     if prefill_workers or decode_workers:
-        from aruntime.serve.disagg import DisaggregatedPool
+        from aruntime.cluster.disagg import DisaggregatedPool
 
         return DisaggregatedPool(config, prefill_workers, decode_workers, policy,
                                  transport_dir=transport_dir)
     if workers == 1:
         return MPClient(config)
-    from aruntime.serve.pool import WorkerPool
+    from aruntime.cluster.pool import WorkerPool
 
     return WorkerPool(config, workers, policy)
 

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aruntime.engine.outputs import EngineStats, RequestOutput
-from aruntime.state.tiered_cache import LOAD_BUCKETS_S
+from aruntime.kv.tiered_cache import LOAD_BUCKETS_S
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,

@@ -139,7 +139,7 @@ def transport_gbps(model: Path, kv_token: int, tokens: int = 1024) -> float | No
     blocks (reads and copies, as `DisaggregatedPool` counts them)."""
     import shutil
 
-    from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
+    from aruntime.kv.shm_store import TRANSPORT_TIER, default_transport_root
 
     root = tempfile.mkdtemp(prefix="aruntime-cal-", dir=default_transport_root())
     try:

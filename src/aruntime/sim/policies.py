@@ -1,13 +1,13 @@
-"""Routing in the simulator is the serving router's own decision (`aruntime.serve.router`), made
+"""Routing in the simulator is the serving router's own decision (`aruntime.cluster.router`), made
 over the simulated workers as the pool makes it over real ones: each worker's queued prefill
 tokens and requests, its running decodes, and the prefix its cache holds, by tier."""
 
 from __future__ import annotations
 
-from aruntime.serve.router import POLICIES, Router, WorkerLoad
+from aruntime.cluster.router import POLICIES, Router, WorkerLoad
 from aruntime.sim.trace import SimRequest
 from aruntime.sim.worker import Worker
-from aruntime.state.directory_index import PrefixMatch
+from aruntime.kv.directory_index import PrefixMatch
 
 __all__ = ["POLICIES", "RouterPolicy"]
 

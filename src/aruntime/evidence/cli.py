@@ -13,8 +13,8 @@ from pathlib import Path
 
 from aruntime import paths
 from aruntime.contracts import canonical_json
-from aruntime.state import signing
-from aruntime.state.evidence import VerifyResult, verify
+from aruntime.evidence import signing
+from aruntime.evidence.log import VerifyResult, verify
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,8 @@ from types import MappingProxyType
 from typing import Any
 
 from aruntime.contracts.base import canonical_json
-from aruntime.state.journal import SqlJournal
-from aruntime.state.subject_keys import ShreddedError, SubjectKeys
+from aruntime.durable.journal import SqlJournal
+from aruntime.governance.subject_keys import ShreddedError, SubjectKeys
 from aruntime.timeutil import sortable_rfc3339, utc_now
 
 RETENTION: Mapping[str, timedelta | None] = MappingProxyType({

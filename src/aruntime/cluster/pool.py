@@ -14,7 +14,7 @@ The routing audit pairs, per request, the cached tokens the router predicted wit
 engine reused (`route_of`, `audit`, and the Prometheus lines of `metrics_text`).
 
 A subclass brings other workers and prefix directories (`_make_worker`, `_open_directory`):
-serve/ray_pool.py runs the same pool over Ray actors.
+cluster/ray/pool.py runs the same pool over Ray actors.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.router import Router, WorkerLoad
-from aruntime.state.directory import CacheDirectory, DirectoryError
-from aruntime.state.directory_index import PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme, request_keys
+from aruntime.cluster.router import Router, WorkerLoad
+from aruntime.kv.directory import CacheDirectory, DirectoryError
+from aruntime.kv.directory_index import PrefixMatch
+from aruntime.kv.keys import BlockKey, KeyScheme, request_keys
 
 __all__ = ["PoolWorker", "PrefixDirectory", "RouteRecord", "WorkerInfo", "WorkerPool"]
 

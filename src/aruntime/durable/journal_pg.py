@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from aruntime.errtext import first_line
-from aruntime.state.journal import SCHEMA, JournalError, SqlJournal
+from aruntime.durable.journal import SCHEMA, JournalError, SqlJournal
 
 # Key of the advisory lock that queues schema creation (the journal's and its neighbours'): two
 # processes opening a fresh database at once would otherwise race CREATE TABLE IF NOT EXISTS

@@ -12,7 +12,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass
 
-from aruntime.state.keys import BlockKey, KeyScheme
+from aruntime.kv.keys import BlockKey, KeyScheme
 
 MAGIC = b"ARKV\x02"
 

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aruntime.contracts.base import canonical_json
-from aruntime.state.journal import SqlJournal
+from aruntime.durable.journal import SqlJournal
 from aruntime.timeutil import rfc3339, utc_now
 
 SEALED_PREFIX = "sealed:v1:"

@@ -4,7 +4,7 @@ Each record (`aruntime.run-evidence/v1`) names an event — run start and end, a
 model call with the model's revision, each phase of a tool call, a human decision with the
 digest it was bound to — with digests, never payloads. `prev_hash` chains it to the run's
 previous record and `hash` covers every field but itself and `signature`; the signature is the
-deployment key's over the hash, as in the request evidence log (state/evidence.py).
+deployment key's over the hash, as in the request evidence log (evidence/log.py).
 
 A journaled step's record is written in the step's own transaction and is not signed: the chain
 binds it to the next signed record, and every record that is not a step's — run start, each
@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.contracts import canonical_json, evidence_hash
-from aruntime.state.evidence import GENESIS_HASH, sign_record_hash
-from aruntime.state.journal import Entry, EvidenceConflict, Run, SqlJournal
-from aruntime.state.signing import DeploymentKey, key_id, verify_signature
+from aruntime.evidence.log import GENESIS_HASH, sign_record_hash
+from aruntime.durable.journal import Entry, EvidenceConflict, Run, SqlJournal
+from aruntime.evidence.signing import DeploymentKey, key_id, verify_signature
 from aruntime.timeutil import rfc3339, utc_now
 
 SCHEMA = "aruntime.run-evidence/v1"

@@ -15,7 +15,7 @@ dies mid-stream fails its request with `EngineDeadError`, as in the colocated po
 Transport bandwidth is the bytes decode workers restored from it over the time those restores
 took (reads and copies into device blocks), read from their tier counters by `stats()`.
 
-serve/ray_pool.py runs the same flow over Ray actors, the KV going through Ray's object store
+cluster/ray/pool.py runs the same flow over Ray actors, the KV going through Ray's object store
 (`_transport_config`, `_group`, `_refresh_audit`).
 """
 
@@ -36,7 +36,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.pool import (
+from aruntime.cluster.pool import (
     ROUTES_KEPT,
     PoolWorker,
     RouteRecord,
@@ -44,8 +44,8 @@ from aruntime.serve.pool import (
     WorkerPool,
     merge_stats,
 )
-from aruntime.serve.router import WorkerLoad
-from aruntime.state.shm_store import TRANSPORT_TIER, default_transport_root
+from aruntime.cluster.router import WorkerLoad
+from aruntime.kv.shm_store import TRANSPORT_TIER, default_transport_root
 
 __all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]
 

@@ -14,8 +14,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.tier_stores import TierStore, claim_scheme_file, evict_lru_files
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.tier_stores import TierStore, claim_scheme_file, evict_lru_files
 
 __all__ = ["ShmStore", "default_transport_root"]
 

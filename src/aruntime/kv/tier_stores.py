@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.kv_format import KeySchemeMismatchError, scheme_descriptor
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.block_format import KeySchemeMismatchError, scheme_descriptor
 from aruntime.timeutil import utc_now
 
 logger = logging.getLogger(__name__)

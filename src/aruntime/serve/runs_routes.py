@@ -24,8 +24,8 @@ from aruntime.agents.runner import (
     summary,
 )
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
-from aruntime.state.journal import open_journal
-from aruntime.state.signing import DeploymentKey
+from aruntime.durable.journal import open_journal
+from aruntime.evidence.signing import DeploymentKey
 
 router = APIRouter(prefix="/v1/runs")
 

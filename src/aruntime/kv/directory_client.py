@@ -15,7 +15,7 @@ from typing import Any, Self
 import msgspec
 import zmq
 
-from aruntime.state.directory_index import PrefixMatch
+from aruntime.kv.directory_index import PrefixMatch
 
 
 class PrefixQuery(msgspec.Struct):

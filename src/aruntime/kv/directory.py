@@ -26,16 +26,16 @@ from typing import Any, Self
 import msgspec
 import zmq
 
-from aruntime.state.directory_client import (
+from aruntime.kv.directory_client import (
     DirectoryClient,
     DirectoryError,
     PrefixQuery,
     PrefixReply,
 )
-from aruntime.state.directory_index import SHARED_WORKER, DirectoryIndex, PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.kv_format import KeySchemeMismatchError
-from aruntime.state.kv_publisher import (
+from aruntime.kv.directory_index import SHARED_WORKER, DirectoryIndex, PrefixMatch
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.block_format import KeySchemeMismatchError
+from aruntime.kv.publisher import (
     END_SEQ,
     AnnouncedBatch,
     batch_decoder,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.kv_events import MEDIA, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from aruntime.state.kv_format import KeySchemeMismatchError, scheme_descriptor
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.events import MEDIA, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from aruntime.kv.block_format import KeySchemeMismatchError, scheme_descriptor
 
 logger = logging.getLogger(__name__)
 

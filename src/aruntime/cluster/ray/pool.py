@@ -1,5 +1,5 @@
-"""`aruntime serve --ray`: the pools of serve/pool.py and serve/disagg.py with their workers as
-Ray actors (serve/ray_actor.py), placed by role (serve/ray_cluster.py). Routing, retries before
+"""`aruntime serve --ray`: the pools of cluster/pool.py and cluster/disagg.py with their workers as
+Ray actors (cluster/ray/actor.py), placed by role (cluster/ray/cluster.py). Routing, retries before
 the first token, failing clearly after it, and the audits are the local pools' own.
 
 `RayPool`: one role's workers (colocated, or the prefill or decode group). Ray actors publish no
@@ -33,13 +33,13 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.errtext import first_line
-from aruntime.serve.disagg import DisaggregatedPool
-from aruntime.serve.pool import WorkerPool
-from aruntime.serve.ray_actor import EngineActor, KVExport, KVImport
-from aruntime.serve.ray_cluster import actor_options
-from aruntime.state.directory_index import DirectoryIndex, PrefixMatch
-from aruntime.state.keys import BlockKey, KeyScheme, request_keys
-from aruntime.state.kv_events import BlockRemoved, BlockStored
+from aruntime.cluster.disagg import DisaggregatedPool
+from aruntime.cluster.pool import WorkerPool
+from aruntime.cluster.ray.actor import EngineActor, KVExport, KVImport
+from aruntime.cluster.ray.cluster import actor_options
+from aruntime.kv.directory_index import DirectoryIndex, PrefixMatch
+from aruntime.kv.keys import BlockKey, KeyScheme, request_keys
+from aruntime.kv.events import BlockRemoved, BlockStored
 
 __all__ = ["HeldPrefixes", "RayDisaggregatedPool", "RayHandoffs", "RayPool", "RayWorker"]
 

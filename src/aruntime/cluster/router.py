@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aruntime.state.directory_index import SHARED_WORKER, PrefixMatch
+from aruntime.kv.directory_index import SHARED_WORKER, PrefixMatch
 
 POLICIES = ("kv", "round-robin", "random", "least-loaded")
 # Share of a block's prefill cost that restoring it from this tier saves.

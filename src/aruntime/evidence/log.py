@@ -33,7 +33,7 @@ from aruntime.contracts import (
     evidence_hash,
     validation_message,
 )
-from aruntime.state.signing import DeploymentKey, key_id, verify_signature
+from aruntime.evidence.signing import DeploymentKey, key_id, verify_signature
 
 GENESIS_HASH = "sha256:" + "0" * 64
 _TAIL_CHUNK = 64 * 1024

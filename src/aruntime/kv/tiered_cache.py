@@ -15,10 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from aruntime.state.keys import BlockKey, KeyScheme
-from aruntime.state.kv_events import BlockRemoved, BlockStored, EventBuffer
-from aruntime.state.kv_format import BlockPayload, StaleBlockError, decode, encode
-from aruntime.state.tier_stores import TierStore
+from aruntime.kv.keys import BlockKey, KeyScheme
+from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.block_format import BlockPayload, StaleBlockError, decode, encode
+from aruntime.kv.tier_stores import TierStore
 
 logger = logging.getLogger(__name__)
 

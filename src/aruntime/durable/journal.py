@@ -12,7 +12,7 @@ shared PostgreSQL. `SqlJournal` holds the SQL; a backend supplies the connection
 
 Payloads are JSON text. One over `inline_limit` bytes goes to the content-addressed artifact
 store and the entry keeps `artifact:sha256:<hex>`. Each run's evidence records are a hash chain
-in `evidence` (agents/evidence.py writes and checks them).
+in `evidence` (evidence/runs.py writes and checks them).
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def open_journal(url: str | Path) -> SqlJournal:
     """`postgresql://…` for a shared PostgreSQL; anything else is a SQLite file path."""
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
-        from aruntime.state.journal_pg import PostgresJournal
+        from aruntime.durable.journal_pg import PostgresJournal
 
         return PostgresJournal(text)
     return SqliteJournal(Path(text.removeprefix("sqlite:///")))
