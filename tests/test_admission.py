@@ -13,12 +13,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aruntime.cluster.router import WorkerLoad
 from aruntime.contracts.request import SLO
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import RequestOutput
 from aruntime.serve.admission import Admission, Costs
 from aruntime.serve.launch import BackgroundServer, background_server
-from aruntime.cluster.router import WorkerLoad
 
 MODEL = "tiny"
 

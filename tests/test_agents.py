@@ -20,11 +20,11 @@ import httpx
 import pytest
 from agent_flows import ledger
 
-from aruntime.evidence.runs import verify_run
 from aruntime.agents.flow import DeterminismError
 from aruntime.agents.runner import RunError, Runner
 from aruntime.contracts import sha256_digest
 from aruntime.durable.journal import SqliteJournal, SqlJournal
+from aruntime.evidence.runs import verify_run
 from aruntime.evidence.signing import DeploymentKey
 from aruntime.timeutil import parse_rfc3339
 
@@ -212,8 +212,8 @@ def test_a_served_flow_calls_the_served_model_on_the_servers_path(
     evidence log records (it used to load the demo model in the flow's process)."""
     from tiny_engine import config
 
-    from aruntime.serve.launch import background_server
     from aruntime.evidence.log import verify
+    from aruntime.serve.launch import background_server
 
     sys.path.insert(0, str(TESTS))
     data = tmp_path / "data"

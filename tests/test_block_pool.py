@@ -20,10 +20,11 @@ def test_keys_are_canonical_across_processes() -> None:
     here = prefix_keys(SCHEME.root(b"tenant-a"), list(range(10)), 4)
     code = ("from aruntime.kv.keys import KeyScheme, prefix_keys;"
             f"s = KeyScheme(4, {SCHEME.model_revision!r});"
-            "print(','.join(k.hex() for k in prefix_keys(s.root(b'tenant-a'), list(range(10)), 4)))")
+            "print(','.join(k.hex() for k in "
+            "prefix_keys(s.root(b'tenant-a'), list(range(10)), 4)))")
     for seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={"PYTHONHASHSEED": seed, "PATH": ""})
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env={"PYTHONHASHSEED": seed, "PATH": ""})
         assert out.stdout.strip() == ",".join(k.hex() for k in here)
     assert len(here) == 2  # only full blocks get keys
 
@@ -69,10 +70,10 @@ def test_scheduler_shares_prefix_blocks_and_preempts_newest() -> None:
     assert [c.num_tokens for c in out.chunks] == [9]
     for c in out.chunks:
         sched.on_computed(c)
-    second = Sequence("b", list(range(8)) + [99], params, SCHEME.root())
+    second = Sequence("b", [*list(range(8)), 99], params, SCHEME.root())
     sched.add(second)
     out = sched.schedule()
-    chunk = [c for c in out.chunks if c.seq is second][0]
+    chunk = next(c for c in out.chunks if c.seq is second)
     assert second.num_cached_tokens == 8 and chunk.start == 8 and chunk.num_tokens == 1
     assert second.block_table[:2] == first.block_table[:2]
     assert pool.blocks[first.block_table[0]].ref_count == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from aruntime.contracts import (
     export_schemas,
     validation_message,
 )
+from aruntime.contracts import export as contracts_export
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -104,20 +105,20 @@ def test_schemas_command_writes_the_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    contracts.add_arguments(parser)
+    contracts_export.add_arguments(parser)
     assert parser.parse_args([]).out == Path("schemas")
-    assert contracts.run(parser.parse_args(["--out", str(tmp_path / "out")])) == 0
+    assert contracts_export.run(parser.parse_args(["--out", str(tmp_path / "out")])) == 0
     printed = sorted(Path(p).name for p in capsys.readouterr().out.split())
     assert printed == sorted(p.name for p in REPO_SCHEMAS.glob("*.json"))
 
 
 def test_schemas_command_refuses_a_file_as_out(tmp_path: Path) -> None:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
-        contracts.run(argparse.Namespace(out=target))
+        contracts_export.run(argparse.Namespace(out=target))
 
 
 # ---- request contract -----------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_request_defaults_and_round_trip() -> None:
     assert req.tenant == "default"
     assert req.model.name == "tiny-llama" and req.model.revision == "sha256:0123456789abcdef"
     assert str(req.model) == "tiny-llama@sha256:0123456789abcdef"
-    assert req.deadline == datetime(2025, 1, 2, 3, 4, 5, 500000, tzinfo=timezone.utc)
+    assert req.deadline == datetime(2025, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
     data = req.model_dump(mode="json")
     assert data["schema"] == "aruntime.request/v1"
     assert data["deadline"] == "2025-01-02T03:04:05.500000Z"

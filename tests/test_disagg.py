@@ -15,12 +15,12 @@ import httpx
 import pytest
 from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
 
+from aruntime.cluster.disagg import DisaggregatedPool
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.sampling import SamplingParams
-from aruntime.cluster.disagg import DisaggregatedPool
-from aruntime.serve.launch import background_server
 from aruntime.kv.shm_store import TRANSPORT_TIER
+from aruntime.serve.launch import background_server
 
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)

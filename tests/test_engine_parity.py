@@ -118,7 +118,8 @@ def test_sliding_window_caps_the_context(tmp_path: Path) -> None:
         eng.add_request("long", list(range(100, 170)), GREEDY)
     hf = hf_model(path)
     prompt = prompts(eng.model_config.vocab_size, [20], seed=9)[0]
-    assert eng.generate([prompt], GREEDY)[0].new_token_ids == hf_greedy(hf, prompt, GREEDY.max_tokens)
+    assert (eng.generate([prompt], GREEDY)[0].new_token_ids
+            == hf_greedy(hf, prompt, GREEDY.max_tokens))
 
 
 def _transformers5_llama3(tmp_path: Path) -> Path:

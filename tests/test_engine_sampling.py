@@ -36,7 +36,8 @@ def test_seeded_sampling_does_not_depend_on_the_batch(eng: LLMEngine) -> None:
 
 
 def test_top_k_one_is_greedy(eng: LLMEngine) -> None:
-    greedy = eng.generate([prompt(9, 4)], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    greedy = eng.generate([prompt(9, 4)], SamplingParams(max_tokens=8, temperature=0.0,
+                                                         ignore_eos=True))
     top1 = eng.generate([prompt(9, 4)], SamplingParams(max_tokens=8, temperature=1.5, top_k=1,
                                                        ignore_eos=True))
     assert top1[0].new_token_ids == greedy[0].new_token_ids
@@ -49,7 +50,8 @@ def test_stop_token_and_length(eng: LLMEngine) -> None:
     stop_id = full.new_token_ids[3]
     first = full.new_token_ids.index(stop_id)
     out = eng.generate([prompt(10, 5)], SamplingParams(max_tokens=8, temperature=0.0,
-                                                       ignore_eos=True, stop_token_ids=(stop_id,)))[0]
+                                                       ignore_eos=True,
+                                                       stop_token_ids=(stop_id,)))[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop_id
     assert out.new_token_ids == full.new_token_ids[:first + 1]
 
@@ -75,7 +77,7 @@ def test_logprobs(eng: LLMEngine) -> None:
     out = eng.generate([prompt(8, 7)], SamplingParams(max_tokens=4, temperature=0.0,
                                                       ignore_eos=True, logprobs=3))[0]
     assert out.logprobs is not None and len(out.logprobs) == 4
-    for lp, tok in zip(out.logprobs, out.new_token_ids):
+    for lp, tok in zip(out.logprobs, out.new_token_ids, strict=False):
         assert lp.token_id == tok and len(lp.top) == 3
         assert lp.top[0][0] == tok and abs(lp.top[0][1] - lp.logprob) < 1e-6 and lp.logprob <= 0
 

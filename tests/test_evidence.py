@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -66,7 +67,7 @@ def test_append_five_and_verify(tmp_path: Path) -> None:
     path = tmp_path / "evidence.jsonl"
     records = _write(path, 5)
     assert records[0].prev_hash == GENESIS_HASH
-    for before, after in zip(records, records[1:]):
+    for before, after in itertools.pairwise(records):
         assert after.prev_hash == before.hash
     for rec in records:
         assert rec.hash == rec.compute_hash()
@@ -186,10 +187,9 @@ def test_reopen_refuses_a_corrupt_last_line(tmp_path: Path) -> None:
 
 def test_second_writer_fails_loudly(tmp_path: Path) -> None:
     path = tmp_path / "evidence.jsonl"
-    with EvidenceLog(path):
-        # flock is per open file description, so a second open in this process conflicts too.
-        with pytest.raises(EvidenceLogError, match="another process"):
-            EvidenceLog(path)
+    # flock is per open file description, so a second open in this process conflicts too.
+    with EvidenceLog(path), pytest.raises(EvidenceLogError, match="another process"):
+        EvidenceLog(path)
     with EvidenceLog(path) as log:  # released on close
         log.append(_record(0))
 

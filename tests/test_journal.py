@@ -277,7 +277,7 @@ def test_journals_opening_a_fresh_database_together(postgres_url: str) -> None:
         barrier.wait(timeout=30)
         try:
             PostgresJournal(url).close()
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(n)]

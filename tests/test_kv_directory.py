@@ -23,10 +23,10 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.kv.directory import SHARED_WORKER, CacheDirectory, DirectoryClient, PrefixMatch
-from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
-from aruntime.kv.events import BlockRemoved, BlockStored, KVEventBatch
 from aruntime.kv.block_format import KeySchemeMismatchError
+from aruntime.kv.directory import SHARED_WORKER, CacheDirectory, DirectoryClient, PrefixMatch
+from aruntime.kv.events import BlockRemoved, BlockStored, KVEventBatch
+from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
 from aruntime.kv.publisher import ZmqPublisher
 
 T = TypeVar("T")
@@ -111,7 +111,7 @@ def test_engine_events_reach_the_directory_and_follow_the_tier(tiny_model_dir: P
         settle(eng, pub)
         found = wait_for(served(directory, keys, "w1", "device", 10), what="device blocks")
         assert found.by_tier == {"device": 10}
-        foreign = keys[:6] + [BlockKey(b"\x00" * 32)] + keys[6:]  # a prefix stops at a miss
+        foreign = [*keys[:6], BlockKey(b"\x00" * 32), *keys[6:]]  # a prefix stops at a miss
         assert match_of(directory, foreign, "w1") == PrefixMatch("w1", "device", 6, {"device": 6})
         assert directory.longest_prefix(prompt_keys(eng, salt=b"other tenant")) == []
         with DirectoryClient(directory.query_endpoint or "") as client:

@@ -13,8 +13,8 @@ from tiny_engine import BLOCK, prompt
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
 from aruntime.kv.block_format import KeySchemeMismatchError, decode, encode
+from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
 from aruntime.kv.tier_stores import DiskStore, RedisStore
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -38,7 +38,8 @@ PROMPT = prompt(41, 1)  # 10 full blocks
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path) -> list[int]:
-    return engine(tiny_model_dir, enable_prefix_caching=False).generate([PROMPT], GREEDY)[0].new_token_ids
+    return engine(tiny_model_dir, enable_prefix_caching=False).generate(
+        [PROMPT], GREEDY)[0].new_token_ids
 
 
 def evict_device(eng: LLMEngine) -> None:
@@ -270,7 +271,7 @@ def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
         start.wait()
         try:
             claim_scheme_file(tmp_path / "scheme.json", scheme)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=claim) for _ in range(8)]

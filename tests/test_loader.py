@@ -68,7 +68,7 @@ def test_missing_config_field(ckpt_dir: Path) -> None:
     cfg = json.loads((ckpt_dir / "config.json").read_text())
     del cfg["intermediate_size"]
     (ckpt_dir / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="config.json is missing 'intermediate_size'"):
+    with pytest.raises(CheckpointError, match=r"config.json is missing 'intermediate_size'"):
         load_checkpoint(ckpt_dir)
 
 
@@ -76,10 +76,10 @@ def test_corrupt_safetensors_is_named_when_read(ckpt_dir: Path) -> None:
     file = ckpt_dir / "model.safetensors"
     file.write_bytes(file.read_bytes()[:1000])  # truncated: header promises more data
     ckpt = load_checkpoint(ckpt_dir)  # weights stay on disk until asked for
-    with pytest.raises(CheckpointError, match="cannot read weights from .*model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"cannot read weights from .*model.safetensors"):
         ckpt.weights()
     file.write_bytes(b"\x00" * 64)
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors"):
         load_checkpoint(ckpt_dir).weights()
 
 
@@ -95,7 +95,7 @@ def test_missing_and_misshapen_weights(ckpt_dir: Path) -> None:
     assert "model.norm.weight is [3], expected [64]" in msg
     weights["extra.rotary_emb.inv_freq"] = torch.ones(2)  # extras are tolerated
     del weights["model.embed_tokens.weight"]
-    with pytest.raises(CheckpointError, match="model.embed_tokens.weight"):
+    with pytest.raises(CheckpointError, match=r"model.embed_tokens.weight"):
         check_weights(ckpt.config, weights)
 
 
@@ -132,7 +132,7 @@ def test_sharded_checkpoint(ckpt_dir: Path) -> None:
     assert sorted(loaded) == names
     assert all(torch.equal(loaded[n], whole[n]) for n in names)
     (ckpt_dir / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="missing: model-00002-of-00002.safetensors"):
+    with pytest.raises(CheckpointError, match=r"missing: model-00002-of-00002.safetensors"):
         load_checkpoint(ckpt_dir)
     (ckpt_dir / "model.safetensors.index.json").write_text('{"no_map": 1}')
     with pytest.raises(CheckpointError, match="not a valid shard index"):

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from aruntime.durable.journal import Entry, Run, SqliteJournal, SqlJournal
+from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.artifacts import ArtifactError, ArtifactStore
 from aruntime.governance.erasure import LegalHoldError, erase_subject, verify_receipt
-from aruntime.durable.journal import Entry, Run, SqliteJournal, SqlJournal
 from aruntime.governance.memory import MemoryStore, Scope
-from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.subject_keys import SealedDataError, ShreddedError, SubjectKeys, is_sealed
 from aruntime.timeutil import utc_now
 

@@ -18,10 +18,10 @@ import ray
 from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
 
 from aruntime.cli import main as cli_main
+from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
 from aruntime.engine.client import EngineClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
 
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -236,16 +236,16 @@ def test_serve_with_an_unreachable_or_malformed_ray_address_is_one_line_exit_2(
 
 def test_workers_that_cannot_be_placed_or_started_fail_at_once(
         cluster: None, colocated: RayPool, tiny_model_dir: Path) -> None:
-    from aruntime.engine.core_client import EngineStartError
     from aruntime.cluster.ray.cluster import RayUnavailableError
+    from aruntime.engine.core_client import EngineStartError
 
     with pytest.raises(RayUnavailableError, match="3 decode workers need 3 aruntime_decode"):
         RayPool(config(tiny_model_dir), 3, role="decode")
     cuda = dataclasses.replace(config(tiny_model_dir), device="cuda")
     with pytest.raises(RayUnavailableError, match="need 1 GPU"):
         RayPool(cuda, 1)
-    with pytest.raises(EngineStartError, match="aruntime-w0 cannot be created: .*taken"):
+    with pytest.raises(EngineStartError, match=r"aruntime-w0 cannot be created: .*taken"):
         RayPool(config(tiny_model_dir), 1).start()  # colocated's w0 has the name
     missing = dataclasses.replace(config(tiny_model_dir), model=str(tiny_model_dir / "gone"))
-    with pytest.raises(EngineStartError, match="aruntime-bad0 failed to start: .*does not exist"):
+    with pytest.raises(EngineStartError, match=r"aruntime-bad0 failed to start: .*does not exist"):
         RayPool(missing, 1, worker_prefix="bad").start()

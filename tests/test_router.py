@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from aruntime.cluster.router import Router, WorkerLoad
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.sequence import Sequence
-from aruntime.cluster.router import Router, WorkerLoad
 from aruntime.kv.directory_index import PrefixMatch
 from aruntime.kv.keys import SHARED_NAMESPACE, KeyScheme, request_keys
 

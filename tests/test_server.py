@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis_server import free_port
 
 from aruntime.engine.config import EngineConfig
-from aruntime.serve.launch import BackgroundServer, background_server
 from aruntime.evidence.log import verify
 from aruntime.evidence.signing import load_public_key
+from aruntime.serve.launch import BackgroundServer, background_server
 
 KV_BYTES = 2 * 1024 * 1024
 MAX_MODEL_LEN = 256
@@ -468,5 +468,7 @@ def test_a_published_prefix_is_shared_across_tenants(http: httpx.Client) -> None
 
     assert cached("pub-a", list(range(800, 840))) == 0
     assert cached("pub-b", list(range(800, 840))) == len(system)  # the shared part only
-    bad = http.post("/v1/completions", json={**COMPLETION, "aruntime": {"shared_prefix_tokens": -1}})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "aruntime.shared_prefix_tokens"
+    bad = http.post("/v1/completions",
+                    json={**COMPLETION, "aruntime": {"shared_prefix_tokens": -1}})
+    assert (bad.status_code == 400
+            and bad.json()["error"]["param"] == "aruntime.shared_prefix_tokens")

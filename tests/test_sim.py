@@ -70,7 +70,7 @@ def test_cache_hits_counted_right() -> None:
 
 def test_kv_policy_beats_round_robin_on_shared_prefixes() -> None:
     # 6 conversations; each turn repeats its conversation's 4-block prefix, turns interleaved
-    reqs = [req(i * 1.0, 80, 2, tuple(100 * (i % 6) + b for b in range(4)) + (10_000 + i,))
+    reqs = [req(i * 1.0, 80, 2, (*tuple(100 * (i % 6) + b for b in range(4)), 10000 + i))
             for i in range(60)]
     kv = predict(reqs, Layout(4), "kv", SIMPLE)
     rr = predict(reqs, Layout(4), "round-robin", SIMPLE)
@@ -100,7 +100,8 @@ def test_new_work_cuts_a_decode_jump_after_the_step_in_flight() -> None:
 
 
 def _bursty(n: int = 200) -> list[SimRequest]:
-    return [req(i * 0.5 + (i % 7) * 0.05, 64 + 16 * (i % 5), 8, (i % 9, 1000 + i)) for i in range(n)]
+    return [req(i * 0.5 + (i % 7) * 0.05, 64 + 16 * (i % 5), 8, (i % 9, 1000 + i))
+            for i in range(n)]
 
 
 def test_goodput_search_is_monotone() -> None:

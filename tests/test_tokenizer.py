@@ -19,7 +19,7 @@ from aruntime.engine.tokenizer import (
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Emoji: 👋🏽 🚀 👨‍👩‍👧 and flags 🇯🇵!",
-    "中文字符：你好，世界。日本語のテキスト、한국어 텍스트.",
+    "中文字符：你好，世界。日本語のテキスト、한국어 텍스트.",  # noqa: RUF001 - full-width CJK punctuation is the test data
     "Mixed\ttabs\n\nnewlines  double  spaces, café naïve Ω ≈ ∑ e\u0301 \u200b end",
 ]
 
@@ -122,13 +122,13 @@ def test_sandbox_blocks_unsafe_templates(tok_dir: Path) -> None:
 
 def test_from_dir_errors(tok_dir: Path) -> None:
     (tok_dir / "tokenizer_config.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match="tokenizer_config.json"):
+    with pytest.raises(TokenizerError, match=r"tokenizer_config.json"):
         Tokenizer.from_dir(tok_dir)
     (tok_dir / "tokenizer.json").write_text("{}")
     with pytest.raises(TokenizerError, match="cannot load"):
         Tokenizer.from_dir(tok_dir)
     (tok_dir / "tokenizer.json").unlink()
-    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+    with pytest.raises(TokenizerError, match=r"no tokenizer.json"):
         Tokenizer.from_dir(tok_dir)
 
 
@@ -146,7 +146,7 @@ def test_detokenizer_chunks_prompt_and_specials(tok: Tokenizer) -> None:
     rng = random.Random(0)
     text = "".join(TEXTS)
     prompt = tok.encode("<|im_start|>user\nSay 你好<|im_end|>\n")
-    ids = tok.encode(text) + [2] + tok.encode("🚀 after")
+    ids = [*tok.encode(text), 2, *tok.encode("🚀 after")]
     detok = IncrementalDetokenizer(tok, prompt_token_ids=prompt)
     out, i = [], 0
     while i < len(ids):

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from tiny_engine import config, kill_at_first_token, prompt
 
+from aruntime.cluster.pool import WorkerPool
 from aruntime.engine.outputs import RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.serve.launch import background_server
-from aruntime.cluster.pool import WorkerPool
 from aruntime.kv.keys import request_keys
+from aruntime.serve.launch import background_server
 
 DEADLINE = 60.0
 
@@ -205,8 +205,8 @@ def test_http_stream_from_a_killed_worker_ends_with_an_error_chunk(
 
 
 def test_merged_stats_keep_one_entry_a_tier() -> None:
-    from aruntime.engine.outputs import EngineStats, TierStats
     from aruntime.cluster.pool import merge_stats
+    from aruntime.engine.outputs import EngineStats, TierStats
 
     def engine(hits: int, usage: float) -> EngineStats:
         tier = TierStats("transport", hits, 1, 0, 0, 100, 0.5, [hits, 1], restore_bytes=10)

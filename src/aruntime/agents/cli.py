@@ -33,7 +33,7 @@ def _journal_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _json_arg(text: str, what: str) -> Any:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     try:
         return json.loads(text)
@@ -52,8 +52,8 @@ def _runner(args: argparse.Namespace) -> Any:
     finds them, and call models on `--model`."""
     from aruntime.agents.models import LocalModels
     from aruntime.agents.runner import Runner, default_artifacts
-    from aruntime.cli import UsageError
     from aruntime.durable.journal import JournalError, open_journal
+    from aruntime.errors import UsageError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
 
     if str(Path.cwd()) not in sys.path:
@@ -84,7 +84,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """A runner call whose RunError is the user's mistake (exit 2, one line)."""
     from aruntime.agents.flow import DeterminismError
     from aruntime.agents.runner import RunError
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     try:
         return fn(*args, **kwargs)
@@ -184,7 +184,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
     from aruntime.evidence.signing import SigningError, load_public_key
 
     runner = _runner(args)
@@ -249,8 +249,8 @@ def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compact(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
     from aruntime.durable.journal import JournalError
+    from aruntime.errors import UsageError
 
     try:
         dropped = _runner(args).journal.compact(args.run_id)
@@ -270,7 +270,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_prune(args: argparse.Namespace) -> int:
     """The retention policy: delete old finished runs, compact younger ones."""
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
     from aruntime.timeutil import rfc3339, utc_now
 
     ages = [a for a in (args.older_than_days, args.compact_older_than_days) if a is not None]
@@ -299,7 +299,7 @@ def add_erase_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_erase(args: argparse.Namespace) -> int:
     """Crypto-shred a subject across memory, run payloads and artifacts; print the receipt."""
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
     from aruntime.governance.erasure import LegalHoldError, erase_subject
     from aruntime.governance.memory import MemoryStore
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
 from aruntime.contracts import sha256_digest
-from aruntime.errtext import described
 from aruntime.durable.journal import Entry
+from aruntime.errors import described
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class FlowContext:
             return self._outcome(done, StepError)
         try:
             result = fn(*args)
-        except Exception as exc:  # noqa: BLE001 - journaled and raised again on replay
+        except Exception as exc:
             self._step_failed(seq, name, arg_digest, exc)
         return self._step_done(seq, name, arg_digest, result)
 
@@ -99,7 +99,7 @@ class FlowContext:
             result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception as exc:  # noqa: BLE001 - journaled and raised again on replay
+        except Exception as exc:
             self._step_failed(seq, name, arg_digest, exc)
         return self._step_done(seq, name, arg_digest, result)
 

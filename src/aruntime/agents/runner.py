@@ -23,7 +23,6 @@ from typing import Any
 import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aruntime.evidence.runs import RunEvidence, RunVerify, verify_run
 from aruntime.agents.flow import (
     FLOW_ATTR,
     DeterminismError,
@@ -34,11 +33,12 @@ from aruntime.agents.flow import (
 from aruntime.agents.models import LocalModels, Models
 from aruntime.agents.tools import check_json
 from aruntime.contracts import sha256_digest
-from aruntime.errtext import described
+from aruntime.durable.journal import FINISHED, Entry, JournalError, Run, SqlJournal
+from aruntime.errors import described
+from aruntime.evidence.runs import RunEvidence, RunVerify, verify_run
+from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.artifacts import ArtifactStore, is_ref
 from aruntime.governance.erasure import TOMBSTONE
-from aruntime.durable.journal import FINISHED, Entry, JournalError, Run, SqlJournal
-from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.subject_keys import ShreddedError, SubjectKeys, is_sealed
 from aruntime.timeutil import utc_now
 
@@ -294,7 +294,7 @@ class Runner:
             return RunResult(run.run_id, self._run(run.run_id).status, waiting=s.reason)
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
-        except Exception as exc:  # noqa: BLE001 - the flow's failure is the run's outcome
+        except Exception as exc:
             message = described(exc)
             if self.evidence.set_status(run.run_id, "failed", "run_failed", error=message,
                                         unless=FINISHED):

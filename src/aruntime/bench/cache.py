@@ -35,7 +35,8 @@ from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.keys import KeyScheme, prefix_keys
 
-TRACE = Path(__file__).resolve().parents[4] / "shared" / "traces" / "mooncake_conversation_trace.jsonl"
+TRACE = (Path(__file__).resolve().parents[4] / "shared" / "traces"
+         / "mooncake_conversation_trace.jsonl")
 BLOCK = 32  # tokens per KV block: larger blocks amortise the per-block cost of a restore
 
 
@@ -203,7 +204,8 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
         print(line, flush=True)
 
     note(f"aruntime bench cache: {len(requests)} requests, {prompt_tokens} prompt tokens, "
-         f"working set {unique_blocks} blocks of {BLOCK} tokens; device pool {device_blocks} blocks")
+         f"working set {unique_blocks} blocks of {BLOCK} tokens; "
+         f"device pool {device_blocks} blocks")
     with tempfile.TemporaryDirectory() as tmp:
         disk = Path(tmp) / "kv"
         setups = [
@@ -231,17 +233,20 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
              f"{len(requests) / s.wall_s:>7.2f}")
     note(f"ideal hit rate (infinite cache): {ideal_rate:.1%}")
     for tier, (secs, nbytes) in tiered.restore.items():
-        note(f"restore from {tier}: {nbytes / 1e6:.1f} MB in {secs * 1e3:.1f} ms = {gbps[tier]:.2f} GB/s")
+        note(f"restore from {tier}: {nbytes / 1e6:.1f} MB in {secs * 1e3:.1f} ms "
+             f"= {gbps[tier]:.2f} GB/s")
     note(f"memcpy: {memcpy:.2f} GB/s; file read (page cache): {file_read:.2f} GB/s")
     if smoke:
         note(SMOKE_NOTE)
     note(f"ttft p50 ratio device-only / tiered: {ratio:.2f}")
     hw = hardware.describe("cpu")
     claim = build_claim(
-        statement=(f"On a {len(requests)}-request slice of the Mooncake conversation trace, KV tiers "
-                   f"(host RAM + disk) under a device pool of {w.device_fraction:.0%} of the working "
-                   f"set give {ratio:.2f}x lower median TTFT than the device-only prefix cache"),
-        metric="ttft_p50", value=round(tiered.ttft_p50 * 1e3, 3), unit="ms", direction="lower-is-better",
+        statement=(f"On a {len(requests)}-request slice of the Mooncake conversation trace, "
+                   f"KV tiers (host RAM + disk) under a device pool of {w.device_fraction:.0%} "
+                   f"of the working set give {ratio:.2f}x lower median TTFT than the "
+                   f"device-only prefix cache"),
+        metric="ttft_p50", value=round(tiered.ttft_p50 * 1e3, 3), unit="ms",
+        direction="lower-is-better",
         baseline_name="device-only prefix cache, same device pool",
         baseline_value=round(device.ttft_p50 * 1e3, 3),
         metrics={"hit_rate": round(tiered.hit_rate, 4), "ideal_hit_rate": round(ideal_rate, 4),
@@ -257,7 +262,8 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
         workload=(f"Mooncake conversation trace: first {w.conversations} conversations of >= "
                   f"{w.min_turns} turns that fit the context, {len(requests)} requests in arrival "
                   f"order, one at a time; "
-                  f"512-token hash blocks scaled to {w.tokens_per_hash} seeded tokens (seed {w.seed})"),
+                  f"512-token hash blocks scaled to {w.tokens_per_hash} seeded tokens "
+                  f"(seed {w.seed})"),
         precision="fp32", context=longest, concurrency=1, seed=w.seed,
         duration_s=round(time.time() - started, 3), percentile="p50", raw_log="\n".join(log))
     if json_path is not None:
@@ -282,7 +288,7 @@ def add_trace_bench_arguments(parser: argparse.ArgumentParser, quick_help: str) 
 
 def bench_model(args: argparse.Namespace) -> Path:
     """The checkpoint to run, after checking the trace exists (a one-line usage error if not)."""
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     if not args.trace.is_file():
         raise UsageError(f"trace {args.trace} not found")

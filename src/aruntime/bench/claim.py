@@ -54,7 +54,8 @@ def build_claim(
 ) -> dict[str, Any]:
     """Assemble a claim record; the ratio is always value / baseline, never passed in.
 
-    `direction` is "higher-is-better" or "lower-is-better"; `model` is `name@revision`; `hardware`, `workload` are one-line descriptions (the contract
+    `direction` is "higher-is-better" or "lower-is-better"; `model` is `name@revision`;
+    `hardware`, `workload` are one-line descriptions (the contract
     keeps them under 256 characters; the details belong in the raw log); `percentile` says which
     statistic of the repeated runs `value` is (`p50` for the median round)."""
     record = {

@@ -464,7 +464,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")

@@ -318,7 +318,7 @@ class TransformersBaseline:
             new = self.generate([r.prompt for r in group], max(r.max_tokens for r in group))
             done = time.perf_counter()
             prefill += len(group) * max(len(r.prompt) for r in group)
-            for r, tokens in zip(group, new):
+            for r, tokens in zip(group, new, strict=False):
                 outputs[r.id] = tokens[:r.max_tokens]
                 rows.append({"id": r.id, "prompt": len(r.prompt), "output": r.max_tokens,
                              "batch": b // batch, "batch_new_tokens": len(tokens),
@@ -426,7 +426,7 @@ def run_bench(model_dir: Path, workload: Workload, *, json_path: Path | None = N
     for run in (ours, base):
         lines.append(f"{run.name:<44}{run.wall_s:>8.2f}{run.cpu_s:>8.2f}{run.output_tokens:>12}"
                      f"{run.tok_s:>11.1f}{run.prefill_tokens:>18}{mfu(run):>7.1%}")
-    per_round = [" / ".join(f"{r.wall_s:.1f}" for r in runs) for runs in zip(*rounds)]
+    per_round = [" / ".join(f"{r.wall_s:.1f}" for r in runs) for runs in zip(*rounds, strict=False)]
     facts = [
         ("wall s per round (median counts)",
          f"aruntime {per_round[0]}; transformers {per_round[1]}"),
@@ -462,7 +462,8 @@ def run_bench(model_dir: Path, workload: Workload, *, json_path: Path | None = N
     record = claim.build_claim(
         statement=(f"ARuntime's offline output throughput is {ratio:.2f}x that of {base.name} "
                    f"on the same {model_dir.name} weights, measured in the same run"),
-        metric="output_throughput", value=value, unit="tok/s", direction="higher-is-better", baseline_name=base.name,
+        metric="output_throughput", value=value, unit="tok/s", direction="higher-is-better",
+        baseline_name=base.name,
         baseline_value=baseline, metrics=metrics, model=model_name,
         hardware=hardware.summary(hw), workload=workload.describe(), precision="fp32",
         context=max(max(len(r.prompt) + r.max_tokens for r in requests), len(probes[0]) + 1),
@@ -492,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     workload = replace(QUICK if args.quick else FULL, seed=args.seed)
     if args.json is not None and args.json.is_dir():

@@ -55,8 +55,8 @@ from aruntime.bench.stats import p90
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import SWITCH_INTERVAL_S
 from aruntime.engine.sampling import SamplingParams
-from aruntime.sim.costs import Costs
 from aruntime.kv.keys import KeyScheme, prefix_keys
+from aruntime.sim.costs import Costs
 
 BLOCK = 16
 MAX_SEQS = 16
@@ -203,7 +203,7 @@ class PolicyRuns:
 
 def _common(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -569,7 +569,8 @@ def run_bench(model_dir: Path, w: RouteWorkload, trace: Path = TRACE,
         statement=(f"With {w.workers} colocated workers, KV-aware routing gives {ratio:.2f}x lower "
                    f"p90 TTFT than round-robin on shared-prefix groups from the Mooncake "
                    f"conversation trace (hit rate {kv.hit_rate:.0%} vs {rr.hit_rate:.0%})"),
-        metric="ttft_p90", value=round(kv.ttft_p90 * 1e3, 3), unit="ms", direction="lower-is-better",
+        metric="ttft_p90", value=round(kv.ttft_p90 * 1e3, 3), unit="ms",
+        direction="lower-is-better",
         baseline_name="round-robin routing, same workers and workload",
         baseline_value=round(rr.ttft_p90 * 1e3, 3), metrics=metrics,
         model=model_ref(model_dir), hardware=hardware.summary(hw),
@@ -591,7 +592,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     model = bench_model(args)
     try:

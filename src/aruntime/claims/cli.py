@@ -16,8 +16,8 @@ from aruntime.claims import lifecycle, render
 from aruntime.claims.check import check_record_file, check_repository
 from aruntime.claims.provenance import baseline_source, installed_versions, runtime_source
 from aruntime.claims.registry import Registry, RegistryError, parse_record, read_json, sha256_file
-from aruntime.cli import UsageError
 from aruntime.contracts import ClaimRecord, validation_message
+from aruntime.errors import UsageError
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 

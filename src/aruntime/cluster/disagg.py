@@ -31,11 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from aruntime.engine.client import EngineClient, EngineDeadError
-from aruntime.engine.config import EngineConfig
-from aruntime.engine.core_proc import ModelInfo
-from aruntime.engine.outputs import EngineStats, RequestOutput
-from aruntime.engine.sampling import SamplingParams
 from aruntime.cluster.pool import (
     ROUTES_KEPT,
     PoolWorker,
@@ -45,6 +40,11 @@ from aruntime.cluster.pool import (
     merge_stats,
 )
 from aruntime.cluster.router import WorkerLoad
+from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.core_proc import ModelInfo
+from aruntime.engine.outputs import EngineStats, RequestOutput
+from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.shm_store import TRANSPORT_TIER, default_transport_root
 
 __all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]

@@ -29,13 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from aruntime.cluster.router import Router, WorkerLoad
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import MPClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.sampling import SamplingParams
-from aruntime.cluster.router import Router, WorkerLoad
 from aruntime.kv.directory import CacheDirectory, DirectoryError
 from aruntime.kv.directory_index import PrefixMatch
 from aruntime.kv.keys import BlockKey, KeyScheme, request_keys

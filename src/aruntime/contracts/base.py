@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -42,7 +42,7 @@ def _to_utc(value: object) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("naive datetime: give it a timezone (UTC)")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     if isinstance(value, str):
         return parse_rfc3339(value)
     raise ValueError("expected an RFC 3339 UTC time ending in 'Z', e.g. '2025-01-02T03:04:05Z'")

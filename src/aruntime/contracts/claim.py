@@ -1,4 +1,5 @@
-"""The claim record, `aruntime.claim/v1`: a published figure with its context, sources and review date."""
+"""The claim record, `aruntime.claim/v1`: a published figure with its context, sources and
+review date."""
 
 from __future__ import annotations
 
@@ -110,9 +111,9 @@ class HistoryEntry(StrictModel):
 # A claim with a `metric` is a performance claim and must carry all of these. `metrics` (the
 # secondary figures) stays optional.
 PERFORMANCE_FIELDS = (
-    "value", "unit", "direction", "baseline", "ratio", "model", "hardware", "runtime_version", "workload",
-    "precision", "context", "concurrency", "seed", "duration_s", "percentile", "measured_at",
-    "raw_log_sha256",
+    "value", "unit", "direction", "baseline", "ratio", "model", "hardware", "runtime_version",
+    "workload", "precision", "context", "concurrency", "seed", "duration_s", "percentile",
+    "measured_at", "raw_log_sha256",
 )
 # A claim with an `id` is registered (it lives in `claims/`) and must carry all of these.
 REGISTRY_FIELDS = ("sources", "review_by", "status", "history")

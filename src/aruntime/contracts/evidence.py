@@ -103,7 +103,8 @@ class EvidenceRecord(StrictModel):
     def _chain_hash(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return check_pattern(HASH_RE, value, "must be 'sha256:' followed by 64 lowercase hex digits")
+        return check_pattern(HASH_RE, value,
+                             "must be 'sha256:' followed by 64 lowercase hex digits")
 
     def compute_hash(self) -> str:
         return evidence_hash(self.model_dump(mode="json"))

@@ -41,7 +41,8 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT PRIMARY KEY, flow TEXT NOT NULL, input TEXT NOT NULL,
         status TEXT NOT NULL, result TEXT, error TEXT, subject TEXT,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, compacted INTEGER NOT NULL DEFAULT 0)""",
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, """
+    """compacted INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS runs_status ON runs (status, updated_at)",
     """CREATE TABLE IF NOT EXISTS entries (
         run_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,

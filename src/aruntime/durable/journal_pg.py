@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from aruntime.errtext import first_line
 from aruntime.durable.journal import SCHEMA, JournalError, SqlJournal
+from aruntime.errors import first_line
 
 # Key of the advisory lock that queues schema creation (the journal's and its neighbours'): two
 # processes opening a fresh database at once would otherwise race CREATE TABLE IF NOT EXISTS

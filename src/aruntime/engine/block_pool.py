@@ -11,8 +11,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aruntime.kv.keys import BlockKey
 from aruntime.kv.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.keys import BlockKey
 
 
 @dataclass(slots=True)
@@ -77,7 +77,8 @@ class BlockPool:
             if block.ref_count == 0:
                 self._free[block_id] = None
 
-    def lookup(self, keys: Sequence[BlockKey], token_ids: Sequence[int], block_size: int) -> list[int]:
+    def lookup(self, keys: Sequence[BlockKey], token_ids: Sequence[int],
+               block_size: int) -> list[int]:
         """Longest cached prefix of `keys`: the block ids, not yet referenced."""
         hits: list[int] = []
         if not self.enable_caching:
@@ -86,7 +87,8 @@ class BlockPool:
             block_id = self._cached.get(key)
             if block_id is None:
                 break
-            if self.blocks[block_id].token_ids != tuple(token_ids[i * block_size:(i + 1) * block_size]):
+            if self.blocks[block_id].token_ids != tuple(
+                    token_ids[i * block_size:(i + 1) * block_size]):
                 break
             hits.append(block_id)
         return hits

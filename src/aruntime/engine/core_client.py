@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import multiprocessing
 import shutil
@@ -48,7 +49,7 @@ from aruntime.engine.core_proc import (
 )
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.errtext import described
+from aruntime.errors import described
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -299,16 +300,12 @@ class MPClient(_RoutingClient):
         """Synchronous teardown: stop the core (killing it if it does not exit) and free sockets."""
         self._closing = True
         if self._dead is None and self._info is not None and self._input is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self._input.send(command_encoder.encode(Shutdown()), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
         self._stop_process()
         if self._loop is not None and self._proc is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 self._loop.remove_reader(self._proc.sentinel)
-            except (RuntimeError, ValueError):
-                pass
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
         if self._dead is None:
@@ -364,7 +361,7 @@ class InprocClient(_RoutingClient):
     def _run(self, loop: EngineLoop) -> None:
         try:
             loop.run()
-        except BaseException as exc:  # noqa: BLE001 - reported to every waiter
+        except BaseException as exc:
             self._emit(EngineFailed(described(exc)))
 
     def _emit(self, message: CoreMessage) -> None:
@@ -373,10 +370,8 @@ class InprocClient(_RoutingClient):
             if isinstance(message, (EngineFailed, Stopped)):
                 self._dead = EngineDeadError(str(message))
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed; nobody is waiting
             self._loop.call_soon_threadsafe(self._dispatch, message)
-        except RuntimeError:  # the loop is closed; nobody is waiting
-            pass
 
     def _submit(self, command: Command) -> None:
         self._commands.put(command)

@@ -29,7 +29,7 @@ import msgspec
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.errtext import described
+from aruntime.errors import described
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -222,7 +222,7 @@ class EngineLoop:
         elif isinstance(command, EngineCall):
             try:
                 command.result.set_result(command.fn(self.engine))
-            except Exception as exc:  # noqa: BLE001 - the caller's error, not the loop's
+            except Exception as exc:
                 command.result.set_exception(exc)
         elif isinstance(command, AbortRequests):
             self._abort(command.request_ids)
@@ -290,7 +290,7 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
             target=_recv_loop, args=(ctx, input_addr, commands), name="core-input", daemon=True
         ).start()
         EngineLoop(engine, commands, outbox.put, publisher).run()
-    except BaseException as exc:  # noqa: BLE001 - the client must hear why, whatever it was
+    except BaseException as exc:
         logger.error("engine core failed:\n%s", traceback.format_exc())
         outbox.put(EngineFailed(described(exc)))
         code = 1

@@ -339,7 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     try:
         path = write_demo_model(args.dir, args.size, args.architecture, args.seed)

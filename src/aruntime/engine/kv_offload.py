@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from aruntime.engine.runner import ModelRunner
-from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.events import EventBuffer
 from aruntime.kv.block_format import StaleBlockError
+from aruntime.kv.events import EventBuffer
+from aruntime.kv.keys import BlockKey, KeyScheme
 from aruntime.kv.shm_store import ShmStore
 from aruntime.kv.tier_stores import DiskStore, HostStore, RedisStore, TierStore
 from aruntime.kv.tiered_cache import TieredKVCache
@@ -72,7 +72,7 @@ class TierLoader:
         # batched copy into device blocks.
         copy_s = time.perf_counter() - start
         total = sum(len(p.data) for p in payloads) or 1
-        for payload, tier, read_s in zip(payloads, tiers, reads):
+        for payload, tier, read_s in zip(payloads, tiers, reads, strict=False):
             self.restore_seconds[tier] += read_s + copy_s * len(payload.data) / total
             self.restore_bytes[tier] += len(payload.data)
         return len(payloads)

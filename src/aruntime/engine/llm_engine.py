@@ -22,9 +22,9 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.kv.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
-from aruntime.kv.events import EventBuffer, KVEventBatch
 from aruntime.kv.block_format import StaleBlockError, decode, encode
+from aruntime.kv.events import EventBuffer, KVEventBatch
+from aruntime.kv.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class LLMEngine:
         self.tokenizer = ckpt.tokenizer
         self.model_config = mc = ckpt.config
         self.revision = ckpt.revision
-        max_len = min(config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+        max_len = min(config.max_model_len or mc.max_position_embeddings,
+                      mc.max_position_embeddings)
         if mc.sliding_window:  # within the window, sliding attention is full attention
             max_len = min(max_len, mc.sliding_window)
         self.runner = ModelRunner(config, mc, ckpt.weights(), max_len)
@@ -86,7 +87,8 @@ class LLMEngine:
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))
         if params.seed is not None:
-            self._generators[request_id] = torch.Generator(self.runner.device).manual_seed(params.seed)
+            self._generators[request_id] = torch.Generator(self.runner.device).manual_seed(
+                params.seed)
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt_token_ids)
 
@@ -105,7 +107,7 @@ class LLMEngine:
         keys = self._reusable_keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)
         ids = self.pool.lookup(keys, prompt_token_ids, self.config.block_size)
         return [encode(self.key_scheme, key, self.runner.read_block(block_id))
-                for key, block_id in zip(keys, ids)]
+                for key, block_id in zip(keys, ids, strict=False)]
 
     def import_prefix(self, prompt_token_ids: list[int], blobs: list[bytes],
                       tenant_salt: bytes = b"", shared_prefix_tokens: int = 0) -> int:
@@ -120,7 +122,7 @@ class LLMEngine:
         held = self.pool.lookup(keys[:len(blobs)], prompt_token_ids, bs)
         payloads = []
         try:
-            for key, blob in zip(keys[len(held):], blobs[len(held):]):
+            for key, blob in zip(keys[len(held):], blobs[len(held):], strict=False):
                 payloads.append(decode(blob, self.key_scheme, key))
         except StaleBlockError as exc:
             logger.warning("importing KV blocks stopped at a stale one: %s", exc)
@@ -163,9 +165,11 @@ class LLMEngine:
         tokens = sample(logits, [s.params for s in seqs],
                         [self._generators.get(s.request_id) for s in seqs])
         now = time.time()
-        return [self._append(seq, tok, logits[i], now) for i, (seq, tok) in enumerate(zip(seqs, tokens))]
+        return [self._append(seq, tok, logits[i], now)
+                for i, (seq, tok) in enumerate(zip(seqs, tokens, strict=False))]
 
-    def _append(self, seq: Sequence, token: int, logits_row: torch.Tensor, now: float) -> RequestOutput:
+    def _append(self, seq: Sequence, token: int, logits_row: torch.Tensor,
+                now: float) -> RequestOutput:
         seq.token_ids.append(token)
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
@@ -180,7 +184,8 @@ class LLMEngine:
             finished=stop.finish_reason is not None, finish_reason=stop.finish_reason,
             stop_reason=stop.stop_reason, logprobs=lp, num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens, arrival_time=seq.arrival_time,
-            scheduled_time=seq.scheduled_time, first_token_time=seq.first_token_time, finish_time=now if stop.finish_reason else None)
+            scheduled_time=seq.scheduled_time, first_token_time=seq.first_token_time,
+            finish_time=now if stop.finish_reason else None)
         if out.finished:
             self._drop(seq)
         return out
@@ -222,7 +227,7 @@ class LLMEngine:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         ids = [f"gen-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
         results = {rid: RequestOutput(rid, [], "") for rid in ids}
-        for rid, prompt, p in zip(ids, prompts, plist):
+        for rid, prompt, p in zip(ids, prompts, plist, strict=False):
             self.add_request(rid, prompt, p)
         while self.has_unfinished_requests():
             for delta in self.step():

@@ -53,7 +53,8 @@ class ModelRunner:
         self._scratch = torch.empty(0, dtype=self.dtype, device=self.device)
         self._block_views: tuple[torch.Tensor, ...] | None = None  # one view per block
         # The C decode kernel where it applies (fp32 on CPU); grouped SDPA over gathered KV else.
-        native_ok = self.device.type == "cpu" and self.dtype == torch.float32 and config.native_kernels
+        native_ok = (self.device.type == "cpu" and self.dtype == torch.float32
+                     and config.native_kernels)
         self.native = NativeDecode.create() if native_ok else None
 
     def read_block(self, block_id: int) -> BlockPayload:
@@ -139,7 +140,8 @@ class ModelRunner:
         return NativeDecodeInputs(len(tables), torch.tensor(padded, dtype=torch.int32),
                                   torch.tensor(lens, dtype=torch.int32))
 
-    def _decode_groups(self, batch: AttentionBatch, tables: list[list[int]], lens: list[int]) -> None:
+    def _decode_groups(self, batch: AttentionBatch, tables: list[list[int]],
+                       lens: list[int]) -> None:
         """Split the (longest-first) decode rows into groups padded to at most 4/3 of their
         shortest member: gathering padding costs as much as gathering context."""
         dev, bs = self.device, self.block_size
@@ -154,7 +156,8 @@ class ModelRunner:
             mask = torch.arange(width * bs, device=dev)[None, :] < lengths[:, None]
             batch.decodes.append(DecodeGroup(
                 start, end - start, width,
-                torch.tensor(padded, dtype=torch.long, device=dev).view(-1), mask[None, :, None, :]))
+                torch.tensor(padded, dtype=torch.long, device=dev).view(-1),
+                mask[None, :, None, :]))
             need = max(need, (end - start) * width)
             start = end
         _, _, kv_heads, _, _, d = self.kv_cache.shape

@@ -33,7 +33,8 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     top_k = [p.top_k for p in params]
     if any(top_k):
         k = torch.tensor([k if k > 0 else logits.shape[1] for k in top_k], device=dev)
-        kth = logits.sort(dim=-1, descending=True).values.gather(1, (k.clamp(max=logits.shape[1]) - 1).unsqueeze(1))
+        kth = logits.sort(dim=-1, descending=True).values.gather(
+            1, (k.clamp(max=logits.shape[1]) - 1).unsqueeze(1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
     top_p = [p.top_p for p in params]
     if any(p < 1.0 for p in top_p):
@@ -52,5 +53,5 @@ def logprobs_of(logits_row: torch.Tensor, token_id: int, k: int) -> TokenLogprob
     top: list[tuple[int, float]] = []
     if k:
         values, ids = lp.topk(k)
-        top = list(zip(ids.tolist(), values.tolist()))
+        top = list(zip(ids.tolist(), values.tolist(), strict=False))
     return TokenLogprob(token_id, float(lp[token_id]), top)

@@ -144,7 +144,8 @@ class Scheduler:
         return loaded
 
     def _grow(self, seq: Sequence, num_new_tokens: int) -> bool:
-        need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - len(seq.block_table)
+        need = (-(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
+                - len(seq.block_table))
         if need > self.pool.num_free:
             return False
         if need > 0:

@@ -60,5 +60,6 @@ class Sequence:
                 parent = rerooted(self._root, self._keys[-1])
             else:
                 parent = self._keys[-1] if self._keys else self._root
-            self._keys.append(block_key(parent, self.token_ids[i * block_size:(i + 1) * block_size]))
+            self._keys.append(block_key(parent,
+                                        self.token_ids[i * block_size:(i + 1) * block_size]))
         return self._keys[:upto]

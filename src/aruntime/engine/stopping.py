@@ -15,7 +15,8 @@ class StopChecker:
                  max_model_len: int, num_prompt_tokens: int) -> None:
         self.params = params
         self.detok = IncrementalDetokenizer(tokenizer)
-        self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_ids)
+        self.stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else eos_ids)
         self.max_total = max_model_len
         self.num_prompt_tokens = num_prompt_tokens
         self.hold = max((len(s) for s in params.stop), default=1) - 1
@@ -32,7 +33,8 @@ class StopChecker:
         self.pending += self.detok.push([token_id])
         if self.params.stop and self._match_stop():
             return self._flush()
-        if num_output >= self.params.max_tokens or self.num_prompt_tokens + num_output >= self.max_total:
+        if (num_output >= self.params.max_tokens
+                or self.num_prompt_tokens + num_output >= self.max_total):
             self.finish_reason = "length"
             return self._flush()
         if self.hold and len(self.pending) > self.hold:

@@ -32,7 +32,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     path: Path = args.file
     if not path.is_file():
@@ -85,7 +85,7 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
 def run_show(args: argparse.Namespace) -> int:
     """Prints each record of the request as indented JSON (a request has one; a log that holds
     two is printed whole, so that the duplicate shows)."""
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     path: Path = args.file or (args.data_dir or paths.data_dir()) / "evidence.jsonl"
     needle = canonical_json(args.request_id)  # as the log spells it

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.contracts import canonical_json, evidence_hash
-from aruntime.evidence.log import GENESIS_HASH, sign_record_hash
 from aruntime.durable.journal import Entry, EvidenceConflict, Run, SqlJournal
+from aruntime.evidence.log import GENESIS_HASH, sign_record_hash
 from aruntime.evidence.signing import DeploymentKey, key_id, verify_signature
 from aruntime.timeutil import rfc3339, utc_now
 

@@ -28,10 +28,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.contracts.base import canonical_json
-from aruntime.governance.artifacts import REF_RE, ArtifactStore
 from aruntime.durable.journal import FINISHED, SqliteJournal, SqlJournal
-from aruntime.governance.memory import MemoryStore
 from aruntime.evidence.signing import DeploymentKey, key_id, verify_signature
+from aruntime.governance.artifacts import REF_RE, ArtifactStore
+from aruntime.governance.memory import MemoryStore
 from aruntime.governance.subject_keys import SEALED_PREFIX, SubjectKeys
 from aruntime.timeutil import rfc3339, utc_now
 

@@ -146,7 +146,8 @@ class MemoryStore:
         """Delete items older than their class allows at `now`; how many went."""
         now = now or utc_now()
         return sum(self.journal.execute(
-            "DELETE FROM memory WHERE retention = ? AND written_at < ?", (name, sortable_rfc3339(now - age)))
+            "DELETE FROM memory WHERE retention = ? AND written_at < ?",
+            (name, sortable_rfc3339(now - age)))
             for name, age in self.retention.items() if age is not None)
 
     # -- erasure: a subject's items, and every item in the scopes of the user of that id

@@ -15,6 +15,7 @@ stale one would send requests to a worker that no longer holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -26,6 +27,7 @@ from typing import Any, Self
 import msgspec
 import zmq
 
+from aruntime.kv.block_format import KeySchemeMismatchError
 from aruntime.kv.directory_client import (
     DirectoryClient,
     DirectoryError,
@@ -34,7 +36,6 @@ from aruntime.kv.directory_client import (
 )
 from aruntime.kv.directory_index import SHARED_WORKER, DirectoryIndex, PrefixMatch
 from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.block_format import KeySchemeMismatchError
 from aruntime.kv.publisher import (
     END_SEQ,
     AnnouncedBatch,
@@ -151,10 +152,8 @@ class CacheDirectory:
     def _wake(self) -> None:
         with self._wake_lock:
             if not self._wake_tx.closed:
-                try:
+                with contextlib.suppress(zmq.Again):  # wake-ups are pending already
                     self._wake_tx.send(b"", zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # wake-ups are pending already
 
     # --- the loop -----------------------------------------------------------------------------
 

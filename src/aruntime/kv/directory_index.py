@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.events import MEDIA, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from aruntime.kv.block_format import KeySchemeMismatchError, scheme_descriptor
+from aruntime.kv.events import MEDIA, AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from aruntime.kv.keys import BlockKey, KeyScheme
 
 logger = logging.getLogger(__name__)
 

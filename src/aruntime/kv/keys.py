@@ -34,7 +34,8 @@ class KeyScheme:
 
 def block_key(parent: BlockKey, token_ids: Sequence[int]) -> BlockKey:
     """Key of one full block: sha256(parent key || token ids as little-endian uint32)."""
-    return BlockKey(hashlib.sha256(parent + struct.pack(f"<{len(token_ids)}I", *token_ids)).digest())
+    return BlockKey(
+        hashlib.sha256(parent + struct.pack(f"<{len(token_ids)}I", *token_ids)).digest())
 
 
 def prefix_keys(root: BlockKey, token_ids: Sequence[int], block_size: int) -> list[BlockKey]:
@@ -65,4 +66,5 @@ def request_keys(scheme: KeyScheme, tokens: Sequence[int], tenant_salt: bytes = 
     keys = prefix_keys(scheme.root(SHARED_NAMESPACE), tokens[:shared * bs], bs)
     if len(keys) < shared:
         return keys
-    return keys + prefix_keys(rerooted(scheme.root(tenant_salt), keys[-1]), tokens[shared * bs:], bs)
+    return keys + prefix_keys(rerooted(scheme.root(tenant_salt), keys[-1]),
+                              tokens[shared * bs:], bs)

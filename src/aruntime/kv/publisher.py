@@ -28,8 +28,8 @@ from typing import Any
 import msgspec
 import zmq
 
-from aruntime.kv.keys import KeyScheme
 from aruntime.kv.events import AllBlocksCleared, KVEventBatch
+from aruntime.kv.keys import KeyScheme
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aruntime.kv.keys import BlockKey, KeyScheme
 from aruntime.kv.block_format import KeySchemeMismatchError, scheme_descriptor
+from aruntime.kv.keys import BlockKey, KeyScheme
 from aruntime.timeutil import utc_now
 
 logger = logging.getLogger(__name__)
@@ -239,8 +239,10 @@ class RedisStore(TierStore):
         self.client.close()
 
 
-def evict_lru_files(index: OrderedDict[BlockKey, int], used: int, capacity: int,
-                    path_of: Callable[[BlockKey], Path]) -> tuple[int, list[tuple[BlockKey, bytes]]]:
+def evict_lru_files(
+    index: OrderedDict[BlockKey, int], used: int, capacity: int,
+    path_of: Callable[[BlockKey], Path],
+) -> tuple[int, list[tuple[BlockKey, bytes]]]:
     """Drop least recently used block files until `used` fits `capacity`; returns the new
     usage and what was dropped (for demotion). The caller holds its lock."""
     evicted = []

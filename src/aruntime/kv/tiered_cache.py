@@ -15,9 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
 from aruntime.kv.block_format import BlockPayload, StaleBlockError, decode, encode
+from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.keys import BlockKey, KeyScheme
 from aruntime.kv.tier_stores import TierStore
 
 logger = logging.getLogger(__name__)

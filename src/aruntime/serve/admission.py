@@ -21,9 +21,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aruntime.cluster.router import WorkerLoad
 from aruntime.contracts.request import SLO
 from aruntime.engine.outputs import RequestOutput
-from aruntime.cluster.router import WorkerLoad
 
 # Optimistic until measured: a fast GPU's prefill rate and decode step.
 DEFAULT_PREFILL_S_PER_TOKEN = 2e-5

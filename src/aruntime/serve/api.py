@@ -27,12 +27,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import __version__
-from aruntime.serve.runs_routes import open_runner
-from aruntime.serve.runs_routes import router as runs_router
+from aruntime.cluster.router import Router
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
+from aruntime.evidence.log import EvidenceLog
+from aruntime.evidence.signing import DeploymentKey, default_key_path
 from aruntime.serve import protocol as p
 from aruntime.serve.admission import Admission
 from aruntime.serve.errors import (
@@ -42,6 +43,7 @@ from aruntime.serve.errors import (
     error_body,
     install_error_handlers,
 )
+from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.generation import (
     Choice,
     Generation,
@@ -52,11 +54,9 @@ from aruntime.serve.generation import (
     merged,
     plan,
 )
-from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.metrics import CONTENT_TYPE, Metrics
-from aruntime.cluster.router import Router
-from aruntime.evidence.log import EvidenceLog
-from aruntime.evidence.signing import DeploymentKey, default_key_path
+from aruntime.serve.runs_routes import open_runner
+from aruntime.serve.runs_routes import router as runs_router
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from aruntime.contracts import EvidenceRecord, Route, Timings, Usage
 from aruntime.contracts.request import SLO
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
+from aruntime.evidence.log import output_digest
 from aruntime.serve import protocol as p
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     RateLimitError,
 )
-from aruntime.evidence.log import output_digest
 
 if TYPE_CHECKING:
     from aruntime.serve.api import ServerState
@@ -136,7 +136,7 @@ async def merged(state: ServerState,
         try:
             async for out in _engine_stream(state, gen, c):
                 queue.put_nowait((c.index, out))
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+        except Exception as exc:
             queue.put_nowait((c.index, exc))
 
     tasks = [asyncio.create_task(pump(c)) for c in gen.choices]
@@ -267,7 +267,8 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         model_revision=info.revision, engine_version=f"aruntime-engine/{__version__}",
         hardware=info.hardware, precision=info.dtype,
         route=_route(state, gen, usage["prompt_tokens_details"]["cached_tokens"]),
-        timings=Timings(queue_s=max(0.0, max(queued)) if queued else None, ttft_s=ttft, tpot_s=max(0.0, sum(tpots) / len(tpots)) if tpots else None,
+        timings=Timings(queue_s=max(0.0, max(queued)) if queued else None, ttft_s=ttft,
+                        tpot_s=max(0.0, sum(tpots) / len(tpots)) if tpots else None,
                         e2e_s=max(0.0, now - gen.started)),
         usage=Usage(prompt_tokens=usage["prompt_tokens"],
                     completion_tokens=usage["completion_tokens"],

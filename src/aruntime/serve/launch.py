@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aruntime import paths
-from aruntime.cli import UsageError
+from aruntime.errors import UsageError
 
 if TYPE_CHECKING:
-    from aruntime.engine.config import EngineConfig
-    from aruntime.engine.core_client import MPClient
     from aruntime.cluster.disagg import DisaggregatedPool
     from aruntime.cluster.pool import WorkerPool
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.core_client import MPClient
 
 logger = logging.getLogger("aruntime.serve")
 T = TypeVar("T")
@@ -155,8 +155,8 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
 
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
-    from aruntime.serve.api import build_app
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
+    from aruntime.serve.api import build_app
 
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -180,9 +180,9 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
 
 def _started_client(args: argparse.Namespace,
                     model: Path) -> MPClient | WorkerPool | DisaggregatedPool:
+    from aruntime.cluster.ray.cluster import RayUnavailableError, connect
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.core_client import EngineStartError, MPClient
-    from aruntime.cluster.ray.cluster import RayUnavailableError, connect
 
     try:
         config = EngineConfig(
@@ -271,7 +271,7 @@ class BackgroundServer:
 
         try:
             asyncio.run(serve())
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
+        except BaseException as exc:
             self._error = exc
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:

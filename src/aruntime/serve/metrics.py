@@ -67,17 +67,18 @@ def _tier_metrics(model_name: str, s: EngineStats) -> Iterator[Metric]:
         "kv_tier_stale_blocks": "Corrupt, truncated or foreign blocks found and dropped.",
         "kv_tier_evictions": "Blocks evicted from the tier (demoted to the next one).",
     }
-    families = {n: CounterMetricFamily(f"aruntime:{n}", d, labels=names) for n, d in counters.items()}
+    families = {n: CounterMetricFamily(f"aruntime:{n}", d, labels=names)
+                for n, d in counters.items()}
     size = GaugeMetricFamily("aruntime:kv_tier_bytes", "Bytes held by the tier.", labels=names)
     load = HistogramMetricFamily("aruntime:kv_tier_load_seconds",
                                  "Time to read and check one block from the tier.", labels=names)
     for t in s.tiers:
         labels = [model_name, t.tier]
-        for n, value in zip(counters, (t.hits, t.misses, t.stale, t.evictions)):
+        for n, value in zip(counters, (t.hits, t.misses, t.stale, t.evictions), strict=False):
             families[n].add_metric(labels, value)
         size.add_metric(labels, t.stored_bytes)
         cumulative, buckets = 0, []
-        for bound, count in zip([*map(str, LOAD_BUCKETS_S), "+Inf"], t.load_buckets):
+        for bound, count in zip([*map(str, LOAD_BUCKETS_S), "+Inf"], t.load_buckets, strict=False):
             cumulative += count
             buckets.append((bound, cumulative))
         load.add_metric(labels, buckets, t.load_seconds_sum)

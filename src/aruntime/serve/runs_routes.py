@@ -23,9 +23,9 @@ from aruntime.agents.runner import (
     default_artifacts,
     summary,
 )
-from aruntime.serve.errors import InvalidRequestError, NotFoundError
 from aruntime.durable.journal import open_journal
 from aruntime.evidence.signing import DeploymentKey
+from aruntime.serve.errors import InvalidRequestError, NotFoundError
 
 router = APIRouter(prefix="/v1/runs")
 

@@ -4,4 +4,5 @@ from aruntime.sim.costs import Costs
 from aruntime.sim.model import SLO, Layout, Prediction, SimConfig, predict
 from aruntime.sim.trace import SimRequest, load_trace
 
-__all__ = ["SLO", "Costs", "Layout", "Prediction", "SimConfig", "SimRequest", "load_trace", "predict"]
+__all__ = ["SLO", "Costs", "Layout", "Prediction", "SimConfig", "SimRequest", "load_trace",
+           "predict"]

@@ -52,7 +52,7 @@ def time_cached_prefill(engine: LLMEngine, context: int, new: int, salt: int) ->
     """A prompt whose first `context` tokens are cached (a previous prompt computed them) and
     `new` after them: the step that gathers the cached context for the new tokens."""
     prefix = _prompt(context, salt)
-    time_prefill_prompt(engine, prefix + [7], f"c{salt}")  # caches the prefix's full blocks
+    time_prefill_prompt(engine, [*prefix, 7], f"c{salt}")  # caches the prefix's full blocks
     return time_prefill_prompt(engine, prefix + _prompt(new, salt + 1), f"q{salt}")
 
 
@@ -70,7 +70,8 @@ def time_decode(engine: LLMEngine, batch: int, context: int, steps: int, salt: i
         times.append(time.perf_counter() - t0)
     while engine.has_unfinished_requests():
         engine.step()
-    return statistics.quantiles(times, n=4)[0]  # lower quartile: the machine is shared, noise only adds
+    # lower quartile: the machine is shared, noise only adds
+    return statistics.quantiles(times, n=4)[0]
 
 
 def _timed_prefills(model: str, length: int, repeats: int, start: Any, out: Any) -> None:

@@ -24,7 +24,7 @@ from aruntime.sim.trace import SimRequest, load_trace, native_rate
 
 
 def _usage(message: str) -> Exception:
-    from aruntime.cli import UsageError
+    from aruntime.errors import UsageError
 
     return UsageError(message)
 
@@ -33,7 +33,8 @@ def parse_policies(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in POLICIES]
     if bad or not names:
-        raise _usage(f"--policies: unknown {', '.join(bad) or '(none)'}; known: {', '.join(POLICIES)}")
+        raise _usage(f"--policies: unknown {', '.join(bad) or '(none)'}; "
+                     f"known: {', '.join(POLICIES)}")
     return names
 
 
@@ -67,7 +68,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--ttft-slo-ms", type=float, default=5000.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=100.0)
-    parser.add_argument("--cache-gb", type=float, default=4.0, help="device prefix cache per worker")
+    parser.add_argument("--cache-gb", type=float, default=4.0,
+                        help="device prefix cache per worker")
     parser.add_argument("--host-gb", type=float, default=0.0, help="host KV tier per worker")
     parser.add_argument("--network-gbps", type=float, help="override the calibrated KV link")
     parser.add_argument("--calibration", type=Path, help="default: <home>/sim/calibration.json")
@@ -110,7 +112,8 @@ def row(policy: str, layout: Layout, g: Goodput) -> dict[str, Any]:
 
 def _fmt(r: dict[str, Any]) -> str:
     if "hit_rate" not in r:
-        return f"{r['policy']:<13} {r['layout']:<12} {0.0:>9.3f} {'-':>6} {'-':>9} {'-':>9} {'-':>8} {'-':>8}"
+        return (f"{r['policy']:<13} {r['layout']:<12} {0.0:>9.3f} "
+                f"{'-':>6} {'-':>9} {'-':>9} {'-':>8} {'-':>8}")
     return (f"{r['policy']:<13} {r['layout']:<12} {r['goodput_rps']:>9.3f} {r['hit_rate']:>6.1%} "
             f"{r['ttft_p50_ms']:>9.0f} {r['ttft_p90_ms']:>9.0f} {r['tpot_p50_ms']:>8.1f} "
             f"{r['tpot_p90_ms']:>8.1f}")
@@ -119,7 +122,8 @@ def _fmt(r: dict[str, Any]) -> str:
 def run_run(args: argparse.Namespace) -> int:
     if not args.trace.is_file():
         raise _usage(f"trace {args.trace} not found")
-    if args.workers < 1 or args.scale < 1 or args.jobs < 1 or (args.limit is not None and args.limit < 2):
+    if (args.workers < 1 or args.scale < 1 or args.jobs < 1
+            or (args.limit is not None and args.limit < 2)):
         raise _usage("--workers, --scale and --jobs must be >= 1, --limit >= 2")
     if args.ttft_slo_ms <= 0 or args.tpot_slo_ms <= 0 or args.cache_gb < 0 or args.host_gb < 0:
         raise _usage("SLOs must be positive and cache sizes >= 0")
@@ -148,7 +152,7 @@ def run_run(args: argparse.Namespace) -> int:
             results = list(pool.map(_search, jobs))
     else:
         results = [_search(j) for j in jobs]
-    rows = [row(j[2], j[1], g) for j, g in zip(jobs, results)]
+    rows = [row(j[2], j[1], g) for j, g in zip(jobs, results, strict=False)]
     print(f"{'policy':<13} {'layout':<12} {'goodput/s':>9} {'hit':>6} {'ttft p50':>9} "
           f"{'ttft p90':>9} {'tpot p50':>8} {'tpot p90':>8}   (ms)")
     for r in rows:

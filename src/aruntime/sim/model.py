@@ -53,7 +53,8 @@ class SimConfig:
     worth: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.cache_gb < 0 or self.host_gb < 0 or self.max_batched_tokens < 1 or self.max_seqs < 1:
+        if (self.cache_gb < 0 or self.host_gb < 0 or self.max_batched_tokens < 1
+                or self.max_seqs < 1):
             raise ValueError("cache sizes must be >= 0 and batch limits positive")
         if self.cores is not None and self.cores < 1:
             raise ValueError("cores must be >= 1")
@@ -90,7 +91,8 @@ class Prediction:
         return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def attainment(self, slo: SLO) -> float:
-        ok = sum(1 for a, b in zip(self.ttft_s, self.tpot_s) if a <= slo.ttft_s and b <= slo.tpot_s)
+        ok = sum(1 for a, b in zip(self.ttft_s, self.tpot_s, strict=False)
+                 if a <= slo.ttft_s and b <= slo.tpot_s)
         return ok / len(self.ttft_s) if self.ttft_s else 1.0
 
 
@@ -209,7 +211,8 @@ class _Run:
             else:
                 start = max(now, w.link_free)
                 w.link_free = start + self.costs.transfer_s(r.input_len)
-                target = min(self.decode, key=lambda d: len(d.running) + len(d.waiting) + d.incoming)
+                target = min(self.decode,
+                             key=lambda d: len(d.running) + len(d.waiting) + d.incoming)
                 target.incoming += 1  # counts as load while its KV is on the wire
                 self.push(w.link_free, HANDOFF, i, target.wid)
         self.start(w, now)

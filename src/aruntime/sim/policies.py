@@ -5,9 +5,9 @@ tokens and requests, its running decodes, and the prefix its cache holds, by tie
 from __future__ import annotations
 
 from aruntime.cluster.router import POLICIES, Router, WorkerLoad
+from aruntime.kv.directory_index import PrefixMatch
 from aruntime.sim.trace import SimRequest
 from aruntime.sim.worker import Worker
-from aruntime.kv.directory_index import PrefixMatch
 
 __all__ = ["POLICIES", "RouterPolicy"]
 
@@ -29,7 +29,7 @@ class RouterPolicy:
             return workers[int(self.router.choose(self._idle, [], r.input_len).worker)]
         loads, matches = [], []
         keys = r.usable_keys
-        for wid, w in zip(self._ids, workers):
+        for wid, w in zip(self._ids, workers, strict=False):
             loads.append(WorkerLoad(wid, w.pending_tokens, len(w.running) + len(w.waiting),
                                     len(w.queue)))
             by_tier = w.cache.peek_tiers(keys)

@@ -25,7 +25,7 @@ from aruntime.engine.core_client import InprocClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.errtext import first_line
+from aruntime.errors import first_line
 
 __all__ = ["EngineActor", "KVExport", "KVImport"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from aruntime.errtext import first_line
+from aruntime.errors import first_line
 
 __all__ = ["RayUnavailableError", "actor_options", "connect"]
 

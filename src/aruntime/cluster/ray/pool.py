@@ -18,6 +18,7 @@ the worker; Ray reports the death to the pending calls, so nothing waits on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import OrderedDict
@@ -26,20 +27,20 @@ from typing import Any
 
 import ray
 
+from aruntime.cluster.disagg import DisaggregatedPool
+from aruntime.cluster.pool import WorkerPool
+from aruntime.cluster.ray.actor import EngineActor, KVExport, KVImport
+from aruntime.cluster.ray.cluster import actor_options
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import EngineStartError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
-from aruntime.errtext import first_line
-from aruntime.cluster.disagg import DisaggregatedPool
-from aruntime.cluster.pool import WorkerPool
-from aruntime.cluster.ray.actor import EngineActor, KVExport, KVImport
-from aruntime.cluster.ray.cluster import actor_options
+from aruntime.errors import first_line
 from aruntime.kv.directory_index import DirectoryIndex, PrefixMatch
-from aruntime.kv.keys import BlockKey, KeyScheme, request_keys
 from aruntime.kv.events import BlockRemoved, BlockStored
+from aruntime.kv.keys import BlockKey, KeyScheme, request_keys
 
 __all__ = ["HeldPrefixes", "RayDisaggregatedPool", "RayHandoffs", "RayPool", "RayWorker"]
 
@@ -220,10 +221,8 @@ class RayWorker(EngineClient):
 
     async def shutdown(self) -> None:
         if self.is_alive:
-            try:
+            with contextlib.suppress(EngineDeadError, TimeoutError):
                 await self._call(self.actor.shutdown.remote())
-            except (EngineDeadError, TimeoutError):
-                pass
         self.close()
 
     def close(self) -> None:

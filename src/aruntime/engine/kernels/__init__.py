@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 # Reassociation lets the compiler vectorise dot products; no -ffast-math, which would also
 # switch the whole process to flush-to-zero when the library loads.
-CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fassociative-math",
-          "-fno-signed-zeros", "-fno-trapping-math"]
+CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno",
+          "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 
 
 def _cpu_model() -> str:

@@ -1,6 +1,11 @@
-"""Errors told in one line, as the CLI and the logs tell them."""
+"""Errors shared across packages, and how an error is told in one line. A leaf: it imports
+nothing of ours, so any package may use it (the CLI reports a `UsageError`; it never defines it)."""
 
 from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad input on the command line: printed as one line, exit status 2."""
 
 
 def first_line(exc: BaseException) -> str:
