@@ -79,6 +79,7 @@ def test_schema_files_match_models(tmp_path: Path) -> None:
     assert [p.name for p in written] == [
         "aruntime.request.v1.json",
         "aruntime.evidence.v1.json",
+        "aruntime.run-evidence.v1.json",
         "aruntime.claim.v1.json",
     ]
     for path in written:

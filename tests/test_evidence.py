@@ -15,14 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aruntime.contracts import EvidenceRecord, canonical_json
-from aruntime.evidence.log import (
-    GENESIS_HASH,
-    EvidenceLog,
-    EvidenceLogError,
-    output_digest,
-    sign_record_hash,
-    verify,
-)
+from aruntime.evidence.chain import GENESIS_HASH, sign_record_hash
+from aruntime.evidence.log import EvidenceLog, EvidenceLogError, output_digest, verify
 from aruntime.evidence.signing import (
     DeploymentKey,
     SigningError,

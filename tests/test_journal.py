@@ -198,6 +198,45 @@ def test_evidence_append_conflict(journal: SqlJournal) -> None:
     assert journal.evidence("r") == [(0, '{"n": 0}', "h0"), (1, '{"n": 1}', "h1")]
 
 
+def test_evidence_head_is_the_last_record(journal: SqlJournal) -> None:
+    journal.create_run("r", "flows:f", "{}")
+    assert journal.evidence_head("r") is None
+    journal.append_evidence("r", 0, "{}", "h0")
+    journal.append_evidence("r", 1, "{}", "h1")
+    assert journal.evidence_head("r") == (1, "h1")
+
+
+# -- erasure's methods
+
+
+def test_erasure_finds_a_subjects_runs_and_blanks_each(journal: SqlJournal) -> None:
+    journal.create_run("a", "flows:f", '"in-a"', subject="alice")
+    journal.create_run("b", "flows:f", '"in-b"', subject="sid:alice")
+    journal.create_run("c", "flows:f", '"in-c"', subject="carol")
+    journal.record(Entry("a", 1, "step", "s", "d", "done", output="artifact:sha256:ab",
+                         detail='{"k": 1}'))
+    journal.record(Entry("a", 2, "step", "s", "d", "error", error='"boom"'))
+    journal.record(Entry("c", 1, "step", "s", "d", "done", output="artifact:sha256:ab"))
+    journal.set_status("b", "completed", result='"out-b"')
+    assert journal.subject_runs("alice", "sid:alice") == ["a", "b"]
+    assert sorted(journal.run_payloads("a")) == sorted(
+        ['"in-a"', "artifact:sha256:ab", '{"k": 1}', '"boom"', "{}"])
+    assert journal.runs_with_output("artifact:sha256:ab") == {"a", "c"}
+    assert journal.blank_run("a", "erased:x", "sid:alice") == (True, 2)  # running: cancelled
+    assert journal.blank_run("b", "erased:x", "sid:alice") == (False, 0)  # finished: stays
+    a, b = journal.get_run("a"), journal.get_run("b")
+    assert a is not None and (a.status, a.input, a.result, a.error, a.subject) == (
+        "cancelled", "erased:x", None, "erased:x", "sid:alice")
+    assert b is not None and (b.status, b.input, b.result) == ("completed", "erased:x",
+                                                               "erased:x")
+    assert [(e.output, e.error, e.detail) for e in journal.entries("a")] == [
+        ("erased:x", None, "erased:x"), (None, "erased:x", "erased:x")]  # a NULL stays NULL
+    assert journal.subject_runs("alice") == []
+    assert journal.run_payloads("c") == ['"in-c"', "artifact:sha256:ab", "{}"]
+    assert journal.checkpoint_wal() == ("truncated" if isinstance(journal, SqliteJournal)
+                                        else "none")
+
+
 # -- retention
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aruntime import paths
+from aruntime.durable.states import RunStatus
 
 JOURNAL_ENV = "ARUNTIME_JOURNAL"
 
@@ -77,7 +78,7 @@ def _print(value: Any) -> None:
 
 def _finish(result: Any) -> int:
     _print(result.to_json())
-    return 1 if result.status == "failed" else 0
+    return 1 if result.status == RunStatus.FAILED else 0
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -166,7 +167,7 @@ def run_recover(args: argparse.Namespace) -> int:
     runner = _runner(args)
     results = _call(runner.recover)
     _print([r.to_json() for r in results])
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status == RunStatus.FAILED for r in results) else 0
 
 
 def add_cancel_arguments(parser: argparse.ArgumentParser) -> None:

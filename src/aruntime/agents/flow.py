@@ -26,8 +26,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
-from aruntime.contracts import sha256_digest
+from aruntime.contracts import RunEvent, sha256_digest
 from aruntime.durable.journal import Entry
+from aruntime.durable.states import EntryKind, EntryState, RunStatus
 from aruntime.errors import described
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
@@ -50,7 +51,7 @@ class DeterminismError(RuntimeError):
 class Suspended(BaseException):
     """The run waits (a person, an unknown tool outcome); raised through the flow's code."""
 
-    def __init__(self, seq: int, status: str, reason: str) -> None:
+    def __init__(self, seq: int, status: RunStatus, reason: str) -> None:
         super().__init__(reason)
         self.seq, self.status, self.reason = seq, status, reason
 
@@ -117,12 +118,12 @@ class FlowContext:
         params: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens,
                                   "temperature": temperature, "seed": seed}
         arg_digest = sha256_digest({"model": params})
-        done = self._replayed(seq, "model", "model", arg_digest)
+        done = self._replayed(seq, EntryKind.MODEL, "model", arg_digest)
         if done is not None:
             return dict(self._outcome(done, StepError))
         result = self.runner.models.complete(prompt, max_tokens=max_tokens,
                                              temperature=temperature, seed=seed)
-        self._write(Entry(self.run_id, seq, "model", "model", arg_digest, "done",
+        self._write(Entry(self.run_id, seq, EntryKind.MODEL, "model", arg_digest, EntryState.DONE,
                           output=self.runner.store_output(self.run_id, result)),
                     model=result.get("model"), model_revision=result.get("model_revision"),
                     request_id=result.get("request_id"))
@@ -135,32 +136,32 @@ class FlowContext:
         tool.check_input(args)
         call_digest = sha256_digest({"tool": tool.name, "args": args})
         journal, evidence = self.runner.journal, self.runner.evidence
-        entry = self._replayed(seq, "tool", tool.name, call_digest)
+        entry = self._replayed(seq, EntryKind.TOOL, tool.name, call_digest)
         if entry is None:
             key = sha256_digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
             detail = {"needs_approval": tool.needs_approval, "side_effect": tool.side_effect}
-            entry = self._write(Entry(self.run_id, seq, "tool", tool.name, call_digest, "intent",
-                                      idem_key=key, detail=json.dumps(detail)))
+            entry = self._write(Entry(self.run_id, seq, EntryKind.TOOL, tool.name, call_digest,
+                                      EntryState.INTENT, idem_key=key, detail=json.dumps(detail)))
         assert entry.idem_key is not None
         while True:
             state = entry.state
-            if state == "done":
+            if state == EntryState.DONE:
                 return self.runner.load_output(self.run_id, entry.output)
-            if state in ("error", "rejected"):
+            if state in (EntryState.ERROR, EntryState.REJECTED):
                 raise ToolError(f"tool call {seq} {tool.name!r}: {entry.error}")
-            if state == "intent" and tool.needs_approval:
-                raise Suspended(seq, "waiting", f"tool call {seq} {tool.name!r} awaits approval "
-                                f"of {call_digest}")
-            if state in ("intent", "approved"):
-                if evidence.advance(self.run_id, seq, (state,), "attempt", "tool_attempt",
-                                    name=tool.name, arg_digest=call_digest,
+            if state == EntryState.INTENT and tool.needs_approval:
+                raise Suspended(seq, RunStatus.WAITING, f"tool call {seq} {tool.name!r} awaits "
+                                f"approval of {call_digest}")
+            if state in (EntryState.INTENT, EntryState.APPROVED):
+                if evidence.advance(self.run_id, seq, (state,), EntryState.ATTEMPT,
+                                    RunEvent.TOOL_ATTEMPT, name=tool.name, arg_digest=call_digest,
                                     idempotency_key=entry.idem_key):
                     return self._attempt(tool, args, seq, entry.idem_key, call_digest)
-            elif state == "attempt":  # a process died after the attempt: did the effect happen?
+            elif state == EntryState.ATTEMPT:  # a process died after the attempt: did it happen?
                 self._reconcile(tool, args, seq, entry.idem_key, call_digest)
-            elif state == "unknown":
-                raise Suspended(seq, "unknown", f"tool call {seq} {tool.name!r}: outcome unknown; "
-                                "resolve it (`aruntime runs resolve`)")
+            elif state == EntryState.UNKNOWN:
+                raise Suspended(seq, RunStatus.UNKNOWN, f"tool call {seq} {tool.name!r}: outcome "
+                                "unknown; resolve it (`aruntime runs resolve`)")
             entry = journal.entry(self.run_id, seq) or entry
 
     def wait_for_human(self, kind: str = "approval", *, schema: dict[str, Any] | None = None,
@@ -174,21 +175,21 @@ class FlowContext:
         seq = self._next()
         arg_digest = sha256_digest({"kind": kind, "schema": schema, "payload": payload})
         journal = self.runner.journal
-        entry = self._replayed(seq, "wait", f"human:{kind}", arg_digest)
+        entry = self._replayed(seq, EntryKind.WAIT, f"human:{kind}", arg_digest)
         if entry is None:
             deadline = (rfc3339(utc_now() + timedelta(seconds=timeout_s))
                         if timeout_s is not None else None)
             detail = {"kind": kind, "schema": schema, "deadline": deadline,
                       "approves": sha256_digest(payload)}
-            entry = self._write(Entry(self.run_id, seq, "wait", f"human:{kind}", arg_digest,
-                                      "waiting", detail=json.dumps(detail)))
-        if entry.state == "waiting":
+            entry = self._write(Entry(self.run_id, seq, EntryKind.WAIT, f"human:{kind}",
+                                      arg_digest, EntryState.WAITING, detail=json.dumps(detail)))
+        if entry.state == EntryState.WAITING:
             if not deadline_passed(entry, utc_now()):
-                raise Suspended(seq, "waiting", f"wait {seq} for a person ({kind})")
-            self.runner.evidence.advance(self.run_id, seq, ("waiting",), "timed_out",
-                                         "human_timeout")
+                raise Suspended(seq, RunStatus.WAITING, f"wait {seq} for a person ({kind})")
+            self.runner.evidence.advance(self.run_id, seq, (EntryState.WAITING,),
+                                         EntryState.TIMED_OUT, RunEvent.HUMAN_TIMEOUT)
             entry = journal.entry(self.run_id, seq) or entry
-        if entry.state == "timed_out":
+        if entry.state == EntryState.TIMED_OUT:
             if on_timeout is _UNSET:
                 raise HumanWaitTimeout(f"wait {seq} for a person ({kind}) timed out")
             return on_timeout
@@ -200,15 +201,17 @@ class FlowContext:
                     name: str | None) -> tuple[int, str, str, Entry | None]:
         seq, name = self._next(), name or fn.__name__
         arg_digest = sha256_digest({"step": name, "args": list(args)})
-        return seq, name, arg_digest, self._replayed(seq, "step", name, arg_digest)
+        return seq, name, arg_digest, self._replayed(seq, EntryKind.STEP, name, arg_digest)
 
     def _step_failed(self, seq: int, name: str, arg_digest: str, exc: Exception) -> None:
         message = described(exc)
-        self._write(Entry(self.run_id, seq, "step", name, arg_digest, "error", error=message))
+        self._write(Entry(self.run_id, seq, EntryKind.STEP, name, arg_digest, EntryState.ERROR,
+                          error=message))
         raise StepError(f"step {seq} {name!r} failed: {message}") from exc
 
     def _step_done(self, seq: int, name: str, arg_digest: str, result: Any) -> Any:
-        stored = self._write(Entry(self.run_id, seq, "step", name, arg_digest, "done",
+        stored = self._write(Entry(self.run_id, seq, EntryKind.STEP, name, arg_digest,
+                                   EntryState.DONE,
                                    output=self.runner.store_output(self.run_id, result)))
         return self._outcome(stored, StepError)  # the journal's, should another writer win
 
@@ -216,29 +219,27 @@ class FlowContext:
         self.seq += 1
         return self.seq
 
-    def _check(self, entry: Entry, kind: str, name: str, arg_digest: str) -> None:
+    def _check(self, entry: Entry, kind: EntryKind, name: str, arg_digest: str) -> None:
         if (entry.kind, entry.name, entry.arg_digest) != (kind, name, arg_digest):
             raise DeterminismError(
                 f"run {self.run_id}: call {entry.seq} is {kind} {name!r} ({arg_digest}) but the "
                 f"journal recorded {entry.kind} {entry.name!r} ({entry.arg_digest}) there: the "
                 "flow's code or inputs changed under a running flow")
 
-    def _replayed(self, seq: int, kind: str, name: str, arg_digest: str) -> Entry | None:
+    def _replayed(self, seq: int, kind: EntryKind, name: str,
+                  arg_digest: str) -> Entry | None:
         entry = self.journaled.get(seq)  # read once when the run (re)started: no query a step
         if entry is not None:
             self._check(entry, kind, name, arg_digest)
         return entry
 
     def _outcome(self, entry: Entry, error: type[Exception]) -> Any:
-        if entry.state == "error":
+        if entry.state == EntryState.ERROR:
             raise error(f"call {entry.seq} {entry.name!r} failed: {entry.error}")
         return self.runner.load_output(self.run_id, entry.output)
 
     def _write(self, entry: Entry, **evidence: Any) -> Entry:
-        stored = self.runner.evidence.record_entry(
-            entry, f"{entry.kind}_{entry.state}", seq=entry.seq, name=entry.name,
-            arg_digest=entry.arg_digest, output_digest=_digest_of(entry.output),
-            error=entry.error, **evidence)
+        stored = self.runner.evidence.record_entry(entry, **evidence)
         if stored is not entry:  # another writer's entry stands: it must be this same call
             self._check(stored, entry.kind, entry.name, entry.arg_digest)
         self.journaled[entry.seq] = stored
@@ -252,34 +253,34 @@ class FlowContext:
             tool.check_output(output)
         except Exception as exc:
             message = described(exc)
-            evidence.advance(self.run_id, seq, ("attempt",), "error", "tool_error",
-                             error=message, name=tool.name, arg_digest=call_digest)
+            evidence.advance(self.run_id, seq, (EntryState.ATTEMPT,), EntryState.ERROR,
+                             RunEvent.TOOL_ERROR, error=message, name=tool.name,
+                             arg_digest=call_digest)
             raise ToolError(f"tool call {seq} {tool.name!r}: {message}") from exc
         stored = self.runner.store_output(self.run_id, output)
-        evidence.advance(self.run_id, seq, ("attempt",), "done", "tool_done", output=stored,
-                         name=tool.name, arg_digest=call_digest, output_digest=_digest_of(stored))
+        evidence.advance(self.run_id, seq, (EntryState.ATTEMPT,), EntryState.DONE,
+                         RunEvent.TOOL_DONE, output=stored, name=tool.name,
+                         arg_digest=call_digest, output_digest=sha256_digest(stored))
         return output
 
     def _reconcile(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
                    call_digest: str) -> None:
         about: dict[str, Any] = {"name": tool.name, "arg_digest": call_digest}
+        attempted = (EntryState.ATTEMPT,)
         evidence = self.runner.evidence
         answer = tool.reconcile(args, key) if tool.reconcile is not None else None
         if isinstance(answer, Applied):
             tool.check_output(answer.output)
             stored = self.runner.store_output(self.run_id, answer.output)
-            evidence.advance(self.run_id, seq, ("attempt",), "done", "tool_reconciled",
-                             output=stored, outcome="applied", output_digest=_digest_of(stored),
-                             **about)
+            evidence.advance(self.run_id, seq, attempted, EntryState.DONE,
+                             RunEvent.TOOL_RECONCILED, output=stored, outcome="applied",
+                             output_digest=sha256_digest(stored), **about)
         elif answer is NOT_APPLIED:
-            evidence.advance(self.run_id, seq, ("attempt",), "approved", "tool_reconciled",
-                             outcome="not_applied", **about)
+            evidence.advance(self.run_id, seq, attempted, EntryState.APPROVED,
+                             RunEvent.TOOL_RECONCILED, outcome="not_applied", **about)
         else:
-            evidence.advance(self.run_id, seq, ("attempt",), "unknown", "tool_unknown", **about)
-
-
-def _digest_of(stored: str | None) -> str | None:
-    return None if stored is None else sha256_digest(stored)
+            evidence.advance(self.run_id, seq, attempted, EntryState.UNKNOWN,
+                             RunEvent.TOOL_UNKNOWN, **about)
 
 
 def deadline_passed(entry: Entry, now: datetime) -> bool:

@@ -32,8 +32,9 @@ from aruntime.agents.flow import (
 )
 from aruntime.agents.models import LocalModels, Models
 from aruntime.agents.tools import check_json
-from aruntime.contracts import sha256_digest
-from aruntime.durable.journal import FINISHED, Entry, JournalError, Run, SqlJournal
+from aruntime.contracts import RunEvent, sha256_digest
+from aruntime.durable.journal import Entry, JournalError, Run, SqlJournal
+from aruntime.durable.states import FINISHED, EntryKind, EntryState, RunStatus
 from aruntime.errors import described
 from aruntime.evidence.runs import RunEvidence, RunVerify, verify_run
 from aruntime.evidence.signing import DeploymentKey
@@ -57,7 +58,7 @@ class UnknownRunError(RunError):
 @dataclass(slots=True)
 class RunResult:
     run_id: str
-    status: str
+    status: RunStatus
     result: Any = None
     error: str | None = None
     waiting: str | None = None  # what a waiting or unknown run needs
@@ -77,10 +78,10 @@ def load_flow(ref: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RunError(f"flow {ref!r}: cannot import {module_name}: {exc}") from None
-    fn = getattr(module, attr, None)
+    fn: Callable[..., Any] | None = getattr(module, attr, None)
     if fn is None or not getattr(fn, FLOW_ATTR, False):
         raise RunError(f"flow {ref!r}: {attr} is not a function marked @flow in {module_name}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def summary(run: Run) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class Runner:
                 raise RunError(f"run {run_id} exists for {existing.flow} with another input") \
                     from None
             run, created = existing, False
-        if run.status != "running":
+        if run.status != RunStatus.RUNNING:
             return self._result(run)
         return self._execute(run, new=created, fn=fn)
 
@@ -169,16 +170,18 @@ class Runner:
         run = self._run(run_id)
         if run.status in FINISHED:
             return self._result(run)
-        if run.status != "running":
-            self.journal.set_status(run_id, "running", unless=FINISHED)
+        if run.status != RunStatus.RUNNING:
+            self.journal.set_status(run_id, RunStatus.RUNNING, unless=FINISHED)
         return self._execute(run)  # reads only what a status change leaves as it was
 
     def recover(self) -> list[RunResult]:
         """Resume what a dead process left running, and waits whose deadline passed."""
-        results = [self.resume(r.run_id) for r in self.journal.list_runs("running", 10_000)]
+        results = [self.resume(r.run_id)
+                   for r in self.journal.list_runs(RunStatus.RUNNING, 10_000)]
         now = utc_now()
-        for run in self.journal.list_runs("waiting", 10_000):
-            if any(e.kind == "wait" and e.state == "waiting" and deadline_passed(e, now)
+        for run in self.journal.list_runs(RunStatus.WAITING, 10_000):
+            if any(e.kind == EntryKind.WAIT and e.state == EntryState.WAITING
+                   and deadline_passed(e, now)
                    for e in self.journal.entries(run.run_id)):
                 results.append(self.resume(run.run_id))
         return results
@@ -187,8 +190,9 @@ class Runner:
         run = self._run(run_id)
         if run.status in FINISHED:  # nothing to cancel, nothing to sign
             return self._result(run)
-        if self.evidence.set_status(run_id, "cancelled", "run_cancelled", unless=FINISHED):
-            return RunResult(run_id, "cancelled")
+        if self.evidence.set_status(run_id, RunStatus.CANCELLED, RunEvent.RUN_CANCELLED,
+                                    unless=FINISHED):
+            return RunResult(run_id, RunStatus.CANCELLED)
         return self._result(self._run(run_id))  # it finished meanwhile, as it stands now
 
     # -- views (the CLI's and HTTP's)
@@ -219,19 +223,20 @@ class Runner:
 
     def approve(self, run_id: str, seq: int, approves: str, by: str) -> RunResult:
         """Approve the tool call at `seq`; `approves` must be the digest of its exact call."""
-        entry = self._entry(run_id, seq, "tool")
+        entry = self._entry(run_id, seq, EntryKind.TOOL)
         if approves != entry.arg_digest:
             raise RunError(f"run {run_id} call {seq}: the approval is for {approves}, but the "
                            f"call awaiting approval is {entry.arg_digest}; refused")
-        if not self.evidence.advance(run_id, seq, ("intent",), "approved", "approval",
-                                     decision="approved", by=by, approves=approves):
+        if not self.evidence.advance(run_id, seq, (EntryState.INTENT,), EntryState.APPROVED,
+                                     RunEvent.APPROVAL, decision="approved", by=by,
+                                     approves=approves):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
 
     def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected") -> RunResult:
-        entry = self._entry(run_id, seq, "tool")
-        if not self.evidence.advance(run_id, seq, ("intent",), "rejected", "approval",
-                                     error=f"rejected by {by}: {reason}",
+        entry = self._entry(run_id, seq, EntryKind.TOOL)
+        if not self.evidence.advance(run_id, seq, (EntryState.INTENT,), EntryState.REJECTED,
+                                     RunEvent.APPROVAL, error=f"rejected by {by}: {reason}",
                                      decision="rejected", by=by, approves=entry.arg_digest):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
@@ -240,7 +245,7 @@ class Runner:
                 approves: str | None = None) -> RunResult:
         """Answer a human wait. For an approval the answer is `{"approved": bool, ...}` and
         `approves` must be the digest of what the flow asked to be approved."""
-        entry = self._entry(run_id, seq, "wait")
+        entry = self._entry(run_id, seq, EntryKind.WAIT)
         detail = json.loads(entry.detail)
         if detail["kind"] == "approval":
             if approves != detail["approves"]:
@@ -253,8 +258,9 @@ class Runner:
         check_json(response, jsonschema.Draft202012Validator(schema),
                    f"run {run_id} wait {seq}: the answer does not fit", RunError)
         stored = self.store_output(run_id, response)
-        if not self.evidence.advance(run_id, seq, ("waiting",), "resolved", "human_answer",
-                                     output=stored, by=by, approves=approves,
+        if not self.evidence.advance(run_id, seq, (EntryState.WAITING,), EntryState.RESOLVED,
+                                     RunEvent.HUMAN_ANSWER, output=stored, by=by,
+                                     approves=approves,
                                      answer_digest=sha256_digest(stored)):
             raise RunError(f"run {run_id} wait {seq} is {entry.state}, not waiting")
         return self.resume(run_id)
@@ -263,13 +269,16 @@ class Runner:
                 failed: str | None = None) -> RunResult:
         """Settle a tool call whose outcome is unknown: it happened (with `output`) or it
         failed (`failed`, a reason)."""
-        entry = self._entry(run_id, seq, "tool")
+        entry = self._entry(run_id, seq, EntryKind.TOOL)
+        unknown = (EntryState.UNKNOWN,)
         if failed is not None:
-            moved = self.evidence.advance(run_id, seq, ("unknown",), "error", "tool_resolved",
+            moved = self.evidence.advance(run_id, seq, unknown, EntryState.ERROR,
+                                          RunEvent.TOOL_RESOLVED,
                                           error=f"resolved as failed by {by}: {failed}",
                                           by=by, outcome="failed")
         else:
-            moved = self.evidence.advance(run_id, seq, ("unknown",), "done", "tool_resolved",
+            moved = self.evidence.advance(run_id, seq, unknown, EntryState.DONE,
+                                          RunEvent.TOOL_RESOLVED,
                                           output=self.store_output(run_id, output),
                                           by=by, outcome="applied")
         if not moved:
@@ -289,21 +298,23 @@ class Runner:
             if inspect.isawaitable(out):
                 out = asyncio.run(_await(out))
         except Suspended as s:
-            self.evidence.set_status(run.run_id, s.status, "run_suspended", unless=FINISHED,
-                                     seq=s.seq, suspended_as=s.status)
+            self.evidence.set_status(run.run_id, s.status, RunEvent.RUN_SUSPENDED,
+                                     unless=FINISHED, seq=s.seq, suspended_as=s.status)
             return RunResult(run.run_id, self._run(run.run_id).status, waiting=s.reason)
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
         except Exception as exc:
             message = described(exc)
-            if self.evidence.set_status(run.run_id, "failed", "run_failed", error=message,
-                                        unless=FINISHED):
-                return RunResult(run.run_id, "failed", error=message)
+            if self.evidence.set_status(run.run_id, RunStatus.FAILED, RunEvent.RUN_FAILED,
+                                        error=message, unless=FINISHED):
+                return RunResult(run.run_id, RunStatus.FAILED, error=message)
             return self._result(self._run(run.run_id))
         stored = self.store_output(run.run_id, out)
-        if self.evidence.set_status(run.run_id, "completed", "run_completed", result=stored,
-                                    unless=FINISHED, result_digest=sha256_digest(stored)):
-            return RunResult(run.run_id, "completed", self.load_output(run.run_id, stored))
+        if self.evidence.set_status(run.run_id, RunStatus.COMPLETED, RunEvent.RUN_COMPLETED,
+                                    result=stored, unless=FINISHED,
+                                    result_digest=sha256_digest(stored)):
+            return RunResult(run.run_id, RunStatus.COMPLETED,
+                             self.load_output(run.run_id, stored))
         return self._result(self._run(run.run_id))  # cancelled meanwhile
 
     def _subject(self, run_id: str) -> str | None:
@@ -330,7 +341,7 @@ class Runner:
         self._remember(run_id, run.subject)  # what sealing its payloads would read again
         return run
 
-    def _entry(self, run_id: str, seq: int, kind: str) -> Entry:
+    def _entry(self, run_id: str, seq: int, kind: EntryKind) -> Entry:
         self._run(run_id)
         entry = self.journal.entry(run_id, seq)
         if entry is None or entry.kind != kind:

@@ -1,5 +1,6 @@
 """The runtime's versioned contracts: what a request asks for (`aruntime.request/v1`), what
-happened (`aruntime.evidence/v1`) and what a benchmark claims (`aruntime.claim/v1`).
+happened to it (`aruntime.evidence/v1`), what a durable run did (`aruntime.run-evidence/v1`) and
+what a benchmark claims (`aruntime.claim/v1`).
 
 Each model carries its version in a `schema` field (the Python attribute is `schema_`, because
 `BaseModel.schema` is taken); JSON always says `schema`. The JSON Schemas under `schemas/` are
@@ -9,7 +10,7 @@ from drifting.
 
 from __future__ import annotations
 
-from aruntime.contracts.base import (  # noqa: F401 - re-exported
+from aruntime.contracts.base import (
     Count,
     NonEmpty,
     Seconds,
@@ -19,7 +20,7 @@ from aruntime.contracts.base import (  # noqa: F401 - re-exported
     sha256_digest,
     validation_message,
 )
-from aruntime.contracts.claim import (  # noqa: F401 - re-exported
+from aruntime.contracts.claim import (
     PERFORMANCE_FIELDS,
     REGISTRY_FIELDS,
     Baseline,
@@ -33,7 +34,7 @@ from aruntime.contracts.claim import (  # noqa: F401 - re-exported
     Source,
     SourceKind,
 )
-from aruntime.contracts.evidence import (  # noqa: F401 - re-exported
+from aruntime.contracts.evidence import (
     EvidenceRecord,
     PolicyDecision,
     Route,
@@ -41,12 +42,12 @@ from aruntime.contracts.evidence import (  # noqa: F401 - re-exported
     Usage,
     evidence_hash,
 )
-from aruntime.contracts.export import (  # noqa: F401 - re-exported
+from aruntime.contracts.export import (
     CONTRACTS,
     export_schemas,
     schema_document,
 )
-from aruntime.contracts.request import (  # noqa: F401 - re-exported
+from aruntime.contracts.request import (
     SLO,
     ChatMessage,
     Confidentiality,
@@ -56,3 +57,14 @@ from aruntime.contracts.request import (  # noqa: F401 - re-exported
     Sampling,
     WorkloadKind,
 )
+from aruntime.contracts.run_evidence import RunEvent, RunEvidenceRecord
+
+__all__ = [
+    "CONTRACTS", "PERFORMANCE_FIELDS", "REGISTRY_FIELDS", "SLO", "Baseline", "ChatMessage",
+    "ClaimId", "ClaimLabel", "ClaimRecord", "ClaimStatus", "Confidentiality", "Count",
+    "Direction", "EvidenceRecord", "HistoryEntry", "Inputs", "LongText", "ModelRef", "NonEmpty",
+    "PolicyDecision", "RequestContract", "Route", "RunEvent", "RunEvidenceRecord", "Sampling",
+    "Seconds", "Source", "SourceKind", "StrictModel", "Timings", "Usage", "UtcDatetime",
+    "WorkloadKind", "canonical_json", "evidence_hash", "export_schemas", "schema_document",
+    "sha256_digest", "validation_message",
+]

@@ -12,6 +12,7 @@ from aruntime.contracts.base import StrictModel
 from aruntime.contracts.claim import ClaimRecord
 from aruntime.contracts.evidence import EvidenceRecord
 from aruntime.contracts.request import RequestContract
+from aruntime.contracts.run_evidence import RunEvidenceRecord
 from aruntime.errors import UsageError
 
 # ---- JSON Schema export and the `aruntime schemas` command --------------------------------------
@@ -19,6 +20,7 @@ from aruntime.errors import UsageError
 CONTRACTS: dict[str, type[StrictModel]] = {
     "aruntime.request/v1": RequestContract,
     "aruntime.evidence/v1": EvidenceRecord,
+    "aruntime.run-evidence/v1": RunEvidenceRecord,
     "aruntime.claim/v1": ClaimRecord,
 }
 

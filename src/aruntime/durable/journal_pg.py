@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from aruntime.durable.journal import SCHEMA, JournalError, SqlJournal
+from aruntime.durable.sql_journal import JournalError, SqlJournal
+from aruntime.durable.tables import SCHEMA
 from aruntime.errors import first_line
 
 # Key of the advisory lock that queues schema creation (the journal's and its neighbours'): two

@@ -14,7 +14,8 @@ from pathlib import Path
 from aruntime import paths
 from aruntime.contracts import canonical_json
 from aruntime.evidence import signing
-from aruntime.evidence.log import VerifyResult, verify
+from aruntime.evidence.chain import ChainResult
+from aruntime.evidence.log import verify
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def _default_public_key(log: Path) -> Path | None:
     return None
 
 
-def _signatures(result: VerifyResult) -> str:
+def _signatures(result: ChainResult) -> str:
     if result.key_id is None:
         return "signatures not checked (no public key: pass --public-key PEM)"
     text = f"{result.signed} signatures valid"

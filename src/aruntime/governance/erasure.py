@@ -1,15 +1,18 @@
 """Erasing a subject from every store, and the signed receipt that says so.
 
 `erase_subject` shreds the subject's key (from then on every sealed copy anywhere is noise),
-deletes its memory items, deletes its artifacts, and overwrites the payloads of its runs in the
-journal with a tombstone, `erased:<receipt id>`, so not even ciphertext stays. On SQLite the
-journal's connections zero freed rows (secure_delete) and the WAL is checkpointed and truncated
-here; on PostgreSQL dead rows stay on disk, sealed under a shredded key, until VACUUM.
+deletes its memory items, deletes its artifacts, and has the journal overwrite the payloads of
+its runs with a tombstone, `erased:<receipt id>`, so not even ciphertext stays. On SQLite the
+journal's connections zero freed rows (secure_delete) and the journal truncates its WAL after;
+on PostgreSQL dead rows stay on disk, sealed under a shredded key, until VACUUM.
 
-The order lets a retry after a crash finish the job: the key first; artifacts before the journal,
-since the journal's references are how they are found; a run's `subject` is replaced by the
-subject's digest last, so an unfinished run is found again. What stays: run ids, step names,
-argument digests and idempotency keys, and the evidence chain (salted digests only, by design).
+Each store is changed through its own methods; the journal's tables only through the journal's
+(`subject_runs`, `run_payloads`, `runs_with_output`, `blank_run`, `checkpoint_wal`). The order
+lets a retry after a crash finish the job: the key first; artifacts before the journal, since
+the journal's references are how they are found; each run is blanked in one transaction that
+also replaces its `subject` with the subject's digest, so a run not yet blanked is found again.
+What stays: run ids, step names, argument digests and idempotency keys, and the evidence chain
+(salted digests only, by design).
 
 The receipt is canonical JSON naming the subject only by its digest, signed with the deployment
 key; `verify_receipt` checks it with the public key alone.
@@ -18,17 +21,15 @@ key; `verify_receipt` checks it with the public key alone.
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Mapping
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.contracts.base import canonical_json
-from aruntime.durable.journal import FINISHED, SqliteJournal, SqlJournal
+from aruntime.durable.journal import SqlJournal
 from aruntime.evidence.signing import DeploymentKey, key_id, verify_signature
 from aruntime.governance.artifacts import REF_RE, ArtifactStore
 from aruntime.governance.memory import MemoryStore
@@ -72,8 +73,7 @@ def erase_subject(subject: str, journal: SqlJournal, keys: SubjectKeys, memory: 
     if held and not release_holds:
         raise LegalHoldError(f"{held} memory item(s) of this subject are under legal hold")
     sid, receipt_id = keys.digest(subject), f"del-{uuid.uuid4().hex}"
-    run_ids = [r[0] for r in journal.query(
-        "SELECT run_id FROM runs WHERE subject = ? OR subject = ? ORDER BY run_id", (subject, sid))]
+    run_ids = journal.subject_runs(subject, sid)
     refs = _referenced(journal, run_ids)
     shredded = keys.shred(subject).had_key
     items = memory.erase(subject)
@@ -87,7 +87,7 @@ def erase_subject(subject: str, journal: SqlJournal, keys: SubjectKeys, memory: 
             "memory": {"items_deleted": items, "legal_holds_released": held},
             "artifacts": {"deleted": deleted, "kept_shared": kept},
             "journal": {"runs_blanked": len(run_ids), "runs_cancelled": cancelled,
-                        "entries_blanked": entries, "wal_checkpoint": _checkpoint(journal)},
+                        "entries_blanked": entries, "wal_checkpoint": journal.checkpoint_wal()},
         },
     }
     return DeletionReceipt(body, signer.sign(canonical_json(body)))
@@ -112,14 +112,8 @@ def verify_receipt(receipt: DeletionReceipt | Mapping[str, Any] | str | bytes,
 
 def _referenced(journal: SqlJournal, run_ids: list[str]) -> set[str]:
     """The artifact references anywhere in the runs' payloads."""
-    refs: set[str] = set()
-    for run_id in run_ids:
-        rows = journal.query("SELECT output, error, detail FROM entries WHERE run_id = ?",
-                             (run_id,))
-        rows += journal.query("SELECT input, result, error FROM runs WHERE run_id = ?", (run_id,))
-        refs.update(m.group(0) for row in rows for text in row if isinstance(text, str)
-                    for m in REF_RE.finditer(text))
-    return refs
+    return {m.group(0) for run_id in run_ids for text in journal.run_payloads(run_id)
+            for m in REF_RE.finditer(text)}
 
 
 def _erase_artifacts(artifacts: ArtifactStore, journal: SqlJournal, refs: set[str], sid: str,
@@ -141,32 +135,16 @@ def _erase_artifacts(artifacts: ArtifactStore, journal: SqlJournal, refs: set[st
 
 
 def _referenced_elsewhere(journal: SqlJournal, ref: str, run_ids: list[str]) -> bool:
-    rows = journal.query("SELECT DISTINCT run_id FROM entries WHERE output = ?", (ref,))
-    return any(r[0] not in run_ids for r in rows)
+    return any(r not in run_ids for r in journal.runs_with_output(ref))
 
 
 def _blank_runs(journal: SqlJournal, run_ids: list[str], tombstone: str,
                 sid: str) -> tuple[int, int]:
-    """Cancel the runs still going and overwrite their payloads. (cancelled, entries blanked)"""
+    """Cancel the runs still going and overwrite their payloads, one transaction a run.
+    (cancelled, entries blanked)"""
     cancelled = entries = 0
-    keep_null = "CASE WHEN {0} IS NULL THEN NULL ELSE ? END"
     for run_id in run_ids:
-        cancelled += journal.set_status(run_id, "cancelled", error=tombstone, unless=FINISHED)
-        entries += journal.execute(
-            f"UPDATE entries SET output = {keep_null.format('output')}, "
-            f"error = {keep_null.format('error')}, detail = ? WHERE run_id = ?",
-            (tombstone, tombstone, tombstone, run_id))
-        journal.execute(  # the subject last: until then a retry finds this run again
-            f"UPDATE runs SET input = ?, result = {keep_null.format('result')}, "
-            f"error = {keep_null.format('error')}, subject = ? WHERE run_id = ?",
-            (tombstone, tombstone, tombstone, sid, run_id))
+        was_cancelled, blanked = journal.blank_run(run_id, tombstone, sid)
+        cancelled, entries = cancelled + was_cancelled, entries + blanked
     return cancelled, entries
 
-
-def _checkpoint(journal: SqlJournal) -> str:
-    """Copy the WAL into the database and truncate it, so old frames of erased rows go."""
-    if not isinstance(journal, SqliteJournal):
-        return "none"  # PostgreSQL: dead rows stay until VACUUM
-    with closing(sqlite3.connect(journal.path, timeout=30.0)) as conn:
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    return "truncated" if busy == 0 else "busy"
