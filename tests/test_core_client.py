@@ -19,7 +19,8 @@ import pytest
 
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.config import EngineConfig
-from aruntime.engine.core_client import EngineStartError, InprocClient, MPClient
+from aruntime.engine.core_client import EngineStartError, InprocClient
+from aruntime.engine.mp_client import MPClient
 from aruntime.engine.outputs import RequestOutput
 from aruntime.engine.sampling import SamplingParams
 
@@ -254,7 +255,7 @@ def test_core_exits_when_its_parent_dies(config: EngineConfig) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         from aruntime.engine.config import EngineConfig
-        from aruntime.engine.core_client import MPClient
+        from aruntime.engine.mp_client import MPClient
         if __name__ == "__main__":
             c = MPClient(EngineConfig(model={config.model!r}, kv_cache_bytes={KV_BYTES}))
             c.start()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
+from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, metrics_of, prompt
 
 from aruntime.cluster.disagg import DisaggregatedPool
 from aruntime.engine.client import EngineDeadError
-from aruntime.engine.core_client import MPClient
+from aruntime.engine.mp_client import MPClient
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.shm_store import TRANSPORT_TIER
 from aruntime.serve.launch import background_server
@@ -85,9 +85,9 @@ def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
     audit = disagg.audit
     assert audit.handoffs == 4 and audit.prefill_skipped == 1 and audit.prefill_fallbacks == 0
     assert {w.role for w in disagg.registry.values()} == {"prefill", "decode"}
-    text = disagg.metrics_text()
-    assert "aruntime_kv_transport_bandwidth_bytes_per_second" in text
-    assert 'aruntime_worker_up{worker="d0",role="decode"} 1' in text
+    text = metrics_of(disagg)
+    assert "aruntime:kv_transport_bandwidth_bytes_per_second" in text
+    assert 'aruntime:worker_up{role="decode",worker="d0"} 1.0' in text
 
 
 def test_killing_the_decode_worker_mid_stream_fails_the_request_clearly(
@@ -128,7 +128,7 @@ def test_http_completion_through_prefill_and_decode_workers(
             assert usage["completion_tokens"] == 6
             assert pool.audit.handoffs == 1
             metrics = http.get("/metrics").text
-            assert "aruntime_kv_transport_restored_bytes_total" in metrics
+            assert "aruntime:kv_transport_restored_bytes_total" in metrics
             assert pool.audit.restored_bytes > 0
 
 

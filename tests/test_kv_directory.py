@@ -20,10 +20,11 @@ from redis_server import redis_server
 from tiny_engine import BLOCK, BLOCK_BYTES, prompt
 
 from aruntime.engine.config import EngineConfig
-from aruntime.engine.core_client import MPClient
 from aruntime.engine.llm_engine import LLMEngine
+from aruntime.engine.mp_client import MPClient
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.block_format import KeySchemeMismatchError
+from aruntime.kv.config import KVConfig
 from aruntime.kv.directory import SHARED_WORKER, CacheDirectory, DirectoryClient, PrefixMatch
 from aruntime.kv.events import BlockRemoved, BlockStored, KVEventBatch
 from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
@@ -38,10 +39,11 @@ LOCAL = "tcp://127.0.0.1:*"
 PROMPT = prompt(41, 1)  # 10 full blocks
 
 
-def engine(model: Path, blocks: int = 64, **kw: object) -> LLMEngine:
+def engine(model: Path, blocks: int = 64, **kv: object) -> LLMEngine:
+    """An engine collecting KV events; `kv` are more of KVConfig's fields."""
     return LLMEngine(EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
-                                  kv_cache_bytes=blocks * BLOCK_BYTES, kv_events=True,
-                                  **kw))  # type: ignore[arg-type]
+                                  kv_cache_bytes=blocks * BLOCK_BYTES,
+                                  kv=KVConfig(events=True, **kv)))  # type: ignore[arg-type]
 
 
 def publisher(eng: LLMEngine, worker_id: str, **kw: object) -> ZmqPublisher:
@@ -103,7 +105,7 @@ def evict_device(eng: LLMEngine) -> None:
 
 
 def test_engine_events_reach_the_directory_and_follow_the_tier(tiny_model_dir: Path) -> None:
-    eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=1 << 20)
+    eng = engine(tiny_model_dir, blocks=32, host_bytes=1 << 20)
     pub = publisher(eng, "w1")
     keys = prompt_keys(eng)
     with CacheDirectory([(pub.endpoint, pub.replay_endpoint)], query_endpoint=LOCAL) as directory:
@@ -144,9 +146,9 @@ def test_a_killed_worker_loses_its_entries_within_the_lease(tiny_model_dir: Path
     lease = 1.0
     pub_addr, replay_addr = f"ipc://{sockdir}/events", f"ipc://{sockdir}/replay"
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=BLOCK,
-                          kv_cache_bytes=64 * BLOCK_BYTES, kv_events_endpoint=pub_addr,
-                          kv_events_replay_endpoint=replay_addr, worker_id="doomed",
-                          kv_lease_s=lease)
+                          kv_cache_bytes=64 * BLOCK_BYTES, worker_id="doomed",
+                          kv=KVConfig(events_endpoint=pub_addr,
+                                      events_replay_endpoint=replay_addr, lease_s=lease))
     with CacheDirectory([(pub_addr, replay_addr)]) as directory:
         client = MPClient(config)
         try:
@@ -174,7 +176,8 @@ def test_a_worker_with_another_key_scheme_is_refused_loudly(
         tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     four = engine(tiny_model_dir)
     eight = LLMEngine(EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=8,
-                                   kv_cache_bytes=32 * 2 * BLOCK_BYTES, kv_events=True))
+                                   kv_cache_bytes=32 * 2 * BLOCK_BYTES,
+                                   kv=KVConfig(events=True)))
     pubs = [publisher(four, "bs4"), publisher(eight, "bs8")]
     try:
         with CacheDirectory([(pubs[0].endpoint, pubs[0].replay_endpoint)]) as directory:
@@ -238,7 +241,7 @@ def test_redis_blocks_belong_to_every_worker(tiny_model_dir: Path, redis_url: st
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    eng = engine(tiny_model_dir, kv_redis_url=redis_url)
+    eng = engine(tiny_model_dir, redis_url=redis_url)
     pub = publisher(eng, "writer")
     keys = prompt_keys(eng)
     with CacheDirectory([(pub.endpoint, pub.replay_endpoint)]) as directory:

@@ -14,8 +14,10 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.block_format import KeySchemeMismatchError, decode, encode
-from aruntime.kv.keys import BlockKey, KeyScheme, prefix_keys
-from aruntime.kv.tier_stores import DiskStore, RedisStore
+from aruntime.kv.config import KVConfig
+from aruntime.kv.disk_store import DiskStore
+from aruntime.kv.keys import BlockKey, CacheScope, KeyScheme, prefix_keys
+from aruntime.kv.redis_store import RedisStore
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
@@ -27,10 +29,14 @@ def redis_url() -> Iterator[str]:
 
 
 
-def engine(model: Path, blocks: int = 64, **tiers: object) -> LLMEngine:
+def engine(model: Path, blocks: int = 64, enable_prefix_caching: bool = True,
+           **kv: object) -> LLMEngine:
+    """An engine on the tiny checkpoint; `kv` are KVConfig's fields (host_bytes, disk_dir...)."""
     block_bytes = 2 * 2 * 2 * BLOCK * 16 * 4  # tiny: layers * (k, v) * kv_heads * block * dim * 4
     return LLMEngine(EngineConfig(model=str(model), device="cpu", block_size=BLOCK,
-                                  kv_cache_bytes=blocks * block_bytes, **tiers))  # type: ignore[arg-type]
+                                  kv_cache_bytes=blocks * block_bytes,
+                                  enable_prefix_caching=enable_prefix_caching,
+                                  kv=KVConfig(**kv)))  # type: ignore[arg-type]
 
 
 PROMPT = prompt(41, 1)  # 10 full blocks
@@ -49,7 +55,7 @@ def evict_device(eng: LLMEngine) -> None:
 
 
 def test_host_tier_serves_evicted_prefix(tiny_model_dir: Path, reference: list[int]) -> None:
-    eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=1 << 20)
+    eng = engine(tiny_model_dir, blocks=32, host_bytes=1 << 20)
     assert eng.generate([PROMPT], GREEDY)[0].new_token_ids == reference
     evict_device(eng)
     out = eng.generate([PROMPT], GREEDY)[0]
@@ -59,8 +65,8 @@ def test_host_tier_serves_evicted_prefix(tiny_model_dir: Path, reference: list[i
 
 def test_disk_tier_survives_a_restart_and_host_demotes_to_it(tiny_model_dir: Path, tmp_path: Path,
                                                              reference: list[int]) -> None:
-    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
-    first = engine(tiny_model_dir, kv_host_bytes=3000, **disk)  # host holds ~2 blocks
+    disk = {"disk_dir": str(tmp_path / "kv"), "disk_bytes": 1 << 20}
+    first = engine(tiny_model_dir, host_bytes=3000, **disk)  # host holds ~2 blocks
     assert first.generate([PROMPT], GREEDY)[0].new_token_ids == reference
     first.tiers.flush()
     assert first.tiers.counters["host"].evictions >= 8
@@ -74,9 +80,9 @@ def test_disk_tier_survives_a_restart_and_host_demotes_to_it(tiny_model_dir: Pat
 
 def test_redis_tier_is_shared_between_engines(tiny_model_dir: Path, redis_url: str,
                                               reference: list[int]) -> None:
-    writer = engine(tiny_model_dir, kv_redis_url=redis_url)
+    writer = engine(tiny_model_dir, redis_url=redis_url)
     writer.generate([PROMPT], GREEDY)
-    reader = engine(tiny_model_dir, kv_redis_url=redis_url)
+    reader = engine(tiny_model_dir, redis_url=redis_url)
     out = reader.generate([PROMPT], GREEDY)[0]
     assert out.new_token_ids == reference and out.num_cached_tokens == 40
     assert reader.tiers.counters["redis"].hits == 10
@@ -96,7 +102,7 @@ def corrupt_blocks(read: Callable[[BlockKey], bytes], write: Callable[[BlockKey,
 
 def test_stale_blocks_on_disk_are_dropped_and_recomputed(tiny_model_dir: Path, tmp_path: Path,
                                                          reference: list[int]) -> None:
-    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
+    disk = {"disk_dir": str(tmp_path / "kv"), "disk_bytes": 1 << 20}
     first = engine(tiny_model_dir, **disk)
     first.generate([PROMPT], GREEDY)
     keys = _prompt_keys(first)
@@ -120,19 +126,19 @@ def test_stale_blocks_in_redis_are_dropped_and_recomputed(tiny_model_dir: Path, 
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    first = engine(tiny_model_dir, kv_redis_url=redis_url)
+    first = engine(tiny_model_dir, redis_url=redis_url)
     first.generate([PROMPT], GREEDY)
     keys = _prompt_keys(first)
     rkey = lambda k: f"aruntime:kv:{k.hex()}"  # noqa: E731
     corrupt_blocks(lambda k: client.get(rkey(k)), lambda k, b: client.set(rkey(k), b),
                    [keys[2], keys[3], keys[4]], first.key_scheme)
     for cached in (2, 3, 4):
-        eng = engine(tiny_model_dir, kv_redis_url=redis_url)
+        eng = engine(tiny_model_dir, redis_url=redis_url)
         out = eng.generate([PROMPT], GREEDY)[0]
         assert out.new_token_ids == reference
         assert out.num_cached_tokens == cached * BLOCK and eng.tiers.counters["redis"].stale == 1
         decode(client.get(rkey(keys[cached])), first.key_scheme, keys[cached])  # rewritten
-    assert engine(tiny_model_dir, kv_redis_url=redis_url).generate(
+    assert engine(tiny_model_dir, redis_url=redis_url).generate(
         [PROMPT], GREEDY)[0].num_cached_tokens == 40
     client.close()
 
@@ -153,16 +159,16 @@ def test_key_scheme_mismatch_is_loud(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_tenants_never_share_blocks(tiny_model_dir: Path, tmp_path: Path) -> None:
-    eng = engine(tiny_model_dir, kv_host_bytes=1 << 20)
-    eng.add_request("a", PROMPT, GREEDY, tenant_salt=b"tenant-a")
+    eng = engine(tiny_model_dir, host_bytes=1 << 20)
+    eng.add_request("a", PROMPT, GREEDY, scope=CacheScope(b"tenant-a"))
     while eng.has_unfinished_requests():
         eng.step()
     outs = []
-    eng.add_request("b", PROMPT, GREEDY, tenant_salt=b"tenant-b")
+    eng.add_request("b", PROMPT, GREEDY, scope=CacheScope(b"tenant-b"))
     while eng.has_unfinished_requests():
         outs += eng.step()
     assert outs[-1].num_cached_tokens == 0 and eng.tiers.counters["host"].hits == 0
-    eng.add_request("a2", PROMPT, GREEDY, tenant_salt=b"tenant-a")
+    eng.add_request("a2", PROMPT, GREEDY, scope=CacheScope(b"tenant-a"))
     outs = []
     while eng.has_unfinished_requests():
         outs += eng.step()
@@ -172,8 +178,8 @@ def test_tenants_never_share_blocks(tiny_model_dir: Path, tmp_path: Path) -> Non
 def test_kv_events_name_the_tier(tiny_model_dir: Path, tmp_path: Path) -> None:
     from aruntime.kv.events import BlockRemoved, BlockStored
 
-    eng = engine(tiny_model_dir, blocks=32, kv_host_bytes=3000, kv_events=True,
-                 kv_disk_dir=str(tmp_path / "kv"), kv_disk_bytes=1 << 20)
+    eng = engine(tiny_model_dir, blocks=32, host_bytes=3000, events=True,
+                 disk_dir=str(tmp_path / "kv"), disk_bytes=1 << 20)
     eng.generate([PROMPT], GREEDY)
     eng.tiers.flush()
     batch = eng.drain_kv_events("w0")
@@ -193,8 +199,9 @@ def test_server_reports_tiers_in_metrics(tiny_model_dir: Path, tmp_path: Path) -
     from aruntime.serve.launch import background_server
 
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=BLOCK,
-                          kv_cache_bytes=1 << 20, kv_host_bytes=1 << 20,
-                          kv_disk_dir=str(tmp_path / "kv"), kv_disk_bytes=1 << 20)
+                          kv_cache_bytes=1 << 20,
+                          kv=KVConfig(host_bytes=1 << 20, disk_dir=str(tmp_path / "kv"),
+                                      disk_bytes=1 << 20))
     with background_server(config, tmp_path / "data", served_model_name="tiny") as srv, \
             httpx.Client(base_url=srv.url, timeout=60) as http:
         body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 2}
@@ -223,7 +230,7 @@ def test_a_shared_prefix_crosses_tenants_only_when_published(tiny_model_dir: Pat
     system = PROMPT[:16]  # four blocks: the common "system prompt"
 
     def cached(rid: str, salt: bytes, shared: int, tokens: list[int]) -> int:
-        eng.add_request(rid, tokens, GREEDY, tenant_salt=salt, shared_prefix_tokens=shared)
+        eng.add_request(rid, tokens, GREEDY, scope=CacheScope(salt, shared))
         outs = []
         while eng.has_unfinished_requests():
             outs += eng.step()
@@ -240,7 +247,7 @@ def test_a_shared_prefix_crosses_tenants_only_when_published(tiny_model_dir: Pat
 
 def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
     from aruntime.kv.block_format import BlockPayload
-    from aruntime.kv.tier_stores import HostStore
+    from aruntime.kv.host_store import HostStore
 
     store = HostStore(capacity_bytes=3 * 100)
     keys = [BlockKey(bytes([i]) * 32) for i in range(5)]
@@ -261,7 +268,7 @@ def test_host_store_evicts_lru_but_never_a_pinned_block() -> None:
 def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
     import threading
 
-    from aruntime.kv.tier_stores import claim_scheme_file
+    from aruntime.kv.scheme_file import claim_scheme_file
 
     scheme = KeyScheme(4, "sha256:" + "a" * 64)
     errors: list[BaseException] = []
@@ -288,7 +295,7 @@ def test_a_load_whose_every_block_is_stale_recomputes_instead_of_failing(
         tiny_model_dir: Path, tmp_path: Path, reference: list[int]) -> None:
     """The prompt's first block is corrupt on disk: the load brings nothing back, and the engine
     computes the whole prompt (it used to raise from an empty batched copy and die)."""
-    disk = {"kv_disk_dir": str(tmp_path / "kv"), "kv_disk_bytes": 1 << 20}
+    disk = {"disk_dir": str(tmp_path / "kv"), "disk_bytes": 1 << 20}
     first = engine(tiny_model_dir, **disk)
     first.generate([PROMPT], GREEDY)
     first.tiers.close()
@@ -313,7 +320,7 @@ def test_a_damaged_scheme_file_sets_the_blocks_aside_and_the_server_starts(
     from aruntime.serve.launch import background_server
 
     kv = tmp_path / "kv"
-    disk = {"kv_disk_dir": str(kv), "kv_disk_bytes": 1 << 20}
+    disk = {"disk_dir": str(kv), "disk_bytes": 1 << 20}
     first = engine(tiny_model_dir, **disk)
     first.generate([PROMPT], GREEDY)
     first.tiers.close()
@@ -330,7 +337,7 @@ def test_a_damaged_scheme_file_sets_the_blocks_aside_and_the_server_starts(
     eng.tiers.close()
     (kv / "scheme.json").write_bytes(b"\x00\x01 not json")
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=BLOCK,
-                          kv_cache_bytes=1 << 20, **disk)  # type: ignore[arg-type]
+                          kv_cache_bytes=1 << 20, kv=KVConfig(**disk))  # type: ignore[arg-type]
     with background_server(config, tmp_path / "data", served_model_name="tiny") as srv, \
             httpx.Client(base_url=srv.url, timeout=60) as http:
         body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}

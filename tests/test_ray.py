@@ -15,13 +15,15 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import ray
-from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, prompt
+from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, metrics_of, prompt
 
 from aruntime.cli import main as cli_main
 from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
 from aruntime.engine.client import EngineClient
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.config import KVConfig
+from aruntime.kv.keys import CacheScope
 
 DEADLINE = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -86,13 +88,14 @@ def test_an_exported_prefix_is_reused_by_another_engine_and_a_foreign_one_is_ref
         tiny_model_dir: Path) -> None:
     ids = prompt(17, 3)
     blocks = (len(ids) - 1) // BLOCK
-    first, second = LLMEngine(config(tiny_model_dir)), LLMEngine(config(tiny_model_dir))
+    staged = dataclasses.replace(config(tiny_model_dir), kv=KVConfig(staged=True))
+    first, second = LLMEngine(staged), LLMEngine(staged)  # KV handed over out of band
     first.generate([ids], SamplingParams(max_tokens=1, temperature=0.0))
     blobs = first.export_prefix(ids)
     assert len(blobs) == blocks
-    assert second.import_prefix(ids, blobs, tenant_salt=b"other tenant") == 0  # other keys
+    assert second.import_prefix(ids, blobs, CacheScope(b"other tenant")) == 0  # other keys
     assert second.import_prefix(ids, blobs) == blocks
-    assert second.import_prefix(ids, blobs) == blocks  # already cached: kept, not copied
+    assert second.import_prefix(ids, blobs) == blocks  # already held: kept, not copied
     out = second.generate([ids], GREEDY)[0]
     assert out.num_cached_tokens == blocks * BLOCK
     assert out.new_token_ids == first.generate([ids], GREEDY)[0].new_token_ids
@@ -125,10 +128,10 @@ def test_disaggregated_actors_hand_kv_through_the_object_store_and_equal_one_eng
     print(f"\nRay KV handoff: {handed} blocks, {disagg.handoffs.nbytes} bytes in "
           f"{disagg.handoffs.seconds * 1e3:.1f} ms (export, put, get, import): "
           f"{bandwidth / 1e6:.1f} MB/s")
-    text = disagg.metrics_text()
-    assert 'aruntime_worker_up{worker="d0",role="decode"} 1' in text
-    assert 'aruntime_worker_up{worker="p0",role="prefill"} 1' in text
-    assert "aruntime_kv_transport_bandwidth_bytes_per_second" in text
+    text = metrics_of(disagg)
+    assert 'aruntime:worker_up{role="decode",worker="d0"} 1.0' in text
+    assert 'aruntime:worker_up{role="prefill",worker="p0"} 1.0' in text
+    assert "aruntime:kv_transport_bandwidth_bytes_per_second" in text
 
 
 def test_colocated_actors_equal_one_engine_and_route_a_repeat_to_its_prefix(
@@ -149,7 +152,7 @@ def test_colocated_actors_equal_one_engine_and_route_a_repeat_to_its_prefix(
     assert colocated.audit.abs_error_tokens == 0
     # no aruntime_colocated resource in this cluster: placed anywhere, holding nothing
     assert all(not w.placed_with for w in colocated.workers.values())  # type: ignore[attr-defined]
-    assert 'aruntime_worker_up{worker="w1",role="colocated"} 1' in colocated.metrics_text()
+    assert 'aruntime:worker_up{role="colocated",worker="w1"} 1.0' in metrics_of(colocated)
 
 
 def test_closing_a_stream_early_aborts_it_on_its_actor(colocated: RayPool) -> None:
@@ -190,7 +193,7 @@ def test_http_completion_through_ray_actors(disagg: RayDisaggregatedPool, tiny_m
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["completion_tokens"] == 6
         assert disagg.audit.handoffs == handoffs + 1
-        assert "aruntime_kv_transport_restored_bytes_total" in http.get("/metrics").text
+        assert "aruntime:kv_transport_restored_bytes_total" in http.get("/metrics").text
 
 
 def test_killing_a_decode_actor_mid_stream_fails_clearly_and_the_other_takes_over(
@@ -216,8 +219,9 @@ def test_killing_a_decode_actor_mid_stream_fails_clearly_and_the_other_takes_ove
         assert after is not None and after.worker != victim
 
     within(main())
+    victim = victims[0]
     assert disagg.is_alive and disagg.decode.audit.failed_mid_stream == 1
-    assert "role=\"decode\"} 0" in disagg.metrics_text()
+    assert f'aruntime:worker_up{{role="decode",worker="{victim}"}} 0.0' in metrics_of(disagg)
 
 
 def test_serve_with_an_unreachable_or_malformed_ray_address_is_one_line_exit_2(

@@ -10,7 +10,7 @@ from aruntime.cluster.router import Router, WorkerLoad
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.sequence import Sequence
 from aruntime.kv.directory_index import PrefixMatch
-from aruntime.kv.keys import SHARED_NAMESPACE, KeyScheme, request_keys
+from aruntime.kv.keys import SHARED_NAMESPACE, CacheScope, KeyScheme, request_keys
 
 IDLE = [WorkerLoad("w0"), WorkerLoad("w1"), WorkerLoad("w2")]
 
@@ -25,7 +25,7 @@ def test_keys_match_the_engines_for_tenants_and_shared_prefixes() -> None:
     for salt, shared in ((b"", 0), (b"tenant", 0), (b"tenant", 8), (b"t", 10)):
         seq = Sequence("r", tokens, SamplingParams(), scheme.root(salt),
                        shared_root=scheme.root(SHARED_NAMESPACE), shared_blocks=shared // 4)
-        assert request_keys(scheme, tokens, salt, shared) == seq.block_keys(4, 9)
+        assert request_keys(scheme, tokens, CacheScope(salt, shared)) == seq.block_keys(4, 9)
 
 
 def test_kv_prefers_the_worker_with_the_longest_cached_prefix() -> None:

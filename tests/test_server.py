@@ -340,7 +340,7 @@ def test_dead_engine_is_503_not_a_hang(config: EngineConfig, tmp_path: Path) -> 
     with background_server(config, tmp_path) as srv, \
             httpx.Client(base_url=srv.url, timeout=30) as http:
         assert http.get("/health").status_code == 200
-        pid = srv.engine.core_pid  # type: ignore[union-attr]
+        pid = srv.engine.registry["w0"].pid  # type: ignore[union-attr]
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: http.get("/health").status_code == 503)

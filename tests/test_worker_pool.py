@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiny_engine import config, kill_at_first_token, prompt
+from tiny_engine import config, kill_at_first_token, metrics_of, prompt
 
 from aruntime.cluster.pool import WorkerPool
 from aruntime.engine.outputs import RequestOutput
@@ -94,7 +94,7 @@ def test_workers_register_and_kv_routing_follows_the_cached_prefix(
 
     within(main())
     assert pool.audit.requests == 5 and pool.audit.error == 0.0
-    assert "aruntime_route_cached_tokens_used_total" in pool.metrics_text()
+    assert "aruntime:route_cached_tokens_used_total" in metrics_of(pool)
 
 
 def test_round_robin_spreads_and_misses(pool_factory: Callable[[int, str], WorkerPool]) -> None:
@@ -200,8 +200,8 @@ def test_http_stream_from_a_killed_worker_ends_with_an_error_chunk(
             assert route["cached_tokens_used"] > 0
             assert route["cached_tokens_predicted"] is not None  # its accuracy: tests above
             metrics = http.get("/metrics").text
-            assert 'aruntime_worker_up{worker="' in metrics
-            assert "aruntime_route_failed_mid_stream_total" in metrics
+            assert 'aruntime:worker_up{role="colocated",worker="' in metrics
+            assert "aruntime:route_failed_mid_stream_total" in metrics
 
 
 def test_merged_stats_keep_one_entry_a_tier() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aruntime.cluster.serving import ServingPool
 from aruntime.engine.client import EngineClient, EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.sampling import SamplingParams
@@ -42,3 +43,13 @@ async def kill_at_first_token(client: EngineClient, request_id: str, ids: list[i
     except EngineDeadError as exc:
         return str(exc)
     return "completed"
+
+
+def metrics_of(pool: ServingPool) -> str:
+    """A pool's own series, exposed as the server's /metrics shows them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    for collector in pool.collectors():
+        registry.register(collector)
+    return generate_latest(registry).decode()

@@ -33,6 +33,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.demo import ensure_demo_model
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.config import KVConfig
 from aruntime.kv.keys import KeyScheme, prefix_keys
 
 TRACE = (Path(__file__).resolve().parents[4] / "shared" / "traces"
@@ -151,11 +152,11 @@ def replay(name: str, model_dir: Path, requests: list[Request], **config: Any) -
         ttft.append(first or 0.0)
     wall = time.perf_counter() - start
     restore = {}
-    if engine.loader is not None:
-        engine.tiers.flush()
-        restore = {t: (engine.loader.restore_seconds[t], engine.loader.restore_bytes[t])
-                   for t in engine.loader.restore_seconds}
-        engine.tiers.close()
+    if engine.kv is not None:
+        engine.kv.tiers.flush()
+        restore = {t: (engine.kv.restore_seconds[t], engine.kv.restore_bytes[t])
+                   for t in engine.kv.restore_seconds}
+        engine.kv.close()
     return SetupResult(name, ttft, cached, sum(len(r.prompt) for r in requests),
                        sum(r.output_tokens for r in requests), wall, restore)
 
@@ -213,8 +214,8 @@ def run_bench(model_dir: Path, w: CacheWorkload, trace: Path = TRACE,
                    kv_cache_bytes=device_blocks * per_block),
             replay("device-only", model_dir, requests, kv_cache_bytes=device_blocks * per_block),
             replay("tiered", model_dir, requests, kv_cache_bytes=device_blocks * per_block,
-                   kv_host_bytes=int(unique_blocks * w.host_fraction * per_block),
-                   kv_disk_dir=str(disk), kv_disk_bytes=2 * unique_blocks * per_block),
+                   kv=KVConfig(host_bytes=int(unique_blocks * w.host_fraction * per_block),
+                               disk_dir=str(disk), disk_bytes=2 * unique_blocks * per_block)),
         ]
         memcpy = memcpy_gbps()
         file_read = file_read_gbps(Path(tmp))

@@ -26,28 +26,34 @@ import dataclasses
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from aruntime.cluster.pool import (
+from prometheus_client.registry import Collector
+
+from aruntime.cluster.audit import TransportAudit
+from aruntime.cluster.metrics import PoolCollector, TransportCollector
+from aruntime.cluster.pool import WorkerPool
+from aruntime.cluster.router import WorkerLoad
+from aruntime.cluster.serving import (
     ROUTES_KEPT,
     PoolWorker,
     RouteRecord,
+    ServingPool,
     WorkerInfo,
-    WorkerPool,
     merge_stats,
 )
-from aruntime.cluster.router import WorkerLoad
-from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.engine.client import EngineDeadError
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.keys import NO_SCOPE, CacheScope
 from aruntime.kv.shm_store import TRANSPORT_TIER, default_transport_root
 
-__all__ = ["DisaggregatedPool", "Handoff", "TransportAudit"]
+__all__ = ["DisaggregatedPool", "Handoff"]
 
 PREFILL_ONLY = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
 
@@ -63,24 +69,8 @@ class Handoff:
     decode_cached_tokens: int | None = None
 
 
-@dataclass(slots=True)
-class TransportAudit:
-    handoffs: int = 0  # requests prefilled on one worker and decoded on another
-    prefill_skipped: int = 0  # prompts shorter than a block: nothing to hand over
-    prefill_fallbacks: int = 0  # no prefill worker answered: decode prefilled it
-    restored_bytes: int = 0  # by decode workers, from the transport (as of the last stats())
-    restore_seconds: float = 0.0
-
-    @property
-    def bandwidth(self) -> float:
-        """Bytes per second restored from the transport into decode workers' device blocks."""
-        return self.restored_bytes / self.restore_seconds if self.restore_seconds else 0.0
-
-
-class DisaggregatedPool(EngineClient):
+class DisaggregatedPool(ServingPool):
     """`start()` blocks until every worker of both groups is ready."""
-
-    keeps_loads = True
 
     def __init__(self, config: EngineConfig, prefill_workers: int, decode_workers: int,
                  policy: str = "kv", *, transport_dir: str | None = None,
@@ -101,7 +91,8 @@ class DisaggregatedPool(EngineClient):
         self._owned_dir = transport_dir is None
         self.transport_dir: str | None = transport_dir or tempfile.mkdtemp(
             prefix="aruntime-kv-", dir=default_transport_root())
-        return dataclasses.replace(config, kv_transport_dir=self.transport_dir)
+        return dataclasses.replace(
+            config, kv=dataclasses.replace(config.kv, transport_dir=self.transport_dir))
 
     def _group(self, config: EngineConfig, workers: int, policy: str, role: str,
                seed: int | None, startup_timeout: float) -> WorkerPool:
@@ -120,6 +111,10 @@ class DisaggregatedPool(EngineClient):
     @property
     def registry(self) -> dict[str, WorkerInfo]:
         return {**self.prefill.registry, **self.decode.registry}
+
+    def collectors(self) -> Iterable[Collector]:
+        return [PoolCollector(lambda: [self.prefill, self.decode]),
+                TransportCollector(self.audit)]
 
     @property
     def is_alive(self) -> bool:
@@ -140,16 +135,16 @@ class DisaggregatedPool(EngineClient):
         self._info = infos[1]
         return self._info
 
-    def candidate_loads(self, prompt: list[int], tenant_salt: bytes = b"",
-                        shared_prefix_tokens: int = 0) -> list[tuple[WorkerLoad, int]]:
+    def candidate_loads(self, prompt: list[int],
+                        scope: CacheScope = NO_SCOPE) -> list[tuple[WorkerLoad, int]]:
         """For admission: a request's first token comes from a prefill worker (its queue, its
         predicted cached tokens), its later tokens from the least-loaded decode worker, whose
         running batch sets the time per token. Without live prefill workers the decode workers
         prefill themselves, and are the candidates."""
-        prefill = self.prefill.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
+        prefill = self.prefill.candidate_loads(prompt, scope)
         decoders = self.decode.live_workers()
         if not prefill or not decoders or self.decode.directory is None:
-            return self.decode.candidate_loads(prompt, tenant_salt, shared_prefix_tokens)
+            return self.decode.candidate_loads(prompt, scope)
         # only their batches count here: no need to predict their caches
         running = min(self.decode.router.load(w).running for w in decoders)
         return [(dataclasses.replace(load, running=running), cached) for load, cached in prefill]
@@ -157,7 +152,7 @@ class DisaggregatedPool(EngineClient):
     def handoff_of(self, request_id: str) -> Handoff | None:
         return self._handoffs.get(request_id)
 
-    def running_beside(self, request_id: str) -> int | None:
+    def running_beside(self, request_id: str) -> int:
         return self.decode.running_beside(request_id)  # decodes run on the decode worker
 
     def route_of(self, request_id: str) -> RouteRecord | None:
@@ -177,10 +172,9 @@ class DisaggregatedPool(EngineClient):
         while len(self._handoffs) > ROUTES_KEPT:
             self._handoffs.popitem(last=False)
 
-    async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
-    ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams, scope: CacheScope = NO_SCOPE,
+                       ) -> AsyncGenerator[RequestOutput, None]:
         if self._info is None:
             raise RuntimeError("the disaggregated pool has not been started")
         hand = Handoff(request_id, None)
@@ -189,13 +183,11 @@ class DisaggregatedPool(EngineClient):
         if blocks == 0:
             self.audit.prefill_skipped += 1
         else:
-            hand.prefill_worker = await self._prefill(request_id, prompt_token_ids, tenant_salt,
-                                                      shared_prefix_tokens)
+            hand.prefill_worker = await self._prefill(request_id, prompt_token_ids, scope)
             if hand.prefill_worker is not None:
                 hand.expected_transport_tokens = blocks * self.config.block_size
                 self.audit.handoffs += 1
-        stream = self.decode.generate(request_id, prompt_token_ids, params, tenant_salt,
-                                      shared_prefix_tokens)
+        stream = self.decode.generate(request_id, prompt_token_ids, params, scope)
         try:
             async for out in stream:
                 if hand.decode_cached_tokens is None:
@@ -206,12 +198,11 @@ class DisaggregatedPool(EngineClient):
         finally:
             await stream.aclose()
 
-    async def _prefill(self, request_id: str, prompt: list[int], tenant_salt: bytes,
-                       shared_prefix_tokens: int) -> str | None:
+    async def _prefill(self, request_id: str, prompt: list[int],
+                       scope: CacheScope) -> str | None:
         """Run the prompt on a prefill worker; its worker id, or None when none could."""
         try:
-            async for _ in self.prefill.generate(request_id, prompt, PREFILL_ONLY, tenant_salt,
-                                                 shared_prefix_tokens):
+            async for _ in self.prefill.generate(request_id, prompt, PREFILL_ONLY, scope):
                 pass  # its token is discarded: the decode worker samples the first one again
         except EngineDeadError:
             self.audit.prefill_fallbacks += 1
@@ -245,35 +236,6 @@ class DisaggregatedPool(EngineClient):
         """Bytes per second restored from the transport so far (fresh from the workers)."""
         await self.stats()
         return self.audit.bandwidth
-
-    def metrics_text(self) -> str:
-        """Prometheus lines: worker health by role, routing audits, and the KV transport."""
-        a = self.audit
-        lines = ["# HELP aruntime_worker_up Whether a pool worker's engine core is running.",
-                 "# TYPE aruntime_worker_up gauge"]
-        for group in (self.prefill, self.decode):
-            lines += [f'aruntime_worker_up{{worker="{w}",role="{group.role}"}} {int(c.is_alive)}'
-                      for w, c in group.workers.items()]
-        for name, kind, value, help_text in (
-            ("disagg_handoffs_total", "counter", a.handoffs,
-             "Requests prefilled on a prefill worker and decoded on a decode worker."),
-            ("disagg_prefill_fallbacks_total", "counter", a.prefill_fallbacks,
-             "Requests a decode worker prefilled because no prefill worker answered."),
-            ("kv_transport_restored_bytes_total", "counter", a.restored_bytes,
-             "KV bytes decode workers restored from the transport."),
-            ("kv_transport_restore_seconds_total", "counter", a.restore_seconds,
-             "Seconds those restores took, reads and copies into device blocks included."),
-            ("kv_transport_bandwidth_bytes_per_second", "gauge", a.bandwidth,
-             "Transport bytes restored per second of restore time."),
-        ):
-            lines += [f"# HELP aruntime_{name} {help_text}", f"# TYPE aruntime_{name} {kind}",
-                      f"aruntime_{name} {value}"]
-        for name, field in (("route_retries", "retries"),
-                            ("route_failed_mid_stream", "failed_mid_stream")):
-            lines.append(f"# TYPE aruntime_{name}_total counter")
-            lines += [f'aruntime_{name}_total{{role="{g.role}"}} {getattr(g.audit, field)}'
-                      for g in (self.prefill, self.decode)]
-        return "\n".join(lines) + "\n"
 
     async def shutdown(self) -> None:
         await asyncio.gather(self.prefill.shutdown(), self.decode.shutdown(),

@@ -96,10 +96,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: At
             1, batch.slot_mapping, new.transpose(0, 1))
     out = torch.empty_like(q)
     if batch.native_inputs is not None:
-        n = batch.native_inputs
-        out[:n.rows] = batch.native(q[:n.rows], cache, n.tables, n.lens)
+        n, native = batch.native_inputs, batch.native
+        assert native is not None  # the runner sets both or neither
+        out[:n.rows] = native(q[:n.rows], cache, n.tables, n.lens)
     for group in batch.decodes:
         rows = slice(group.row, group.row + group.num_seqs)
+        assert batch.scratch is not None  # sized by the runner for its largest group
         out[rows] = _decode(q[rows], cache, group, batch.scratch)
     for seg in batch.prefills:
         rows = slice(seg.row, seg.row + seg.num_tokens)
@@ -110,6 +112,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: At
                 is_causal=True, enable_gqa=True)
         else:
             length = seg.start + seg.num_tokens
+            assert seg.block_ids is not None  # a chunk after cached context has its blocks
             ks, vs = (cache[i].index_select(1, seg.block_ids).view(kv_heads, -1, d)[:, :length]
                       .unsqueeze(0) for i in range(2))
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=True)

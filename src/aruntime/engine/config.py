@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from aruntime.kv.config import KVConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 # The rope types the model computes (engine/model.py), with the parameters each needs.
@@ -138,17 +140,8 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "float32"
     enable_prefix_caching: bool = True
-    kv_host_bytes: int = 0  # KV tiers below the device: host RAM, local disk, Redis
-    kv_disk_dir: str | None = None
-    kv_disk_bytes: int = 0
-    kv_redis_url: str | None = None
-    kv_transport_dir: str | None = None  # disaggregated workers hand KV over here (top tier)
-    kv_transport_bytes: int = 1024 * 1024 * 1024  # what each worker may keep in the transport
-    kv_events: bool = False  # collect BlockStored/BlockRemoved events for a cache directory
-    kv_events_endpoint: str | None = None  # publish there (ZeroMQ PUB bind); implies kv_events
-    kv_events_replay_endpoint: str | None = None  # a late directory replays from here (ROUTER bind)
+    kv: KVConfig = field(default_factory=KVConfig)  # stores beyond the device, KV events
     worker_id: str | None = None  # this engine's name in the cache directory; default host:pid
-    kv_lease_s: float = 10.0  # a directory drops our blocks when it hears nothing for this long
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
 
     def __post_init__(self) -> None:
@@ -160,9 +153,3 @@ class EngineConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")
-        if self.kv_transport_dir and self.kv_transport_bytes <= 0:
-            raise ValueError("kv_transport_bytes must be positive")
-        if self.kv_lease_s <= 0:
-            raise ValueError("kv_lease_s must be positive")
-        if self.kv_events_replay_endpoint and not self.kv_events_endpoint:
-            raise ValueError("kv_events_replay_endpoint needs kv_events_endpoint")

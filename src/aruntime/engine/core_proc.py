@@ -30,6 +30,7 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.errors import described
+from aruntime.kv.keys import NO_SCOPE, CacheScope
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -47,8 +48,7 @@ class AddRequest(msgspec.Struct, tag="add"):
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float | None = None
-    tenant_salt: bytes = b""  # keys the request's KV blocks in its tenant's namespace
-    shared_prefix_tokens: int = 0  # leading tokens keyed in the shared namespace on purpose
+    scope: CacheScope = NO_SCOPE  # the namespaces its KV blocks are keyed in
 
 
 class AbortRequests(msgspec.Struct, tag="abort"):
@@ -235,7 +235,7 @@ class EngineLoop:
         try:
             self.engine.add_request(
                 command.request_id, command.prompt_token_ids, command.params, command.arrival_time,
-                command.tenant_salt, command.shared_prefix_tokens)
+                command.scope)
         except ValueError as exc:
             self.emit(RequestFailed(command.request_id, str(exc)))
             return
@@ -278,8 +278,6 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
     sender.start()
     code = 0
     publisher: KVEventPublisher | None = None
-    if config.kv_events_endpoint is not None and not config.kv_events:
-        config = dataclasses.replace(config, kv_events=True)
     try:
         from aruntime.engine.llm_engine import LLMEngine
 
@@ -304,14 +302,14 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
 
 def _kv_publisher(engine: LLMEngine, config: EngineConfig) -> KVEventPublisher | None:
     """The worker's KV event publisher, when a cache directory is to follow it."""
-    if config.kv_events_endpoint is None:
+    if config.kv.events_endpoint is None:
         return None
     from aruntime.kv.publisher import ZmqPublisher
 
     worker_id = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     return ZmqPublisher(
-        config.kv_events_endpoint, worker_id=worker_id, scheme=engine.key_scheme,
-        lease_s=config.kv_lease_s, replay_endpoint=config.kv_events_replay_endpoint,
+        config.kv.events_endpoint, worker_id=worker_id, scheme=engine.key_scheme,
+        lease_s=config.kv.lease_s, replay_endpoint=config.kv.events_replay_endpoint,
         drain=lambda: engine.drain_kv_events(worker_id),
     )
 

@@ -1,6 +1,8 @@
 """The engine: schedule → execute → update, one iteration per `step()` (vLLM v1's shape).
 
 Not thread-safe: one thread owns it (the engine core process's loop, or InprocClient's thread).
+Every block that moves between the device and a store beyond it goes through the KV connector
+(`self.kv`): tier restores, write-through, and the handoff between disaggregated workers.
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ import torch
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
-from aruntime.engine.kv_offload import TierLoader, build_tiers
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.runner import ModelRunner
 from aruntime.engine.sampler import logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
-from aruntime.engine.scheduler import Scheduler
+from aruntime.engine.scheduler import ScheduledChunk, Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.stopping import StopChecker
-from aruntime.kv.block_format import StaleBlockError, decode, encode
 from aruntime.kv.events import EventBuffer, KVEventBatch
-from aruntime.kv.keys import SHARED_NAMESPACE, BlockKey, KeyScheme, request_keys
+from aruntime.kv.keys import (
+    NO_SCOPE,
+    SHARED_NAMESPACE,
+    BlockKey,
+    CacheScope,
+    KeyScheme,
+    request_keys,
+)
+from aruntime.kv.tier_connector import TierConnector
+from aruntime.kv.tiered_cache import TieredKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +54,12 @@ class LLMEngine:
         self.device = str(self.runner.device)
         # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
         self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)
-        self.events = EventBuffer() if config.kv_events else None
+        self.events = EventBuffer() if config.kv.publishes else None
         self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, self.events)
         self.key_scheme = KeyScheme(config.block_size, self.revision)
-        self.tiers = build_tiers(self.key_scheme, config.kv_host_bytes, config.kv_disk_dir,
-                                 config.kv_disk_bytes, config.kv_redis_url, self.events,
-                                 config.kv_transport_dir, config.kv_transport_bytes)
-        self.loader = TierLoader(self.tiers, self.runner) if self.tiers else None
+        self.kv = TierConnector.open(self.key_scheme, config.kv, self.runner, self.events)
         self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
-                                   config.max_num_batched_tokens, self.loader)
+                                   config.max_num_batched_tokens, self.kv)
         eos = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -64,82 +70,75 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
+    @property
+    def tiers(self) -> TieredKVCache | None:
+        """The stores under the KV connector, with their counters (None: no store beyond the
+        device was asked for)."""
+        return self.kv.tiers if self.kv is not None else None
+
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    arrival_time: float | None = None, tenant_salt: bytes = b"",
-                    shared_prefix_tokens: int = 0) -> None:
-        """`tenant_salt` keys the request's blocks in its tenant's namespace: no other tenant can
-        hit them. The first `shared_prefix_tokens` (whole blocks) are keyed in the shared
-        namespace instead, so a common prefix published on purpose is reused across tenants."""
+                    arrival_time: float | None = None, scope: CacheScope = NO_SCOPE) -> None:
+        """`scope` keys the request's blocks: in its tenant's namespace, no other tenant can hit
+        them; its leading shared-prefix tokens (whole blocks) are keyed in the shared namespace,
+        so a common prefix published on purpose is reused across tenants."""
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already in the engine")
         if not prompt_token_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens; this model's context "
-                             f"is {self.max_model_len} tokens, output included")
+            raise ValueError(f"the prompt has {len(prompt_token_ids)} tokens; this model's "
+                             f"context is {self.max_model_len} tokens, output included")
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        seq = Sequence(request_id, prompt_token_ids, params, self.key_scheme.root(tenant_salt),
-                       arrival_time, self.key_scheme.root(SHARED_NAMESPACE),
-                       shared_prefix_tokens // self.config.block_size)
+        seq = Sequence(request_id, prompt_token_ids, params,
+                       self.key_scheme.root(scope.tenant_salt), arrival_time,
+                       self.key_scheme.root(SHARED_NAMESPACE),
+                       scope.shared_prefix_tokens // self.config.block_size)
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))
         if params.seed is not None:
-            self._generators[request_id] = torch.Generator(self.runner.device).manual_seed(
-                params.seed)
+            self._generators[request_id] = torch.Generator(
+                self.runner.device).manual_seed(params.seed)
         self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt_token_ids)
 
-    def _reusable_keys(self, prompt_token_ids: list[int], tenant_salt: bytes,
-                       shared_prefix_tokens: int) -> list[BlockKey]:
+    def _reusable_keys(self, prompt_token_ids: list[int], scope: CacheScope) -> list[BlockKey]:
         """Keys of the prompt's blocks a prefix lookup may reuse: every full block but one
         holding the last token, which is always computed (its logits give the first token)."""
-        keys = request_keys(self.key_scheme, prompt_token_ids, tenant_salt, shared_prefix_tokens)
+        keys = request_keys(self.key_scheme, prompt_token_ids, scope)
         return keys[:(len(prompt_token_ids) - 1) // self.config.block_size]
 
-    def export_prefix(self, prompt_token_ids: list[int], tenant_salt: bytes = b"",
-                      shared_prefix_tokens: int = 0) -> list[bytes]:
-        """The prompt's reusable blocks cached on the device, encoded with their keys
-        (kv_format), in order up to the first one not cached: what a prefill engine hands to
-        a decode engine. Call after the prompt ran, before its blocks are evicted."""
-        keys = self._reusable_keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)
+    def export_prefix(self, prompt_token_ids: list[int],
+                      scope: CacheScope = NO_SCOPE) -> list[bytes]:
+        """A prefill worker's handoff out: the prompt's reusable blocks cached on the device,
+        saved through the KV connector into its staged store and taken from there, encoded with
+        their keys (kv/block_format.py), in order up to the first not cached. Call after the
+        prompt ran, before its blocks are evicted; the engine needs `KVConfig(staged=True)`."""
+        kv = self.kv
+        staged = kv.staged() if kv is not None else None
+        if kv is None or staged is None:
+            raise RuntimeError("exporting KV needs a staged store (KVConfig(staged=True))")
+        keys = self._reusable_keys(prompt_token_ids, scope)
         ids = self.pool.lookup(keys, prompt_token_ids, self.config.block_size)
-        return [encode(self.key_scheme, key, self.runner.read_block(block_id))
-                for key, block_id in zip(keys, ids, strict=False)]
+        kv.save(list(zip(ids, keys, strict=False)))
+        return staged.take(keys[:len(ids)])
 
     def import_prefix(self, prompt_token_ids: list[int], blobs: list[bytes],
-                      tenant_salt: bytes = b"", shared_prefix_tokens: int = 0) -> int:
-        """Cache another engine's `export_prefix` of this prompt on the device, so that the
-        prompt's prefix lookup finds it. Blocks already cached here are kept; a stale blob
-        (another scheme or model, corrupt) ends the import. Returns the prompt's leading
-        blocks now cached here."""
-        if not self.pool.enable_caching:
+                      scope: CacheScope = NO_SCOPE) -> int:
+        """A decode worker's handoff in: stage another engine's `export_prefix` of this prompt
+        in the KV connector's staged store, where the prompt's prefix lookup will load it from.
+        Blocks cached on the device already count as held; staging stops at the first blob that
+        is not this prompt's block under this engine's scheme (another model, tenant, or a
+        corrupt copy). Returns the prompt's leading blocks now held here."""
+        staged = self.kv.staged() if self.kv is not None else None
+        if staged is None or not self.pool.enable_caching:
             return 0
-        bs = self.config.block_size
-        keys = self._reusable_keys(prompt_token_ids, tenant_salt, shared_prefix_tokens)
-        held = self.pool.lookup(keys[:len(blobs)], prompt_token_ids, bs)
-        payloads = []
-        try:
-            for key, blob in zip(keys[len(held):], blobs[len(held):], strict=False):
-                payloads.append(decode(blob, self.key_scheme, key))
-        except StaleBlockError as exc:
-            logger.warning("importing KV blocks stopped at a stale one: %s", exc)
-        if not payloads or not self.pool.num_free:
-            return len(held)
-        self.pool.take(held)  # so that allocating below cannot evict them
-        ids = self.pool.allocate(min(len(payloads), self.pool.num_free))
-        try:
-            self.runner.write_blocks(ids, payloads[:len(ids)])
-        except StaleBlockError as exc:  # right scheme, wrong layout
-            logger.warning("dropping %d imported KV blocks: %s", len(ids), exc)
-            self.pool.free(ids)
-            ids = []
-        for i, block_id in enumerate(ids, start=len(held)):
-            self.pool.cache(block_id, keys[i], prompt_token_ids[i * bs:(i + 1) * bs])
-        self.pool.free((held + ids)[::-1])
-        return len(held) + len(ids)
+        keys = self._reusable_keys(prompt_token_ids, scope)
+        held = len(self.pool.lookup(keys[:len(blobs)], prompt_token_ids,
+                                    self.config.block_size))
+        return held + staged.stage(keys[held:len(blobs)], blobs[held:])
 
     def abort_request(self, request_id: str) -> None:
         seq = self.seqs.get(request_id)
@@ -154,11 +153,19 @@ class LLMEngine:
         if not sched.chunks:
             return []
         sampling, logits = self.runner.execute(sched)
-        for chunk in sched.chunks:
+        self._computed(sched.chunks)
+        return self._sample(sampling, logits)
+
+    def _computed(self, chunks: list[ScheduledChunk]) -> None:
+        """Advance the chunks just computed; newly full blocks go through the connector."""
+        for chunk in chunks:
             self.scheduler.on_computed(chunk)
-        if self.loader is not None and self.scheduler.published:
-            self.loader.store(self.scheduler.published)
+        if self.kv is not None and self.scheduler.published:
+            self.kv.save(self.scheduler.published)
             self.scheduler.published.clear()
+
+    def _sample(self, sampling: list[ScheduledChunk], logits: torch.Tensor,
+                ) -> list[RequestOutput]:
         if not sampling:
             return []
         seqs = [c.seq for c in sampling]
@@ -166,7 +173,7 @@ class LLMEngine:
                         [self._generators.get(s.request_id) for s in seqs])
         now = time.time()
         return [self._append(seq, tok, logits[i], now)
-                for i, (seq, tok) in enumerate(zip(seqs, tokens, strict=False))]
+                for i, (seq, tok) in enumerate(zip(seqs, tokens, strict=True))]
 
     def _append(self, seq: Sequence, token: int, logits_row: torch.Tensor,
                 now: float) -> RequestOutput:
@@ -211,15 +218,16 @@ class LLMEngine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             tier_hit_tokens_total=s.tier_hit_tokens,
-            tiers=[TierStats(name, c.hits, c.misses, c.stale, c.evictions, c.stored_bytes,
-                             c.load_seconds_sum, list(c.load_buckets),
-                             *self._restored(name))
-                   for name, c in (self.tiers.counters.items() if self.tiers else ())])
+            tiers=self._tier_stats())
 
-    def _restored(self, tier: str) -> tuple[int, float]:
-        if self.loader is None:
-            return 0, 0.0
-        return self.loader.restore_bytes.get(tier, 0), self.loader.restore_seconds.get(tier, 0.0)
+    def _tier_stats(self) -> list[TierStats]:
+        if self.kv is None:
+            return []
+        kv = self.kv
+        return [TierStats(name, c.hits, c.misses, c.stale, c.evictions, c.stored_bytes,
+                          c.load_seconds_sum, list(c.load_buckets),
+                          kv.restore_bytes.get(name, 0), kv.restore_seconds.get(name, 0.0))
+                for name, c in kv.tiers.counters.items()]
 
     def generate(self, prompts: list[list[int]],
                  params: SamplingParams | list[SamplingParams]) -> list[RequestOutput]:

@@ -8,6 +8,7 @@ is a single large matmul; only attention is split (see `attention.py`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,6 +75,9 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 class Rotary(nn.Module):
     """cos/sin tables for every position, indexed per token (positions differ per sequence)."""
 
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
         super().__init__()
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), rope_inv_freq(cfg))
@@ -117,12 +121,13 @@ class DecoderLayer(nn.Module):
         qkv = self.qkv_proj(self.input_layernorm(x))
         # q and k heads sit side by side in the fused output: rotate them in one pass.
         qk = apply_rotary(qkv[:, :self.split[0] + self.split[1]].view(t, -1, self.head_dim), *rope)
-        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
+        q, k = torch.split(qk, [self.num_heads, self.num_kv_heads], dim=1)
         v = qkv[:, self.split[0] + self.split[1]:].view(t, self.num_kv_heads, self.head_dim)
         attn = paged_attention(q, k, v, batch, self.layer_idx)
         x = x + self.o_proj(attn.reshape(t, -1))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(nn.functional.silu(gate) * up)
+        out: torch.Tensor = x + self.down_proj(nn.functional.silu(gate) * up)
+        return out
 
 
 class LlamaForCausalLM(nn.Module):
@@ -143,9 +148,13 @@ class LlamaForCausalLM(nn.Module):
         each sampling sequence's last token needs it."""
         x = self.embed_tokens(token_ids)
         rope = self.rotary.tables(batch.positions, x.dtype)
-        for layer in self.layers:
+        for layer in self.decoder_layers():
             x = layer(x, rope, batch)
-        return self.lm_head(self.norm(x[logits_rows])).float()
+        logits: torch.Tensor = self.lm_head(self.norm(x[logits_rows])).float()
+        return logits
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.layers))
 
     @torch.no_grad()
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
@@ -156,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens.weight.copy_(w["embed_tokens.weight"])
         self.norm.weight.copy_(w["norm.weight"])
         self.lm_head.load(w["lm_head.weight"])
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.decoder_layers()):
             p = f"layers.{i}."
             attn = [p + f"self_attn.{n}_proj" for n in "qkv"]
             layer.qkv_proj.load(torch.cat([w[a + ".weight"] for a in attn]),

@@ -12,22 +12,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.sequence import Sequence, SequenceStatus
+from aruntime.kv.connector import KVConnector
 from aruntime.kv.keys import BlockKey
-
-
-class PrefixLoader(Protocol):
-    """Lower KV tiers as the scheduler sees them: presence, and a load into device blocks."""
-
-    def available(self, keys: list[BlockKey]) -> int:
-        """How many leading keys a lower tier holds."""
-
-    def load(self, keys: list[BlockKey], block_ids: list[int]) -> int:
-        """Fill block_ids[i] with keys[i]'s KV, in order, stopping at the first block that is
-        missing or stale. Returns how many were loaded."""
 
 
 @dataclass(slots=True)
@@ -54,11 +43,11 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, block_size: int, max_num_seqs: int,
-                 max_num_batched_tokens: int, loader: PrefixLoader | None = None) -> None:
+                 max_num_batched_tokens: int, kv: KVConnector | None = None) -> None:
         self.pool = pool
-        self.loader = loader
+        self.kv = kv  # where a device prefix hit continues from, and computed blocks go
         self.tier_hit_tokens = 0
-        self.published: list[tuple[int, BlockKey]] = []  # newly computed blocks, for the tiers
+        self.published: list[tuple[int, BlockKey]] = []  # newly computed blocks, for the kv
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -116,7 +105,7 @@ class Scheduler:
         hits = self.pool.lookup(keys, seq.token_ids, bs)
         self.pool.take(hits)
         seq.block_table = list(hits)
-        loaded = self._load_from_tiers(seq, keys[len(hits):]) if self.loader else 0
+        loaded = self._load_from_kv(seq, keys[len(hits):]) if self.kv else 0
         seq.num_computed_tokens = (len(hits) + loaded) * bs
         seq.num_published_blocks = len(hits) + loaded
         if seq.scheduled_time is None:
@@ -125,15 +114,16 @@ class Scheduler:
             self.prefix_query_tokens += seq.num_tokens
             self.prefix_hit_tokens += seq.num_computed_tokens
 
-    def _load_from_tiers(self, seq: Sequence, keys: list[BlockKey]) -> int:
-        """Continue a device prefix hit from lower tiers into fresh device blocks. Blocks that
-        could not be loaded (gone or stale) are given back and their tokens recomputed."""
-        assert self.loader is not None
-        n = min(self.loader.available(keys), self.pool.num_free)
+    def _load_from_kv(self, seq: Sequence, keys: list[BlockKey]) -> int:
+        """Continue a device prefix hit from the KV connector's stores into fresh device blocks
+        (its scheduler side says how far, its worker side fills them). Blocks that could not be
+        loaded (gone or stale) are given back and their tokens recomputed."""
+        assert self.kv is not None
+        n = min(self.kv.available(keys), self.pool.num_free)
         if n == 0:
             return 0
         ids = self.pool.allocate(n)
-        loaded = self.loader.load(keys[:n], ids)
+        loaded = self.kv.load(keys[:n], ids)
         self.pool.free(ids[loaded:][::-1])
         bs, start = self.block_size, len(seq.block_table)
         for i, block_id in enumerate(ids[:loaded]):
@@ -174,7 +164,7 @@ class Scheduler:
             keys = seq.block_keys(bs, full)
             for i in range(seq.num_published_blocks, full):
                 self.pool.cache(seq.block_table[i], keys[i], seq.token_ids[i * bs:(i + 1) * bs])
-                if self.loader is not None:
+                if self.kv is not None:
                     self.published.append((seq.block_table[i], keys[i]))
             seq.num_published_blocks = full
 

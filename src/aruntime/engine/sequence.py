@@ -55,7 +55,8 @@ class Sequence:
         while len(self._keys) < upto:
             i = len(self._keys)
             if i < self._shared_blocks:
-                parent = self._keys[-1] if i else self._shared_root  # type: ignore[assignment]
+                assert self._shared_root is not None  # _shared_blocks is 0 without one
+                parent = self._keys[-1] if i else self._shared_root
             elif i == self._shared_blocks and i:
                 parent = rerooted(self._root, self._keys[-1])
             else:

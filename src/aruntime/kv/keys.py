@@ -54,17 +54,35 @@ def rerooted(root: BlockKey, shared_last: BlockKey) -> BlockKey:
     return BlockKey(hashlib.sha256(root + shared_last).digest())
 
 
-def request_keys(scheme: KeyScheme, tokens: Sequence[int], tenant_salt: bytes = b"",
-                 shared_prefix_tokens: int = 0) -> list[BlockKey]:
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    """Where a request's KV blocks are keyed: in its tenant's namespace (`tenant_salt`, derived
+    from the tenant's secret so no other tenant can compute its keys), except the first
+    `shared_prefix_tokens` (whole blocks), keyed in the shared namespace — a prefix published on
+    purpose, such as a common system prompt, reused across tenants."""
+
+    tenant_salt: bytes = b""
+    shared_prefix_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shared_prefix_tokens < 0:
+            raise ValueError("shared_prefix_tokens must be >= 0")
+
+
+NO_SCOPE = CacheScope()
+
+
+def request_keys(scheme: KeyScheme, tokens: Sequence[int],
+                 scope: CacheScope = NO_SCOPE) -> list[BlockKey]:
     """The keys of a prompt's full blocks, as the engine gives them (`Sequence.block_keys`): the
-    first `shared_prefix_tokens // block_size` in the shared namespace, the rest re-rooted in
-    the tenant's."""
+    first `scope.shared_prefix_tokens // block_size` in the shared namespace, the rest re-rooted
+    in the tenant's."""
     bs = scheme.block_size
-    shared = shared_prefix_tokens // bs
+    shared = scope.shared_prefix_tokens // bs
     if not shared:
-        return prefix_keys(scheme.root(tenant_salt), tokens, bs)
+        return prefix_keys(scheme.root(scope.tenant_salt), tokens, bs)
     keys = prefix_keys(scheme.root(SHARED_NAMESPACE), tokens[:shared * bs], bs)
     if len(keys) < shared:
         return keys
-    return keys + prefix_keys(rerooted(scheme.root(tenant_salt), keys[-1]),
+    return keys + prefix_keys(rerooted(scheme.root(scope.tenant_salt), keys[-1]),
                               tokens[shared * bs:], bs)

@@ -14,8 +14,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from aruntime.kv.disk_store import evict_lru_files
 from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.tier_stores import TierStore, claim_scheme_file, evict_lru_files
+from aruntime.kv.scheme_file import claim_scheme_file
+from aruntime.kv.tier_store import Stored, TierStore, encoded
 
 __all__ = ["ShmStore", "default_transport_root"]
 
@@ -48,7 +50,7 @@ class ShmStore(TierStore):
     def contains(self, key: BlockKey) -> bool:
         return self._path(key).exists()
 
-    def get(self, key: BlockKey) -> bytes | None:
+    def get(self, key: BlockKey) -> Stored | None:
         try:
             blob = self._path(key).read_bytes()
         except FileNotFoundError:
@@ -58,7 +60,8 @@ class ShmStore(TierStore):
                 self._mine.move_to_end(key)
         return blob
 
-    def put(self, key: BlockKey, blob: bytes) -> list[tuple[BlockKey, bytes]]:
+    def put(self, key: BlockKey, blob: Stored) -> list[tuple[BlockKey, Stored]]:
+        blob = encoded(blob)
         if len(blob) > self.capacity:
             return [(key, blob)]
         if self.contains(key):  # another worker sent it already: blocks are immutable

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from aruntime.kv.block_format import BlockPayload, StaleBlockError, decode, encode
 from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
 from aruntime.kv.keys import BlockKey, KeyScheme
-from aruntime.kv.tier_stores import TierStore
+from aruntime.kv.tier_store import Stored, TierStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class TieredKVCache:
         self.events = events
         self.stores = stores
         self.counters = {s.name: TierCounters() for s in stores}
-        self._demotions: queue.Queue[tuple[int, BlockKey, BlockPayload | bytes] | None] = (
-            queue.Queue())
+        self._demotions: queue.Queue[tuple[int, BlockKey, Stored] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="kv-tier-writer", daemon=True)
         self._writer.start()
 
@@ -61,7 +60,7 @@ class TieredKVCache:
             return
         self._store(0, key, payload)
 
-    def _store(self, level: int, key: BlockKey, item: BlockPayload | bytes) -> None:
+    def _store(self, level: int, key: BlockKey, item: Stored) -> None:
         """Put a payload or an encoded blob into a tier, converting to what the tier holds."""
         store = self.stores[level]
         if store.encoded and isinstance(item, BlockPayload):
@@ -71,7 +70,7 @@ class TieredKVCache:
         evicted = store.put(key, item)
         self.counters[store.name].stored_bytes = store.used_bytes()
         if self.events is not None:
-            stored = [] if any(v == key for v, _ in evicted) else [key]
+            stored: list[bytes] = [] if any(v == key for v, _ in evicted) else [key]
             if stored:
                 self.events.emit(BlockStored(stored, None, [], self.scheme.block_size, store.name))
             if evicted:
@@ -123,7 +122,7 @@ class TieredKVCache:
                 counters.misses += 1
                 continue
             try:
-                payload = decode(blob, self.scheme, key) if store.encoded else blob
+                payload = blob if isinstance(blob, BlockPayload) else decode(blob, self.scheme, key)
             except StaleBlockError as exc:
                 counters.stale += 1
                 logger.warning("dropping a stale KV block %s from %s: %s", key.hex()[:16],

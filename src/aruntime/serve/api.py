@@ -27,8 +27,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import __version__
-from aruntime.cluster.router import Router
-from aruntime.engine.client import EngineClient, EngineDeadError
+from aruntime.cluster.serving import ServingPool
+from aruntime.engine.client import EngineDeadError
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
@@ -66,7 +66,7 @@ HEALTH_TIMEOUT_S = 5.0
 
 @dataclass
 class ServerState:
-    client: EngineClient
+    client: ServingPool
     tokenizer: Tokenizer
     model_name: str
     info: ModelInfo
@@ -77,8 +77,6 @@ class ServerState:
     signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
     admission: Admission = field(default_factory=Admission)
-    # A single engine's load, kept from what this API sent it (a pool's router keeps its own).
-    local_load: Router = field(default_factory=Router)
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
@@ -98,7 +96,7 @@ class ServerState:
         return self._salts[tenant]
 
 
-def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
+def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               model_info: ModelInfo, data_dir: Path, demo: bool = False,
               owns_client: bool = False, signer: DeploymentKey | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
@@ -109,7 +107,7 @@ def build_app(client: EngineClient, tokenizer: Tokenizer, model_name: str, *,
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
-                            Metrics(model_name), evidence, key)
+                            Metrics(model_name, client.collectors()), evidence, key)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,
@@ -155,8 +153,7 @@ async def metrics(request: Request) -> Response:
         stats = await asyncio.wait_for(state.client.stats(), HEALTH_TIMEOUT_S)
     except (EngineDeadError, TimeoutError, RuntimeError):
         stats = None  # still serve the API-side series
-    body = state.metrics.render(stats) + state.client.metrics_text().encode()
-    return Response(body, media_type=CONTENT_TYPE)
+    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE)
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:

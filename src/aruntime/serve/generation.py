@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from aruntime.contracts.request import SLO
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
 from aruntime.evidence.log import output_digest
+from aruntime.kv.keys import NO_SCOPE, CacheScope
 from aruntime.serve import protocol as p
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from aruntime.serve.api import ServerState
 
 logger = logging.getLogger(__name__)
-
-LOCAL_WORKER = "local"
 
 
 # ---- one API request in flight ------------------------------------------------------------------
@@ -62,8 +61,7 @@ class Generation:
     created: int
     choices: list[Choice]
     tenant: str
-    kv_salt: bytes = b""  # keys this tenant's KV blocks apart from every other tenant's
-    shared_prefix_tokens: int = 0
+    scope: CacheScope = NO_SCOPE  # keys this tenant's KV blocks apart from every other's
     slo: SLO | None = None
     started: float = field(default_factory=time.time)
     _done: bool = False
@@ -114,7 +112,8 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     kind = "chat" if messages is not None else "completion"
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
-    return Generation(request_id, kind, int(time.time()), choices, tenant, kv_salt, shared, slo)
+    return Generation(request_id, kind, int(time.time()), choices, tenant,
+                      CacheScope(kv_salt, shared), slo)
 
 
 async def merged(state: ServerState,
@@ -165,9 +164,7 @@ def admit_slo(state: ServerState, gen: Generation) -> None:
     first = gen.choices[0].prompt
     # Every choice is an engine request: the first prompt may hit the cache, the rest count whole.
     rest = sum(len(c.prompt) for c in gen.choices[1:])
-    candidates = state.client.candidate_loads(first, gen.kv_salt, gen.shared_prefix_tokens)
-    if candidates is None:
-        candidates = [(state.local_load.load(LOCAL_WORKER), 0)]
+    candidates = state.client.candidate_loads(first, gen.scope)
     predictions: list[Prediction] = [
         state.admission.predict(load, len(first) - cached + rest, len(gen.choices))
         for load, cached in candidates]
@@ -179,38 +176,22 @@ def admit_slo(state: ServerState, gen: Generation) -> None:
 
 
 async def _engine_stream(state: ServerState, gen: Generation,
-                         c: Choice) -> AsyncIterator[RequestOutput]:
-    """One choice's engine request; keeps a single engine's load and feeds admission's costs
-    from the engine's own timings when it finishes."""
-    book = None if state.client.keeps_loads else state.local_load
-    prefill, first, batch, generated = max(1, len(c.prompt)), False, 1, 0
-    if book is not None:
-        book.sent(LOCAL_WORKER, prefill)
-    stream = state.client.generate(c.request_id, c.prompt, c.params, gen.kv_salt,
-                                   gen.shared_prefix_tokens)
+                         c: Choice) -> AsyncGenerator[RequestOutput, None]:
+    """One choice's engine request; feeds admission's costs from the engine's own timings when
+    it finishes."""
+    first, batch, generated = False, 1, 0
+    stream = state.client.generate(c.request_id, c.prompt, c.params, gen.scope)
     try:
         async for out in stream:
             generated += len(out.new_token_ids)
             if not first:
                 first = True
-                if book is not None:
-                    book.prefilled(LOCAL_WORKER, prefill)
-                batch = _running_beside(state, c.request_id)
+                batch = state.client.running_beside(c.request_id)
             if out.finished:
                 state.admission.costs.observe(out, generated, batch)
             yield out
     finally:
-        if book is not None:
-            book.finished(LOCAL_WORKER, prefill, first)
         await aclose(stream)
-
-
-def _running_beside(state: ServerState, request_id: str) -> int:
-    """Decodes running on the request's worker now, itself included."""
-    running = state.client.running_beside(request_id)
-    if running is None:
-        running = state.local_load.load(LOCAL_WORKER).running
-    return max(1, running)
 
 
 async def collect(state: ServerState, gen: Generation) -> None:
@@ -279,10 +260,12 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
 
 
 def _route(state: ServerState, gen: Generation, used: int) -> Route:
-    """Where the request ran; behind a router, also the cached tokens it predicted there."""
-    routes = [(c, r) for c in gen.choices if (r := state.client.route_of(c.request_id)) is not None]
+    """Where the request ran and the cached tokens the router predicted there (a request that
+    never reached a worker names the device it was meant for)."""
+    routes = [(c, r) for c in gen.choices
+              if (r := state.client.route_of(c.request_id)) is not None]
     if not routes:
-        return Route(worker=f"local:{state.info.device}", cached_tokens_used=used)
+        return Route(worker=f"none:{state.info.device}", cached_tokens_used=used)
     predicted: dict[int, int] = {}  # per prompt, like usage's cached tokens
     for c, r in routes:
         predicted[id(c.prompt)] = max(predicted.get(id(c.prompt), 0), r.predicted_cached_tokens)

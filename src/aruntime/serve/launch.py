@@ -22,10 +22,8 @@ from aruntime import paths
 from aruntime.errors import UsageError
 
 if TYPE_CHECKING:
-    from aruntime.cluster.disagg import DisaggregatedPool
-    from aruntime.cluster.pool import WorkerPool
+    from aruntime.cluster.serving import ServingPool
     from aruntime.engine.config import EngineConfig
-    from aruntime.engine.core_client import MPClient
 
 logger = logging.getLogger("aruntime.serve")
 T = TypeVar("T")
@@ -178,62 +176,37 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     return 0
 
 
-def _started_client(args: argparse.Namespace,
-                    model: Path) -> MPClient | WorkerPool | DisaggregatedPool:
+def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
+    from aruntime.cluster.factory import open_pool
     from aruntime.cluster.ray.cluster import RayUnavailableError, connect
     from aruntime.engine.config import EngineConfig
-    from aruntime.engine.core_client import EngineStartError, MPClient
+    from aruntime.engine.core_client import EngineStartError
+    from aruntime.kv.config import KVConfig
 
     try:
+        kv = KVConfig(host_bytes=args.kv_host_bytes, disk_dir=args.kv_disk_dir,
+                      disk_bytes=args.kv_disk_bytes, redis_url=args.kv_redis)
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len, device=args.device,
-            kv_host_bytes=args.kv_host_bytes, kv_disk_dir=args.kv_disk_dir,
-            kv_disk_bytes=args.kv_disk_bytes, kv_redis_url=args.kv_redis)
+            max_model_len=args.max_model_len, device=args.device, kv=kv)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         if args.ray is not None:
             connect(args.ray)
-        client = _engine_client(config, args.workers, args.router_policy, args.prefill_workers,
-                                args.decode_workers, args.kv_transport_dir,
-                                ray=args.ray is not None)
-        info = client.start()
+        pool = open_pool(config, args.workers, args.router_policy,
+                         prefill_workers=args.prefill_workers,
+                         decode_workers=args.decode_workers,
+                         transport_dir=args.kv_transport_dir, ray=args.ray is not None)
+        info = pool.start()
     except (EngineStartError, RayUnavailableError) as exc:
         raise UsageError(str(exc)) from None
-    pids = (client.core_pid if isinstance(client, MPClient)
-            else [w.core_pid for w in client.workers.values()])
-    logger.info("engine core pid %s ready: %s (%s) on %s, max_model_len %d, %d KV blocks",
-                pids, info.name, info.revision[:19], info.device, info.max_model_len,
+    pids = {w.worker_id: w.pid for w in pool.registry.values()}
+    logger.info("engine workers ready (pids %s): %s (%s) on %s, max_model_len %d, %d KV blocks "
+                "each", pids, info.name, info.revision[:19], info.device, info.max_model_len,
                 info.num_blocks)
-    return client
-
-
-def _engine_client(config: EngineConfig, workers: int, policy: str, prefill_workers: int = 0,
-                   decode_workers: int = 0, transport_dir: str | None = None, *,
-                   ray: bool = False) -> MPClient | WorkerPool | DisaggregatedPool:
-    """One engine core process, `workers` of them behind a router, or prefill and decode
-    workers handing KV over a transport; with `ray` (connected already), the same roles as Ray
-    actors, even a single worker."""
-    from aruntime.engine.core_client import MPClient
-
-    if ray:
-        from aruntime.cluster.ray.pool import RayDisaggregatedPool, RayPool
-
-        if prefill_workers or decode_workers:
-            return RayDisaggregatedPool(config, prefill_workers, decode_workers, policy)
-        return RayPool(config, workers, policy)
-    if prefill_workers or decode_workers:
-        from aruntime.cluster.disagg import DisaggregatedPool
-
-        return DisaggregatedPool(config, prefill_workers, decode_workers, policy,
-                                 transport_dir=transport_dir)
-    if workers == 1:
-        return MPClient(config)
-    from aruntime.cluster.pool import WorkerPool
-
-    return WorkerPool(config, workers, policy)
+    return pool
 
 
 class BackgroundServer:
@@ -258,7 +231,7 @@ class BackgroundServer:
         self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)
         self._error: BaseException | None = None
         # set by `background_server`
-        self.engine: MPClient | WorkerPool | DisaggregatedPool | None = None
+        self.engine: ServingPool | None = None
 
     @property
     def url(self) -> str:
@@ -308,12 +281,13 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
     router, or prefill and decode workers; Ray actors with `ray`, this process connected to a
     cluster already) and the API on a thread here."""
+    from aruntime.cluster.factory import open_pool
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer
     from aruntime.serve.api import build_app
 
-    client = _engine_client(config, workers, router_policy, prefill_workers, decode_workers,
-                            ray=ray)
+    client = open_pool(config, workers, router_policy, prefill_workers=prefill_workers,
+                       decode_workers=decode_workers, ray=ray)
     info = client.start()
     try:
         app = build_app(client, Tokenizer.from_dir(config.model),

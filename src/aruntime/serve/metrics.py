@@ -1,13 +1,14 @@
 """Prometheus metrics of one server, spelled as vLLM spells them with the `aruntime:` prefix.
 
 Engine counters and gauges are read from a fresh EngineStats at scrape time; latencies and
-finish reasons are observed by the API as requests finish. Each app owns its registry, so two
-servers in one process (tests) never share numbers.
+finish reasons are observed by the API as requests finish; the pool registers collectors of its
+own. Each app owns its registry, so two servers in one process (tests) never share numbers, and
+no series is formatted by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -88,11 +89,16 @@ def _tier_metrics(model_name: str, s: EngineStats) -> Iterator[Metric]:
 
 
 class Metrics:
-    def __init__(self, model_name: str) -> None:
+    """One server's registry: its own series, the engine counters of the pool's last stats, and
+    the collectors the pool brings (worker health, routing audit, KV transport)."""
+
+    def __init__(self, model_name: str, collectors: Iterable[Collector] = ()) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         self._engine = _EngineCollector(model_name)
         self.registry.register(self._engine)
+        for collector in collectors:
+            self.registry.register(collector)
         r = self.registry
         self.ttft = Histogram("aruntime:time_to_first_token_seconds", "Time to first token.",
                               ["model_name"], buckets=_LATENCY_BUCKETS, registry=r)

@@ -2,7 +2,7 @@
 
 Prefill steps of one prompt at several lengths and decode steps at several batch sizes and
 contexts are timed on `LLMEngine`; one least-squares fit gives the Costs terms. Host-tier restore
-is read from the engine's TierLoader after a prompt is evicted and asked again; disk restore is
+is read from the engine's KV connector after a prompt is evicted and asked again; disk restore is
 the page-cache file read of `bench cache`; KV transfer is the shared-memory transport of
 disaggregated serving, prefill engine to decode engine, on this machine (pass
 `sim run --network-gbps` for a real cluster's links)."""
@@ -26,6 +26,7 @@ from aruntime.bench.engine import load_model_config
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.config import KVConfig
 from aruntime.sim.costs import Costs
 from aruntime.timeutil import rfc3339, utc_now
 
@@ -125,13 +126,14 @@ def host_restore_gbps(model: Path, kv_token: int) -> float | None:
     """Restore a prompt that was evicted from a small device pool to the host tier."""
     n = 1024
     engine = LLMEngine(EngineConfig(model=str(model), kv_cache_bytes=(2 * n + 64) * kv_token,
-                                    kv_host_bytes=8 * n * kv_token, max_num_batched_tokens=2048))
+                                    kv=KVConfig(host_bytes=8 * n * kv_token),
+                                    max_num_batched_tokens=2048))
     for salt in (1, 2, 3, 1):
         time_prefill(engine, n, salt)
-    loader = engine.loader
-    if loader is None or not loader.restore_bytes.get("host"):
+    kv = engine.kv
+    if kv is None or not kv.restore_bytes.get("host"):
         return None
-    return loader.restore_bytes["host"] / loader.restore_seconds["host"] / 1e9
+    return kv.restore_bytes["host"] / kv.restore_seconds["host"] / 1e9
 
 
 def transport_gbps(model: Path, kv_token: int, tokens: int = 1024) -> float | None:
@@ -147,7 +149,7 @@ def transport_gbps(model: Path, kv_token: int, tokens: int = 1024) -> float | No
         def engine() -> LLMEngine:
             return LLMEngine(EngineConfig(
                 model=str(model), kv_cache_bytes=2 * (tokens + 64) * kv_token,
-                kv_transport_dir=root, max_num_batched_tokens=2048))
+                kv=KVConfig(transport_dir=root), max_num_batched_tokens=2048))
 
         prefill, decode = engine(), engine()
         vocab = prefill.model_config.vocab_size
@@ -155,11 +157,11 @@ def transport_gbps(model: Path, kv_token: int, tokens: int = 1024) -> float | No
             prompt = [t % vocab for t in _prompt(tokens, salt)]
             time_prefill_prompt(prefill, prompt, f"p{salt}")
             time_prefill_prompt(decode, prompt, f"d{salt}")
-        loader = decode.loader
-        moved = loader.restore_bytes.get(TRANSPORT_TIER) if loader else None
-        if not moved:
+        kv = decode.kv
+        moved = kv.restore_bytes.get(TRANSPORT_TIER) if kv else None
+        if kv is None or not moved:
             return None
-        return moved / loader.restore_seconds[TRANSPORT_TIER] / 1e9
+        return moved / kv.restore_seconds[TRANSPORT_TIER] / 1e9
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -229,6 +231,27 @@ def fit(prefill: list[tuple[int, int, float]],
                  decode_seq_s=d1, decode_ctx_s=d2, kv_bytes_per_token=1)
 
 
+def measure_bandwidths(model: Path, kv: int,
+                       log: Callable[[str], None]) -> tuple[dict[str, float], float]:
+    """Restore GB/s per tier (host as the engine restores it, disk as a page-cache file read),
+    and the KV transfer rate: the shared-memory transport, else loopback TCP."""
+    from aruntime.bench.cache import file_read_gbps
+
+    restore: dict[str, float] = {}
+    host = host_restore_gbps(model, kv)
+    if host is not None:
+        restore["host"] = host
+    with tempfile.TemporaryDirectory() as tmp:
+        restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
+    moved = transport_gbps(model, kv)
+    net = moved if moved is not None else loopback_gbps()
+    log(f"kv {kv} B/token; restore GB/s "
+        f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; KV transfer "
+        + (f"(shared-memory transport, prefill to decode engine) {net:.2f} GB/s"
+           if moved is not None else f"(loopback TCP) {net:.2f} GB/s"))
+    return restore, net
+
+
 def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = print,
               bandwidths: bool = True, chunk: int | None = None) -> Costs:
     """The step-cost fit; with `bandwidths`, the tier restore and loopback figures too (a caller
@@ -273,22 +296,7 @@ def calibrate(model: Path, quick: bool = False, log: Callable[[str], None] = pri
         f"ns/pair + {terms.prefill_ctx_s * 1e6:.2f} us/cached context token + "
         f"{terms.prefill_seq_s * 1e3:.2f} ms/prompt + {terms.decode_seq_s * 1e3:.3f} ms/decode "
         f"seq + {terms.decode_ctx_s * 1e9:.2f} ns/context token")
-    restore: dict[str, float] = {}
-    net = 1.0
-    if bandwidths:
-        host = host_restore_gbps(model, kv)
-        if host is not None:
-            restore["host"] = host
-        from aruntime.bench.cache import file_read_gbps
-
-        with tempfile.TemporaryDirectory() as tmp:
-            restore["disk"] = file_read_gbps(Path(tmp), 64 << 20, 3)
-        moved = transport_gbps(model, kv)
-        net = moved if moved is not None else loopback_gbps()
-        log(f"kv {kv} B/token; restore GB/s "
-            f"{', '.join(f'{k} {v:.2f}' for k, v in restore.items())}; KV transfer "
-            + (f"(shared-memory transport, prefill to decode engine) {net:.2f} GB/s"
-               if moved is not None else f"(loopback TCP) {net:.2f} GB/s"))
+    restore, net = measure_bandwidths(model, kv, log) if bandwidths else ({}, 1.0)
     return replace(terms, kv_bytes_per_token=kv, restore_gbps=restore, network_gbps=net,
                    model=f"{model.name}@{engine.revision}",
                    hardware=hardware.summary(hardware.describe("cpu")),

@@ -2,12 +2,13 @@
 of the actor's process (`InprocClient`), its outputs streamed back through a Ray streaming
 generator, and the KV handoff of disaggregated serving through Ray's object store.
 
-A prefill actor runs the prompt for one token, exports the prompt's full blocks from its device
-(kv_format: key, layout and checksum with each) and `ray.put`s them; a `KVExport` holding the
-ObjectRef comes just before the finishing output. A decode actor given that export fetches the
-blocks and imports them into its device cache before it adds the request, so its prefix lookup
-reuses them: it computes only the last partial block and streams every token. The blocks go
-from node to node through the object store; the pool only passes the ref on.
+A prefill actor runs the prompt for one token, saves the prompt's full blocks through its KV
+connector into its staged store (kv/staged_store.py: key, layout and checksum with each), takes
+them out and `ray.put`s them; a `KVExport` holding the ObjectRef comes just before the finishing
+output. A decode actor given that export fetches the blocks and stages them in its own KV
+connector before it adds the request, so its prefix lookup loads them like any store's: it
+computes only the last partial block and streams every token. The blocks go from node to node
+through the object store; the pool only passes the ref on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import ray
@@ -26,6 +27,7 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.errors import first_line
+from aruntime.kv.keys import CacheScope
 
 __all__ = ["EngineActor", "KVExport", "KVImport"]
 
@@ -47,7 +49,7 @@ class KVExport:
 class KVImport:
     """What a decode actor took from an export (before its first output)."""
 
-    blocks: int  # the prompt's leading blocks now in its device cache
+    blocks: int  # the prompt's leading blocks now held here (staged, or on the device)
     nbytes: int  # bytes fetched from the object store
     seconds: float  # the whole handoff: the export's seconds, then the get and the import
 
@@ -64,29 +66,28 @@ class EngineActor:
         return self.info, os.getpid(), ray.get_runtime_context().get_assigned_resources()
 
     async def generate(
-        self, request_id: str, prompt: list[int], params: SamplingParams, tenant_salt: bytes,
-        shared_prefix_tokens: int, handoff: KVExport | None, export: bool,
-    ) -> AsyncIterator[RequestOutput | KVExport | KVImport]:
+        self, request_id: str, prompt: list[int], params: SamplingParams, scope: CacheScope,
+        handoff: KVExport | None, export: bool,
+    ) -> AsyncGenerator[RequestOutput | KVExport | KVImport, None]:
         """The request's outputs; first a `KVImport` when given a `handoff`, and a `KVExport`
         just before the finishing output when asked to `export`."""
         if handoff is not None:
-            yield await self._import(prompt, handoff, tenant_salt, shared_prefix_tokens)
-        async for out in self.client.generate(request_id, prompt, params, tenant_salt,
-                                              shared_prefix_tokens):
+            yield await self._import(prompt, handoff, scope)
+        async for out in self.client.generate(request_id, prompt, params, scope):
             if out.finished and export and out.finish_reason != "abort":
-                yield await self._export(prompt, tenant_salt, shared_prefix_tokens)
+                yield await self._export(prompt, scope)
             yield out
 
-    async def _export(self, prompt: list[int], tenant_salt: bytes,
-                      shared_prefix_tokens: int) -> KVExport:
+    async def _export(self, prompt: list[int], scope: CacheScope) -> KVExport:
+        """The prompt's blocks, saved through this engine's KV connector, into the store."""
         start = time.perf_counter()
-        blobs = await self.client.call(
-            lambda engine: engine.export_prefix(prompt, tenant_salt, shared_prefix_tokens))
+        blobs = await self.client.call(lambda engine: engine.export_prefix(prompt, scope))
         ref = ray.put(blobs)
         return KVExport([ref], len(blobs), sum(map(len, blobs)), time.perf_counter() - start)
 
-    async def _import(self, prompt: list[int], handoff: KVExport, tenant_salt: bytes,
-                      shared_prefix_tokens: int) -> KVImport:
+    async def _import(self, prompt: list[int], handoff: KVExport, scope: CacheScope) -> KVImport:
+        """Fetch an export and stage it in this engine's KV connector, before the request is
+        added: its prefix lookup then loads the blocks from there."""
         start = time.perf_counter()
         try:
             blobs: list[bytes] = await handoff.refs[0]
@@ -94,7 +95,7 @@ class EngineActor:
             logger.warning("KV handoff lost, prefilling here: %s", first_line(exc))
             return KVImport(0, 0, 0.0)
         blocks = await self.client.call(
-            lambda engine: engine.import_prefix(prompt, blobs, tenant_salt, shared_prefix_tokens))
+            lambda engine: engine.import_prefix(prompt, blobs, scope))
         return KVImport(blocks, sum(map(len, blobs)),
                         handoff.seconds + time.perf_counter() - start)
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import ray
@@ -40,7 +41,7 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.errors import first_line
 from aruntime.kv.directory_index import DirectoryIndex, PrefixMatch
 from aruntime.kv.events import BlockRemoved, BlockStored
-from aruntime.kv.keys import BlockKey, KeyScheme, request_keys
+from aruntime.kv.keys import NO_SCOPE, BlockKey, CacheScope, KeyScheme, request_keys
 
 __all__ = ["HeldPrefixes", "RayDisaggregatedPool", "RayHandoffs", "RayPool", "RayWorker"]
 
@@ -66,11 +67,10 @@ class HeldPrefixes:
             self._held[worker], self._capacity[worker] = OrderedDict(), blocks
         return self
 
-    def ran(self, worker: str, prompt: list[int], tenant_salt: bytes,
-            shared_prefix_tokens: int) -> None:
+    def ran(self, worker: str, prompt: list[int], scope: CacheScope) -> None:
         if self.scheme is None or worker not in self._held:
             return
-        keys = request_keys(self.scheme, prompt, tenant_salt, shared_prefix_tokens)
+        keys = request_keys(self.scheme, prompt, scope)
         held = self._held[worker]
         for key in keys:
             held[key] = None
@@ -179,16 +179,15 @@ class RayWorker(EngineClient):
         except ray.exceptions.RayError as exc:
             raise self._error(exc) from None
 
-    async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
-    ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams, scope: CacheScope = NO_SCOPE,
+                       ) -> AsyncGenerator[RequestOutput, None]:
         self._check_alive()
         handoff = (self.handoffs.take(request_id)
                    if self.handoffs is not None and self.role == "decode" else None)
         stream = self.actor.generate.options(num_returns="streaming").remote(
-            request_id, list(prompt_token_ids), params, tenant_salt, shared_prefix_tokens,
-            handoff, self.role == "prefill" and self.handoffs is not None)
+            request_id, list(prompt_token_ids), params, scope, handoff,
+            self.role == "prefill" and self.handoffs is not None)
         done = first = False
         try:
             async for ref in stream:
@@ -199,8 +198,7 @@ class RayWorker(EngineClient):
                     continue
                 if not first:
                     first = True
-                    self.held.ran(self.worker_id, prompt_token_ids, tenant_salt,
-                                  shared_prefix_tokens)
+                    self.held.ran(self.worker_id, prompt_token_ids, scope)
                 done = item.finished
                 yield item
         except ray.exceptions.RayError as exc:
@@ -273,20 +271,19 @@ class RayDisaggregatedPool(DisaggregatedPool):
                          startup_timeout=startup_timeout)
 
     def _transport_config(self, config: EngineConfig, transport_dir: str | None) -> EngineConfig:
+        """Every worker stages the blocks Ray carries in its KV connector (kv/staged_store.py)."""
         self._owned_dir, self.transport_dir = False, None
-        return config
+        return dataclasses.replace(config, kv=dataclasses.replace(config.kv, staged=True))
 
     def _group(self, config: EngineConfig, workers: int, policy: str, role: str,
                seed: int | None, startup_timeout: float) -> RayPool:
         return RayPool(config, workers, policy, seed=seed, role=role, worker_prefix=role[0],
                        startup_timeout=startup_timeout, handoffs=self.handoffs)
 
-    async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-        tenant_salt: bytes = b"", shared_prefix_tokens: int = 0,
-    ) -> AsyncIterator[RequestOutput]:
-        stream = super().generate(request_id, prompt_token_ids, params, tenant_salt,
-                                  shared_prefix_tokens)
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams, scope: CacheScope = NO_SCOPE,
+                       ) -> AsyncGenerator[RequestOutput, None]:
+        stream = super().generate(request_id, prompt_token_ids, params, scope)
         try:
             async for out in stream:
                 yield out
