@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aruntime.kv.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
 from aruntime.kv.keys import BlockKey
 
 
@@ -112,10 +112,3 @@ class BlockPool:
         self._cached[key] = block_id
         if self.events is not None:
             self.events.emit(BlockStored([key], None, list(token_ids), len(token_ids), "device"))
-
-    def reset_prefix_cache(self) -> None:
-        for block in self.blocks:
-            block.key, block.token_ids = None, ()
-        self._cached.clear()
-        if self.events is not None:
-            self.events.emit(AllBlocksCleared("device"))

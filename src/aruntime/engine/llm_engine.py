@@ -42,7 +42,6 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         ckpt = load_checkpoint(config.model)
         self.config = config
-        self.checkpoint = ckpt
         self.tokenizer = ckpt.tokenizer
         self.model_config = mc = ckpt.config
         self.revision = ckpt.revision

@@ -46,10 +46,6 @@ class Sequence:
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
     def block_keys(self, block_size: int, upto: int) -> list[BlockKey]:
         """Keys of the first `upto` full blocks, extended lazily (each key chains the last)."""
         while len(self._keys) < upto:

@@ -41,9 +41,3 @@ class KVConfig:
     def publishes(self) -> bool:
         """Whether the engine collects KV events (a directory follows it)."""
         return self.events or self.events_endpoint is not None
-
-    @property
-    def has_stores(self) -> bool:
-        """Whether any store beyond the device was asked for."""
-        return bool(self.host_bytes > 0 or self.disk_dir or self.redis_url
-                    or self.transport_dir or self.staged)

@@ -75,11 +75,6 @@ class KVEventPublisher(ABC):
         """Called once when the worker stops; the worker's blocks leave with it."""
 
 
-class NullPublisher(KVEventPublisher):
-    def publish(self, batch: KVEventBatch) -> None:
-        pass
-
-
 _POKE = object()  # drain the source now
 _STOP = object()
 
@@ -215,19 +210,3 @@ class ZmqPublisher(KVEventPublisher):
             for seq, payload in items:
                 sock.send_multipart([client, b"", encode_seq(seq), payload])
             sock.send_multipart([client, b"", END_SEQ, self._heartbeat()])
-
-
-PUBLISHERS: dict[str, Callable[..., KVEventPublisher]] = {
-    "null": NullPublisher,
-    "zmq": ZmqPublisher,
-}
-
-
-def make_publisher(kind: str, **kwargs: Any) -> KVEventPublisher:
-    """A publisher by registered name, e.g. make_publisher("zmq", endpoint=..., worker_id=...)."""
-    try:
-        factory = PUBLISHERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown KV event publisher {kind!r}; known: "
-                         f"{', '.join(sorted(PUBLISHERS))}") from None
-    return factory(**kwargs)
