@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/aruntime serve --host 127.0.0.1 --port 8000
 
-test: setup
+# ruff (E, F, I, B, UP, SIM, RUF) and mypy (strict on engine/, kv/, durable/, evidence/,
+# contracts/; checked everywhere else), configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/aruntime claims check
 

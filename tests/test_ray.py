@@ -179,7 +179,7 @@ def test_closing_a_stream_early_aborts_it_on_its_actor(colocated: RayPool) -> No
 def test_http_completion_through_ray_actors(disagg: RayDisaggregatedPool, tiny_model_dir: Path,
                                             tmp_path: Path) -> None:
     from aruntime.engine.tokenizer import Tokenizer
-    from aruntime.serve.api import build_app
+    from aruntime.serve.app import build_app
     from aruntime.serve.launch import BackgroundServer
 
     app = build_app(disagg, Tokenizer.from_dir(tiny_model_dir), "tiny",

@@ -45,7 +45,7 @@ class Violation:
 
 @functools.cache
 def _validator() -> Any:
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema
 
     schema = schema_document("aruntime.claim/v1")
     cls = jsonschema.validators.validator_for(schema)

@@ -41,7 +41,6 @@ class ModelConfig:
     sliding_window: int | None = None  # Mistral's local attention span, when the model uses one
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
-    torch_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -99,7 +98,6 @@ class ModelConfig:
                     arch != "Qwen2ForCausalLM" or cfg.get("use_sliding_window")) else None),
                 bos_token_id=cfg.get("bos_token_id"),
                 eos_token_ids=eos_ids,
-                torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             )
         except KeyError as exc:
             raise ModelConfigError(f"config.json is missing {exc.args[0]!r}") from None

@@ -13,7 +13,7 @@ from aruntime.serve import protocol as p
 from aruntime.serve.generation import admit_slo, collect, plan
 
 if TYPE_CHECKING:
-    from aruntime.serve.api import ServerState
+    from aruntime.serve.state import ServerState
 
 
 class ServedModels(Models):

@@ -26,7 +26,7 @@ from aruntime.serve.errors import (
 )
 
 if TYPE_CHECKING:
-    from aruntime.serve.api import ServerState
+    from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
 

@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
-    from aruntime.serve.api import build_app
+    from aruntime.serve.app import build_app
 
     try:  # before the engine starts, so that a bad key file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
@@ -284,7 +284,7 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
     from aruntime.cluster.factory import open_pool
     from aruntime.engine.demo import is_demo_checkpoint
     from aruntime.engine.tokenizer import Tokenizer
-    from aruntime.serve.api import build_app
+    from aruntime.serve.app import build_app
 
     client = open_pool(config, workers, router_policy, prefill_workers=prefill_workers,
                        decode_workers=decode_workers, ray=ray)

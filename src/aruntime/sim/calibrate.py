@@ -30,8 +30,6 @@ from aruntime.kv.config import KVConfig
 from aruntime.sim.costs import Costs
 from aruntime.timeutil import rfc3339, utc_now
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
 
 def _prompt(n: int, salt: int) -> list[int]:
     return [100 + (salt * 7919 + i * 31) % 30000 for i in range(n)]

@@ -1,7 +1,6 @@
-"""The OpenAI-compatible HTTP API over an `EngineClient`.
+"""The OpenAI-compatible routes over the server's pool (serve/app.py builds the app).
 
-`build_app` composes a FastAPI app whose state lives on `app.state.server` and whose resources
-(evidence log, metrics registry) open in its lifespan. A request is parsed and checked here
+A request is parsed and checked here
 (400s in OpenAI's shape), fanned out into one engine request per choice, and streamed back or
 collected; when it ends, however it ends, its metrics are observed and one evidence record is
 appended, signed with the deployment's Ed25519 key. Closing a stream early closes the engine
@@ -15,35 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from aruntime import __version__
-from aruntime.cluster.serving import ServingPool
 from aruntime.engine.client import EngineDeadError
-from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
-from aruntime.evidence.log import EvidenceLog
-from aruntime.evidence.signing import DeploymentKey, default_key_path
 from aruntime.serve import protocol as p
-from aruntime.serve.admission import Admission
 from aruntime.serve.errors import (
     EngineUnavailableError,
     InvalidRequestError,
     NotFoundError,
     error_body,
-    install_error_handlers,
 )
-from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.generation import (
     Choice,
     Generation,
@@ -54,78 +40,13 @@ from aruntime.serve.generation import (
     merged,
     plan,
 )
-from aruntime.serve.metrics import CONTENT_TYPE, Metrics
-from aruntime.serve.runs_routes import open_runner
-from aruntime.serve.runs_routes import router as runs_router
+from aruntime.serve.metrics import CONTENT_TYPE
+from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
 
 DEMO_NOTE = ("random demo weights; pass --model DIR to serve a real Hugging Face checkpoint")
 HEALTH_TIMEOUT_S = 5.0
-
-
-@dataclass
-class ServerState:
-    client: ServingPool
-    tokenizer: Tokenizer
-    model_name: str
-    info: ModelInfo
-    demo: bool
-    data_dir: Path
-    metrics: Metrics
-    evidence: EvidenceLog
-    signer: DeploymentKey
-    created: int = field(default_factory=lambda: int(time.time()))
-    admission: Admission = field(default_factory=Admission)
-    _salts: dict[str, bytes] = field(default_factory=dict)
-
-    def salt(self, tenant: str) -> bytes:
-        """The tenant's output-digest salt; deleting its file unlinks digests from outputs."""
-        if tenant not in self._salts:
-            path = self.data_dir / "salts" / f"{tenant}.key"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                self._salts[tenant] = path.read_bytes()
-            else:
-                salt = os.urandom(32)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(salt)
-                self._salts[tenant] = salt
-        return self._salts[tenant]
-
-
-def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
-              model_info: ModelInfo, data_dir: Path, demo: bool = False,
-              owns_client: bool = False, signer: DeploymentKey | None = None) -> FastAPI:
-    """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
-    is signed by `signer`, by default the key under `data_dir` (created there if missing)."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
-        evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
-        state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
-                            Metrics(model_name, client.collectors()), evidence, key)
-        app.state.server = state
-        # flows this server runs call models the way its HTTP requests do
-        app.state.runner = open_runner(Path(data_dir), key,
-                                       ServedModels(state, asyncio.get_running_loop()))
-        try:
-            yield
-        finally:
-            evidence.close()
-            app.state.runner.journal.close()
-            if owns_client:
-                await client.shutdown()
-
-    app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
-    install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(runs_router)
-    return app
 
 
 router = APIRouter()

@@ -1,0 +1,59 @@
+"""The server's ASGI app: `build_app` composes a FastAPI app whose state lives on
+`app.state.server` (serve/state.py) and whose resources — the evidence log, the metrics registry
+with the pool's collectors, the runs journal — open in its lifespan and close with it. The routes
+are serve/openai_routes.py's and serve/runs_routes.py's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from aruntime import __version__
+from aruntime.cluster.serving import ServingPool
+from aruntime.engine.core_proc import ModelInfo
+from aruntime.engine.tokenizer import Tokenizer
+from aruntime.evidence.log import EvidenceLog
+from aruntime.evidence.signing import DeploymentKey, default_key_path
+from aruntime.serve.errors import install_error_handlers
+from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.metrics import Metrics
+from aruntime.serve.openai_routes import router as openai_router
+from aruntime.serve.runs_routes import open_runner
+from aruntime.serve.runs_routes import router as runs_router
+from aruntime.serve.state import ServerState
+
+
+def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
+              model_info: ModelInfo, data_dir: Path, demo: bool = False,
+              owns_client: bool = False, signer: DeploymentKey | None = None) -> FastAPI:
+    """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
+    is signed by `signer`, by default the key under `data_dir` (created there if missing)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
+        evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
+        state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
+                            Metrics(model_name, client.collectors()), evidence, key)
+        app.state.server = state
+        # flows this server runs call models the way its HTTP requests do
+        app.state.runner = open_runner(Path(data_dir), key,
+                                       ServedModels(state, asyncio.get_running_loop()))
+        try:
+            yield
+        finally:
+            evidence.close()
+            app.state.runner.journal.close()
+            if owns_client:
+                await client.shutdown()
+
+    app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(runs_router)
+    return app

@@ -1,0 +1,50 @@
+"""What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
+the evidence log and its signer, admission's learned costs, and the tenants' salts. Lives on
+`app.state.server`, made in the app's lifespan (serve/app.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aruntime.cluster.serving import ServingPool
+from aruntime.engine.core_proc import ModelInfo
+from aruntime.engine.tokenizer import Tokenizer
+from aruntime.evidence.log import EvidenceLog
+from aruntime.evidence.signing import DeploymentKey
+from aruntime.serve.admission import Admission
+from aruntime.serve.metrics import Metrics
+
+
+@dataclass
+class ServerState:
+    client: ServingPool
+    tokenizer: Tokenizer
+    model_name: str
+    info: ModelInfo
+    demo: bool
+    data_dir: Path
+    metrics: Metrics
+    evidence: EvidenceLog
+    signer: DeploymentKey
+    created: int = field(default_factory=lambda: int(time.time()))
+    admission: Admission = field(default_factory=Admission)
+    _salts: dict[str, bytes] = field(default_factory=dict)
+
+    def salt(self, tenant: str) -> bytes:
+        """The tenant's output-digest salt; deleting its file unlinks digests from outputs."""
+        if tenant not in self._salts:
+            path = self.data_dir / "salts" / f"{tenant}.key"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self._salts[tenant] = path.read_bytes()
+            else:
+                salt = os.urandom(32)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(salt)
+                self._salts[tenant] = salt
+        return self._salts[tenant]
