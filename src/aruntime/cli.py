@@ -28,15 +28,18 @@ class Command:
         return fn
 
 
+def _word(group: str, module: str, word: str, help_text: str) -> Command:
+    """`GROUP WORD`, whose module holds `add_WORD_arguments` and `run_WORD` (one module can hold
+    several related subcommands)."""
+    return Command((group, word), module, help_text, f"add_{word}_arguments", f"run_{word}")
+
+
 def _runs(word: str, help_text: str) -> Command:
-    """A `runs WORD` command of agents/cli.py: `add_WORD_arguments` and `run_WORD`."""
-    return Command(("runs", word), "aruntime.agents.cli", help_text, f"add_{word}_arguments",
-                   f"run_{word}")
+    return _word("runs", "aruntime.agents.cli", word, help_text)
 
 
 def _claims(word: str, help_text: str) -> Command:
-    return Command(("claims", word), "aruntime.claims.cli", help_text, f"add_{word}_arguments",
-                   f"run_{word}")
+    return _word("claims", "aruntime.claims.cli", word, help_text)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -50,10 +53,8 @@ COMMANDS: tuple[Command, ...] = (
             "KV-aware routing over 4 colocated workers"),
     Command(("bench", "durable"), "aruntime.bench.durable",
             "durable step overhead against LangGraph"),
-    Command(("sim", "run"), "aruntime.sim.cli", "simulate a cluster on a trace: goodput per "
-            "policy", "add_run_arguments", "run_run"),
-    Command(("sim", "calibrate"), "aruntime.sim.cli", "measure the engine's costs for sim",
-            "add_calibrate_arguments", "run_calibrate"),
+    _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
+    _word("sim", "aruntime.sim.cli", "calibrate", "measure the engine's costs for sim"),
     Command(("schemas",), "aruntime.contracts.export", "export the contracts' JSON Schemas"),
     _claims("check", "validate the claim registry and docs"),
     _claims("add", "register a benchmark's claim record"),
@@ -61,10 +62,8 @@ COMMANDS: tuple[Command, ...] = (
     _claims("yank", "yank a claim, keeping it with its reason"),
     _claims("due", "list claims that need re-review now"),
     _claims("render", "render README table and CHANGELOG"),
-    Command(("evidence", "verify"), "aruntime.evidence.cli", "verify an evidence log",
-            "add_verify_arguments", "run_verify"),
-    Command(("evidence", "show"), "aruntime.evidence.cli", "show one request's evidence",
-            "add_show_arguments", "run_show"),
+    _word("evidence", "aruntime.evidence.cli", "verify", "verify an evidence log"),
+    _word("evidence", "aruntime.evidence.cli", "show", "show one request's evidence"),
     Command(("run",), "aruntime.agents.cli", "start a durable flow run (MODULE:FLOW)"),
     _runs("list", "list runs"),
     _runs("show", "show a run and its journal"),
@@ -78,8 +77,7 @@ COMMANDS: tuple[Command, ...] = (
     _runs("resolve", "settle a tool call of unknown outcome"),
     _runs("compact", "drop a finished run's journal entries"),
     _runs("prune", "delete finished runs past an age"),
-    Command(("subjects", "erase"), "aruntime.agents.cli", "crypto-shred a subject everywhere",
-            "add_erase_arguments", "run_erase"),
+    _word("subjects", "aruntime.agents.cli", "erase", "crypto-shred a subject everywhere"),
 )
 
 

@@ -9,61 +9,30 @@ a prompt's blocks to the object store. Bounded by bytes, least recently used out
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 from aruntime.kv.block_format import StaleBlockError, decode
+from aruntime.kv.host_store import HostStore
 from aruntime.kv.keys import BlockKey, KeyScheme
 from aruntime.kv.shm_store import TRANSPORT_TIER
-from aruntime.kv.tier_store import Stored, TierStore, encoded
+from aruntime.kv.tier_store import Stored, encoded
 
 __all__ = ["StagedStore"]
 
 
-class StagedStore(TierStore):
-    """Thread-safe: the engine thread reads and saves, a transport's thread stages and takes."""
+class StagedStore(HostStore):
+    """An in-memory LRU like host RAM's, of encoded blocks (checked on every read). Thread-safe:
+    the engine thread reads and saves, a transport's thread stages and takes."""
 
     name = TRANSPORT_TIER
+    encoded = True
 
     def __init__(self, capacity_bytes: int, scheme: KeyScheme) -> None:
         if capacity_bytes <= 0:
             raise ValueError("a staged KV store needs a positive capacity")
-        self.capacity = capacity_bytes
+        super().__init__(capacity_bytes)
         self.scheme = scheme
-        self._blobs: OrderedDict[BlockKey, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def contains(self, key: BlockKey) -> bool:
-        return key in self._blobs
-
-    def get(self, key: BlockKey) -> Stored | None:
-        with self._lock:
-            blob = self._blobs.get(key)
-            if blob is not None:
-                self._blobs.move_to_end(key)
-            return blob
 
     def put(self, key: BlockKey, blob: Stored) -> list[tuple[BlockKey, Stored]]:
-        blob = encoded(blob)
-        if len(blob) > self.capacity:
-            return [(key, blob)]
-        with self._lock:
-            self._bytes += len(blob) - len(self._blobs.pop(key, b""))
-            self._blobs[key] = blob
-            evicted: list[tuple[BlockKey, Stored]] = []
-            while self._bytes > self.capacity:
-                victim, old = self._blobs.popitem(last=False)
-                self._bytes -= len(old)
-                evicted.append((victim, old))
-            return evicted
-
-    def delete(self, key: BlockKey) -> None:
-        with self._lock:
-            self._bytes -= len(self._blobs.pop(key, b""))
-
-    def used_bytes(self) -> int:
-        return self._bytes
+        return super().put(key, encoded(blob))
 
     def stage(self, keys: list[BlockKey], blobs: list[bytes]) -> int:
         """Hold another worker's blocks of a prompt, in order, up to the first that is not the
@@ -89,6 +58,6 @@ class StagedStore(TierStore):
                 blob = self._blobs.pop(key, None)
                 if blob is None:
                     break
-                self._bytes -= len(blob)
-                out.append(blob)
+                self._bytes -= len(encoded(blob))
+                out.append(encoded(blob))
         return out
