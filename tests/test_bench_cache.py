@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from aruntime.bench.cache import (
+from aruntime.bench.cache import run_bench
+from aruntime.bench.cache_workload import (
     CacheWorkload,
     conversation_slice,
     ideal_hit_tokens,
     make_requests,
-    run_bench,
 )
 
 
@@ -59,7 +59,7 @@ def test_a_quick_trace_bench_is_a_smoke_run_that_writes_no_claim(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--quick` replays a smaller slice, which can tell another story than the full run: it
     says so, and a claim asked of it is refused with one line."""
-    from aruntime.bench.cache import SMOKE_NOTE
+    from aruntime.bench.report import SMOKE_NOTE
     from aruntime.cli import main
 
     trace = write_trace(tmp_path / "trace.jsonl")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from aruntime.bench.claim import sha256_text
-from aruntime.bench.durable import DurableWorkload, run_bench
+from aruntime.bench.durable import run_bench
+from aruntime.bench.durable_workload import DurableWorkload
 from aruntime.cli import main
 
 TINY = DurableWorkload(invocations=8, rounds=1, warmup=2, recovery_steps=200, kill_after=10)

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from aruntime.bench.route import (
-    Lone,
-    LoneStep,
-    RouteWorkload,
-    WarmUp,
-    make_groups,
-    run_bench,
-    schedule,
-    serving_costs,
-)
+from aruntime.bench.route import run_bench
+from aruntime.bench.route_sim import serving_costs
+from aruntime.bench.route_warmup import Lone, LoneStep, WarmUp
+from aruntime.bench.route_workload import RouteWorkload, make_groups, schedule
 from aruntime.sim.costs import DEFAULTS
 
 SMALL = RouteWorkload(groups=4, turns=2, workers=2, max_prompt=300, min_prompt=16, max_output=2,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,39 @@ def build_claim(
         "raw_log_sha256": sha256_text(raw_log),
     }
     return validate(record)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSpec:
+    """What a benchmark claims, before the raw log that backs it exists: `build_claim`'s fields
+    but the log (and the measuring time, taken when the record is built)."""
+
+    statement: str
+    metric: str
+    value: float
+    unit: str
+    direction: str  # "higher-is-better" or "lower-is-better"
+    baseline_name: str
+    baseline_value: float
+    metrics: dict[str, float | int | str]
+    model: str  # name@revision
+    hardware: str
+    workload: str
+    precision: str
+    context: int
+    concurrency: int
+    seed: int
+    duration_s: float
+    percentile: str  # which statistic of the repeated runs `value` is
+
+    def record(self, raw_log: str) -> dict[str, Any]:
+        return build_claim(
+            statement=self.statement, metric=self.metric, value=self.value, unit=self.unit,
+            direction=self.direction, baseline_name=self.baseline_name,
+            baseline_value=self.baseline_value, metrics=self.metrics, model=self.model,
+            hardware=self.hardware, workload=self.workload, precision=self.precision,
+            context=self.context, concurrency=self.concurrency, seed=self.seed,
+            duration_s=self.duration_s, percentile=self.percentile, raw_log=raw_log)
 
 
 def validate(record: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from aruntime.bench import hardware
-from aruntime.bench.engine import load_model_config
+from aruntime.bench.model_costs import load_model_config
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
@@ -233,7 +233,7 @@ def measure_bandwidths(model: Path, kv: int,
                        log: Callable[[str], None]) -> tuple[dict[str, float], float]:
     """Restore GB/s per tier (host as the engine restores it, disk as a page-cache file read),
     and the KV transfer rate: the shared-memory transport, else loopback TCP."""
-    from aruntime.bench.cache import file_read_gbps
+    from aruntime.bench.probes import file_read_gbps
 
     restore: dict[str, float] = {}
     host = host_restore_gbps(model, kv)

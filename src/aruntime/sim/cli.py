@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from aruntime.bench.cache import TRACE
+from aruntime.bench.cache_workload import TRACE
 from aruntime.sim import costs as costs_mod
 from aruntime.sim.costs import Costs
 from aruntime.sim.goodput import Goodput, search
