@@ -49,9 +49,9 @@ def parse_rfc3339(text: str) -> datetime:
             f"{text!r} is not an RFC 3339 UTC time like '2025-01-02T03:04:05Z' (must end in 'Z')"
         )
     base, fraction = match.groups()
-    try:
-        dt = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
+    micros = int((fraction or "0").ljust(6, "0")[:6])
+    try:  # from the digits the pattern matched: strptime would cost a journal write 40 us
+        return datetime(int(base[0:4]), int(base[5:7]), int(base[8:10]), int(base[11:13]),
+                        int(base[14:16]), int(base[17:19]), micros, tzinfo=UTC)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a valid calendar time: {exc}") from None
-    micros = int((fraction or "0").ljust(6, "0")[:6])
-    return dt.replace(microsecond=micros, tzinfo=UTC)

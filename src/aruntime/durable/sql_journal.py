@@ -118,7 +118,8 @@ class SqlJournal(ABC):
         created = self._write_one(
             "INSERT INTO runs (run_id, flow, input, status, subject, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (run_id, flow, input_json, RunStatus.RUNNING, subject, now, now), run_id, evidence)
+            (run_id, flow, input_json, str(RunStatus.RUNNING), subject, now, now), run_id,
+            evidence)
         if created:
             return Run(run_id, flow, input_json, RunStatus.RUNNING, subject=subject,
                        created_at=now, updated_at=now), True
@@ -193,8 +194,8 @@ class SqlJournal(ABC):
         if self._write_one(
                 f"INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({_marks(11)}) "
                 "ON CONFLICT DO NOTHING",
-                (e.run_id, e.seq, e.kind, e.name, e.arg_digest, e.state, e.output, e.error,
-                 e.idem_key, e.detail, e.updated_at), e.run_id, evidence):
+                (e.run_id, e.seq, str(e.kind), e.name, e.arg_digest, str(e.state), e.output,
+                 e.error, e.idem_key, e.detail, e.updated_at), e.run_id, evidence):
             return e
         stored = self.entry(e.run_id, e.seq)
         assert stored is not None
@@ -205,14 +206,14 @@ class SqlJournal(ABC):
                 detail: str | None = None, evidence: EvidenceRow | None = None) -> bool:
         """Compare-and-set an entry's state (with `evidence`, recorded in the same
         transaction): True if it was in `from_states` and moved."""
-        sets, params = ["state = ?", "updated_at = ?"], [EntryState(state), _now()]
+        sets, params = ["state = ?", "updated_at = ?"], [str(EntryState(state)), _now()]
         for column, value in (("output", output), ("error", error), ("detail", detail)):
             if value is not None:
                 sets.append(f"{column} = ?")
                 params.append(value)
         return self._write_one(f"UPDATE entries SET {', '.join(sets)} WHERE run_id = ? "
                                f"AND seq = ? AND state IN ({_marks(len(from_states))})",
-                               (*params, run_id, seq, *from_states), run_id, evidence)
+                               (*params, run_id, seq, *map(str, from_states)), run_id, evidence)
 
     # -- evidence: each run's hash chain (evidence/runs.py builds and checks the records)
 
@@ -358,4 +359,5 @@ def _status_update(run_id: str, status: RunStatus, result: str | None, error: st
     """The UPDATE that moves a run to `status` unless it is in one of `unless`."""
     guard = f" AND status NOT IN ({_marks(len(unless))})" if unless else ""
     return (f"UPDATE runs SET status = ?, result = ?, error = ?, updated_at = ? "
-            f"WHERE run_id = ?{guard}", (status, result, error, _now(), run_id, *unless))
+            f"WHERE run_id = ?{guard}",
+            (str(status), result, error, _now(), run_id, *map(str, unless)))

@@ -49,7 +49,8 @@ class Run:
     compacted: bool = False
 
     def __post_init__(self) -> None:
-        self.status = RunStatus(self.status)  # a row's text becomes its member
+        if not isinstance(self.status, RunStatus):  # a row's text becomes its member
+            self.status = RunStatus(self.status)
 
 
 @dataclass(slots=True)
@@ -67,7 +68,10 @@ class Entry:
     updated_at: str = ""
 
     def __post_init__(self) -> None:
-        self.kind, self.state = EntryKind(self.kind), EntryState(self.state)
+        if not isinstance(self.kind, EntryKind):  # a row's text becomes its member
+            self.kind = EntryKind(self.kind)
+        if not isinstance(self.state, EntryState):
+            self.state = EntryState(self.state)
 
 
 def run_of(row: tuple[Any, ...]) -> Run:
