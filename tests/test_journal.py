@@ -316,7 +316,7 @@ def test_journals_opening_a_fresh_database_together(postgres_url: str) -> None:
         barrier.wait(timeout=30)
         try:
             PostgresJournal(url).close()
-        except Exception as exc:
+        except Exception as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=open_one) for _ in range(n)]

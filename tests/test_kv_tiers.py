@@ -278,7 +278,7 @@ def test_workers_racing_to_announce_a_scheme_agree(tmp_path: Path) -> None:
         start.wait()
         try:
             claim_scheme_file(tmp_path / "scheme.json", scheme)
-        except BaseException as exc:
+        except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 
     threads = [threading.Thread(target=claim) for _ in range(8)]

@@ -87,7 +87,7 @@ class FlowContext:
             return self._outcome(done, StepError)
         try:
             result = fn(*args)
-        except Exception as exc:
+        except Exception as exc:  # journaled and raised again on replay
             self._step_failed(seq, name, arg_digest, exc)
         return self._step_done(seq, name, arg_digest, result)
 
@@ -100,7 +100,7 @@ class FlowContext:
             result = fn(*args)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception as exc:
+        except Exception as exc:  # journaled and raised again on replay
             self._step_failed(seq, name, arg_digest, exc)
         return self._step_done(seq, name, arg_digest, result)
 

@@ -303,7 +303,7 @@ class Runner:
             return RunResult(run.run_id, self._run(run.run_id).status, waiting=s.reason)
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
-        except Exception as exc:
+        except Exception as exc:  # the flow's failure is the run's outcome
             message = described(exc)
             if self.evidence.set_status(run.run_id, RunStatus.FAILED, RunEvent.RUN_FAILED,
                                         error=message, unless=FINISHED):

@@ -202,7 +202,7 @@ class InprocClient(RoutingClient):
     def _run(self, loop: EngineLoop) -> None:
         try:
             loop.run()
-        except BaseException as exc:
+        except BaseException as exc:  # reported to every waiter
             self._emit(EngineFailed(described(exc)))
 
     def _emit(self, message: CoreMessage) -> None:

@@ -222,7 +222,7 @@ class EngineLoop:
         elif isinstance(command, EngineCall):
             try:
                 command.result.set_result(command.fn(self.engine))
-            except Exception as exc:
+            except Exception as exc:  # the caller's error, not the loop's
                 command.result.set_exception(exc)
         elif isinstance(command, AbortRequests):
             self._abort(command.request_ids)
@@ -288,7 +288,7 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
             target=_recv_loop, args=(ctx, input_addr, commands), name="core-input", daemon=True
         ).start()
         EngineLoop(engine, commands, outbox.put, publisher).run()
-    except BaseException as exc:
+    except BaseException as exc:  # the client must hear why, whatever it was
         logger.error("engine core failed:\n%s", traceback.format_exc())
         outbox.put(EngineFailed(described(exc)))
         code = 1

@@ -130,7 +130,7 @@ class Tokenizer:
             raise TokenizerError(f"{path} has no tokenizer.json")
         try:
             backend = tokenizers.Tokenizer.from_file(str(tok_file))
-        except Exception as exc:
+        except Exception as exc:  # the Rust side raises bare Exception on bad JSON
             raise TokenizerError(f"cannot load {tok_file}: {exc}") from None
         cfg_file = path / "tokenizer_config.json"
         cfg = read_json_object(cfg_file, TokenizerError) if cfg_file.is_file() else {}

@@ -135,7 +135,7 @@ async def merged(state: ServerState,
         try:
             async for out in _engine_stream(state, gen, c):
                 queue.put_nowait((c.index, out))
-        except Exception as exc:
+        except Exception as exc:  # handed to the consumer
             queue.put_nowait((c.index, exc))
 
     tasks = [asyncio.create_task(pump(c)) for c in gen.choices]

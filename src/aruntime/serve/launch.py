@@ -244,7 +244,7 @@ class BackgroundServer:
 
         try:
             asyncio.run(serve())
-        except BaseException as exc:
+        except BaseException as exc:  # reported by start()
             self._error = exc
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:
