@@ -2,7 +2,7 @@
 
 `InprocClient` steps an LLMEngine on a thread in this process (tests, Ray actors, `aruntime
 run`); `MPClient` talks to an engine core process over ZeroMQ (what `aruntime serve`'s workers
-are). Both are in engine/core_client.py. Routing, loads and audits are not the engine's: they
+are), in engine/core_client.py and engine/mp_client.py. Routing, loads and audits are not the engine's: they
 belong to the pool that drives one or more clients (cluster/).
 """
 

@@ -112,17 +112,14 @@ class LLMEngine:
     def export_prefix(self, prompt_token_ids: list[int],
                       scope: CacheScope = NO_SCOPE) -> list[bytes]:
         """A prefill worker's handoff out: the prompt's reusable blocks cached on the device,
-        saved through the KV connector into its staged store and taken from there, encoded with
-        their keys (kv/block_format.py), in order up to the first not cached. Call after the
-        prompt ran, before its blocks are evicted; the engine needs `KVConfig(staged=True)`."""
-        kv = self.kv
-        staged = kv.staged() if kv is not None else None
-        if kv is None or staged is None:
-            raise RuntimeError("exporting KV needs a staged store (KVConfig(staged=True))")
+        encoded with their keys by the KV connector (kv/block_format.py), in order up to the
+        first not cached. Call after the prompt ran, before its blocks are evicted; the engine
+        needs a connector (a disaggregated worker's `KVConfig(staged=True)` gives it one)."""
+        if self.kv is None:
+            raise RuntimeError("exporting KV needs the KV connector (KVConfig(staged=True))")
         keys = self._reusable_keys(prompt_token_ids, scope)
         ids = self.pool.lookup(keys, prompt_token_ids, self.config.block_size)
-        kv.save(list(zip(ids, keys, strict=False)))
-        return staged.take(keys[:len(ids)])
+        return self.kv.export(list(zip(ids, keys, strict=False)))
 
     def import_prefix(self, prompt_token_ids: list[int], blobs: list[bytes],
                       scope: CacheScope = NO_SCOPE) -> int:

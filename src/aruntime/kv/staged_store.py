@@ -1,10 +1,10 @@
 """Blocks a transport outside the engine hands over: the top store of a worker whose KV travels
 through Ray's object store (cluster/ray/actor.py).
 
-A decode worker stages the encoded blocks a prefill worker exported before it adds their
-request; its scheduler then finds them through the KV connector like any other store's and the
-load checks each against its key. On a prefill worker, `save` fills this store and `take` hands
-a prompt's blocks to the object store. Bounded by bytes, least recently used out first.
+A decode worker stages the encoded blocks a prefill worker exported (`TierConnector.export`)
+before it adds their request; its scheduler then finds them through the KV connector like any
+other store's and the load checks each against its key. It takes nothing else: the engine's own
+computed blocks are not written through to it. Bounded by bytes, least recently used out first.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class StagedStore(HostStore):
 
     name = TRANSPORT_TIER
     encoded = True
+    write_through = False
 
     def __init__(self, capacity_bytes: int, scheme: KeyScheme) -> None:
         if capacity_bytes <= 0:
@@ -48,16 +49,3 @@ class StagedStore(HostStore):
             self.put(key, blob)
             held += 1
         return held
-
-    def take(self, keys: list[BlockKey]) -> list[bytes]:
-        """The blobs of `keys` this store holds, in order up to the first it lacks, removed from
-        it: a prefill worker hands them over once."""
-        out = []
-        with self._lock:
-            for key in keys:
-                blob = self._blobs.pop(key, None)
-                if blob is None:
-                    break
-                self._bytes -= len(encoded(blob))
-                out.append(encoded(blob))
-        return out

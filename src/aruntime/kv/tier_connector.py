@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from aruntime.kv.block_format import BlockPayload, StaleBlockError
+from aruntime.kv.block_format import BlockPayload, StaleBlockError, encode
 from aruntime.kv.config import KVConfig
 from aruntime.kv.connector import DeviceBlocks, KVConnector
 from aruntime.kv.disk_store import DiskStore
@@ -97,6 +97,12 @@ class TierConnector(KVConnector):
     def save(self, blocks: list[tuple[int, BlockKey]]) -> None:
         for block_id, key in blocks:
             self.tiers.put(key, self.device.read_block(block_id))
+
+    def export(self, blocks: list[tuple[int, BlockKey]]) -> list[bytes]:
+        """Device blocks encoded with their keys, for a transport outside the engine to carry
+        to another worker's staged store (a prefill worker's handoff over Ray)."""
+        return [encode(self.tiers.scheme, key, self.device.read_block(block_id))
+                for block_id, key in blocks]
 
     def close(self) -> None:
         self.tiers.close()

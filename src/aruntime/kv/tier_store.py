@@ -33,6 +33,9 @@ class TierStore(ABC):
 
     name: str
     encoded: bool = True
+    # Takes the engine's computed blocks (write-through) and promoted ones. A store that only
+    # holds what a transport hands in (the staged store) does not.
+    write_through: bool = True
 
     @abstractmethod
     def contains(self, key: BlockKey) -> bool:

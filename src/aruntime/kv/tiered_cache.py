@@ -49,16 +49,18 @@ class TieredKVCache:
         self.events = events
         self.stores = stores
         self.counters = {s.name: TierCounters() for s in stores}
+        # where computed and promoted blocks enter: the first store that takes them, if any
+        self._top = next((i for i, s in enumerate(stores) if s.write_through), None)
         self._demotions: queue.Queue[tuple[int, BlockKey, Stored] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="kv-tier-writer", daemon=True)
         self._writer.start()
 
     def put(self, key: BlockKey, payload: BlockPayload) -> None:
-        """Write-through into the top tier; its evictions go down on the writer thread."""
-        top = self.stores[0]
-        if top.contains(key):
+        """Write-through into the top tier that takes it; its evictions go down on the writer
+        thread."""
+        if self._top is None or self.stores[self._top].contains(key):
             return
-        self._store(0, key, payload)
+        self._store(self._top, key, payload)
 
     def _store(self, level: int, key: BlockKey, item: Stored) -> None:
         """Put a payload or an encoded blob into a tier, converting to what the tier holds."""
@@ -133,8 +135,8 @@ class TieredKVCache:
                 continue
             counters.hits += 1
             counters.observe_load(time.perf_counter() - start)
-            if level > 0:  # promote: the next use finds it in the top tier
-                self._store(0, key, payload)
+            if self._top is not None and level > self._top:  # the next use finds it on top
+                self._store(self._top, key, payload)
             return payload, store.name
         return None
 

@@ -2,13 +2,13 @@
 of the actor's process (`InprocClient`), its outputs streamed back through a Ray streaming
 generator, and the KV handoff of disaggregated serving through Ray's object store.
 
-A prefill actor runs the prompt for one token, saves the prompt's full blocks through its KV
-connector into its staged store (kv/staged_store.py: key, layout and checksum with each), takes
-them out and `ray.put`s them; a `KVExport` holding the ObjectRef comes just before the finishing
-output. A decode actor given that export fetches the blocks and stages them in its own KV
-connector before it adds the request, so its prefix lookup loads them like any store's: it
-computes only the last partial block and streams every token. The blocks go from node to node
-through the object store; the pool only passes the ref on.
+A prefill actor runs the prompt for one token, has its KV connector encode the prompt's full
+device blocks (kv/block_format.py: key, layout and checksum with each) and `ray.put`s them; a
+`KVExport` holding the ObjectRef comes just before the finishing output. A decode actor given
+that export fetches the blocks and stages them in its own KV connector before it adds the
+request, so its prefix lookup loads them like any store's: it computes only the last partial
+block and streams every token. The blocks go from node to node through the object store; the
+pool only passes the ref on.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class EngineActor:
             yield out
 
     async def _export(self, prompt: list[int], scope: CacheScope) -> KVExport:
-        """The prompt's blocks, saved through this engine's KV connector, into the store."""
+        """The prompt's blocks, encoded by this engine's KV connector, into the object store."""
         start = time.perf_counter()
         blobs = await self.client.call(lambda engine: engine.export_prefix(prompt, scope))
         ref = ray.put(blobs)
