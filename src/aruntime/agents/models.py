@@ -110,8 +110,9 @@ class LocalModels(Models):
                 model = Path(self.model_dir or ensure_demo_model("small"))
                 client = InprocClient(EngineConfig(model=str(model), device=self.device))
                 client.start()
-                self._codec, self._loop, self.model_dir = Tokenizer.from_dir(model), \
-                    LoopThread(), model
+                self.model_dir = model
+                self._codec = Tokenizer.from_dir(model)
+                self._loop = LoopThread()
                 self._client = client
             return self._client, self._codec, self._loop
 

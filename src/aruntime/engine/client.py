@@ -2,8 +2,8 @@
 
 `InprocClient` steps an LLMEngine on a thread in this process (tests, Ray actors, `aruntime
 run`); `MPClient` talks to an engine core process over ZeroMQ (what `aruntime serve`'s workers
-are), in engine/core_client.py and engine/mp_client.py. Routing, loads and audits are not the engine's: they
-belong to the pool that drives one or more clients (cluster/).
+are), in engine/core_client.py and engine/mp_client.py. Routing, loads and audits are not the
+engine's: they belong to the pool that drives one or more clients (cluster/).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +117,7 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
 
 
 async def merged(state: ServerState,
-                  gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
+                  gen: Generation) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     """Every choice's deltas as they come. Closing this (or cancelling its consumer) closes
     each engine iterator, and that aborts whatever has not finished."""
     if len(gen.choices) == 1:
@@ -127,7 +127,7 @@ async def merged(state: ServerState,
             async for out in stream:
                 yield 0, out
         finally:
-            await aclose(stream)
+            await stream.aclose()
         return
     queue: asyncio.Queue[tuple[int, RequestOutput | Exception]] = asyncio.Queue()
 
@@ -191,7 +191,7 @@ async def _engine_stream(state: ServerState, gen: Generation,
                 state.admission.costs.observe(out, generated, batch)
             yield out
     finally:
-        await aclose(stream)
+        await stream.aclose()
 
 
 async def collect(state: ServerState, gen: Generation) -> None:
@@ -201,14 +201,8 @@ async def collect(state: ServerState, gen: Generation) -> None:
         async for index, out in stream:
             gen.apply(index, out)
     finally:
-        await aclose(stream)
+        await stream.aclose()
         finalize(state, gen)
-
-
-async def aclose(stream: AsyncIterator[Any]) -> None:
-    aclose: Callable[[], Any] | None = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def finalize(state: ServerState, gen: Generation) -> None:

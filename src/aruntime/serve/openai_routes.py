@@ -33,7 +33,6 @@ from aruntime.serve.errors import (
 from aruntime.serve.generation import (
     Choice,
     Generation,
-    aclose,
     admit_slo,
     collect,
     finalize,
@@ -228,7 +227,7 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
         yield _data(error.body())
         yield "data: [DONE]\n\n"
     finally:
-        await aclose(stream)
+        await stream.aclose()
         finalize(state, gen)
 
 
