@@ -16,6 +16,7 @@ import torch
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.loader import load_checkpoint
+from aruntime.engine.logits_processors import LogitsProcessors
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.runner import ModelRunner
 from aruntime.engine.sampler import logprobs_of, sample
@@ -66,6 +67,7 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self._stops: dict[str, StopChecker] = {}
         self._generators: dict[str, torch.Generator] = {}
+        self.processors = LogitsProcessors(mc.vocab_size, self.eos_ids, self.runner.device)
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -90,6 +92,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        self.processors.add(request_id, prompt_token_ids, params)  # checks logit_bias ids
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.key_scheme.root(scope.tenant_salt), arrival_time,
                        self.key_scheme.root(SHARED_NAMESPACE),
@@ -165,8 +168,10 @@ class LLMEngine:
         if not sampling:
             return []
         seqs = [c.seq for c in sampling]
-        tokens = sample(logits, [s.params for s in seqs],
+        ids = [s.request_id for s in seqs]
+        tokens = sample(self.processors.apply(logits, ids), [s.params for s in seqs],
                         [self._generators.get(s.request_id) for s in seqs])
+        self.processors.record(ids, tokens)
         now = time.time()
         return [self._append(seq, tok, logits[i], now)
                 for i, (seq, tok) in enumerate(zip(seqs, tokens, strict=True))]
@@ -198,6 +203,7 @@ class LLMEngine:
         del self.seqs[seq.request_id]
         self._stops.pop(seq.request_id, None)
         self._generators.pop(seq.request_id, None)
+        self.processors.drop(seq.request_id)
 
     def drain_kv_events(self, worker_id: str) -> KVEventBatch | None:
         """The KV events since the last call (None when events are off or nothing happened)."""

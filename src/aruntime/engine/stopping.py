@@ -1,7 +1,9 @@
 """Per-request stop checks and streamed text: stop tokens, stop strings, length limits.
 
 Text is held back by (longest stop string - 1) characters while streaming, so a stop string
-split across tokens is never half-sent to the client.
+split across tokens is never half-sent to the client. Before `min_tokens` output tokens nothing
+but the length limits ends a request (as in vLLM): stop token ids are masked from sampling then
+(engine/logits_processors.py), and a stop string completed then is passed over for good.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ class StopChecker:
 
     def push(self, token_id: int, num_output: int) -> str:
         """Account for one sampled token; returns the text that may be sent now."""
-        if token_id in self.stop_ids:
+        may_stop = num_output >= self.params.min_tokens
+        if may_stop and token_id in self.stop_ids:
             self.finish_reason = "stop"
             self.stop_reason = token_id if token_id in self.params.stop_token_ids else None
             return self._flush()
+        before = len(self.pending)
         self.pending += self.detok.push([token_id])
-        if self.params.stop and self._match_stop():
+        if may_stop and self.params.stop and self._match_stop(before):
             return self._flush()
         if (num_output >= self.params.max_tokens
                 or self.num_prompt_tokens + num_output >= self.max_total):
@@ -44,8 +48,11 @@ class StopChecker:
             return ""
         return self._flush()
 
-    def _match_stop(self) -> bool:
-        found = [(i, s) for s in self.params.stop if (i := self.pending.find(s)) >= 0]
+    def _match_stop(self, before: int) -> bool:
+        """The first stop string that ends in the text just added (`pending[before:]`): one
+        that ended earlier was checked then, or passed over before `min_tokens`."""
+        found = [(i, s) for s in self.params.stop
+                 if (i := self.pending.find(s, max(0, before - len(s) + 1))) >= 0]
         if not found:
             return False
         i, s = min(found)
