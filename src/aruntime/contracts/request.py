@@ -100,6 +100,14 @@ class Sampling(StrictModel):
     n: int = Field(1, ge=1, le=128)
     logprobs: int | None = Field(None, ge=0, le=20)
     ignore_eos: bool = False
+    # Added within v1, with defaults that mean "off", so records written before still validate.
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="1 disables it")
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]+$")],
+                     Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+        default_factory=dict, description="token id (decimal text) -> bias, as OpenAI's")
+    min_tokens: int = Field(0, ge=0, description="no stop before this many output tokens")
 
     @field_validator("stop")
     @classmethod
@@ -107,6 +115,13 @@ class Sampling(StrictModel):
         if any(not s for s in value):
             raise ValueError("stop strings must be non-empty")
         return value
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Sampling:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens "
+                             f"({self.max_tokens})")
+        return self
 
 
 class SLO(StrictModel):

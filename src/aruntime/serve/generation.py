@@ -48,6 +48,7 @@ class Choice:
     last: RequestOutput | None = None
     logprobs: list[TokenLogprob] | None = None
     text_offset: int = 0  # for completions-style logprobs
+    echo: str = ""  # completions' `echo`: the prompt text, sent before the output
 
     @property
     def num_tokens(self) -> int:

@@ -129,6 +129,10 @@ async def completions(request: Request) -> Response:
     state, req = await _admit(request, p.CompletionRequest)
     prompts = p.completion_prompts(req.prompt, state.tokenizer)
     gen = plan(state, req, "cmpl", prompts, "prompt")
+    if req.echo:  # the output text and evidence stay the model's; responses lead with these
+        texts = p.echo_texts(req.prompt, prompts, state.tokenizer)
+        for c in gen.choices:
+            c.echo = texts[c.index // req.n]
     return await _respond(state, request, gen, req)
 
 
@@ -193,7 +197,7 @@ def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:
             choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text,
                             "refusal": None}, "logprobs": lps, "finish_reason": c.finish_reason})
         else:
-            choices.append({"index": c.index, "text": c.text, "logprobs": lps,
+            choices.append({"index": c.index, "text": c.echo + c.text, "logprobs": lps,
                             "finish_reason": c.finish_reason})
     obj = "chat.completion" if gen.kind == "chat" else "text_completion"
     return {"id": gen.id, "object": obj, "created": gen.created, "model": state.model_name,
@@ -204,9 +208,11 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
     stream = merged(state, gen)
     chunk = _chunker(state, gen, include_usage)
     try:
-        if gen.kind == "chat":
-            for c in gen.choices:
+        for c in gen.choices:
+            if gen.kind == "chat":
                 yield chunk(c.index, {"role": "assistant", "content": ""}, None, None)
+            elif c.echo:
+                yield chunk(c.index, c.echo, None, None)
         async for index, out in stream:
             c = gen.apply(index, out)
             lps = _logprobs(state.tokenizer, gen.kind, c, out.logprobs)

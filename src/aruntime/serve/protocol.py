@@ -16,6 +16,7 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.serve.errors import InvalidRequestError
 
 MAX_N = 16
+INT64 = (-(2 ** 63), 2 ** 63 - 1)  # seeds: what a torch generator and msgpack both take
 _MIN_LOGPROB = -9999.0  # JSON has no -inf
 # The request contract's fields that a body may set through its `aruntime` object.
 ARUNTIME_FIELDS = frozenset({
@@ -43,9 +44,14 @@ class _GenerationRequest(_Body):
     stream_options: StreamOptions | None = None
     stop: Any = None  # str | list[str]; checked by `stop_strings` for a clearer message
     stop_token_ids: list[int] | None = None  # extension
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
     user: str | None = None
     ignore_eos: bool = False  # extension
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # extension
+    logit_bias: Any = None  # {"token id": bias}; checked by `logit_biases` for a clearer message
+    min_tokens: int | None = Field(None, ge=0)  # extension
     aruntime: dict[str, Any] | None = None  # ARuntime's request-contract fields
 
 
@@ -107,8 +113,9 @@ def check_request(req: _GenerationRequest) -> None:
     if req.stream_options is not None and not req.stream:
         raise InvalidRequestError("stream_options is only allowed when stream is true",
                                   param="stream_options")
-    if isinstance(req, CompletionRequest) and req.echo:
-        raise InvalidRequestError("echo is not supported", param="echo")
+    if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
+        raise InvalidRequestError("echo with logprobs is not supported (the engine computes no "
+                                  "prompt logprobs); drop one of them", param="echo")
     if isinstance(req, ChatCompletionRequest) and req.top_logprobs and not req.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true",
                                   param="top_logprobs")
@@ -122,6 +129,28 @@ def stop_strings(value: Any) -> tuple[str, ...]:
         raise InvalidRequestError("stop must be a non-empty string or a list of them",
                                   param="stop")
     return tuple(stops)
+
+
+def logit_biases(value: Any, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `{"token id": bias}`, as (id, bias) pairs in id order."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidRequestError('logit_bias must be an object like {"50256": -100}',
+                                  param="logit_bias")
+    out = []
+    for key, bias in value.items():
+        token = int(key) if key.isascii() and key.isdigit() else -1
+        if not 0 <= token < vocab_size:
+            raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {vocab_size}); "
+                                      f"got {key[:40]!r}", param="logit_bias")
+        if (isinstance(bias, bool) or not isinstance(bias, int | float)
+                or not -100 <= bias <= 100):
+            raise InvalidRequestError(f"logit_bias values must be numbers in [-100, 100]; got "
+                                      f"{json.dumps(bias, default=str)[:40]} for {key}",
+                                      param="logit_bias")
+        out.append((token, float(bias)))
+    return tuple(sorted(out))
 
 
 def completion_prompts(prompt: Any, tokenizer: Any) -> list[list[int]]:
@@ -151,6 +180,14 @@ def completion_prompts(prompt: Any, tokenizer: Any) -> list[list[int]]:
                 param="prompt")
         out.append(ids)
     return out
+
+
+def echo_texts(prompt: Any, prompts: list[list[int]], tokenizer: Any) -> list[str]:
+    """What `echo` sends before each prompt's outputs: a text prompt as given, a token-id
+    prompt decoded (special tokens spelled). `prompts` is `completion_prompts`' answer."""
+    raw = [prompt] if isinstance(prompt, str) or all(_is_token(t) for t in prompt) else prompt
+    return [r if isinstance(r, str) else tokenizer.decode(ids, skip_special_tokens=False)
+            for r, ids in zip(raw, prompts, strict=True)]
 
 
 def _is_token(value: Any) -> bool:
@@ -218,6 +255,9 @@ def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
     else:
         assert isinstance(req, ChatCompletionRequest)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    if (req.min_tokens or 0) > max_tokens:
+        raise InvalidRequestError(f"min_tokens ({req.min_tokens}) must not exceed the request's "
+                                  f"max tokens ({max_tokens})", param="min_tokens")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -228,6 +268,11 @@ def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
         stop_token_ids=stop_ids,
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        logit_bias=logit_biases(req.logit_bias, vocab_size),
+        min_tokens=req.min_tokens or 0,
     )
 
 
@@ -251,6 +296,11 @@ def request_contract(req: _GenerationRequest, request_id: str, model: str,
             "top_p": params.top_p, "top_k": params.top_k, "seed": req.seed, "n": req.n,
             "stop": list(params.stop), "stop_token_ids": list(params.stop_token_ids),
             "logprobs": params.logprobs, "ignore_eos": params.ignore_eos,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "repetition_penalty": params.repetition_penalty,
+            "logit_bias": {str(t): b for t, b in params.logit_bias},
+            "min_tokens": params.min_tokens,
         },
         **extra,
     }
