@@ -61,7 +61,7 @@ def test_logits_match_transformers(ckpt: Path, native: bool) -> None:
         eng.scheduler.add(seq)
         for _ in range(6):  # chunked prefill (budget 7), then decode steps over the paged cache
             sched = eng.scheduler.schedule()
-            sampling, logits = eng.runner.execute(sched)
+            sampling, logits, _ = eng.runner.execute(sched)
             for c in sched.chunks:
                 eng.scheduler.on_computed(c)
             if not sampling:
@@ -156,7 +156,7 @@ def test_a_transformers5_rope_parameters_config_matches_transformers(tmp_path: P
         seq = Sequence("p", prompt, GREEDY, eng.key_scheme.root())
         eng.scheduler.add(seq)
         sched = eng.scheduler.schedule()
-        _, logits = eng.runner.execute(sched)
+        _, logits, _ = eng.runner.execute(sched)
         with torch.no_grad():
             want = hf(torch.tensor([prompt])).logits[0, -1]
         assert torch.allclose(logits[0], want, atol=1e-4, rtol=0), (logits[0] - want).abs().max()

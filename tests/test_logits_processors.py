@@ -219,3 +219,31 @@ def test_out_of_vocabulary_bias_is_refused(eng: LLMEngine) -> None:
     with pytest.raises(ValueError, match="logit_bias"):
         eng.add_request("bad", [5, 6], greedy(logit_bias=((vocab, 1.0),)))
     assert "bad" not in eng.seqs and not eng.processors._requests
+
+
+# ---- prompt logprobs (completions' echo with logprobs) -------------------------------------
+
+
+def test_prompt_logprobs_equal_transformers(tiny_model_dir: Path, hf: torch.nn.Module) -> None:
+    # Small chunks, so a prompt spans several steps; the prompt is in the prefix cache the
+    # second time, which a request for prompt logprobs must not use (cached positions give no
+    # logits).
+    eng = LLMEngine(EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=4,
+                                 kv_cache_bytes=8 * 1024 * 1024, max_num_batched_tokens=7))
+    ids = prompt(19, 10)
+    asked = greedy(max_tokens=2, prompt_logprobs=2)
+    outs = eng.generate([ids, prompt(5, 11)], [asked, greedy(max_tokens=3)])
+    outs += eng.generate([ids], asked)
+    assert outs[2].num_cached_tokens == 0
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0], dim=-1)
+    for out in (outs[0], outs[2]):
+        got = out.prompt_logprobs
+        assert got is not None and len(got) == len(ids) and got[0] is None
+        for i, entry in enumerate(got[1:]):
+            assert entry is not None and entry.token_id == ids[i + 1]
+            assert entry.logprob == pytest.approx(float(lp[i, ids[i + 1]]), abs=1e-4)
+            assert [t for t, _ in entry.top] == lp[i].topk(2).indices.tolist()
+    assert outs[1].prompt_logprobs is None
+    one = eng.generate([[7]], asked)[0]
+    assert one.prompt_logprobs == [None]

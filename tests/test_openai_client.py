@@ -127,7 +127,6 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("completions", {"prompt": "x", "stream_options": {"include_usage": True}},
      "stream_options"),
     ("completions", {"prompt": "x", "logprobs": 9}, "logprobs"),
-    ("completions", {"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
     ("completions", {"prompt": "x", "extra_body": {"max_tokens": "many"}}, "max_tokens"),
     ("chat", {"messages": []}, "messages"),
     ("chat", {"messages": CHAT, "temperature": -1}, "temperature"),

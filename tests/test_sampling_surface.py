@@ -169,6 +169,33 @@ def test_echo_streams_the_prompt_first(http: httpx.Client) -> None:
     assert texts[0] == "the sea" and "".join(texts) == "the sea" + plain["choices"][0]["text"]
 
 
+def test_echo_with_logprobs_covers_the_prompt(http: httpx.Client) -> None:
+    context = ids(7, 5)
+    # The bias picks A; the logprob reported for it is the model's own in this context...
+    forced = complete(http, prompt=context, max_tokens=1, ignore_eos=True, logprobs=1,
+                      logit_bias={str(A): 100})["choices"][0]["logprobs"]
+    # ...and so is A's logprob as the last token of an echoed prompt.
+    body = complete(http, prompt=[*context, A], max_tokens=2, ignore_eos=True, logprobs=2,
+                    echo=True)
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(context) + 1 + 2 == len(lp["text_offset"])
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v <= 0 for v in lp["token_logprobs"][1:])
+    assert all(1 <= len(t) <= 2 for t in lp["top_logprobs"][1:])
+    assert lp["token_logprobs"][len(context)] == pytest.approx(forced["token_logprobs"][0],
+                                                               abs=1e-4)
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    with http.stream("POST", "/v1/completions", json={
+            "model": "tiny", "prompt": [*context, A], "max_tokens": 2, "temperature": 0,
+            "ignore_eos": True, "logprobs": 2, "echo": True, "stream": True}) as r:
+        events = [json.loads(e[6:]) for e in r.read().decode().split("\n\n")
+                  if e and e != "data: [DONE]"]
+    first = events[0]["choices"][0]["logprobs"]
+    assert first["tokens"] == lp["tokens"][:len(context) + 1]
+    assert first["token_logprobs"][1:] == pytest.approx(lp["token_logprobs"][1:len(context) + 1],
+                                                        abs=1e-5)
+
+
 def test_the_official_client_sends_the_fields(server: BackgroundServer, tok: Tokenizer) -> None:
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0,
                        timeout=60) as client:
@@ -213,7 +240,6 @@ BAD = [
     (CHAT, {"stop_token_ids": [-1]}, "stop_token_ids"),
     (CHAT, {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
     (CHAT, {"max_completion_tokens": MAX_MODEL_LEN}, "max_completion_tokens"),
-    (CMPL, {"echo": True, "logprobs": 1}, "echo"),
     (CMPL, {"echo": "yes"}, "echo"),
 ]
 

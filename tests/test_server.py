@@ -184,7 +184,6 @@ BAD_REQUESTS = [
     ("/v1/completions", {**COMPLETION, "stream_options": {"include_usage": True}},
      "stream_options"),
     ("/v1/completions", {**COMPLETION, "logprobs": 6}, "logprobs"),
-    ("/v1/completions", {**COMPLETION, "echo": True, "logprobs": 1}, "echo"),
     ("/v1/completions", {**COMPLETION, "stop": [""]}, "stop"),
     ("/v1/completions", {**COMPLETION, "stop_token_ids": [999999]}, "stop_token_ids"),
     ("/v1/completions", {"model": "tiny", "prompt": ""}, "prompt"),

@@ -17,9 +17,9 @@ from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.logits_processors import LogitsProcessors
-from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
-from aruntime.engine.runner import ModelRunner
-from aruntime.engine.sampler import logprobs_of, sample
+from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
+from aruntime.engine.runner import ModelRunner, PromptLogits
+from aruntime.engine.sampler import logprobs_of, prompt_logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import ScheduledChunk, Scheduler
 from aruntime.engine.sequence import Sequence
@@ -67,6 +67,7 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self._stops: dict[str, StopChecker] = {}
         self._generators: dict[str, torch.Generator] = {}
+        self._prompt_lps: dict[str, list[TokenLogprob | None]] = {}  # until the first output
         self.processors = LogitsProcessors(mc.vocab_size, self.eos_ids, self.runner.device)
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -100,6 +101,8 @@ class LLMEngine:
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))
+        if params.prompt_logprobs is not None:
+            self._prompt_lps[request_id] = [None]  # the first token has no context
         if params.seed is not None:
             self._generators[request_id] = torch.Generator(
                 self.runner.device).manual_seed(params.seed)
@@ -151,8 +154,9 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if not sched.chunks:
             return []
-        sampling, logits = self.runner.execute(sched)
+        sampling, logits, prompt = self.runner.execute(sched)
         self._computed(sched.chunks)
+        self._prompt_logprobs(prompt)
         return self._sample(sampling, logits)
 
     def _computed(self, chunks: list[ScheduledChunk]) -> None:
@@ -162,6 +166,18 @@ class LLMEngine:
         if self.kv is not None and self.scheduler.published:
             self.kv.save(self.scheduler.published)
             self.scheduler.published.clear()
+
+    def _prompt_logprobs(self, spans: list[PromptLogits]) -> None:
+        """Collect prompt logprobs span by span; positions computed again after a preemption
+        are skipped."""
+        for seq, first, logits in spans:
+            got = self._prompt_lps[seq.request_id]
+            skip = len(got) - 1 - first
+            assert skip >= 0, "prompt positions are computed in order, from 0 (no prefix hit)"
+            nxt = seq.token_ids[first + 1 + skip:first + 1 + logits.shape[0]]
+            if nxt:
+                assert seq.params.prompt_logprobs is not None  # the runner's rule
+                got += prompt_logprobs_of(logits[skip:], nxt, seq.params.prompt_logprobs)
 
     def _sample(self, sampling: list[ScheduledChunk], logits: torch.Tensor,
                 ) -> list[RequestOutput]:
@@ -191,6 +207,7 @@ class LLMEngine:
             request_id=seq.request_id, new_token_ids=[token], new_text=text,
             finished=stop.finish_reason is not None, finish_reason=stop.finish_reason,
             stop_reason=stop.stop_reason, logprobs=lp, num_prompt_tokens=seq.num_prompt_tokens,
+            prompt_logprobs=self._prompt_lps.pop(seq.request_id, None),
             num_cached_tokens=seq.num_cached_tokens, arrival_time=seq.arrival_time,
             scheduled_time=seq.scheduled_time, first_token_time=seq.first_token_time,
             finish_time=now if stop.finish_reason else None)
@@ -204,6 +221,7 @@ class LLMEngine:
         self._stops.pop(seq.request_id, None)
         self._generators.pop(seq.request_id, None)
         self.processors.drop(seq.request_id)
+        self._prompt_lps.pop(seq.request_id, None)
 
     def drain_kv_events(self, worker_id: str) -> KVEventBatch | None:
         """The KV events since the last call (None when events are off or nothing happened)."""
@@ -245,5 +263,6 @@ class LLMEngine:
                 logprobs = (acc.logprobs or []) + delta.logprobs if delta.logprobs else acc.logprobs
                 results[delta.request_id] = msgspec.structs.replace(
                     delta, new_token_ids=acc.new_token_ids + delta.new_token_ids,
-                    new_text=acc.new_text + delta.new_text, logprobs=logprobs)
+                    new_text=acc.new_text + delta.new_text, logprobs=logprobs,
+                    prompt_logprobs=acc.prompt_logprobs or delta.prompt_logprobs)
         return [results[rid] for rid in ids]

@@ -23,6 +23,9 @@ class RequestOutput(msgspec.Struct):
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that matched
     logprobs: list[TokenLogprob] | None = None
+    # With the first output only, when asked: one per prompt token, None for the first (it has
+    # no context); each the logprob of that prompt token given the ones before it.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     arrival_time: float = 0.0  # time.time() of arrival at the engine

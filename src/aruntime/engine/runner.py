@@ -1,7 +1,8 @@
 """Owns the model, the paged KV memory and the tensors of one step.
 
 Turns a plain SchedulerOutput into a flattened token batch (single-token steps first, then
-prefill chunks), runs the model, and returns logits for the chunks that sample.
+prefill chunks), runs the model, and returns logits for the chunks that sample, and for the
+prompt positions of requests that asked for prompt logprobs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from aruntime.engine.attention import (
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
+from aruntime.engine.sequence import Sequence
 from aruntime.kv.block_format import BlockPayload, StaleBlockError
+
+PromptLogits = tuple[Sequence, int, torch.Tensor]  # (seq, first position, a row per position)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,8 +88,10 @@ class ModelRunner:
         torch._foreach_copy_([self._block_views[i] for i in block_ids], sources)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledChunk], torch.Tensor]:
-        """Run one step. Returns the chunks that sample, in the order of the logits rows."""
+    def execute(self, out: SchedulerOutput,
+                ) -> tuple[list[ScheduledChunk], torch.Tensor, list[PromptLogits]]:
+        """Run one step. Returns the chunks that sample, in the order of the logits rows, and
+        the prompt logits asked for (see `_prompt_span`)."""
         bs = self.block_size
         # Single-token steps first, longest context first, so similar lengths sit together.
         chunks = sorted(out.chunks, key=lambda c: (c.num_tokens != 1, -(c.start + c.num_tokens)))
@@ -94,6 +100,7 @@ class ModelRunner:
         slots: list[int] = []
         sample_rows: list[int] = []
         sampling: list[ScheduledChunk] = []
+        spans: list[tuple[Sequence, int, int, int]] = []  # seq, first position, row, count
         batch = AttentionBatch(self.kv_cache, torch.empty(0), torch.empty(0), native=self.native)
         decode_tables: list[list[int]] = []
         decode_lens: list[int] = []
@@ -114,6 +121,9 @@ class ModelRunner:
             if c.samples:
                 sample_rows.append(row + c.num_tokens - 1)
                 sampling.append(c)
+            first, end = _prompt_span(c)
+            if end > first:
+                spans.append((seq, first, row + first - c.start, end - first))
         dev = self.device
         batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
         batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
@@ -121,9 +131,14 @@ class ModelRunner:
             batch.native_inputs = self._native_inputs(decode_tables, decode_lens)
         elif decode_tables:
             self._decode_groups(batch, decode_tables, decode_lens)
+        rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
         logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
-                            torch.tensor(sample_rows, dtype=torch.long, device=dev))
-        return sampling, logits
+                            torch.tensor(rows, dtype=torch.long, device=dev))
+        prompt, at = [], len(sample_rows)
+        for seq, first, _, n in spans:
+            prompt.append((seq, first, logits[at:at + n]))
+            at += n
+        return sampling, logits[:len(sample_rows)], prompt
 
     def _segment(self, row: int, c: ScheduledChunk, table: list[int]) -> PrefillSegment:
         if c.start == 0:
@@ -165,3 +180,12 @@ class ModelRunner:
         if self._scratch.numel() < need:  # grows to the largest group seen, then is reused
             self._scratch = torch.empty(need, dtype=self.dtype, device=dev)
         batch.scratch = self._scratch
+
+
+def _prompt_span(c: ScheduledChunk) -> tuple[int, int]:
+    """The chunk's positions whose logits give prompt logprobs: those before the last prompt
+    token (its logits sample the first output), until the request has produced output."""
+    seq = c.seq
+    if seq.params.prompt_logprobs is None or seq.num_output_tokens:
+        return 0, 0
+    return c.start, min(c.start + c.num_tokens, seq.num_prompt_tokens - 1)

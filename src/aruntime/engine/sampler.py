@@ -1,4 +1,5 @@
-"""Turns logits into tokens: greedy, temperature, top-k, top-p, per-request seeds, logprobs."""
+"""Turns logits into tokens: greedy, temperature, top-k, top-p, per-request seeds, logprobs
+(of sampled tokens and of prompt tokens)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,17 @@ def logprobs_of(logits_row: torch.Tensor, token_id: int, k: int) -> TokenLogprob
         values, ids = lp.topk(k)
         top = list(zip(ids.tolist(), values.tolist(), strict=False))
     return TokenLogprob(token_id, float(lp[token_id]), top)
+
+
+def prompt_logprobs_of(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprob]:
+    """Row i's log-probability of `token_ids[i]` (the prompt token after row i's position) and
+    the row's top k, the whole span at once."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    ids = torch.tensor(token_ids, dtype=torch.long, device=lp.device)
+    chosen = lp.gather(1, ids[:, None])[:, 0].tolist()
+    tops: list[list[tuple[int, float]]] = [[] for _ in token_ids]
+    if k:
+        values, top_ids = lp.topk(k, dim=-1)
+        tops = [list(zip(i, v, strict=True))
+                for i, v in zip(top_ids.tolist(), values.tolist(), strict=True)]
+    return [TokenLogprob(t, c, top) for t, c, top in zip(token_ids, chosen, tops, strict=True)]

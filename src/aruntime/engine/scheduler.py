@@ -99,9 +99,11 @@ class Scheduler:
         return out
 
     def _take_prefix(self, seq: Sequence) -> None:
-        """Reuse cached full blocks; at least one token is always computed to get logits."""
+        """Reuse cached full blocks; at least one token is always computed to get logits.
+        A request that asks for prompt logprobs reuses none: cached positions give no logits."""
         bs = self.block_size
-        keys = seq.block_keys(bs, (seq.num_tokens - 1) // bs)
+        reusable = 0 if seq.params.prompt_logprobs is not None else (seq.num_tokens - 1) // bs
+        keys = seq.block_keys(bs, reusable)
         hits = self.pool.lookup(keys, seq.token_ids, bs)
         self.pool.take(hits)
         seq.block_table = list(hits)

@@ -49,6 +49,7 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None
     text_offset: int = 0  # for completions-style logprobs
     echo: str = ""  # completions' `echo`: the prompt text, sent before the output
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # echo with logprobs
 
     @property
     def num_tokens(self) -> int:
@@ -72,6 +73,8 @@ class Generation:
         c.text += out.new_text
         c.token_ids.extend(out.new_token_ids)
         c.last = out
+        if out.prompt_logprobs is not None:
+            c.prompt_logprobs = out.prompt_logprobs
         if out.logprobs:
             if c.logprobs is None:
                 c.logprobs = []

@@ -192,7 +192,10 @@ async def _wait_disconnect(request: Request) -> None:
 def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:
     choices = []
     for c in gen.choices:
+        head = _echo_logprobs(state.tokenizer, c)  # first: it sets the offsets after the prompt
         lps = _logprobs(state.tokenizer, gen.kind, c, c.logprobs or [])
+        if head is not None and lps is not None:
+            lps = p.joined_logprobs(head, lps)
         if gen.kind == "chat":
             choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text,
                             "refusal": None}, "logprobs": lps, "finish_reason": c.finish_reason})
@@ -208,13 +211,15 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
     stream = merged(state, gen)
     chunk = _chunker(state, gen, include_usage)
     try:
-        for c in gen.choices:
-            if gen.kind == "chat":
+        if gen.kind == "chat":
+            for c in gen.choices:
                 yield chunk(c.index, {"role": "assistant", "content": ""}, None, None)
-            elif c.echo:
-                yield chunk(c.index, c.echo, None, None)
+        echo = {c.index for c in gen.choices if c.echo}  # sent with (before) the first delta
         async for index, out in stream:
             c = gen.apply(index, out)
+            if index in echo:
+                echo.discard(index)
+                yield chunk(index, c.echo, _echo_logprobs(state.tokenizer, c), None)
             lps = _logprobs(state.tokenizer, gen.kind, c, out.logprobs)
             if gen.kind == "chat":
                 if out.new_text or lps:
@@ -257,6 +262,14 @@ def _chunker(state: ServerState, gen: Generation,
 
 def _data(obj: Any) -> str:
     return p.sse_event(obj)
+
+
+def _echo_logprobs(tok: Tokenizer, c: Choice) -> dict[str, Any] | None:
+    """The echoed prompt's logprobs; moves `c.text_offset` past the prompt."""
+    if not c.echo or c.prompt_logprobs is None:
+        return None
+    obj, c.text_offset = p.echo_logprobs(tok, c.prompt, c.prompt_logprobs)
+    return obj
 
 
 def _logprobs(tok: Tokenizer, kind: str, c: Choice,

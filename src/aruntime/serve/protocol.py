@@ -113,9 +113,6 @@ def check_request(req: _GenerationRequest) -> None:
     if req.stream_options is not None and not req.stream:
         raise InvalidRequestError("stream_options is only allowed when stream is true",
                                   param="stream_options")
-    if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
-        raise InvalidRequestError("echo with logprobs is not supported (the engine computes no "
-                                  "prompt logprobs); drop one of them", param="echo")
     if isinstance(req, ChatCompletionRequest) and req.top_logprobs and not req.logprobs:
         raise InvalidRequestError("top_logprobs requires logprobs to be true",
                                   param="top_logprobs")
@@ -250,8 +247,10 @@ def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
     if any(not 0 <= t < vocab_size for t in stop_ids):
         raise InvalidRequestError(f"stop_token_ids must be in [0, {vocab_size})",
                                   param="stop_token_ids")
+    prompt_logprobs = None
     if isinstance(req, CompletionRequest):
         logprobs = req.logprobs
+        prompt_logprobs = req.logprobs if req.echo else None  # echo's logprobs cover the prompt
     else:
         assert isinstance(req, ChatCompletionRequest)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -273,6 +272,7 @@ def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         logit_bias=logit_biases(req.logit_bias, vocab_size),
         min_tokens=req.min_tokens or 0,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -356,3 +356,21 @@ def completion_logprobs(tokenizer: Any, lps: list[TokenLogprob],
             "top_logprobs": [{_token_text(tokenizer, i): max(v, _MIN_LOGPROB) for i, v in t.top}
                              for t in lps],
             "text_offset": offsets}, offset
+
+
+def echo_logprobs(tokenizer: Any, prompt: list[int],
+                  lps: list[TokenLogprob | None]) -> tuple[dict[str, Any], int]:
+    """The prompt's part of the legacy shape under `echo`: its first token has no context, so
+    its logprob and top logprobs are null. Returns it and the text offset after the prompt."""
+    first = _token_text(tokenizer, prompt[0])
+    rest, offset = completion_logprobs(tokenizer, [t for t in lps[1:] if t is not None],
+                                       len(first))
+    return {"tokens": [first, *rest["tokens"]],
+            "token_logprobs": [None, *rest["token_logprobs"]],
+            "top_logprobs": [None, *rest["top_logprobs"]],
+            "text_offset": [0, *rest["text_offset"]]}, offset
+
+
+def joined_logprobs(head: dict[str, Any], tail: dict[str, Any]) -> dict[str, Any]:
+    """Two pieces of the legacy shape, one after the other."""
+    return {key: head[key] + tail[key] for key in head}
