@@ -247,3 +247,22 @@ def test_prompt_logprobs_equal_transformers(tiny_model_dir: Path, hf: torch.nn.M
     assert outs[1].prompt_logprobs is None
     one = eng.generate([[7]], asked)[0]
     assert one.prompt_logprobs == [None]
+
+
+def test_prompt_logprobs_survive_preemption(tiny_model_dir: Path, eng: LLMEngine) -> None:
+    # 24 four-token blocks cannot hold three 30-token prompts and their outputs, prefilled in
+    # 16-token chunks: sequences are preempted mid-prompt and recomputed, positions seen twice.
+    block = eng.model_config.kv_bytes_per_token() * 4
+    small = LLMEngine(EngineConfig(model=str(tiny_model_dir), device="cpu", block_size=4,
+                                   kv_cache_bytes=24 * block, max_num_batched_tokens=16))
+    batch = [prompt(30, 20 + i) for i in range(3)]
+    asked = greedy(max_tokens=8, prompt_logprobs=1)
+    outs = small.generate(batch, asked)
+    assert small.stats().num_preempted_total > 0
+    for p, out in zip(batch, outs, strict=True):
+        alone = eng.generate([p], asked)[0]
+        assert out.new_token_ids == alone.new_token_ids
+        assert out.prompt_logprobs is not None and alone.prompt_logprobs is not None
+        assert len(out.prompt_logprobs) == len(p)
+        assert [(e.token_id, round(e.logprob, 4)) for e in out.prompt_logprobs[1:] if e] == [
+            (e.token_id, round(e.logprob, 4)) for e in alone.prompt_logprobs[1:] if e]
