@@ -114,7 +114,7 @@ def test_a_reused_slot_starts_from_zero() -> None:
     procs.add("fresh", [1], params)
     logits = torch.zeros(1, 64)
     assert torch.equal(procs.apply(logits, ["fresh"]), logits)
-    assert procs.counts.shape[0] == 8  # 4, then doubled once
+    assert procs.penalty.shape[0] == 8  # 4, then doubled once
 
 
 # ---- through the engine ---------------------------------------------------------------------

@@ -10,8 +10,10 @@
   until the request has that many output tokens.
 
 Applied in that order: the repetition penalty scales the model's own logits, the rest add.
-Token counts live in one device tensor, a row per penalised request, updated by one scatter a
-step (never recounted). The logits come back as a new tensor: logprobs stay the model's own.
+Each penalised request has a slot: a row of device tensors kept up to date by one scatter a
+step (never recounted) holding its additive penalty per token, what it generated, and what
+it has seen. A step costs a few passes over the penalised rows' logits. The logits come back as
+a new tensor: logprobs stay the model's own.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aruntime.engine.sampling import SamplingParams
 @dataclass(slots=True)
 class _Request:
     params: SamplingParams
-    slot: int | None  # its row in the count tensors; None: no penalty asks for counts
+    slot: int | None  # its row in the penalty tensors; None: it asks for no penalty
     stop_ids: list[int]  # masked while num_output < min_tokens
     num_output: int = 0
 
@@ -40,10 +42,12 @@ class LogitsProcessors:
         self.device = device
         self._requests: dict[str, _Request] = {}
         self._free: list[int] = []
-        # A row per slot: output token counts, prompt tokens seen, and the slot's penalties.
-        self.counts = torch.zeros(0, vocab_size, dtype=torch.int32, device=device)
-        self.in_prompt = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
-        self.penalties = torch.zeros(0, 3, dtype=torch.float32, device=device)  # rep, freq, pres
+        # A row per slot: count * frequency + (count > 0) * presence for each token generated,
+        # the tokens generated, the tokens seen (prompt and output), and the slot's penalties.
+        self.penalty = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
+        self.generated = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
+        self.params = torch.zeros(0, 3, dtype=torch.float32, device=device)  # rep, freq, pres
 
     def add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """A new request; nothing is kept when it asks for none of the processors. A token id
@@ -54,10 +58,10 @@ class LogitsProcessors:
                 raise ValueError(f"{name} token ids must be in [0, {self.vocab_size})")
         penalised = (params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0
                      or params.presence_penalty != 0.0)
-        stop_ids = sorted(set(params.stop_token_ids)
-                          | (set() if params.ignore_eos else set(self.eos_ids)))
         if not penalised and not params.logit_bias and not params.min_tokens:
             return
+        stop_ids = sorted(set(params.stop_token_ids)
+                          | (set() if params.ignore_eos else set(self.eos_ids)))
         slot = self._slot(prompt_token_ids, params) if penalised else None
         self._requests[request_id] = _Request(params, slot,
                                               stop_ids if params.min_tokens else [])
@@ -66,23 +70,25 @@ class LogitsProcessors:
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self.counts[slot].zero_()
-        self.in_prompt[slot].zero_()
+        self.penalty[slot].zero_()
+        self.generated[slot].zero_()
+        self.seen[slot].zero_()
         if params.repetition_penalty != 1.0:
             ids = torch.tensor(prompt_token_ids, dtype=torch.long, device=self.device)
-            self.in_prompt[slot, ids] = True
-        self.penalties[slot] = torch.tensor(
+            self.seen[slot, ids] = True
+        self.params[slot] = torch.tensor(
             [params.repetition_penalty, params.frequency_penalty, params.presence_penalty])
         return slot
 
     def _grow(self) -> None:
         """Double the slots (at least 4); the old rows keep their slot numbers."""
-        old = self.counts.shape[0]
+        old = self.penalty.shape[0]
         more = max(4, old)
-        self.counts = torch.cat([self.counts, self.counts.new_zeros(more, self.vocab_size)])
-        self.in_prompt = torch.cat([self.in_prompt,
-                                    self.in_prompt.new_zeros(more, self.vocab_size)])
-        self.penalties = torch.cat([self.penalties, self.penalties.new_zeros(more, 3)])
+        self.penalty = torch.cat([self.penalty, self.penalty.new_zeros(more, self.vocab_size)])
+        self.generated = torch.cat([self.generated,
+                                    self.generated.new_zeros(more, self.vocab_size)])
+        self.seen = torch.cat([self.seen, self.seen.new_zeros(more, self.vocab_size)])
+        self.params = torch.cat([self.params, self.params.new_zeros(more, 3)])
         self._free.extend(range(old + more - 1, old - 1, -1))  # lowest slot popped first
 
     def drop(self, request_id: str) -> None:
@@ -98,7 +104,7 @@ class LogitsProcessors:
         if not reqs:
             return logits
         out = logits.clone()
-        penalised = [(i, r.slot) for i, r in reqs if r.slot is not None]
+        penalised = [(i, r) for i, r in reqs if r.slot is not None]
         if penalised:
             self._penalise(out, penalised)
         bias = [(i, t, b) for i, r in reqs for t, b in r.params.logit_bias]
@@ -114,35 +120,42 @@ class LogitsProcessors:
             out.index_put_(self._index(rows, ids), torch.tensor(float("-inf"), device=out.device))
         return out
 
-    def _penalise(self, out: torch.Tensor, penalised: list[tuple[int, int]]) -> None:
-        rows, slots = torch.tensor(penalised, dtype=torch.long, device=out.device).unbind(1)
-        counts = self.counts[slots].to(out.dtype)
-        rep, freq, pres = self.penalties[slots].unbind(1)
-        x = out[rows]
-        seen = self.in_prompt[slots] | (counts > 0)
-        scaled = torch.where(x > 0, x / rep[:, None], x * rep[:, None])
-        x = torch.where(seen, scaled, x)
-        x = x - counts * freq[:, None] - (counts > 0).to(out.dtype) * pres[:, None]
-        out[rows] = x
+    def _penalise(self, out: torch.Tensor, penalised: list[tuple[int, _Request]]) -> None:
+        """In place on `out`'s penalised rows (on `out` itself when that is every row)."""
+        rows, slots = torch.tensor([(i, r.slot) for i, r in penalised], dtype=torch.long,
+                                   device=out.device).unbind(1)
+        whole = len(penalised) == out.shape[0]  # rows are 0..n-1 in order, as built
+        x = out if whole else out[rows]
+        if any(r.params.repetition_penalty != 1.0 for _, r in penalised):
+            rep = self.params[slots, :1]
+            scaled = torch.where(x > 0, x / rep, x * rep)
+            x.copy_(torch.where(self.seen[slots], scaled, x))
+        if any(r.params.frequency_penalty or r.params.presence_penalty for _, r in penalised):
+            x.sub_(self.penalty[slots])
+        if not whole:
+            out[rows] = x
 
     def _index(self, rows: tuple[int, ...], ids: tuple[int, ...],
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(rows, dtype=torch.long, device=self.device),
-                torch.tensor(ids, dtype=torch.long, device=self.device))
+        pairs = torch.tensor([rows, ids], dtype=torch.long, device=self.device)
+        return pairs[0], pairs[1]
 
     def record(self, request_ids: list[str], tokens: list[int]) -> None:
-        """Count the tokens just sampled (row i's token is `tokens[i]`), before any is dropped."""
-        slots, ids = [], []
+        """Account for the tokens just sampled (row i's is `tokens[i]`), before any is dropped:
+        one scatter for the whole batch."""
+        pairs = []
         for rid, tok in zip(request_ids, tokens, strict=True):
             req = self._requests.get(rid)
             if req is None:
                 continue
             req.num_output += 1
             if req.slot is not None:
-                slots.append(req.slot)
-                ids.append(tok)
-        if slots:
-            index = (torch.tensor(slots, dtype=torch.long, device=self.device),
-                     torch.tensor(ids, dtype=torch.long, device=self.device))
-            self.counts.index_put_(index, torch.ones(len(slots), dtype=torch.int32,
-                                                     device=self.device), accumulate=True)
+                pairs.append((req.slot, tok))
+        if not pairs:
+            return
+        slots, ids = torch.tensor(pairs, dtype=torch.long, device=self.device).unbind(1)
+        _, freq, pres = self.params[slots].unbind(1)
+        first = ~self.generated[slots, ids]
+        self.penalty.index_put_((slots, ids), freq + pres * first, accumulate=True)
+        self.generated[slots, ids] = True
+        self.seen[slots, ids] = True
