@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from redis_server import free_port
 
 from aruntime import telemetry
 from aruntime.agents.flow import FlowContext, flow
@@ -276,6 +278,43 @@ def test_a_run_is_an_agent_span_over_its_tool_and_model_calls(
     assert last_evidence(server)["trace_id"] == TRACE_ID
 
 
+def local_tracer() -> tuple[Any, InMemorySpanExporter]:
+    spans_out = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans_out))
+    return telemetry.tracer_of(provider), spans_out
+
+
+def test_aruntime_runs_model_calls_nest_under_the_run_and_each_execution_is_a_span(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    from aruntime.agents.models import LocalModels
+    from aruntime.agents.runner import Runner
+    from aruntime.durable.journal import SqliteJournal
+
+    tracer, out = local_tracer()
+    models = LocalModels(tiny_model_dir, device="cpu", tracer=tracer)
+    runner = Runner(SqliteJournal(tmp_path / "j.db"), models=models, tracer=tracer)
+    try:
+        assert runner.start("agent_flows:ask_model", "hello", run_id="m").status == "completed"
+        assert runner.resume("m").status == "completed"  # finished: nothing executes again
+        assert runner.start("agent_flows:failing", None, run_id="f").status == "failed"
+        assert runner.start("agent_flows:ask_name", None, run_id="w").status == "waiting"
+    finally:
+        models.close()
+    [run] = spans(out, "invoke_agent agent_flows:ask_model")
+    [call] = children(out, run)
+    assert call.name.startswith("text_completion ") and call.kind is SpanKind.INTERNAL
+    c = dict(call.attributes or {})
+    assert c["gen_ai.usage.output_tokens"] == 4 and c["gen_ai.request.max_tokens"] == 4
+    check_phases(out, call)
+    [failed] = spans(out, "invoke_agent agent_flows:failing")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["error.type"] == "StepError"
+    [waiting] = spans(out, "invoke_agent agent_flows:ask_name")
+    assert waiting.status.status_code is StatusCode.UNSET
+    assert dict(waiting.attributes or {})["aruntime.run.status"] == "waiting"
+
+
 # ---- where spans go -----------------------------------------------------------------------
 
 
@@ -306,41 +345,59 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_spans_go_over_otlp_http_to_the_endpoint_the_environment_names(
-        http: httpx.Client, server: BackgroundServer) -> None:
+def receiver() -> tuple[ThreadingHTTPServer, list[tuple[str, Any]], threading.Event]:
+    """An OTLP/HTTP receiver on a loopback port: what it got, and an event set on each post."""
     got: list[tuple[str, Any]] = []
     arrived = threading.Event()
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    receiver.received = (  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.received = (  # type: ignore[attr-defined]
         lambda path, export: (got.append((path, export)), arrived.set()))
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    provider = telemetry.provider_from_env({
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}/",
-        "OTEL_SERVICE_NAME": "aruntime-test"})
-    assert provider is not None
-    state = server.server.config.app.state.server
-    kept, state.tracer = state.tracer, telemetry.tracer_of(provider)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, got, arrived
+
+
+def test_aruntime_serve_exports_its_spans_to_the_otlp_endpoint_the_environment_names(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The whole way: `aruntime serve` with OTEL_EXPORTER_OTLP_ENDPOINT set, one request with a
+    traceparent, and its spans arrive at the receiver as OTLP protobuf (sent at the latest
+    when the server stops: the batch is flushed on exit)."""
+    otlp, got, arrived = receiver()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OTEL_SERVICE_NAME": "aruntime-test",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.server_port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aruntime.cli", "serve", "--model", str(tiny_model_dir),
+         "--served-model-name", "tiny", "--port", str(port), "--data-dir", str(tmp_path),
+         "--log-level", "info"], env=env, stderr=subprocess.PIPE, text=True)
+    started = threading.Event()
+    threading.Thread(target=lambda: [started.set() for line in proc.stderr or ()
+                                     if "Application startup complete" in line],
+                     daemon=True).start()
     try:
-        r = http.post("/v1/completions", headers={"traceparent": TRACEPARENT},
-                      json={"model": "tiny", "prompt": "Hi", "max_tokens": 2})
-        assert r.status_code == 200
+        assert started.wait(120), "the server did not start"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                       headers={"traceparent": TRACEPARENT},
+                       json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
+                             "max_tokens": 2})
+        assert r.status_code == 200, r.text
     finally:
-        state.tracer = kept
-    provider.force_flush()  # the batch processor sends now rather than in 5 s
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
     assert arrived.wait(30)
-    provider.shutdown()
-    receiver.shutdown()
-    [(path, export)] = got
-    assert path == "/v1/traces"
-    [resource_spans] = export.resource_spans
+    otlp.shutdown()
+    assert {path for path, _ in got} == {"/v1/traces"}
+    sent = {s.name: (s, rs) for _, export in got for rs in export.resource_spans
+            for scope in rs.scope_spans for s in scope.spans}
+    assert set(sent) == {"chat tiny", "queue", "prefill", "decode"}
+    span, resource_spans = sent["chat tiny"]
     resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
     assert resource["service.name"] == "aruntime-test"
-    sent = {s.name: s for scope in resource_spans.scope_spans for s in scope.spans}
-    assert set(sent) == {"text_completion tiny", "queue", "prefill", "decode"}
-    span = sent["text_completion tiny"]
     assert span.trace_id.hex() == TRACE_ID and span.parent_span_id.hex() == PARENT_ID
+    assert span.kind == span.SPAN_KIND_SERVER
     attrs = {kv.key: kv.value for kv in span.attributes}
-    assert attrs["gen_ai.request.model"].string_value == "tiny"
+    assert attrs["gen_ai.operation.name"].string_value == "chat"
+    assert attrs["gen_ai.usage.output_tokens"].int_value == 2
+    assert {sent[n][0].parent_span_id for n in ("queue", "prefill", "decode")} == {span.span_id}
 
 
 def test_serve_refuses_an_otlp_protocol_it_cannot_speak_in_one_line(
