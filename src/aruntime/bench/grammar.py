@@ -6,16 +6,16 @@ the tokens of one valid instance, timing each next-token bitmask (one thread, on
 engines alternate so load from elsewhere on the machine hits both. The figure is the median
 round's mean mask time per token (what a document's masks cost, over its tokens); the median
 token's time and the compile time are beside it, every reading in the raw log. It also asks
-each engine to compile schemas whose keywords neither enforces and counts those it reports.
+each engine to compile schemas whose keywords it cannot enforce and counts those it reports.
 
 The choice (engine/guided.py uses llguidance) follows this benchmark on SmolLM2's 49,152-token
-GPT-2 BPE tokenizer, on the 2-core development CPU: llguidance's masks cost 99 µs a token
-against xgrammar's 343 µs (ratio 0.29; xgrammar's median token is cheaper, 3.7 µs against
-38 µs, but its slow tokens dominate), its compile takes 1.5 ms against 0.9 s (paid on the step
-loop for every distinct schema, which every distinct tools list is), and it names each
-unenforceable keyword (8 of 8 probes: `not`, `uniqueItems`, `if`/`then`, unknown formats...)
-where xgrammar accepts them all silently, which the server's 400 for an unsupported feature
-needs.
+GPT-2 BPE tokenizer, on the 2-core development CPU (two full runs): llguidance's masks cost
+99 µs a token against xgrammar's 319-343 µs (ratio 0.29-0.31; xgrammar's median token is the
+cheaper, 4 µs against 30-38 µs, but its slow tokens dominate), its compile takes 1.5 ms against
+0.8-0.9 s (paid on the step loop for every distinct schema, which every distinct tools list is),
+its tokenizer setup 0.4 s against 0.6 s, and it names each unenforceable keyword (8 of 8
+probes: `not`, `uniqueItems`, `if`/`then`, unknown formats...) where xgrammar accepts them all
+silently, which the server's 400 for an unsupported feature needs.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ INSTANCE: dict[str, Any] = {
     "tags": ["math", "poetry", "engines"], "address": {"city": "London", "zip": "12345"},
     "active": True,
 }
-# Keywords that constrain what a valid document is and that neither engine enforces.
+# Keywords that constrain what a valid document is and that neither engine can enforce.
 UNENFORCED: dict[str, dict[str, Any]] = {
     "not": {"not": {"type": "string"}},
     "uniqueItems": {"type": "array", "uniqueItems": True},
