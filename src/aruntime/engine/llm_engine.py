@@ -15,6 +15,7 @@ import torch
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.guided import GuidedDecoder, GuidedMatcher
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.logits_processors import LogitsProcessors
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
@@ -69,6 +70,8 @@ class LLMEngine:
         self._generators: dict[str, torch.Generator] = {}
         self._prompt_lps: dict[str, list[TokenLogprob | None]] = {}  # until the first output
         self.processors = LogitsProcessors(mc.vocab_size, self.eos_ids, self.runner.device)
+        self.guided = GuidedDecoder(self.tokenizer, mc.vocab_size, self.eos_ids)
+        self._matchers: dict[str, GuidedMatcher] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -93,7 +96,12 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        self.processors.add(request_id, prompt_token_ids, params)  # checks logit_bias ids
+        # Both may raise: the grammar compiles before anything is held, the processors check
+        # logit_bias ids before they store anything.
+        matcher = self.guided.matcher(params.guided) if params.guided is not None else None
+        self.processors.add(request_id, prompt_token_ids, params)
+        if matcher is not None:
+            self._matchers[request_id] = matcher
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.key_scheme.root(scope.tenant_salt), arrival_time,
                        self.key_scheme.root(SHARED_NAMESPACE),
@@ -185,7 +193,10 @@ class LLMEngine:
             return []
         seqs = [c.seq for c in sampling]
         ids = [s.request_id for s in seqs]
-        tokens = sample(self.processors.apply(logits, ids), [s.params for s in seqs],
+        processed = self.processors.apply(logits, ids)
+        if self._matchers:  # the grammar's mask last, so no bias can re-admit a banned token
+            processed = self.guided.mask(processed, [self._matchers.get(i) for i in ids])
+        tokens = sample(processed, [s.params for s in seqs],
                         [self._generators.get(s.request_id) for s in seqs])
         self.processors.record(ids, tokens)
         now = time.time()
@@ -200,6 +211,10 @@ class LLMEngine:
             seq.first_token_time = now
         stop = self._stops[seq.request_id]
         text = stop.push(token, seq.num_output_tokens)
+        if (matcher := self._matchers.get(seq.request_id)) is not None:
+            matcher.accept(token)
+            if matcher.done and stop.finish_reason is None:
+                text += stop.finish("stop")
         lp = None
         if seq.params.logprobs is not None:
             lp = [logprobs_of(logits_row, token, seq.params.logprobs)]
@@ -222,6 +237,7 @@ class LLMEngine:
         self._generators.pop(seq.request_id, None)
         self.processors.drop(seq.request_id)
         self._prompt_lps.pop(seq.request_id, None)
+        self._matchers.pop(seq.request_id, None)
 
     def drain_kv_events(self, worker_id: str) -> KVEventBatch | None:
         """The KV events since the last call (None when events are off or nothing happened)."""

@@ -48,6 +48,11 @@ class StopChecker:
             return ""
         return self._flush()
 
+    def finish(self, reason: str) -> str:
+        """End for a reason outside these checks (the grammar is complete): the held text."""
+        self.finish_reason = reason
+        return self._flush()
+
     def _match_stop(self, before: int) -> bool:
         """The first stop string that ends in the text just added (`pending[before:]`): one
         that ended earlier was checked then, or passed over before `min_tokens`."""

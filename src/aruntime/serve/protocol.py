@@ -11,8 +11,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aruntime.contracts import RequestContract
+from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.outputs import TokenLogprob
-from aruntime.engine.sampling import SamplingParams
+from aruntime.engine.sampling import GuidedDecoding, SamplingParams
 from aruntime.serve.errors import InvalidRequestError
 
 MAX_N = 16
@@ -53,6 +54,7 @@ class _GenerationRequest(_Body):
     logit_bias: Any = None  # {"token id": bias}; checked by `logit_biases` for a clearer message
     min_tokens: int | None = Field(None, ge=0)  # extension
     aruntime: dict[str, Any] | None = None  # ARuntime's request-contract fields
+    response_format: Any = None  # checked by `response_format_guided` for a clearer message
 
 
 class CompletionRequest(_GenerationRequest):
@@ -273,7 +275,39 @@ def sampling_params(req: _GenerationRequest, max_tokens: int, index: int,
         logit_bias=logit_biases(req.logit_bias, vocab_size),
         min_tokens=req.min_tokens or 0,
         prompt_logprobs=prompt_logprobs,
+        guided=response_format_guided(req.response_format),
     )
+
+
+def response_format_guided(value: Any) -> GuidedDecoding | None:
+    """OpenAI's `response_format` as a constraint: `text` is none, `json_object` any JSON
+    object, `json_schema` its `json_schema.schema`. A bad shape, or a schema feature the grammar
+    engine cannot enforce, is a 400 naming it, never an unconstrained answer."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GuidedDecoding("json_object")
+    if kind != "json_schema":
+        raise InvalidRequestError("response_format must be an object whose type is 'text', "
+                                  "'json_object' or 'json_schema'", param="response_format")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise InvalidRequestError("response_format.json_schema must be an object with a "
+                                  "string 'name'", param="response_format.json_schema")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict) or not isinstance(spec.get("strict", False), bool):
+        raise InvalidRequestError("response_format.json_schema.schema must be an object and "
+                                  "strict a boolean", param="response_format.json_schema")
+    guided = GuidedDecoding("json_schema", json.dumps(schema))
+    try:
+        check_guided(guided)
+    except GuidedDecodingError as exc:
+        raise InvalidRequestError(f"response_format: {exc}",
+                                  param="response_format.json_schema.schema") from None
+    return guided
 
 
 def request_contract(req: _GenerationRequest, request_id: str, model: str,
