@@ -197,7 +197,8 @@ def test_a_grammar_that_can_only_end_ends_before_min_tokens(tiny_model_dir: Path
     """min_tokens holds back EOS; a grammar whose value is complete ends the request all the
     same (the matcher stops), rather than the sampler drawing from an empty distribution."""
     engine = LLMEngine(EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=1 << 20))
-    spec = GuidedDecoding("json_schema", json.dumps({"type": "integer", "minimum": 0, "maximum": 9}))
+    schema = {"type": "integer", "minimum": 0, "maximum": 9}
+    spec = GuidedDecoding("json_schema", json.dumps(schema))
     outs = engine.generate([[5, 6, 7]] * 3, [
         SamplingParams(max_tokens=24, min_tokens=20, temperature=t, seed=i, guided=spec)
         for i, t in enumerate((0.0, 1.0, 2.0))])
