@@ -178,3 +178,25 @@ def test_a_rope_the_engine_cannot_compute_is_refused(spelling: str, rope: dict) 
     kind = rope.get("rope_type") or rope.get("type")
     with pytest.raises(ModelConfigError, match=rf"rope.*{kind}"):
         ModelConfig.from_hf(cfg)
+
+
+def test_preemption_with_shared_prefixes_does_not_livelock(tiny_model_dir: Path) -> None:
+    """A preempted sequence goes back ahead of a waiting one; had the waiting one kept the prefix
+    blocks it took, the pool could never fit the head again once nothing ran (seen: every step
+    empty, forever). Each finishes, with the tokens it gets alone."""
+    eng = engine(tiny_model_dir, block_size=4, kv_cache_bytes=48 * 2048)
+    assert eng.pool.num_blocks == 48
+    batch = [[5 + i % 3] * 8 + [20 + i, 21, 22, 23, 24] for i in range(6)]
+    params = SamplingParams(max_tokens=70, temperature=0.0, ignore_eos=True)
+    for i, p in enumerate(batch):
+        eng.add_request(f"r{i}", p, params)
+    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(6)}
+    for _ in range(2000):  # finishes in ~140 steps; the livelock never did
+        if not eng.has_unfinished_requests():
+            break
+        for out in eng.step():
+            tokens[out.request_id] += out.new_token_ids
+    assert not eng.has_unfinished_requests() and eng.scheduler.num_preemptions > 0
+    alone = engine(tiny_model_dir, block_size=4)
+    assert [tokens[f"r{i}"] for i in range(6)] == [
+        o.new_token_ids for o in alone.generate(batch, params)]

@@ -88,8 +88,10 @@ class Scheduler:
                 self._take_prefix(seq)
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self._grow(seq, n):
-                if not self.running:
-                    self._release(seq)  # nothing will free blocks: try again next step
+                # A waiting sequence holds nothing: a preempted one may go back ahead of it,
+                # and blocks it kept would starve that one once nothing runs (a livelock). Its
+                # prefix blocks stay cached in the pool, so the next try hits them again.
+                self._release(seq)
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
