@@ -25,20 +25,25 @@ from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
 from aruntime.serve.state import ServerState
+from aruntime.serve.tool_parsers import parser_for
 
 
 def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               model_info: ModelInfo, data_dir: Path, demo: bool = False,
-              owns_client: bool = False, signer: DeploymentKey | None = None) -> FastAPI:
+              owns_client: bool = False, signer: DeploymentKey | None = None,
+              tool_call_parser: str | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
-    is signed by `signer`, by default the key under `data_dir` (created there if missing)."""
+    is signed by `signer`, by default the key under `data_dir` (created there if missing).
+    Tool calls are read in the `tool_call_parser` format, by default the template's."""
+    tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
-                            Metrics(model_name, client.collectors()), evidence, key)
+                            Metrics(model_name, client.collectors()), evidence, key,
+                            tool_parser=tool_parser)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,

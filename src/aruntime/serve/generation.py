@@ -4,6 +4,7 @@ against its SLO, and the metrics and evidence record written when it ends, howev
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -24,6 +25,7 @@ from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     RateLimitError,
 )
+from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
 
 if TYPE_CHECKING:
     from aruntime.serve.state import ServerState
@@ -63,6 +65,7 @@ class Generation:
     tenant: str
     scope: CacheScope = NO_SCOPE  # keys this tenant's KV blocks apart from every other's
     slo: SLO | None = None
+    tools: ToolPlan = NO_TOOLS  # what the request offered; its answers are read for calls
     started: float = field(default_factory=time.time)
     _done: bool = False
 
@@ -94,7 +97,7 @@ class Generation:
 
 def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
           prompts: list[list[int]], prompt_param: str,
-          messages: list[dict[str, Any]] | None = None) -> Generation:
+          messages: list[dict[str, Any]] | None = None, tools: ToolPlan = NO_TOOLS) -> Generation:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     max_len = state.info.max_model_len
     choices = []
@@ -104,6 +107,8 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         for i in range(req.n):
             index = pi * req.n + i
             params = p.sampling_params(req, max_tokens, index, state.info.vocab_size)
+            if tools.constrained:  # a required call always parses and validates
+                params = dataclasses.replace(params, guided=state.tool_parser.guided(tools))
             choices.append(Choice(index, f"{request_id}-{index}", prompt, params))
         inputs = {"messages": messages} if messages is not None else {"prompt_token_ids": prompt}
         contract = p.request_contract(req, request_id, state.model_name, inputs,
@@ -113,7 +118,7 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
     return Generation(request_id, kind, int(time.time()), choices, tenant,
-                      CacheScope(kv_salt, shared), slo)
+                      CacheScope(kv_salt, shared), slo, tools)
 
 
 async def merged(state: ServerState,

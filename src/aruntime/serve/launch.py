@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                         help="evidence log, its signing key and salts "
                              f"(default: {paths.data_dir()})")
+    parser.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),
+                        help="how the model writes tool calls (default: read from its chat "
+                             "template; hermes when the template does not say)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
 
@@ -167,7 +170,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     name = args.served_model_name or info.name
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
-                    signer=signer)
+                    signer=signer, tool_call_parser=args.tool_call_parser)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
@@ -277,7 +280,8 @@ class BackgroundServer:
 def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
                       log_level: str = "warning", workers: int = 1,
                       router_policy: str = "kv", prefill_workers: int = 0,
-                      decode_workers: int = 0, ray: bool = False) -> Iterator[BackgroundServer]:
+                      decode_workers: int = 0, ray: bool = False,
+                      tool_call_parser: str | None = None) -> Iterator[BackgroundServer]:
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
     router, or prefill and decode workers; Ray actors with `ray`, this process connected to a
     cluster already) and the API on a thread here."""
@@ -292,7 +296,8 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
     try:
         app = build_app(client, Tokenizer.from_dir(config.model),
                         served_model_name or info.name, model_info=info, data_dir=data_dir,
-                        demo=is_demo_checkpoint(Path(config.model)), owns_client=True)
+                        demo=is_demo_checkpoint(Path(config.model)), owns_client=True,
+                        tool_call_parser=tool_call_parser)
         with BackgroundServer(app, log_level=log_level) as server:
             server.engine = client
             yield server

@@ -1,5 +1,6 @@
 """What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
-the evidence log and its signer, admission's learned costs, and the tenants' salts. Lives on
+the evidence log and its signer, admission's learned costs, the model's tool-call format, and the
+tenants' salts. Lives on
 `app.state.server`, made in the app's lifespan (serve/app.py)."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aruntime.evidence.log import EvidenceLog
 from aruntime.evidence.signing import DeploymentKey
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
+from aruntime.serve.tool_parsers import HermesParser, ToolParser
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ServerState:
     signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
     admission: Admission = field(default_factory=Admission)
+    tool_parser: ToolParser = field(default_factory=HermesParser)  # the model's call format
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
