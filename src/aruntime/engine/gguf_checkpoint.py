@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import torch
     from gguf import GGUFReader, ReaderTensor
 
-GGUF_MAGIC = b"GGUF"
 # llama.cpp's architecture name -> the Hugging Face one whose decoder the engine runs.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # Tensor types gguf's numpy dequantizer handles that we have checked against transformers'
@@ -32,15 +31,6 @@ _LAYER_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                 "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                 "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 _MISSING = object()
-
-
-def is_gguf_file(path: Path) -> bool:
-    """A file that starts with GGUF's magic (the suffix alone would accept a renamed file)."""
-    try:
-        with path.open("rb") as fh:
-            return fh.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
 
 
 def open_reader(path: Path) -> GGUFReader:

@@ -67,7 +67,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_file():
-        from aruntime.engine.gguf_checkpoint import is_gguf_file, load_gguf_checkpoint
+        from aruntime.engine.default_model import is_gguf_file
+        from aruntime.engine.gguf_checkpoint import load_gguf_checkpoint
 
         if not is_gguf_file(path):
             raise CheckpointError(f"checkpoint path {path} is not a directory (nor a GGUF file)")
