@@ -15,6 +15,7 @@ import torch
 
 from aruntime.engine.block_pool import BlockPool
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.guided import GuidedDecoder, GuidedMatcher
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.runner import ModelRunner
@@ -66,6 +67,8 @@ class LLMEngine:
         self.seqs: dict[str, Sequence] = {}
         self._stops: dict[str, StopChecker] = {}
         self._generators: dict[str, torch.Generator] = {}
+        self.guided = GuidedDecoder(self.tokenizer, mc.vocab_size, self.eos_ids)
+        self._matchers: dict[str, GuidedMatcher] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -90,6 +93,8 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if params.guided is not None:  # compiled before anything is held; may raise
+            self._matchers[request_id] = self.guided.matcher(params.guided)
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.key_scheme.root(scope.tenant_salt), arrival_time,
                        self.key_scheme.root(SHARED_NAMESPACE),
@@ -165,7 +170,9 @@ class LLMEngine:
         if not sampling:
             return []
         seqs = [c.seq for c in sampling]
-        tokens = sample(logits, [s.params for s in seqs],
+        masked = (self.guided.mask(logits, [self._matchers.get(s.request_id) for s in seqs])
+                  if self._matchers else logits)
+        tokens = sample(masked, [s.params for s in seqs],
                         [self._generators.get(s.request_id) for s in seqs])
         now = time.time()
         return [self._append(seq, tok, logits[i], now)
@@ -179,6 +186,10 @@ class LLMEngine:
             seq.first_token_time = now
         stop = self._stops[seq.request_id]
         text = stop.push(token, seq.num_output_tokens)
+        if (matcher := self._matchers.get(seq.request_id)) is not None:
+            matcher.accept(token)
+            if matcher.done and stop.finish_reason is None:
+                text += stop.finish("stop")
         lp = None
         if seq.params.logprobs is not None:
             lp = [logprobs_of(logits_row, token, seq.params.logprobs)]
@@ -198,6 +209,7 @@ class LLMEngine:
         del self.seqs[seq.request_id]
         self._stops.pop(seq.request_id, None)
         self._generators.pop(seq.request_id, None)
+        self._matchers.pop(seq.request_id, None)
 
     def drain_kv_events(self, worker_id: str) -> KVEventBatch | None:
         """The KV events since the last call (None when events are off or nothing happened)."""

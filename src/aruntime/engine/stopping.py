@@ -44,6 +44,11 @@ class StopChecker:
             return ""
         return self._flush()
 
+    def finish(self, reason: str) -> str:
+        """End for a reason outside these checks (the grammar is complete): the held text."""
+        self.finish_reason = reason
+        return self._flush()
+
     def _match_stop(self) -> bool:
         found = [(i, s) for s in self.params.stop if (i := self.pending.find(s)) >= 0]
         if not found:
