@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -140,6 +141,80 @@ def test_auto_on_the_tiny_model_reads_the_answer(client: openai.OpenAI, stream: 
         assert text == choice.message.content
         assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
         assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+# Arguments the constraint spells out almost whole, so the random tiny model closes its call.
+PICK = {"type": "function", "function": {"name": "pick", "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]},
+                                     "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"], "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+def _valid_call(call: Any, tool: dict[str, Any]) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == tool["function"]["name"]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+ZONE = {"type": "function", "function": {"name": "zone", "parameters": {
+    "type": "object", "properties": {"zone": {"enum": ["CET", "UTC"]}}, "required": ["zone"]}}}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function",
+                                                 "function": {"name": "pick"}}])
+def test_constrained_calls_always_parse_and_validate(client: openai.OpenAI,
+                                                     choice: Any) -> None:
+    """Sampled (temperature 1) from random weights, yet every answer is one valid call."""
+    names = set()
+    for seed in range(6):
+        r = client.chat.completions.create(model=MODEL, messages=ASK, tools=[ZONE, PICK],
+                                           tool_choice=choice, max_tokens=120, temperature=1,
+                                           seed=seed)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls" and c.message.content is None
+        (call,) = c.message.tool_calls or []
+        _valid_call(call, PICK if call.function.name == "pick" else ZONE)
+        names.add(call.function.name)
+    assert names <= ({"pick", "zone"} if choice == "required" else {"pick"})
+
+
+def test_streamed_call_assembles_to_the_whole_one(client: openai.OpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ASK, "tools": [WEATHER, PICK],
+                              "tool_choice": {"type": "function", "function": {"name": "pick"}},
+                              "max_tokens": 120, "temperature": 0}
+    whole = client.chat.completions.create(**kwargs).choices[0]
+    chunks = [c for c in client.chat.completions.create(**kwargs, stream=True) if c.choices]
+    pieces = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    first, rest = pieces[0], pieces[1:]
+    assert first.index == 0 and first.type == "function" and first.id
+    assert first.function is not None and first.function.arguments == ""
+    assert rest and all(p.id is None and p.function is not None and p.function.name is None
+                        for p in rest)
+    (call,) = whole.message.tool_calls or []
+    assert first.function.name == call.function.name
+    assert "".join(p.function.arguments or "" for p in rest) == call.function.arguments
+    assert not any(c.choices[0].delta.content for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "tool_calls"
+
+
+def test_a_call_and_its_answer_round_trip(client: openai.OpenAI, tokenizer: Tokenizer) -> None:
+    """The call the server returned, sent back with its tool answer, renders as Hermes text."""
+    r = client.chat.completions.create(model=MODEL, messages=ASK, tools=[PICK],
+                                       tool_choice="required", max_tokens=120, temperature=0)
+    (call,) = r.choices[0].message.tool_calls or []
+    history: list[Any] = [*ASK, r.choices[0].message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": "21 C"}]
+    again = client.chat.completions.create(model=MODEL, messages=history, tools=[PICK],
+                                           max_tokens=3, temperature=0)
+    text = render_chat(tokenizer, [_message_dict(m) for m in history],
+                       tool_plan(_specs([PICK]), "auto", None), HermesParser())
+    arguments = json.loads(call.function.arguments)
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "pick", "arguments": '
+            f"{json.dumps(arguments)}}}\n</tool_call><|im_end|>\n") in text
+    assert "<|im_start|>user\n<tool_response>\n21 C\n</tool_response><|im_end|>\n" in text
+    assert again.usage is not None
+    assert again.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
 
 
 BAD: list[tuple[dict[str, Any], str]] = [

@@ -122,10 +122,11 @@ def test_content_is_released_as_soon_as_it_cannot_be_a_call() -> None:
 
 @pytest.mark.parametrize(("choice", "named", "parallel", "repeat", "allowed"), [
     ("required", None, True, True, ["get_weather", "search"]),
+    ("required", None, None, False, ["get_weather", "search"]),  # not said: one call
     ("required", None, False, False, ["get_weather", "search"]),
     ("function", "get_weather", True, False, ["get_weather"]),
 ])
-def test_hermes_constraint(choice: str, named: str | None, parallel: bool, repeat: bool,
+def test_hermes_constraint(choice: str, named: str | None, parallel: bool | None, repeat: bool,
                            allowed: list[str]) -> None:
     guided = HermesParser().guided(ToolPlan(TOOLS, choice, named, parallel))
     assert guided.kind == "tool_calls" and guided.repeat is repeat

@@ -23,6 +23,7 @@ from aruntime.kv.keys import NO_SCOPE, CacheScope
 from aruntime.serve import protocol as p
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
+    InvalidRequestError,
     RateLimitError,
 )
 from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
@@ -107,8 +108,8 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         for i in range(req.n):
             index = pi * req.n + i
             params = p.sampling_params(req, max_tokens, index, state.info.vocab_size)
-            if tools.constrained:  # a required call always parses and validates
-                params = dataclasses.replace(params, guided=state.tool_parser.guided(tools))
+            if tools.constrained:
+                params = _with_tool_constraint(state, tools, params)
             choices.append(Choice(index, f"{request_id}-{index}", prompt, params))
         inputs = {"messages": messages} if messages is not None else {"prompt_token_ids": prompt}
         contract = p.request_contract(req, request_id, state.model_name, inputs,
@@ -119,6 +120,16 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
     return Generation(request_id, kind, int(time.time()), choices, tenant,
                       CacheScope(kv_salt, shared), slo, tools)
+
+
+def _with_tool_constraint(state: ServerState, tools: ToolPlan,
+                          params: SamplingParams) -> SamplingParams:
+    """A required (or named) call always parses and its arguments validate."""
+    if params.guided is not None:
+        raise InvalidRequestError("a required or named tool_choice cannot be combined with "
+                                  "another constraint on the output (response_format)",
+                                  param="tool_choice")
+    return dataclasses.replace(params, guided=state.tool_parser.guided(tools))
 
 
 async def merged(state: ServerState,

@@ -71,7 +71,7 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[ToolSpec] | None = None
     tool_choice: Any = None  # str | {"type": "function", ...}; checked by tool_specs.tool_plan
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = None  # None: not said (OpenAI's default, true)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

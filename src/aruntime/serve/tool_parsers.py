@@ -46,7 +46,7 @@ class ToolParser(CallSyntax):
         return reader.result()
 
     def guided(self, plan: ToolPlan) -> GuidedDecoding:
-        """One call (or, parallel and required, one or more) that names an allowed tool and
+        """One call (or, as `plan.repeat` says, one or more) that names an allowed tool and
         whose arguments validate against its parameters."""
         key = self.arguments_keys[0]
         options = [{"type": "object",
@@ -56,7 +56,7 @@ class ToolParser(CallSyntax):
         schema = options[0] if len(options) == 1 else {"anyOf": options}
         return GuidedDecoding(kind="tool_calls", schema=json.dumps(schema),
                               begin=self.call_begin, end=self.call_end,
-                              repeat=plan.parallel and plan.choice == "required")
+                              repeat=plan.repeat)
 
     @abstractmethod
     def instruction(self, tools: Sequence[Tool]) -> str:
@@ -134,6 +134,7 @@ class Llama3JsonParser(ToolParser):
     def guided(self, plan: ToolPlan) -> GuidedDecoding:
         # Llama 3.1 makes one JSON call a turn; `;`-joined calls are not what it was taught.
         single = ToolPlan(plan.tools, plan.choice, plan.named, parallel=False)
+        assert not single.repeat
         return super().guided(single)
 
     def instruction(self, tools: Sequence[Tool]) -> str:

@@ -68,7 +68,7 @@ class ToolPlan:
     tools: tuple[Tool, ...]
     choice: str  # "none" | "auto" | "required" | "function" (one named function)
     named: str | None = None  # the function, when choice is "function"
-    parallel: bool = True
+    parallel: bool | None = None  # parallel_tool_calls as sent; None: not sent
 
     @property
     def offered(self) -> bool:
@@ -80,6 +80,14 @@ class ToolPlan:
         return self.choice in ("required", "function")
 
     @property
+    def repeat(self) -> bool:
+        """A required answer may hold several calls only when the client asks for parallel
+        calls in so many words: OpenAI's default (true) would let a small model that never
+        stops calling (SmolLM2-135M repeats calls until max_tokens, greedy or not) cut its
+        last call short, so an unsaid default means one call."""
+        return self.parallel is True and self.choice == "required"
+
+    @property
     def allowed(self) -> tuple[Tool, ...]:
         """The tools a constrained call may name."""
         return tuple(t for t in self.tools if self.named in (None, t.name))
@@ -89,7 +97,7 @@ NO_TOOLS = ToolPlan((), "none")
 
 
 def tool_plan(tools: list[ToolSpec] | None, tool_choice: Any,
-              parallel_tool_calls: bool) -> ToolPlan:
+              parallel_tool_calls: bool | None) -> ToolPlan:
     if tools is None:
         if tool_choice is not None:
             raise InvalidRequestError("tool_choice is only allowed when tools are given",
