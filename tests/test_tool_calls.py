@@ -5,6 +5,7 @@ answers read for calls."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.tokenizer import Tokenizer
-from aruntime.serve.launch import BackgroundServer, background_server
-from aruntime.serve.tool_parsers import HermesParser
+from aruntime.serve.launch import BackgroundServer, add_arguments, background_server
+from aruntime.serve.tool_parsers import HermesParser, Llama3JsonParser
 from aruntime.serve.tool_prompts import render_chat, template_handles_tools
 from aruntime.serve.tool_specs import tool_plan
 
@@ -270,3 +271,35 @@ def _message_dict(m: dict[str, Any]) -> dict[str, Any]:
     from aruntime.serve.protocol import ChatMessageIn, chat_messages
 
     return chat_messages([ChatMessageIn.model_validate(m)])[0]
+
+
+def test_llama3_json_format_by_flag(tiny_model_dir: Path, tmp_path: Path,
+                                    tokenizer: Tokenizer) -> None:
+    """`--tool-call-parser llama3_json` reaches the server: its prompt and its constraint."""
+    config = EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=8 * 1024 * 1024,
+                          max_model_len=2048)
+    with background_server(config, tmp_path, served_model_name=MODEL,
+                           tool_call_parser="llama3_json") as srv, \
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0,
+                          timeout=60) as client:
+        r = client.chat.completions.create(model=MODEL, messages=ASK, tools=[PICK],
+                                           tool_choice="required", max_tokens=120,
+                                           temperature=0)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls"
+        (call,) = c.message.tool_calls or []
+        _valid_call(call, PICK)
+        text = render_chat(tokenizer, ASK, tool_plan(_specs([PICK]), "auto", None),
+                           Llama3JsonParser())
+        assert '{"name": function name, "parameters": dictionary' in text
+        assert r.usage is not None
+        assert r.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_the_flag_takes_known_formats_only() -> None:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    assert parser.parse_args(["--tool-call-parser", "hermes"]).tool_call_parser == "hermes"
+    assert parser.parse_args([]).tool_call_parser is None
+    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
+        parser.parse_args(["--tool-call-parser", "mistral"])
