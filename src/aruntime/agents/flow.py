@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aruntime.agents.tools import NOT_APPLIED, Applied, Tool
+from aruntime.agents.tracing import tool_span
 from aruntime.contracts import RunEvent, sha256_digest
 from aruntime.durable.journal import Entry
 from aruntime.durable.states import EntryKind, EntryState, RunStatus
@@ -249,8 +250,9 @@ class FlowContext:
                  call_digest: str) -> Any:
         evidence = self.runner.evidence
         try:
-            output = tool.invoke(args, key)
-            tool.check_output(output)
+            with tool_span(self.runner.tracer, tool.name, key, self.run_id, seq):
+                output = tool.invoke(args, key)
+                tool.check_output(output)
         except Exception as exc:
             message = described(exc)
             evidence.advance(self.run_id, seq, (EntryState.ATTEMPT,), EntryState.ERROR,

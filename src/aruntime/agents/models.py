@@ -18,6 +18,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from opentelemetry.trace import Tracer
+
+from aruntime import telemetry
+from aruntime.agents import tracing
+from aruntime.agents.tracing import EngineTimes
 from aruntime.engine.client import EngineClient
 from aruntime.engine.sampling import SamplingParams
 
@@ -77,23 +82,29 @@ def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T],
 
 
 async def client_complete(client: EngineClient, codec: TextCodec, request_id: str, prompt: str,
-                          params: SamplingParams) -> tuple[list[int], str | None]:
-    """The output token ids and finish reason of one request through `client`."""
+                          params: SamplingParams
+                          ) -> tuple[list[int], str | None, EngineTimes | None]:
+    """The output token ids and finish reason of one request through `client`, and its last
+    output (the engine's timings of it)."""
     ids: list[int] = []
-    reason = None
+    reason, last = None, None
     async for out in client.generate(request_id, codec.encode(prompt), params):
         ids.extend(out.new_token_ids)
         reason = out.finish_reason if out.finished else reason
-    return ids, reason
+        last = out
+    return ids, reason, last
 
 
 class LocalModels(Models):
     """`aruntime run`'s models: an in-process engine client on `model_dir` (None: the default
-    model), started on the first call on a loop thread of its own."""
+    model), started on the first call on a loop thread of its own. Each call is a span on
+    `tracer` (default: the process's), a child of the flow's run span."""
 
-    def __init__(self, model_dir: Path | None = None, *, device: str = "auto") -> None:
+    def __init__(self, model_dir: Path | None = None, *, device: str = "auto",
+                 tracer: Tracer | None = None) -> None:
         self.model_dir = model_dir
         self.device = device
+        self.tracer = tracer or telemetry.process_tracer()
         self._client: InprocClient | None = None
         self._codec: TextCodec | None = None
         self._loop: LoopThread | None = None
@@ -120,9 +131,11 @@ class LocalModels(Models):
                  seed: int | None) -> dict[str, Any]:
         client, codec, loop = self._start()
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-        ids, reason = loop.call(client_complete(client, codec, f"flow-{uuid.uuid4().hex}",
-                                                prompt, params))
-        info = client.model_info
+        info, request_id = client.model_info, f"flow-{uuid.uuid4().hex}"
+        with tracing.model_span(self.tracer, info.name, params) as span:
+            ids, reason, last = loop.call(client_complete(client, codec, request_id, prompt,
+                                                          params))
+            tracing.model_done(self.tracer, span, request_id, info.name, len(ids), reason, last)
         return {"text": codec.decode(ids), "token_ids": ids, "finish_reason": reason,
                 "model": info.name, "model_revision": info.revision}
 

@@ -22,7 +22,10 @@ from typing import Any
 
 import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from opentelemetry.trace import Span, Tracer
 
+from aruntime import telemetry
+from aruntime.agents import tracing
 from aruntime.agents.flow import (
     FLOW_ATTR,
     DeterminismError,
@@ -102,14 +105,16 @@ def default_artifacts(journal: SqlJournal) -> ArtifactStore:
 class Runner:
     """`artifacts`: where payloads over `inline_limit` bytes go (the journal keeps their
     reference). A run with a subject has its payloads sealed with the subject's key, so that
-    erasing the subject (governance/erasure.py) leaves nothing of it readable."""
+    erasing the subject (governance/erasure.py) leaves nothing of it readable. Each execution
+    of a run is a span on `tracer` (default: the process's; agents/tracing.py)."""
 
     def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
                  models: Models | None = None, artifacts: ArtifactStore | None = None,
-                 inline_limit: int = 64 * 1024) -> None:
+                 inline_limit: int = 64 * 1024, tracer: Tracer | None = None) -> None:
         self.journal = journal
         self.evidence = RunEvidence(journal, signer)
-        self.models = models or LocalModels()
+        self.tracer = tracer or telemetry.process_tracer()
+        self.models = models or LocalModels(tracer=self.tracer)
         self.keys = SubjectKeys(journal)
         self.artifacts = artifacts
         self.inline_limit = inline_limit
@@ -293,6 +298,14 @@ class Runner:
         journaled = {} if new else {e.seq: e for e in self.journal.entries(run.run_id)}
         ctx = FlowContext(self, run.run_id, journaled)
         value = self.load_output(run.run_id, run.input)
+        with tracing.agent_span(self.tracer, run.flow, run.run_id) as span:
+            result = self._run_flow(run, fn, ctx, value, span)
+            span.set_attribute("aruntime.run.status", str(result.status))
+            return result
+
+    def _run_flow(self, run: Run, fn: Callable[..., Any], ctx: FlowContext, value: Any,
+                  span: Span) -> RunResult:
+        """Run the flow and journal how it ended: suspended, failed or completed."""
         try:
             out = fn(ctx, value)
             if inspect.isawaitable(out):
@@ -304,6 +317,7 @@ class Runner:
         except DeterminismError:
             raise  # the run stays as it is until the code matches its journal again
         except Exception as exc:  # the flow's failure is the run's outcome
+            telemetry.fail(span, exc)
             message = described(exc)
             if self.evidence.set_status(run.run_id, RunStatus.FAILED, RunEvent.RUN_FAILED,
                                         error=message, unless=FINISHED):

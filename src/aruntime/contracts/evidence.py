@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ from aruntime.contracts.base import (
     sha256_digest,
 )
 from aruntime.timeutil import utc_now
+
+TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 # ---- evidence record --------------------------------------------------------------------------
 
@@ -86,6 +89,10 @@ class EvidenceRecord(StrictModel):
     output_digest: str | None = Field(
         None, description="salted digest of the outputs", json_schema_extra=DIGEST_SCHEMA
     )
+    # The OpenTelemetry trace the request's span is in: the caller's (traceparent), or the one
+    # the server started. Optional, so records written before it existed stay valid.
+    trace_id: str | None = Field(None, description="W3C trace id, 32 lowercase hex digits",
+                                 json_schema_extra={"pattern": TRACE_ID_RE.pattern})
     # Both set by EvidenceLog.append; `hash` covers every field except itself and `signature`.
     prev_hash: str | None = Field(None, json_schema_extra=HASH_SCHEMA)
     hash: str | None = Field(None, json_schema_extra=HASH_SCHEMA)
@@ -97,6 +104,15 @@ class EvidenceRecord(StrictModel):
         if value is None:
             return None
         return check_pattern(DIGEST_RE, value, "must be a digest like 'sha256:<hex>'")
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if set(value) == {"0"}:
+            raise ValueError("trace_id may not be all zeros (W3C's invalid trace id)")
+        return check_pattern(TRACE_ID_RE, value, "must be 32 lowercase hex digits")
 
     @field_validator("prev_hash", "hash")
     @classmethod

@@ -1,15 +1,21 @@
 """The model calls of flows this server runs take the server's own path: the body a
 `/v1/completions` request would have, admitted, routed over the server's engine client, observed
 in its metrics and written to its evidence log. The run's evidence then names the model that
-answered, its revision and the request's id in the request log."""
+answered, its revision and the request's id in the request log; its span (`text_completion
+{model}`, serve/tracing.py) is a child of the run's `invoke_agent` span."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
 from aruntime.agents.models import Models, run_on
 from aruntime.serve import protocol as p
+from aruntime.serve import tracing
 from aruntime.serve.generation import admit_slo, collect, plan
 
 if TYPE_CHECKING:
@@ -28,13 +34,20 @@ class ServedModels(Models):
                  seed: int | None) -> dict[str, Any]:
         body = p.CompletionRequest(model=self.state.model_name, prompt=prompt,
                                    max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return run_on(self.loop, self._complete(body))
+        # the flow's context (its run's span) does not cross to the loop's thread by itself
+        return run_on(self.loop, self._complete(body, otel_context.get_current()))
 
-    async def _complete(self, req: p.CompletionRequest) -> dict[str, Any]:
+    async def _complete(self, req: p.CompletionRequest, parent: Context) -> dict[str, Any]:
         state = self.state
         gen = plan(state, req, "flow", p.completion_prompts(req.prompt, state.tokenizer),
                    "prompt")
-        admit_slo(state, gen)
+        tracing.begin(state, gen, parent, kind=SpanKind.INTERNAL)  # the server's own call
+        try:
+            admit_slo(state, gen)
+        except Exception as exc:  # refused: no evidence record, a failed span
+            tracing.fail(gen, exc)
+            tracing.end(state, gen)
+            raise
         await collect(state, gen)
         [choice] = gen.choices
         return {"text": choice.text, "token_ids": choice.token_ids,

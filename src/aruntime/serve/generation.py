@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+
 from aruntime import __version__
 from aruntime.contracts import EvidenceRecord, Route, Timings, Usage
 from aruntime.contracts.request import SLO
@@ -21,6 +23,7 @@ from aruntime.engine.sampling import SamplingParams
 from aruntime.evidence.log import output_digest
 from aruntime.kv.keys import NO_SCOPE, CacheScope
 from aruntime.serve import protocol as p
+from aruntime.serve import tracing
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     InvalidRequestError,
@@ -68,6 +71,7 @@ class Generation:
     slo: SLO | None = None
     tools: ToolPlan = NO_TOOLS  # what the request offered; its answers are read for calls
     started: float = field(default_factory=time.time)
+    span: trace.Span = trace.INVALID_SPAN  # serve/tracing.py's, once `tracing.begin` opens it
     _done: bool = False
 
     def apply(self, index: int, out: RequestOutput) -> Choice:
@@ -216,6 +220,9 @@ async def collect(state: ServerState, gen: Generation) -> None:
     try:
         async for index, out in stream:
             gen.apply(index, out)
+    except Exception as exc:  # raised on to the caller, which answers it
+        tracing.fail(gen, exc)
+        raise
     finally:
         await stream.aclose()
         finalize(state, gen)
@@ -240,6 +247,7 @@ def finalize(state: ServerState, gen: Generation) -> None:
         state.evidence.append(_evidence(state, gen, now))
     except Exception:  # a failed append must not fail the response
         logger.exception("could not append the evidence record of %s", gen.id)
+    tracing.end(state, gen, now)
 
 
 def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord:
@@ -266,6 +274,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
                     cached_tokens=usage["prompt_tokens_details"]["cached_tokens"]),
         finish_reasons=[c.finish_reason or "abort" for c in gen.choices],
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
+        trace_id=tracing.trace_id(gen),
     )
 
 

@@ -163,6 +163,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     """Sign, start the engine client, serve until stopped."""
     import uvicorn
 
+    from aruntime import telemetry
     from aruntime.engine.default_model import is_demo_model
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
@@ -171,6 +172,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     try:  # before the engine starts, so that a bad key file or GGUF file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
         tokenizer = Tokenizer.from_path(model)
+        tracer = telemetry.process_tracer()  # a bad OTLP setting is one line too
     except (SigningError, OSError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
@@ -179,7 +181,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     name = args.served_model_name or info.name
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
-                    signer=signer, tool_call_parser=args.tool_call_parser)
+                    signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)

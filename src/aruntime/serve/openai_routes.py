@@ -20,11 +20,14 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
 from aruntime.serve import protocol as p
+from aruntime.serve import tracing
 from aruntime.serve.errors import (
+    APIError,
     EngineUnavailableError,
     InvalidRequestError,
     NotFoundError,
@@ -157,9 +160,17 @@ async def chat_completions(request: Request) -> Response:
 
 async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
-    if not state.client.is_alive:  # before a 200 starts a stream
-        raise EngineUnavailableError("the engine is not running")
-    admit_slo(state, gen)
+    trace_context = (req.aruntime or {}).get("trace_context")  # checked by the contract
+    tracing.begin(state, gen, telemetry.parent_context(request.headers, trace_context),
+                  stream=req.stream, server=request.scope.get("server"))
+    try:
+        if not state.client.is_alive:  # before a 200 starts a stream
+            raise EngineUnavailableError("the engine is not running")
+        admit_slo(state, gen)
+    except APIError as exc:  # refused before it ran: no evidence record, a failed span
+        tracing.fail(gen, exc)
+        tracing.end(state, gen)
+        raise
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, gen, include_usage), media_type="text/event-stream",
@@ -237,6 +248,7 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
     except (EngineDeadError, ValueError) as exc:
         error = (EngineUnavailableError(str(exc)) if isinstance(exc, EngineDeadError)
                  else InvalidRequestError(str(exc)))
+        tracing.fail(gen, exc)
         yield _data(error.body())
         yield "data: [DONE]\n\n"
     finally:

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel, Field
 
+from aruntime import telemetry
 from aruntime.agents.models import Models
 from aruntime.agents.runner import (
     RunError,
@@ -30,13 +33,15 @@ from aruntime.serve.errors import InvalidRequestError, NotFoundError
 router = APIRouter(prefix="/v1/runs")
 
 
-def open_runner(data_dir: Path, signer: DeploymentKey, models: Models) -> Runner:
+def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
+                tracer: Tracer | None = None) -> Runner:
     """The server's runner: the journal named by $ARUNTIME_JOURNAL, else runs.db in the data
     directory (where `aruntime run` puts it too); its flows call models through `models`."""
     from aruntime.agents.cli import JOURNAL_ENV
 
     journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
-    return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal))
+    return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal),
+                  tracer=tracer)
 
 
 class StartRun(BaseModel):
@@ -64,12 +69,16 @@ def _call(request: Request, name: str, *args: Any, **kwargs: Any) -> Any:
     """A runner method; its errors in OpenAI's shape (unknown run 404, refusal 400)."""
     from aruntime.agents.flow import DeterminismError
 
+    # the caller's traceparent is the parent of the run's `invoke_agent` span
+    token = otel_context.attach(telemetry.parent_context(request.headers))
     try:
         return getattr(_runner(request), name)(*args, **kwargs)
     except UnknownRunError as exc:
         raise NotFoundError(str(exc), param="run_id") from None
     except (RunError, DeterminismError) as exc:
         raise InvalidRequestError(str(exc)) from None
+    finally:
+        otel_context.detach(token)
 
 
 def _do(request: Request, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
-the evidence log and its signer, admission's learned costs, the model's tool-call format, and the
-tenants' salts. Lives on
-`app.state.server`, made in the app's lifespan (serve/app.py)."""
+the evidence log and its signer, admission's learned costs, the tracer, the model's tool-call
+format, and the tenants' salts. Lives on `app.state.server`, made in the app's lifespan
+(serve/app.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.trace import Tracer
+
+from aruntime import telemetry
 from aruntime.cluster.serving import ServingPool
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
@@ -33,6 +36,7 @@ class ServerState:
     signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
     admission: Admission = field(default_factory=Admission)
+    tracer: Tracer = field(default_factory=telemetry.process_tracer)  # serve/tracing.py's spans
     tool_parser: ToolParser = field(default_factory=HermesParser)  # the model's call format
     _salts: dict[str, bytes] = field(default_factory=dict)
 
