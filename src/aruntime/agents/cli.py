@@ -17,6 +17,7 @@ from typing import Any
 
 from aruntime import paths
 from aruntime.durable.states import RunStatus
+from aruntime.engine.default_model import MODEL_HELP
 
 JOURNAL_ENV = "ARUNTIME_JOURNAL"
 
@@ -43,9 +44,9 @@ def _json_arg(text: str, what: str) -> Any:
 
 
 def _model_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="DIR", type=Path, default=None,
-                        help="the checkpoint the flows' model calls go to, through an "
-                             "in-process engine client (default: the demo model)")
+    parser.add_argument("--model", metavar="MODEL", default=None,
+                        help="the model the flows' calls go to, through an in-process engine "
+                             f"client: {MODEL_HELP}")
 
 
 def _runner(args: argparse.Namespace) -> Any:
@@ -64,11 +65,27 @@ def _runner(args: argparse.Namespace) -> Any:
         signer = DeploymentKey.load_or_create(default_key_path())
     except (JournalError, SigningError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    model = getattr(args, "model", None)
-    if model is not None and not (model / "config.json").is_file():
-        raise UsageError(f"--model {model}: no config.json there")
     return Runner(journal, signer=signer, artifacts=default_artifacts(journal),
-                  models=LocalModels(model))
+                  models=LocalModels(_model_path(getattr(args, "model", None))))
+
+
+def _model_path(given: str | None) -> Path | None:
+    """--model resolved and checked before any flow runs (the model loads on the first call).
+    Without --model, None: the default model is found on the first call, so a flow that calls
+    no model runs without the wheel that holds it."""
+    if given is None:
+        return None
+    from aruntime.engine.default_model import ModelNotFoundError, is_gguf_file, resolve_model
+    from aruntime.errors import UsageError
+
+    try:
+        model = resolve_model(given)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if not (is_gguf_file(model) or (model / "config.json").is_file()):
+        raise UsageError(f"--model {model}: neither a checkpoint directory with a config.json "
+                         "nor a GGUF file")
+    return model
 
 
 def _print(value: Any) -> None:

@@ -115,14 +115,14 @@ class LocalModels(Models):
             if self._client is None or self._codec is None or self._loop is None:
                 from aruntime.engine.config import EngineConfig
                 from aruntime.engine.core_client import InprocClient
-                from aruntime.engine.demo import ensure_demo_model
+                from aruntime.engine.default_model import resolve_model
                 from aruntime.engine.tokenizer import Tokenizer
 
-                model = Path(self.model_dir or ensure_demo_model("small"))
+                model = Path(self.model_dir or resolve_model(None))
                 client = InprocClient(EngineConfig(model=str(model), device=self.device))
                 client.start()
                 self.model_dir = model
-                self._codec = Tokenizer.from_dir(model)
+                self._codec = Tokenizer.from_path(model)
                 self._loop = LoopThread()
                 self._client = client
             return self._client, self._codec, self._loop

@@ -143,7 +143,9 @@ def write_claim(path: str | Path, record: dict[str, Any], raw_log: str) -> tuple
 
 
 def model_ref(model_dir: Path) -> str:
-    """`name@revision` of a checkpoint directory, as claims name their model."""
+    """`name@revision` of a checkpoint directory or GGUF file, as claims name their model (the
+    name it is served under)."""
+    from aruntime.engine.default_model import served_name
     from aruntime.engine.loader import load_checkpoint
 
-    return f"{model_dir.name}@{load_checkpoint(model_dir).revision}"
+    return f"{served_name(model_dir)}@{load_checkpoint(model_dir).revision}"

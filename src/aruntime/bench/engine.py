@@ -35,6 +35,7 @@ from aruntime.bench.model_costs import load_model_config
 from aruntime.bench.probes import matmul_gflops, peak_rss_mb
 from aruntime.bench.report import Outcome, progress_notes
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.default_model import DEFAULT, DEMO
 
 
 def measure(model_dir: Path, workload: Workload, matmul_n: int,
@@ -90,8 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{FULL.ttft_repeats}")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="write the claim record here (and the raw log to FILE.log)")
-    parser.add_argument("--model", type=Path, metavar="DIR",
-                        help="a Llama-family checkpoint directory (default: the small demo model)")
+    parser.add_argument("--model", metavar="MODEL", default=DEMO,
+                        help=f"{DEMO} (the random demo checkpoint the published claim is "
+                             f"measured on; the default), {DEFAULT} (SmolLM2-135M-Instruct), a "
+                             "Llama-family checkpoint directory or a .gguf file")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
 
 
@@ -101,17 +104,10 @@ def run(args: argparse.Namespace) -> int:
     workload = replace(QUICK if args.quick else FULL, seed=args.seed)
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")
-    if args.model is None:
-        from aruntime.engine.demo import ensure_demo_model
-
-        model_dir = ensure_demo_model("small")
-    else:
-        model_dir = args.model
-        if not (model_dir / "config.json").is_file():
-            raise UsageError(f"--model {model_dir}: no config.json there")
+    model_dir = _model(args.model)
     try:
         limit = load_model_config(model_dir).max_position_embeddings
-    except ValueError as exc:  # unparsable JSON or a ModelConfigError
+    except ValueError as exc:  # unparsable JSON, a ModelConfigError or a CheckpointError
         raise UsageError(f"--model {model_dir}: {exc}") from None
     need = max(workload.prefix_len + workload.suffix_len + 1,
                workload.prompt_len[1] + workload.output_len[1])
@@ -120,3 +116,17 @@ def run(args: argparse.Namespace) -> int:
                          "tokens the workload needs")
     run_bench(model_dir, workload, json_path=args.json)
     return 0
+
+
+def _model(given: str) -> Path:
+    from aruntime.engine.default_model import ModelNotFoundError, is_gguf_file, resolve_model
+    from aruntime.errors import UsageError
+
+    try:
+        model = resolve_model(given)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if not (is_gguf_file(model) or (model / "config.json").is_file()):
+        raise UsageError(f"--model {given}: neither a checkpoint directory with a config.json "
+                         "nor a GGUF file")
+    return model

@@ -22,9 +22,12 @@ class TransformersBaseline:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
+        # A GGUF file is loaded as transformers loads one: its folder, and the file by name.
+        where = ((model_dir.parent, {"gguf_file": model_dir.name}) if model_dir.is_file()
+                 else (model_dir, {}))
         # Any: transformers' stubs type `.to` on the loaded model as taking another model
         loaded: Any = transformers.AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32)
+            where[0], dtype=torch.float32, **where[1])
         self.model: Any = loaded.to(device).eval()
         if next(self.model.parameters()).dtype != torch.float32:
             raise RuntimeError("the baseline did not load in fp32")

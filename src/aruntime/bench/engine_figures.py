@@ -39,8 +39,14 @@ class Measured:
     duration_s: float
 
     @property
+    def served_name(self) -> str:
+        from aruntime.engine.default_model import served_name
+
+        return served_name(self.model_dir)
+
+    @property
     def model_name(self) -> str:
-        return f"{self.model_dir.name}@{self.revision}"
+        return f"{self.served_name}@{self.revision}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +175,7 @@ def outcome(m: Measured, json_path: Path | None, out: TextIO | None) -> Outcome:
     report.reading("metrics", figures)
     claim = ClaimSpec(
         statement=(f"ARuntime's offline output throughput is {f.ratio:.2f}x that of "
-                   f"{f.base.name} on the same {m.model_dir.name} weights, measured in the same "
+                   f"{f.base.name} on the same {m.served_name} weights, measured in the same "
                    "run"),
         metric="output_throughput", value=f.value, unit="tok/s", direction="higher-is-better",
         baseline_name=f.base.name, baseline_value=f.baseline, metrics=figures,

@@ -11,6 +11,12 @@ from aruntime.engine.config import ModelConfig
 
 
 def load_model_config(model_dir: Path) -> ModelConfig:
+    """A directory's config.json, or a GGUF file's metadata (a CheckpointError, a ValueError,
+    when it cannot be served)."""
+    if model_dir.is_file():
+        from aruntime.engine.gguf_checkpoint import gguf_config, open_reader
+
+        return gguf_config(open_reader(model_dir))
     return ModelConfig.from_hf(json.loads((model_dir / "config.json").read_text()))
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.default_model import served_name
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
 from aruntime.errors import described
@@ -83,8 +84,8 @@ LoopCommand = Command | EngineCall
 class ModelInfo(msgspec.Struct, frozen=True):
     """What the core reports once its model is loaded."""
 
-    model: str  # the checkpoint directory
-    name: str  # its directory name, the default served model name
+    model: str  # the checkpoint directory or GGUF file
+    name: str  # the default served model name: the directory's, the GGUF's stem less its quant
     revision: str  # "sha256:..." digest of the weights
     architecture: str
     max_model_len: int
@@ -140,7 +141,7 @@ def model_info(engine: LLMEngine, config: EngineConfig) -> ModelInfo:
     mc = engine.model_config
     return ModelInfo(
         model=config.model,
-        name=os.path.basename(os.path.normpath(config.model)),
+        name=served_name(config.model),
         revision=engine.revision,
         architecture=mc.architecture,
         max_model_len=engine.max_model_len,

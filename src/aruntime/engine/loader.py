@@ -1,4 +1,5 @@
-"""Open a Hugging Face checkpoint directory: config, tokenizer, weights, and a content digest.
+"""Open a checkpoint: a Hugging Face directory (config, tokenizer, safetensors) or a GGUF file
+(engine/gguf_checkpoint.py); either gives its config, tokenizer, weights and a content digest.
 
 Everything that can be wrong with a directory is reported as a CheckpointError that names the
 file and what is wrong with it, so `serve --model DIR` fails with one readable line.
@@ -32,11 +33,17 @@ class Checkpoint:
     path: Path
     config: ModelConfig
     tokenizer: Tokenizer
-    revision: str  # "sha256:<hex>" over config, tokenizer and weight files
+    revision: str  # "sha256:<hex>" over config, tokenizer and weight files (or the GGUF file)
     weight_files: tuple[Path, ...] = ()
+    format: str = "safetensors"  # or "gguf"
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """All tensors of all weight files, named exactly as stored (loaded on CPU)."""
+        """All tensors of all weight files, named exactly as stored (loaded on CPU); a GGUF's
+        dequantized to float32 under Hugging Face names."""
+        if self.format == "gguf":
+            from aruntime.engine.gguf_checkpoint import gguf_weights
+
+            return gguf_weights(self.path, self.config)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -54,10 +61,18 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Check a checkpoint directory and open its config and tokenizer (weights stay on disk)."""
+    """Check a checkpoint directory or GGUF file and open its config and tokenizer (weights stay
+    on disk)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        from aruntime.engine.default_model import is_gguf_file
+        from aruntime.engine.gguf_checkpoint import load_gguf_checkpoint
+
+        if not is_gguf_file(path):
+            raise CheckpointError(f"checkpoint path {path} is not a directory (nor a GGUF file)")
+        return load_gguf_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is not a directory")
     config = _read_config(path)

@@ -1,5 +1,6 @@
 """A checkpoint's tokenizer: `tokenizer.json` through the `tokenizers` library, the chat template
-from `tokenizer_config.json` (or `chat_template.jinja`), and a streaming detokenizer."""
+from `tokenizer_config.json` (or `chat_template.jinja`); a GGUF file's is rebuilt from its
+metadata (engine/gguf_tokenizer.py). And a streaming detokenizer."""
 
 from __future__ import annotations
 
@@ -121,6 +122,21 @@ class Tokenizer:
         # Added tokens may sit past a gap in the ids; the largest known id bounds valid input.
         self._id_limit = max([self.vocab_size - 1, *backend.get_added_tokens_decoder()]) + 1
         self._compiled: jinja2.Template | None = None
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> Tokenizer:
+        """A checkpoint directory's tokenizer, or the one a GGUF file's metadata describes."""
+        path = Path(path)
+        if not path.is_file():
+            return cls.from_dir(path)
+        from aruntime.engine.gguf_checkpoint import open_reader
+        from aruntime.engine.gguf_tokenizer import gguf_tokenizer
+        from aruntime.engine.loader import CheckpointError
+
+        try:
+            return gguf_tokenizer(open_reader(path))
+        except CheckpointError as exc:
+            raise TokenizerError(str(exc)) from None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:

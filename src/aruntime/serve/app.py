@@ -26,16 +26,19 @@ from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
 from aruntime.serve.state import ServerState
+from aruntime.serve.tool_parsers import parser_for
 
 
 def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               model_info: ModelInfo, data_dir: Path, demo: bool = False,
               owns_client: bool = False, signer: DeploymentKey | None = None,
-              tracer: Tracer | None = None) -> FastAPI:
+              tracer: Tracer | None = None, tool_call_parser: str | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
-    Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py)."""
+    Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
+    Tool calls are read in the `tool_call_parser` format, by default the template's."""
     tracer = tracer or telemetry.process_tracer()
+    tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +46,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, client.collectors()), evidence, key,
-                            tracer=tracer)
+                            tracer=tracer, tool_parser=tool_parser)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,

@@ -4,6 +4,7 @@ against its SLO, and the metrics and evidence record written when it ends, howev
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -17,6 +18,7 @@ from opentelemetry import trace
 from aruntime import __version__
 from aruntime.contracts import EvidenceRecord, Route, Timings, Usage
 from aruntime.contracts.request import SLO
+from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
 from aruntime.evidence.log import output_digest
@@ -25,8 +27,10 @@ from aruntime.serve import protocol as p
 from aruntime.serve import tracing
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
+    InvalidRequestError,
     RateLimitError,
 )
+from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
 
 if TYPE_CHECKING:
     from aruntime.serve.state import ServerState
@@ -68,6 +72,7 @@ class Generation:
     tenant: str
     scope: CacheScope = NO_SCOPE  # keys this tenant's KV blocks apart from every other's
     slo: SLO | None = None
+    tools: ToolPlan = NO_TOOLS  # what the request offered; its answers are read for calls
     started: float = field(default_factory=time.time)
     span: trace.Span = trace.INVALID_SPAN  # serve/tracing.py's, once `tracing.begin` opens it
     _done: bool = False
@@ -102,7 +107,7 @@ class Generation:
 
 def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
           prompts: list[list[int]], prompt_param: str,
-          messages: list[dict[str, Any]] | None = None) -> Generation:
+          messages: list[dict[str, Any]] | None = None, tools: ToolPlan = NO_TOOLS) -> Generation:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     max_len = state.info.max_model_len
     choices = []
@@ -112,6 +117,8 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         for i in range(req.n):
             index = pi * req.n + i
             params = p.sampling_params(req, max_tokens, index, state.info.vocab_size)
+            if tools.constrained:
+                params = _with_tool_constraint(state, tools, params)
             choices.append(Choice(index, f"{request_id}-{index}", prompt, params))
         inputs = {"messages": messages} if messages is not None else {"prompt_token_ids": prompt}
         contract = p.request_contract(req, request_id, state.model_name, inputs,
@@ -121,7 +128,22 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
     return Generation(request_id, kind, int(time.time()), choices, tenant,
-                      CacheScope(kv_salt, shared), slo)
+                      CacheScope(kv_salt, shared), slo, tools)
+
+
+def _with_tool_constraint(state: ServerState, tools: ToolPlan,
+                          params: SamplingParams) -> SamplingParams:
+    """A required (or named) call always parses and its arguments validate."""
+    if params.guided is not None:
+        raise InvalidRequestError("a required or named tool_choice cannot be combined with "
+                                  "another constraint on the output (response_format)",
+                                  param="tool_choice")
+    guided = state.tool_parser.guided(tools)
+    try:  # here, not in the engine: a schema the grammar cannot enforce is the caller's 400
+        check_guided(guided)
+    except GuidedDecodingError as exc:
+        raise InvalidRequestError(f"tools: {exc}", param="tools") from None
+    return dataclasses.replace(params, guided=guided)
 
 
 async def merged(state: ServerState,

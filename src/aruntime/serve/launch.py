@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from aruntime import paths
+from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
 
 if TYPE_CHECKING:
@@ -30,8 +31,7 @@ T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="DIR", type=Path, default=None,
-                        help="a Hugging Face checkpoint directory (default: the demo model)")
+    parser.add_argument("--model", metavar="MODEL", default=None, help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", metavar="NAME", default=None,
@@ -70,16 +70,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                         help="evidence log, its signing key and salts "
                              f"(default: {paths.data_dir()})")
+    parser.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),
+                        help="how the model writes tool calls (default: read from its chat "
+                             "template; hermes when the template does not say)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
 
 
 def check_model_dir(model: Path) -> None:
-    """A bad --model is a usage error with one line, before any process starts."""
+    """A bad --model is a usage error with one line, before any process starts. A GGUF file's
+    metadata is checked where its tokenizer is read (`_serve`): reading it is the slow part."""
     from aruntime.engine.config import ModelConfig, ModelConfigError
+    from aruntime.engine.default_model import is_gguf_file
 
+    if model.is_file():
+        if not is_gguf_file(model):
+            raise UsageError(f"--model {model}: not a directory nor a GGUF file")
+        return
     if not model.is_dir():
-        raise UsageError(f"--model {model}: not a directory")
+        raise UsageError(f"--model {model}: not a directory nor a GGUF file")
     cfg_file = model / "config.json"
     try:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
@@ -118,18 +127,21 @@ def run(args: argparse.Namespace) -> int:
         claim.release()
 
 
-def _model_dir(given: Path | None) -> Path:
-    """The checkpoint to serve, checked: --model, or the demo model said loudly."""
-    from aruntime.engine.demo import ensure_demo_model
+def _model_dir(given: str | None) -> Path:
+    """The checkpoint to serve, checked: --model's path, the default model, or the demo model
+    (said loudly)."""
+    from aruntime.engine.default_model import ModelNotFoundError, is_demo_model, resolve_model
 
-    if given is not None:
-        model = given.expanduser().absolute()
-        check_model_dir(model)
-        return model
-    model = ensure_demo_model("small")
-    logger.warning("no --model given: serving the DEMO model at %s. Its weights are RANDOM, "
-                   "so its output is meaningless text. Pass --model DIR to serve a real "
-                   "Hugging Face checkpoint (config.json, tokenizer.json, *.safetensors).", model)
+    try:
+        model = resolve_model(given)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    check_model_dir(model)
+    if is_demo_model(model):
+        logger.warning("serving the DEMO model at %s. Its weights are RANDOM, so its output is "
+                       "meaningless text. Leave out --model to serve the default model "
+                       "(SmolLM2-135M-Instruct), or pass a checkpoint directory or GGUF file.",
+                       model)
     return model
 
 
@@ -152,14 +164,14 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     import uvicorn
 
     from aruntime import telemetry
-    from aruntime.engine.demo import is_demo_checkpoint
+    from aruntime.engine.default_model import is_demo_model
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
     from aruntime.serve.app import build_app
 
-    try:  # before the engine starts, so that a bad key file is one line
+    try:  # before the engine starts, so that a bad key file or GGUF file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
-        tokenizer = Tokenizer.from_dir(model)
+        tokenizer = Tokenizer.from_path(model)
         tracer = telemetry.process_tracer()  # a bad OTLP setting is one line too
     except (SigningError, OSError, TokenizerError) as exc:
         raise UsageError(str(exc)) from None
@@ -168,8 +180,8 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     info = client.model_info
     name = args.served_model_name or info.name
     app = build_app(client, tokenizer, name, model_info=info,
-                    data_dir=data_dir, demo=is_demo_checkpoint(model), owns_client=True,
-                    signer=signer, tracer=tracer)
+                    data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
+                    signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10)
@@ -279,12 +291,13 @@ class BackgroundServer:
 def background_server(config: EngineConfig, data_dir: Path, *, served_model_name: str | None = None,
                       log_level: str = "warning", workers: int = 1,
                       router_policy: str = "kv", prefill_workers: int = 0,
-                      decode_workers: int = 0, ray: bool = False) -> Iterator[BackgroundServer]:
+                      decode_workers: int = 0, ray: bool = False,
+                      tool_call_parser: str | None = None) -> Iterator[BackgroundServer]:
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
     router, or prefill and decode workers; Ray actors with `ray`, this process connected to a
     cluster already) and the API on a thread here."""
     from aruntime.cluster.factory import open_pool
-    from aruntime.engine.demo import is_demo_checkpoint
+    from aruntime.engine.default_model import is_demo_model
     from aruntime.engine.tokenizer import Tokenizer
     from aruntime.serve.app import build_app
 
@@ -292,9 +305,10 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
                        decode_workers=decode_workers, ray=ray)
     info = client.start()
     try:
-        app = build_app(client, Tokenizer.from_dir(config.model),
+        app = build_app(client, Tokenizer.from_path(config.model),
                         served_model_name or info.name, model_info=info, data_dir=data_dir,
-                        demo=is_demo_checkpoint(Path(config.model)), owns_client=True)
+                        demo=is_demo_model(Path(config.model)), owns_client=True,
+                        tool_call_parser=tool_call_parser)
         with BackgroundServer(app, log_level=log_level) as server:
             server.engine = client
             yield server

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
-from aruntime.engine.outputs import TokenLogprob
+from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
@@ -44,6 +44,9 @@ from aruntime.serve.generation import (
 )
 from aruntime.serve.metrics import CONTENT_TYPE
 from aruntime.serve.state import ServerState
+from aruntime.serve.tool_prompts import render_chat
+from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
+from aruntime.serve.tool_specs import tool_plan
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +146,16 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     state, req = await _admit(request, p.ChatCompletionRequest)
     messages = p.chat_messages(req.messages)
+    tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
     try:
-        text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        text = render_chat(state.tokenizer, messages, tools, state.tool_parser)
     except ChatTemplateError as exc:
         raise InvalidRequestError(str(exc), param="messages") from None
     # The template already spells the special tokens it wants (BOS included).
     prompt = state.tokenizer.encode(text, add_special_tokens=False)
     if not prompt:
         raise InvalidRequestError("messages rendered to an empty prompt", param="messages")
-    gen = plan(state, req, "chatcmpl", [prompt], "messages", messages=messages)
+    gen = plan(state, req, "chatcmpl", [prompt], "messages", messages=messages, tools=tools)
     return await _respond(state, request, gen, req)
 
 
@@ -207,7 +211,11 @@ def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:
         lps = _logprobs(state.tokenizer, gen.kind, c, c.logprobs or [])
         if head is not None and lps is not None:
             lps = p.joined_logprobs(head, lps)
-        if gen.kind == "chat":
+        if gen.kind == "chat" and gen.tools.offered:
+            message, reason = full_message(state.tool_parser, gen.tools, c.text, c.finish_reason)
+            choices.append({"index": c.index, "message": message, "logprobs": lps,
+                            "finish_reason": reason})
+        elif gen.kind == "chat":
             choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text,
                             "refusal": None}, "logprobs": lps, "finish_reason": c.finish_reason})
         else:
@@ -226,13 +234,18 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
             for c in gen.choices:
                 yield chunk(c.index, {"role": "assistant", "content": ""}, None, None)
         echo = {c.index for c in gen.choices if c.echo}  # sent with (before) the first delta
+        readers = ({c.index: StreamedTools(state.tool_parser, gen.tools) for c in gen.choices}
+                   if gen.kind == "chat" and gen.tools.offered else {})
         async for index, out in stream:
             c = gen.apply(index, out)
             if index in echo:
                 echo.discard(index)
                 yield chunk(index, c.echo, _echo_logprobs(state.tokenizer, c), None)
             lps = _logprobs(state.tokenizer, gen.kind, c, out.logprobs)
-            if gen.kind == "chat":
+            if index in readers:
+                for piece in _tool_chunks(chunk, readers[index], index, out, lps, c):
+                    yield piece
+            elif gen.kind == "chat":
                 if out.new_text or lps:
                     yield chunk(index, {"content": out.new_text}, lps, None)
                 if out.finished:
@@ -252,6 +265,19 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
     finally:
         await stream.aclose()
         finalize(state, gen)
+
+
+def _tool_chunks(chunk: Callable[[int, Any, Any, str | None], str], reader: StreamedTools,
+                 index: int, out: RequestOutput, lps: Any, c: Choice) -> list[str]:
+    """A chat delta of a request that offered tools: content and call pieces as the reader
+    releases them, the logprobs on the first."""
+    deltas = reader.push(out.new_text, out.finished)
+    if lps and not deltas:
+        deltas = [{"content": ""}]
+    chunks = [chunk(index, d, lps if k == 0 else None, None) for k, d in enumerate(deltas)]
+    if out.finished:
+        chunks.append(chunk(index, {}, None, finish_reason(c.finish_reason, reader.called)))
+    return chunks
 
 
 def _chunk_object(gen: Generation) -> str:

@@ -15,6 +15,7 @@ from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.outputs import TokenLogprob
 from aruntime.engine.sampling import GuidedDecoding, SamplingParams
 from aruntime.serve.errors import InvalidRequestError
+from aruntime.serve.tool_specs import ToolCallIn, ToolSpec, history_calls
 
 MAX_N = 16
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # seeds: what a torch generator and msgpack both take
@@ -68,6 +69,7 @@ class ChatMessageIn(_Body):
     content: Any = None  # str | list of {"type": "text", "text": str}
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant messages; content may then be null
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -75,6 +77,9 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[ToolSpec] | None = None
+    tool_choice: Any = None  # str | {"type": "function", ...}; checked by tool_specs.tool_plan
+    parallel_tool_calls: bool | None = None  # None: not said (OpenAI's default, true)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -212,10 +217,15 @@ def chat_messages(messages: list[ChatMessageIn]) -> list[dict[str, Any]]:
         elif content is not None and not isinstance(content, str):
             raise InvalidRequestError("content must be a string or a list of text parts",
                                       param=f"messages[{i}].content")
+        if m.role == "tool" and not m.tool_call_id:
+            raise InvalidRequestError("a tool message needs the tool_call_id it answers",
+                                      param=f"messages[{i}].tool_call_id")
         msg: dict[str, Any] = {"role": m.role, "content": content or ""}
         for key in ("name", "tool_call_id"):
             if getattr(m, key) is not None:
                 msg[key] = getattr(m, key)
+        if calls := history_calls(i, m.role, m.tool_calls):
+            msg["tool_calls"] = calls
         out.append(msg)
     return out
 

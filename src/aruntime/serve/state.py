@@ -1,6 +1,7 @@
 """What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
-the evidence log and its signer, admission's learned costs, the tracer, and the tenants' salts.
-Lives on `app.state.server`, made in the app's lifespan (serve/app.py)."""
+the evidence log and its signer, admission's learned costs, the tracer, the model's tool-call
+format, and the tenants' salts. Lives on `app.state.server`, made in the app's lifespan
+(serve/app.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from aruntime.evidence.log import EvidenceLog
 from aruntime.evidence.signing import DeploymentKey
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
+from aruntime.serve.tool_parsers import HermesParser, ToolParser
 
 
 @dataclass
@@ -35,6 +37,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     admission: Admission = field(default_factory=Admission)
     tracer: Tracer = field(default_factory=telemetry.process_tracer)  # serve/tracing.py's spans
+    tool_parser: ToolParser = field(default_factory=HermesParser)  # the model's call format
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
