@@ -161,14 +161,17 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     import uvicorn
 
     from aruntime.engine.default_model import is_demo_model
+    from aruntime.engine.loader import CheckpointError, load_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
     from aruntime.serve.app import build_app
 
     try:  # before the engine starts, so that a bad key file or GGUF file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
-        tokenizer = Tokenizer.from_path(model)
-    except (SigningError, OSError, TokenizerError) as exc:
+        # A GGUF file is checked whole with its tokenizer (architecture, metadata, tensor types)
+        tokenizer = (load_checkpoint(model).tokenizer if model.is_file()
+                     else Tokenizer.from_dir(model))
+    except (SigningError, OSError, TokenizerError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
