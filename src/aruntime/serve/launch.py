@@ -126,15 +126,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_dir(given: str | None) -> Path:
     """The checkpoint to serve, checked: --model's path, the default model, or the demo model
-    (said loudly)."""
-    from aruntime.engine.default_model import ModelNotFoundError, is_demo_model, resolve_model
+    (said loudly when asked for by name; a demo directory given by path is the caller's pick)."""
+    from aruntime.engine.default_model import DEMO, ModelNotFoundError, resolve_model
 
     try:
         model = resolve_model(given)
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None
     check_model_dir(model)
-    if is_demo_model(model):
+    if given == DEMO:
         logger.warning("serving the DEMO model at %s. Its weights are RANDOM, so its output is "
                        "meaningless text. Leave out --model to serve the default model "
                        "(SmolLM2-135M-Instruct), or pass a checkpoint directory or GGUF file.",
