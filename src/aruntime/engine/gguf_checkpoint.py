@@ -129,15 +129,17 @@ def load_gguf_checkpoint(path: Path) -> Checkpoint:
     check_tensor_types(reader, path)
     tokenizer = gguf_tokenizer(reader)
     return Checkpoint(path=path, config=config, tokenizer=tokenizer,
-                      revision="sha256:" + file_sha256(path), weight_files=(path,), format="gguf")
+                      revision="sha256:" + file_sha256(path), weight_files=(path,), format="gguf",
+                      reader=reader)
 
 
-def gguf_weights(path: Path, config: ModelConfig) -> dict[str, torch.Tensor]:
+def gguf_weights(path: Path, config: ModelConfig,
+                 reader: GGUFReader | None = None) -> dict[str, torch.Tensor]:
     """Every tensor dequantized to float32 under its Hugging Face name; llama's Q and K rows put
-    back in the order Hugging Face's rotary embedding expects."""
+    back in the order Hugging Face's rotary embedding expects. `reader`: the file already open."""
     import torch
 
-    reader = open_reader(path)
+    reader = reader or open_reader(path)
     check_tensor_types(reader, path)
     unknown = [t.name for t in reader.tensors if hf_name(t.name) is None]
     if unknown:

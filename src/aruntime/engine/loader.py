@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,8 @@ class Checkpoint:
     revision: str  # "sha256:<hex>" over config, tokenizer and weight files (or the GGUF file)
     weight_files: tuple[Path, ...] = ()
     format: str = "safetensors"  # or "gguf"
+    # A GGUF file's open reader: parsing its metadata takes seconds, so weights() reuses it.
+    reader: Any = field(default=None, repr=False, compare=False)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """All tensors of all weight files, named exactly as stored (loaded on CPU); a GGUF's
@@ -43,7 +45,7 @@ class Checkpoint:
         if self.format == "gguf":
             from aruntime.engine.gguf_checkpoint import gguf_weights
 
-            return gguf_weights(self.path, self.config)
+            return gguf_weights(self.path, self.config, self.reader)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -129,15 +129,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_dir(given: str | None) -> Path:
     """The checkpoint to serve, checked: --model's path, the default model, or the demo model
-    (said loudly)."""
-    from aruntime.engine.default_model import ModelNotFoundError, is_demo_model, resolve_model
+    (said loudly when asked for by name; a demo directory given by path is the caller's pick)."""
+    from aruntime.engine.default_model import DEMO, ModelNotFoundError, resolve_model
 
     try:
         model = resolve_model(given)
     except ModelNotFoundError as exc:
         raise UsageError(str(exc)) from None
     check_model_dir(model)
-    if is_demo_model(model):
+    if given == DEMO:
         logger.warning("serving the DEMO model at %s. Its weights are RANDOM, so its output is "
                        "meaningless text. Leave out --model to serve the default model "
                        "(SmolLM2-135M-Instruct), or pass a checkpoint directory or GGUF file.",
@@ -165,15 +165,18 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
 
     from aruntime import telemetry
     from aruntime.engine.default_model import is_demo_model
+    from aruntime.engine.loader import CheckpointError, load_checkpoint
     from aruntime.engine.tokenizer import Tokenizer, TokenizerError
     from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
     from aruntime.serve.app import build_app
 
     try:  # before the engine starts, so that a bad key file or GGUF file is one line
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
-        tokenizer = Tokenizer.from_path(model)
+        # A GGUF file is checked whole with its tokenizer (architecture, metadata, tensor types)
+        tokenizer = (load_checkpoint(model).tokenizer if model.is_file()
+                     else Tokenizer.from_dir(model))
         tracer = telemetry.process_tracer()  # a bad OTLP setting is one line too
-    except (SigningError, OSError, TokenizerError) as exc:
+    except (SigningError, OSError, TokenizerError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
