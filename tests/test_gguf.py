@@ -288,7 +288,7 @@ def test_smollm_prefill_logits_match(smollm: LLMEngine, hf_smollm: tuple[Any, An
     seq = Sequence("logits", prompt, SamplingParams(max_tokens=1), smollm.key_scheme.root())
     smollm.scheduler.add(seq)
     sched = smollm.scheduler.schedule()
-    _, logits = smollm.runner.execute(sched)
+    _, logits, _ = smollm.runner.execute(sched)
     smollm.scheduler.finish(seq)
     with torch.no_grad():
         ref = hf_smollm[0](torch.tensor([prompt])).logits[0, -1]
