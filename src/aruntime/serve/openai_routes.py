@@ -24,8 +24,8 @@ from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
+from aruntime.serve import logprobs, tracing
 from aruntime.serve import protocol as p
-from aruntime.serve import tracing
 from aruntime.serve.errors import (
     APIError,
     EngineUnavailableError,
@@ -210,7 +210,7 @@ def _full_response(state: ServerState, gen: Generation) -> dict[str, Any]:
         head = _echo_logprobs(state.tokenizer, c)  # first: it sets the offsets after the prompt
         lps = _logprobs(state.tokenizer, gen.kind, c, c.logprobs or [])
         if head is not None and lps is not None:
-            lps = p.joined_logprobs(head, lps)
+            lps = logprobs.joined_logprobs(head, lps)
         if gen.kind == "chat" and gen.tools.offered:
             message, reason = full_message(state.tool_parser, gen.tools, c.text, c.finish_reason)
             choices.append({"index": c.index, "message": message, "logprobs": lps,
@@ -306,7 +306,7 @@ def _echo_logprobs(tok: Tokenizer, c: Choice) -> dict[str, Any] | None:
     """The echoed prompt's logprobs; moves `c.text_offset` past the prompt."""
     if not c.echo or c.prompt_logprobs is None:
         return None
-    obj, c.text_offset = p.echo_logprobs(tok, c.prompt, c.prompt_logprobs)
+    obj, c.text_offset = logprobs.echo_logprobs(tok, c.prompt, c.prompt_logprobs)
     return obj
 
 
@@ -316,6 +316,6 @@ def _logprobs(tok: Tokenizer, kind: str, c: Choice,
     if lps is None or c.params.logprobs is None:
         return None
     if kind == "chat":
-        return p.chat_logprobs(tok, lps)
-    obj, c.text_offset = p.completion_logprobs(tok, lps, c.text_offset)
+        return logprobs.chat_logprobs(tok, lps)
+    obj, c.text_offset = logprobs.completion_logprobs(tok, lps, c.text_offset)
     return obj
