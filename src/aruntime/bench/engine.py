@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     workload = replace(QUICK if args.quick else FULL, seed=args.seed)
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")
-    model_dir = _model(args.model)
+    model_dir = model_argument(args.model)
     try:
         limit = load_model_config(model_dir).max_position_embeddings
     except ValueError as exc:  # unparsable JSON, a ModelConfigError or a CheckpointError
@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model(given: str) -> Path:
+def model_argument(given: str) -> Path:
+    """A bench's `--model`: a name the resolver knows, a checkpoint directory or a GGUF file;
+    anything else is one line (exit 2)."""
     from aruntime.engine.default_model import ModelNotFoundError, is_gguf_file, resolve_model
     from aruntime.errors import UsageError
 

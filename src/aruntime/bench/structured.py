@@ -119,7 +119,9 @@ class Measured:
 
     @property
     def model_name(self) -> str:
-        return f"{self.model_dir.name}@{self.revision}"
+        from aruntime.engine.default_model import served_name
+
+        return f"{served_name(self.model_dir)}@{self.revision}"
 
 
 def measure(model_dir: Path, w: Workload, progress: TextIO | None) -> Measured:
@@ -199,8 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{FULL.rounds} of {FULL.max_tokens}; no claim written")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="write the claim record here (and the raw log to FILE.log)")
-    parser.add_argument("--model", type=Path, metavar="DIR",
-                        help="a checkpoint directory (default: the small demo model)")
+    from aruntime.engine.default_model import DEFAULT, MODEL_HELP
+
+    parser.add_argument("--model", metavar="MODEL", default=DEFAULT, help=MODEL_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,13 +211,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")
-    if args.model is None:
-        from aruntime.engine.demo import ensure_demo_model
+    from aruntime.bench.engine import model_argument
 
-        model_dir = ensure_demo_model("small")
-    else:
-        model_dir = args.model
-        if not (model_dir / "config.json").is_file():
-            raise UsageError(f"--model {model_dir}: no config.json there")
-    run_bench(model_dir, QUICK if args.quick else FULL, json_path=args.json, smoke=args.quick)
+    run_bench(model_argument(args.model), QUICK if args.quick else FULL, json_path=args.json,
+              smoke=args.quick)
     return 0
