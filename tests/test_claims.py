@@ -424,3 +424,20 @@ def test_a_lower_is_better_figure_reads_as_times_lower(tmp_path: Path, repo: Pat
     engine_row = next(line for line in (repo / "README.md").read_text().splitlines()
                       if f"[{CLAIM_ID}]" in line)
     assert "1.25× higher" in engine_row
+
+
+@pytest.mark.parametrize(("direction", "value", "text"), [
+    ("higher-is-better", 56.81, "0.92× (8% lower)"),
+    ("lower-is-better", 110.0, "0.91× (9% higher)")])
+def test_a_figure_worse_than_its_baseline_says_so(direction: str, value: float,
+                                                   text: str) -> None:
+    """A ratio under 1 is not "0.92× higher": the row says by how much it falls short."""
+    from aruntime.claims.render import gain_text
+
+    record = build_claim(
+        statement="a figure short of its baseline", metric="m", value=value, unit="tok/s",
+        direction=direction, baseline_name="b", baseline_value=61.67 if value < 100 else 100.0,
+        metrics={}, model=MODEL, hardware="AMD EPYC, 2 cores", workload="w", precision="fp32",
+        context=1, concurrency=8, seed=0, duration_s=1.0, percentile="p50", raw_log="log\n",
+        measured_at=MEASURED)
+    assert gain_text(ClaimRecord.model_validate(record)) == text

@@ -60,8 +60,10 @@ def _num(value: float) -> str:
 def gain_text(record: ClaimRecord) -> str:
     """The ratio as a reader says it: "3.66× higher" throughput, "3.60× lower" latency (the
     record keeps value / baseline and the direction that reads it)."""
-    word = "lower" if record.direction is Direction.LOWER_IS_BETTER else "higher"
-    return f"{record.gain:.2f}× {word}"
+    lower = record.direction is Direction.LOWER_IS_BETTER
+    if record.gain < 1:  # worse than the baseline: say by how much, in the metric's own sense
+        return f"{record.gain:.2f}× ({1 - record.gain:.0%} {'higher' if lower else 'lower'})"
+    return f"{record.gain:.2f}× {'lower' if lower else 'higher'}"
 
 
 def table_row(record: ClaimRecord) -> str:
