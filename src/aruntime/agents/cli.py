@@ -75,17 +75,9 @@ def _model_path(given: str | None) -> Path | None:
     no model runs without the wheel that holds it."""
     if given is None:
         return None
-    from aruntime.engine.default_model import ModelNotFoundError, is_gguf_file, resolve_model
-    from aruntime.errors import UsageError
+    from aruntime.engine.default_model import checked_model
 
-    try:
-        model = resolve_model(given)
-    except ModelNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    if not (is_gguf_file(model) or (model / "config.json").is_file()):
-        raise UsageError(f"--model {model}: neither a checkpoint directory with a config.json "
-                         "nor a GGUF file")
-    return model
+    return checked_model(given)
 
 
 def _print(value: Any) -> None:

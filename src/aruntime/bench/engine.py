@@ -99,12 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from aruntime.engine.default_model import checked_model
     from aruntime.errors import UsageError
 
     workload = replace(QUICK if args.quick else FULL, seed=args.seed)
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")
-    model_dir = model_argument(args.model)
+    model_dir = checked_model(args.model)
     try:
         limit = load_model_config(model_dir).max_position_embeddings
     except ValueError as exc:  # unparsable JSON, a ModelConfigError or a CheckpointError
@@ -117,18 +118,3 @@ def run(args: argparse.Namespace) -> int:
     run_bench(model_dir, workload, json_path=args.json)
     return 0
 
-
-def model_argument(given: str) -> Path:
-    """A bench's `--model`: a name the resolver knows, a checkpoint directory or a GGUF file;
-    anything else is one line (exit 2)."""
-    from aruntime.engine.default_model import ModelNotFoundError, is_gguf_file, resolve_model
-    from aruntime.errors import UsageError
-
-    try:
-        model = resolve_model(given)
-    except ModelNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    if not (is_gguf_file(model) or (model / "config.json").is_file()):
-        raise UsageError(f"--model {given}: neither a checkpoint directory with a config.json "
-                         "nor a GGUF file")
-    return model

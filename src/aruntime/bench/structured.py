@@ -211,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name")
-    from aruntime.bench.engine import model_argument
+    from aruntime.engine.default_model import checked_model
 
-    run_bench(model_argument(args.model), QUICK if args.quick else FULL, json_path=args.json,
+    run_bench(checked_model(args.model), QUICK if args.quick else FULL, json_path=args.json,
               smoke=args.quick)
     return 0

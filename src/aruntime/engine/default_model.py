@@ -74,3 +74,18 @@ def served_name(path: str | Path) -> str:
     if path.suffix.lower() != ".gguf":
         return path.name
     return _QUANT_SUFFIX.sub("", path.stem) or path.stem
+
+
+def checked_model(given: str | Path) -> Path:
+    """A command's `--model`, resolved and checked: a name above, a checkpoint directory with a
+    config.json or a GGUF file; anything else is a UsageError (exit 2, one line)."""
+    from aruntime.errors import UsageError
+
+    try:
+        model = resolve_model(given)
+    except ModelNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if not (is_gguf_file(model) or (model / "config.json").is_file()):
+        raise UsageError(f"--model {given}: neither a checkpoint directory with a config.json "
+                         "nor a GGUF file")
+    return model
