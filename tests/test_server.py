@@ -471,3 +471,11 @@ def test_a_published_prefix_is_shared_across_tenants(http: httpx.Client) -> None
                     json={**COMPLETION, "aruntime": {"shared_prefix_tokens": -1}})
     assert (bad.status_code == 400
             and bad.json()["error"]["param"] == "aruntime.shared_prefix_tokens")
+
+
+def test_idle_connections_outlive_the_clients_pool(server: BackgroundServer) -> None:
+    """With equal idle timers a client may send on a connection just as the server closes it,
+    and that request is lost (the openai client saw exactly this as a connection error)."""
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert server.server.config.timeout_keep_alive > 2 * client_expiry

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aruntime.serve")
 T = TypeVar("T")
+# An idle keep-alive connection must outlive the client's pool expiry (httpx, and so the openai
+# client, drop theirs after 5 s — uvicorn's own default): with equal timers a client can send on
+# a connection in the instant the server closes it, and a request is lost without a response.
+KEEP_ALIVE_S = 75
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +191,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         client.close()
     return 0
@@ -242,7 +246,7 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)
