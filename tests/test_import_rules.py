@@ -19,6 +19,8 @@ FORBIDDEN = {
     "durable": ("engine", "serve", "cluster"),
     "evidence": ("engine", "serve", "cluster"),
     "governance": ("engine", "serve", "cluster"),
+    # the decision point calls policy/; policy/ never reaches back into what it guards
+    "policy": ("engine", "serve", "cluster", "agents"),
 }
 # contracts/ is a leaf: besides itself, only these helpers of ours
 CONTRACTS_MAY_IMPORT = ("aruntime", "aruntime.timeutil", "aruntime.errors")  # and __version__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -40,9 +40,17 @@ class Route(StrictModel):
 
 
 class PolicyDecision(StrictModel):
+    """One decision at one decision point (policy/decision.py). `reasons` are the determining
+    policy ids; `mode` "log-only" means a denial was recorded but not enforced. The fields
+    after `reasons` are optional, so records written before them stay valid."""
+
     policy_version: NonEmpty
     decision: Literal["allow", "deny"]
     reasons: list[str] = []
+    action: str | None = None
+    resource: str | None = None
+    mode: Literal["enforce", "log-only"] | None = None
+    latency_us: Annotated[float, Field(ge=0.0)] | None = None
 
 
 class Timings(StrictModel):

@@ -3,7 +3,10 @@
 
     APIError                  any error we answer ourselves
     ├── InvalidRequestError   400 invalid_request_error (bad JSON, types, ranges, too long)
+    ├── AuthenticationError   401 authentication_error (no, wrong or revoked credential)
+    ├── PermissionDeniedError 403 permission_error (another tenant; a policy denial)
     ├── NotFoundError         404 invalid_request_error (unknown model: code model_not_found)
+    ├── PayloadTooLargeError  413 invalid_request_error (a body over the server's limit)
     ├── RateLimitError        429 rate_limit_exceeded (admission: code slo_unattainable, with
     │                         a Retry-After header)
     └── EngineUnavailableError 503 server_error (the engine core is gone)
@@ -45,8 +48,27 @@ class InvalidRequestError(APIError):
     error_type = "invalid_request_error"
 
 
+class AuthenticationError(APIError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class NotFoundError(APIError):
     status_code = 404
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLargeError(APIError):
+    status_code = 413
     error_type = "invalid_request_error"
 
 

@@ -1,6 +1,7 @@
 """What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
 the evidence log and its signer, admission's learned costs, the tracer, the model's tool-call
-format, and the tenants' salts. Lives on `app.state.server`, made in the app's lifespan
+format, who is asking (the authenticator) and what they may do (the authorizer), and the tenants'
+salts. Lives on `app.state.server`, made in the app's lifespan
 (serve/app.py)."""
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
 from aruntime.evidence.signing import DeploymentKey
+from aruntime.policy.cedar_authorizer import CedarAuthorizer
+from aruntime.policy.decision import Authorizer
+from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
 from aruntime.serve.tool_parsers import HermesParser, ToolParser
@@ -38,6 +42,8 @@ class ServerState:
     admission: Admission = field(default_factory=Admission)
     tracer: Tracer = field(default_factory=telemetry.process_tracer)  # serve/tracing.py's spans
     tool_parser: ToolParser = field(default_factory=HermesParser)  # the model's call format
+    authenticator: Authenticator = field(default_factory=NoAuth)  # serve --auth
+    authorizer: Authorizer = field(default_factory=CedarAuthorizer)  # serve --policy (builtin)
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:

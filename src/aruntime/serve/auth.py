@@ -1,0 +1,68 @@
+"""The server's side of identity and policy: who is asking (once per request, from its
+`Authorization` header) and the one call a route makes at a decision point.
+
+`principal(request)` is a FastAPI dependency; `decide(...)` asks the authorizer, keeps the
+decision on the request (its evidence record lists them all) and raises 403 for an enforced
+denial. A route never checks a role itself (STYLE 11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Request
+
+from aruntime.policy.decision import Action, Decision, Resource
+from aruntime.policy.identity import AuthError, ForbiddenError, Principal
+from aruntime.serve.errors import AuthenticationError, PermissionDeniedError
+from aruntime.serve.state import ServerState
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+def principal(request: Request) -> Principal:
+    """The request's principal, authenticated on first use; 401 in OpenAI's shape."""
+    found: Principal | None = getattr(request.state, "principal", None)
+    if found is None:
+        try:
+            found = _state(request).authenticator.authenticate(
+                request.headers.get("authorization"))
+        except AuthError as exc:
+            raise AuthenticationError(str(exc)) from None
+        request.state.principal = found
+    return found
+
+
+def tenant_for(request: Request, claimed: str | None) -> str:
+    """The tenant the request acts in (the credential's); 403 when the body names another."""
+    try:
+        return principal(request).acting_for(claimed)
+    except ForbiddenError as exc:
+        raise PermissionDeniedError(str(exc), param="aruntime.tenant",
+                                    code="tenant_mismatch") from None
+
+
+def decisions(request: Request) -> list[Decision]:
+    """The decisions taken for this request so far, in order (for its evidence record)."""
+    found: list[Decision] | None = getattr(request.state, "decisions", None)
+    if found is None:
+        found = request.state.decisions = []
+    return found
+
+
+def decide(request: Request, action: Action, resource: Resource,
+           context: Mapping[str, Any] | None = None, *, enforce: bool = True) -> Decision:
+    """Ask the policy; record the decision; 403 when it denies and the mode enforces (unless
+    `enforce` is False: a filter, such as listing only the permitted models)."""
+    who = principal(request)
+    decision = _state(request).authorizer.decide(who, action, resource, context)
+    decisions(request).append(decision)
+    if enforce and decision.enforced:
+        raise PermissionDeniedError(
+            f"policy denies {action} on {decision.resource} to {who.id} (tenant {who.tenant})",
+            code="policy_denied")
+    return decision
