@@ -31,6 +31,7 @@ from aruntime.contracts import RunEvent, sha256_digest
 from aruntime.durable.journal import Entry
 from aruntime.durable.states import EntryKind, EntryState, RunStatus
 from aruntime.errors import described
+from aruntime.policy.decision import Decision
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 if TYPE_CHECKING:
@@ -122,12 +123,19 @@ class FlowContext:
         done = self._replayed(seq, EntryKind.MODEL, "model", arg_digest)
         if done is not None:
             return dict(self._outcome(done, StepError))
-        result = self.runner.models.complete(prompt, max_tokens=max_tokens,
-                                             temperature=temperature, seed=seed)
+        models, policy = self.runner.models, self.runner.policy
+        decision = policy.model_call(self.run_id, models.name)
+        if decision.enforced:  # journaled, so that a replay is refused the same way
+            self._write(Entry(self.run_id, seq, EntryKind.MODEL, "model", arg_digest,
+                              EntryState.ERROR, error=denied(decision)),
+                        policy=decision.evidence())
+            raise StepError(f"model call {seq}: {denied(decision)}")
+        result = models.complete(prompt, max_tokens=max_tokens, temperature=temperature,
+                                 seed=seed, tenant=policy.owner(self.run_id).tenant)
         self._write(Entry(self.run_id, seq, EntryKind.MODEL, "model", arg_digest, EntryState.DONE,
                           output=self.runner.store_output(self.run_id, result)),
                     model=result.get("model"), model_revision=result.get("model_revision"),
-                    request_id=result.get("request_id"))
+                    request_id=result.get("request_id"), policy=decision.evidence())
         return result
 
     def call_tool(self, tool: Tool, args: dict[str, Any]) -> Any:
@@ -139,10 +147,7 @@ class FlowContext:
         journal, evidence = self.runner.journal, self.runner.evidence
         entry = self._replayed(seq, EntryKind.TOOL, tool.name, call_digest)
         if entry is None:
-            key = sha256_digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
-            detail = {"needs_approval": tool.needs_approval, "side_effect": tool.side_effect}
-            entry = self._write(Entry(self.run_id, seq, EntryKind.TOOL, tool.name, call_digest,
-                                      EntryState.INTENT, idem_key=key, detail=json.dumps(detail)))
+            entry = self._tool_intent(tool, args, seq, call_digest)
         assert entry.idem_key is not None
         while True:
             state = entry.state
@@ -246,6 +251,21 @@ class FlowContext:
         self.journaled[entry.seq] = stored
         return stored
 
+    def _tool_intent(self, tool: Tool, args: dict[str, Any], seq: int,
+                     call_digest: str) -> Entry:
+        """Decide the call for the run's principal (arguments as `context.input`) and journal
+        its intent with the decision, or its refusal: a replay answers from the journal and
+        never asks the policy again."""
+        decision = self.runner.policy.tool_call(self.run_id, tool.name, tool.side_effect, args)
+        key = sha256_digest({"run": self.run_id, "seq": seq}).removeprefix("sha256:")[:32]
+        detail = {"needs_approval": tool.needs_approval, "side_effect": tool.side_effect}
+        state, error = EntryState.INTENT, None
+        if decision.enforced:
+            state, error = EntryState.REJECTED, denied(decision)
+        return self._write(Entry(self.run_id, seq, EntryKind.TOOL, tool.name, call_digest, state,
+                                 error=error, idem_key=key, detail=json.dumps(detail)),
+                           policy=decision.evidence())
+
     def _attempt(self, tool: Tool, args: dict[str, Any], seq: int, key: str,
                  call_digest: str) -> Any:
         evidence = self.runner.evidence
@@ -283,6 +303,12 @@ class FlowContext:
         else:
             evidence.advance(self.run_id, seq, attempted, EntryState.UNKNOWN,
                              RunEvent.TOOL_UNKNOWN, **about)
+
+
+def denied(decision: Decision) -> str:
+    """What a refused call's error says: the policy's decision, naming what determined it."""
+    why = ", ".join(decision.determining) or "no policy permits it (default deny)"
+    return f"policy denied {decision.action} on {decision.resource}: {why}"
 
 
 def deadline_passed(entry: Entry, now: datetime) -> bool:

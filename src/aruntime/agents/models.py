@@ -36,11 +36,17 @@ CALL_TIMEOUT_S = 600.0  # one completion, queueing included
 class Models(ABC):
     """What `ctx.call_model` calls, on the flow's thread (never an event loop's)."""
 
+    @property
+    def name(self) -> str:
+        """The name the model is served under: what a model call's policy decision is about."""
+        return "model"
+
     @abstractmethod
     def complete(self, prompt: str, *, max_tokens: int, temperature: float,
-                 seed: int | None) -> dict[str, Any]:
-        """One completion: `text`, `token_ids`, `finish_reason`, `model` (the name it was
-        served under), `model_revision`, and `request_id` where a request log has it."""
+                 seed: int | None, tenant: str = "default") -> dict[str, Any]:
+        """One completion for `tenant` (whose KV namespace and quota it uses, where those
+        exist): `text`, `token_ids`, `finish_reason`, `model` (the name it was served under),
+        `model_revision`, and `request_id` where a request log has it."""
 
 
 class TextCodec(Protocol):
@@ -127,9 +133,15 @@ class LocalModels(Models):
                 self._client = client
             return self._client, self._codec, self._loop
 
+    @property
+    def name(self) -> str:
+        from aruntime.engine.default_model import resolve_model, served_name
+
+        return served_name(Path(self.model_dir or resolve_model(None)))
+
     def complete(self, prompt: str, *, max_tokens: int, temperature: float,
-                 seed: int | None) -> dict[str, Any]:
-        client, codec, loop = self._start()
+                 seed: int | None, tenant: str = "default") -> dict[str, Any]:
+        client, codec, loop = self._start()  # one process, one tenant: `tenant` changes nothing
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
         info, request_id = client.model_info, f"flow-{uuid.uuid4().hex}"
         with tracing.model_span(self.tracer, info.name, params) as span:

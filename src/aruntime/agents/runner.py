@@ -34,6 +34,7 @@ from aruntime.agents.flow import (
     deadline_passed,
 )
 from aruntime.agents.models import LocalModels, Models
+from aruntime.agents.run_policy import RunPolicy
 from aruntime.agents.tools import check_json
 from aruntime.contracts import RunEvent, sha256_digest
 from aruntime.durable.journal import Entry, JournalError, Run, SqlJournal
@@ -44,6 +45,8 @@ from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.artifacts import ArtifactStore, is_ref
 from aruntime.governance.erasure import TOMBSTONE
 from aruntime.governance.subject_keys import ShreddedError, SubjectKeys, is_sealed
+from aruntime.policy.decision import Authorizer
+from aruntime.policy.identity import ANONYMOUS, Principal
 from aruntime.timeutil import utc_now
 
 SUBJECTS_KEPT = 4096  # runs whose subject a runner keeps in memory
@@ -106,12 +109,15 @@ class Runner:
     """`artifacts`: where payloads over `inline_limit` bytes go (the journal keeps their
     reference). A run with a subject has its payloads sealed with the subject's key, so that
     erasing the subject (governance/erasure.py) leaves nothing of it readable. Each execution
-    of a run is a span on `tracer` (default: the process's; agents/tracing.py)."""
+    of a run is a span on `tracer` (default: the process's; agents/tracing.py). A run acts
+    for the principal that started it: `authorizer` decides its calls (agents/run_policy.py)."""
 
     def __init__(self, journal: SqlJournal, *, signer: DeploymentKey | None = None,
                  models: Models | None = None, artifacts: ArtifactStore | None = None,
-                 inline_limit: int = 64 * 1024, tracer: Tracer | None = None) -> None:
+                 inline_limit: int = 64 * 1024, tracer: Tracer | None = None,
+                 authorizer: Authorizer | None = None) -> None:
         self.journal = journal
+        self.policy = RunPolicy(journal, authorizer)
         self.evidence = RunEvidence(journal, signer)
         self.tracer = tracer or telemetry.process_tracer()
         self.models = models or LocalModels(tracer=self.tracer)
@@ -150,15 +156,17 @@ class Runner:
     # -- lifecycle
 
     def start(self, flow_ref: str, input_value: Any = None, *, run_id: str | None = None,
-              subject: str | None = None) -> RunResult:
-        """Journal the run (idempotent for a given id) and execute it."""
+              subject: str | None = None, principal: Principal | None = None) -> RunResult:
+        """Journal the run (idempotent for a given id) for `principal` and execute it."""
         fn = load_flow(flow_ref)  # a bad reference is an error now, not a failed run
         run_id = run_id or uuid.uuid4().hex
         self._remember(run_id, subject)
         input_json = self.store_output(run_id, input_value)
+        who = principal or ANONYMOUS
         try:
-            run, created = self.evidence.start_run(run_id, flow_ref, input_json, subject,
-                                                   input_digest=sha256_digest(input_json))
+            run, created = self.evidence.start_run(
+                run_id, flow_ref, input_json, subject, self.policy.owner_row(who),
+                input_digest=sha256_digest(input_json), tenant=who.tenant, principal=who.id)
         except JournalError:  # it exists with other input bytes: the same value, sealed anew?
             existing = self._run(run_id)
             self._remember(run_id, existing.subject)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from aruntime.contracts.base import DIGEST_RE, HASH_RE, Count, StrictModel, UtcDatetime
+from aruntime.contracts.evidence import PolicyDecision
 from aruntime.timeutil import utc_now
 
 Digest = Annotated[str, Field(pattern=DIGEST_RE.pattern, description="e.g. 'sha256:<hex>'")]
@@ -48,6 +49,8 @@ class RunEvent(StrEnum):
     HUMAN_ANSWER = "human_answer"
     TOOL_RESOLVED = "tool_resolved"
     HUMAN_TIMEOUT = "human_timeout"
+    # a call the policy refused before anything ran (a tool call, a model call)
+    POLICY_DENIED = "policy_denied"
 
     @property
     def journaled_step(self) -> bool:
@@ -56,7 +59,8 @@ class RunEvent(StrEnum):
 
 
 _JOURNALED_STEPS = frozenset({RunEvent.STEP_DONE, RunEvent.STEP_ERROR, RunEvent.MODEL_DONE,
-                              RunEvent.TOOL_INTENT, RunEvent.WAIT_WAITING})
+                              RunEvent.TOOL_INTENT, RunEvent.WAIT_WAITING,
+                              RunEvent.POLICY_DENIED})
 
 
 class RunEvidenceRecord(StrictModel):
@@ -64,7 +68,8 @@ class RunEvidenceRecord(StrictModel):
     `input_digest`; run_suspended `seq`, `suspended_as`; run_completed `result_digest`; an
     entry's record `seq`, `name`, `arg_digest`, `output_digest` or `error`, and for a model
     call `model`, `model_revision`, `request_id`; a tool phase `idempotency_key`, `outcome`; a
-    person's decision `by`, `decision`, `approves`, `answer_digest`."""
+    person's decision `by`, `decision`, `approves`, `answer_digest`; run_started the run's
+    `tenant` and `principal`; a call or decision the policy decided, its `policy` decision."""
 
     schema_: Literal["aruntime.run-evidence/v1"] = Field("aruntime.run-evidence/v1",
                                                          alias="schema")
@@ -90,6 +95,9 @@ class RunEvidenceRecord(StrictModel):
     decision: Literal["approved", "rejected"] | None = None
     approves: str | None = Field(None, description="the digest the decision is bound to")
     answer_digest: Digest | None = None
+    tenant: str | None = Field(None, description="the tenant the run acts in")
+    principal: str | None = Field(None, description="who started the run")
+    policy: PolicyDecision | None = None
     prev_hash: ChainHash | None = None
     hash: ChainHash | None = None
     signature: str | None = None

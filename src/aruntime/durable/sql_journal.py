@@ -109,17 +109,21 @@ class SqlJournal(ABC):
     # -- runs
 
     def create_run(self, run_id: str, flow: str, input_json: str, subject: str | None = None,
-                   evidence: EvidenceRow | None = None) -> tuple[Run, bool]:
-        """The run, created if new (with `evidence`, its first evidence record in the same
-        transaction), and whether this call created it. An existing run of the same id is
-        returned as it is (starting a run is idempotent), unless it was for another flow or
-        input."""
+                   evidence: EvidenceRow | None = None,
+                   owner: tuple[str, str] | None = None) -> tuple[Run, bool]:
+        """The run, created if new (with `evidence`, its first evidence record, and `owner`, its
+        (tenant, principal JSON), in the same transaction), and whether this call created it.
+        An existing run of the same id is returned as it is (starting a run is idempotent),
+        unless it was for another flow or input."""
         now = _now()
+        also = [] if owner is None else [
+            ("INSERT INTO run_owners (run_id, tenant, principal) VALUES (?, ?, ?)",
+             (run_id, *owner))]
         created = self._write_one(
             "INSERT INTO runs (run_id, flow, input, status, subject, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (run_id, flow, input_json, str(RunStatus.RUNNING), subject, now, now), run_id,
-            evidence)
+            evidence, also)
         if created:
             return Run(run_id, flow, input_json, RunStatus.RUNNING, subject=subject,
                        created_at=now, updated_at=now), True
@@ -129,13 +133,22 @@ class SqlJournal(ABC):
             raise JournalError(f"run {run_id} exists for {run.flow} with another input")
         return run, False
 
+    def run_owner(self, run_id: str) -> tuple[str, str] | None:
+        """(tenant, principal JSON) of the run, or None for a run started without one."""
+        rows = self.query("SELECT tenant, principal FROM run_owners WHERE run_id = ?", (run_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def _write_one(self, sql: str, params: tuple[Any, ...], run_id: str,
-                   evidence: EvidenceRow | None) -> bool:
+                   evidence: EvidenceRow | None,
+                   also: Sequence[tuple[str, tuple[Any, ...]]] = ()) -> bool:
         """Write one row (`sql`, a guarded insert or update) and, if it was written, `evidence`
-        in the same transaction. Whether the row was written."""
+        and the statements `also` in the same transaction. Whether the row was written."""
         with self._cursor(write=True) as cur:
             cur.execute(self._sql(sql), params)
             wrote = bool(cur.rowcount == 1)
+            if wrote:
+                for more, more_params in also:
+                    cur.execute(self._sql(more), more_params)
             if wrote and evidence is not None:
                 self._evidence_in(cur, run_id, evidence)
         return wrote
@@ -151,10 +164,20 @@ class SqlJournal(ABC):
         rows = self.query(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         return run_of(rows[0]) if rows else None
 
-    def list_runs(self, status: str | None = None, limit: int = 100) -> list[Run]:
+    def list_runs(self, status: str | None = None, limit: int = 100,
+                  tenant: str | None = None) -> list[Run]:
         """The newest runs first, those in `status` only if given (a `RunStatus`; other text,
-        as a URL's query may hold, matches none)."""
-        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        as a URL's query may hold, matches none), of `tenant` only if given (a run without an
+        owner is the default tenant's)."""
+        conds, params = [], []
+        if status:
+            conds.append("status = ?")
+            params.append(status)
+        if tenant is not None:
+            conds.append("COALESCE((SELECT tenant FROM run_owners o WHERE o.run_id = runs.run_id),"
+                         " 'default') = ?")
+            params.append(tenant)
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         rows = self.query(f"SELECT {RUN_COLUMNS} FROM runs {where} "
                           "ORDER BY created_at DESC, run_id LIMIT ?", (*params, limit))
         return [run_of(r) for r in rows]
@@ -324,7 +347,8 @@ class SqlJournal(ABC):
             f"SELECT run_id FROM runs WHERE {_FINISHED_SQL} AND updated_at < ?",
             (*FINISHED, cutoff))]
         self.execute_all([(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-                          for run_id in ids for table in ("entries", "evidence", "runs")])
+                          for run_id in ids
+                          for table in ("entries", "evidence", "run_owners", "runs")])
         return ids
 
     # -- connections: one per thread, opened on first use

@@ -23,6 +23,11 @@ SCHEMA = (
         arg_digest TEXT NOT NULL, state TEXT NOT NULL, output TEXT, error TEXT,
         idem_key TEXT, detail TEXT NOT NULL, updated_at TEXT NOT NULL,
         PRIMARY KEY (run_id, seq))""",
+    # who a run acts for: its tenant and principal (JSON: id, roles, via); a run without a row
+    # (started before identities existed) belongs to the default tenant
+    """CREATE TABLE IF NOT EXISTS run_owners (
+        run_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS run_owners_tenant ON run_owners (tenant)",
     """CREATE TABLE IF NOT EXISTS evidence (
         run_id TEXT NOT NULL, n INTEGER NOT NULL, record TEXT NOT NULL, hash TEXT NOT NULL,
         PRIMARY KEY (run_id, n))""",

@@ -47,6 +47,9 @@ ENTRY_EVENTS: Mapping[tuple[EntryKind, EntryState], RunEvent] = {
     (EntryKind.MODEL, EntryState.DONE): RunEvent.MODEL_DONE,
     (EntryKind.TOOL, EntryState.INTENT): RunEvent.TOOL_INTENT,
     (EntryKind.WAIT, EntryState.WAITING): RunEvent.WAIT_WAITING,
+    # refused by the policy before it ran: journaled so that a replay refuses it the same way
+    (EntryKind.TOOL, EntryState.REJECTED): RunEvent.POLICY_DENIED,
+    (EntryKind.MODEL, EntryState.ERROR): RunEvent.POLICY_DENIED,
 }
 
 
@@ -138,11 +141,12 @@ class RunEvidence:
         return self._with_record(run_id, event, {"seq": seq, **fields, "error": error}, write)
 
     def start_run(self, run_id: str, flow: str, input_json: str, subject: str | None,
-                  **fields: Any) -> tuple[Run, bool]:
-        """Create the run with its first evidence record (one transaction)."""
+                  owner: tuple[str, str] | None = None, **fields: Any) -> tuple[Run, bool]:
+        """Create the run with its first evidence record and its owner (one transaction)."""
 
         def write(evidence: EvidenceRow) -> tuple[tuple[Run, bool], bool]:
-            run, created = self.journal.create_run(run_id, flow, input_json, subject, evidence)
+            run, created = self.journal.create_run(run_id, flow, input_json, subject, evidence,
+                                                   owner)
             return (run, created), created
 
         self._heads.setdefault(run_id, (0, GENESIS_HASH))  # a new run's chain starts here

@@ -30,10 +30,15 @@ class ServedModels(Models):
         self.state = state
         self.loop = loop
 
+    @property
+    def name(self) -> str:
+        return self.state.model_name
+
     def complete(self, prompt: str, *, max_tokens: int, temperature: float,
-                 seed: int | None) -> dict[str, Any]:
+                 seed: int | None, tenant: str = "default") -> dict[str, Any]:
         body = p.CompletionRequest(model=self.state.model_name, prompt=prompt,
-                                   max_tokens=max_tokens, temperature=temperature, seed=seed)
+                                   max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                   aruntime={"tenant": tenant})
         # the flow's context (its run's span) does not cross to the loop's thread by itself
         return run_on(self.loop, self._complete(body, otel_context.get_current()))
 
