@@ -27,6 +27,9 @@ class Action(StrEnum):
     READ_EVIDENCE = "read_evidence"
     ADMIN = "admin"
     CHECK_OUTPUT = "check_output"  # the output hook: a decision over a finished output
+    # beside the list: starting (or resuming) and cancelling a durable run
+    START_RUN = "start_run"
+    CANCEL_RUN = "cancel_run"
 
 
 class Mode(StrEnum):

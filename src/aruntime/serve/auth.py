@@ -8,6 +8,7 @@ denial. A route never checks a role itself (STYLE 11).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,12 +39,26 @@ def principal(request: Request) -> Principal:
 
 
 def tenant_for(request: Request, claimed: str | None) -> str:
-    """The tenant the request acts in (the credential's); 403 when the body names another."""
+    """The tenant the request acts in (the credential's); 403 when the body names another.
+    Remembered on the request: its decisions are taken in that tenant."""
     try:
-        return principal(request).acting_for(claimed)
+        tenant = principal(request).acting_for(claimed)
     except ForbiddenError as exc:
         raise PermissionDeniedError(str(exc), param="aruntime.tenant",
                                     code="tenant_mismatch") from None
+    request.state.tenant = tenant
+    return tenant
+
+
+def acting(request: Request) -> Principal:
+    """The principal as it acts in this request: without authentication (`--auth none`) the
+    anonymous principal takes the tenant the request named, as requests did before identities;
+    an authenticated principal is always its credential's."""
+    who = principal(request)
+    tenant = getattr(request.state, "tenant", None)
+    if who.authenticated or tenant is None or tenant == who.tenant:
+        return who
+    return dataclasses.replace(who, tenant=tenant)
 
 
 def decisions(request: Request) -> list[Decision]:
@@ -58,7 +73,7 @@ def decide(request: Request, action: Action, resource: Resource,
            context: Mapping[str, Any] | None = None, *, enforce: bool = True) -> Decision:
     """Ask the policy; record the decision; 403 when it denies and the mode enforces (unless
     `enforce` is False: a filter, such as listing only the permitted models)."""
-    who = principal(request)
+    who = acting(request)
     decision = _state(request).authorizer.decide(who, action, resource, context)
     decisions(request).append(decision)
     if enforce and decision.enforced:

@@ -9,20 +9,22 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from aruntime import __version__
-from aruntime.contracts import EvidenceRecord, Route, Timings, Usage
+from aruntime.contracts import EvidenceRecord, PolicyDecision, Route, Timings, Usage
 from aruntime.contracts.request import SLO
 from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
 from aruntime.evidence.log import output_digest
 from aruntime.kv.keys import NO_SCOPE, CacheScope
+from aruntime.policy.decision import Decision
+from aruntime.policy.identity import Principal
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
 from aruntime.serve.admission import Prediction
@@ -75,6 +77,10 @@ class Generation:
     tools: ToolPlan = NO_TOOLS  # what the request offered; its answers are read for calls
     started: float = field(default_factory=time.time)
     span: trace.Span = trace.INVALID_SPAN  # serve/tracing.py's, once `tracing.begin` opens it
+    # who asked (None for a flow's model call) and the policy decisions taken for the request
+    principal: Principal | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    output_checked: bool = False
     _done: bool = False
 
     def apply(self, index: int, out: RequestOutput) -> Choice:
@@ -224,12 +230,16 @@ async def _engine_stream(state: ServerState, gen: Generation,
         await stream.aclose()
 
 
-async def collect(state: ServerState, gen: Generation) -> None:
-    """Run every choice to its end, applying its deltas; metrics and evidence once it ends."""
+async def collect(state: ServerState, gen: Generation,
+                  on_whole: Callable[[], None] | None = None) -> None:
+    """Run every choice to its end, applying its deltas, then `on_whole` (the output hook);
+    metrics and evidence once it ends."""
     stream = merged(state, gen)
     try:
         async for index, out in stream:
             gen.apply(index, out)
+        if on_whole is not None:
+            on_whole()
     except Exception as exc:  # raised on to the caller, which answers it
         tracing.fail(gen, exc)
         raise
@@ -283,6 +293,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
                     completion_tokens=usage["completion_tokens"],
                     cached_tokens=usage["prompt_tokens_details"]["cached_tokens"]),
         finish_reasons=[c.finish_reason or "abort" for c in gen.choices],
+        policy_decisions=[PolicyDecision.model_validate(d.evidence()) for d in gen.decisions],
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
         trace_id=tracing.trace_id(gen),
     )

@@ -24,13 +24,16 @@ from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
+from aruntime.policy.decision import Action
 from aruntime.serve import logprobs, tracing
 from aruntime.serve import protocol as p
+from aruntime.serve.auth import acting, decide, decisions, principal
 from aruntime.serve.errors import (
     APIError,
     EngineUnavailableError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     error_body,
 )
 from aruntime.serve.generation import (
@@ -43,6 +46,7 @@ from aruntime.serve.generation import (
     plan,
 )
 from aruntime.serve.metrics import CONTENT_TYPE
+from aruntime.serve.request_policy import check_output, decide_request, model_resource
 from aruntime.serve.state import ServerState
 from aruntime.serve.tool_prompts import render_chat
 from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
@@ -93,13 +97,18 @@ def _model_card(state: ServerState) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(_state(request))]}
+    """The models this principal may invoke (a denial hides a model rather than refusing)."""
+    state = _state(request)
+    allowed = decide(request, Action.INVOKE_MODEL, model_resource(state),
+                     {"model": state.model_name}, enforce=False)
+    return {"object": "list", "data": [_model_card(state)] if not allowed.enforced else []}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
     state = _state(request)
     _check_model(state, model)
+    decide(request, Action.INVOKE_MODEL, model_resource(state), {"model": state.model_name})
     return _model_card(state)
 
 
@@ -122,11 +131,14 @@ def _check_model(state: ServerState, model: str) -> None:
 
 
 async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, RequestT]:
-    """Parse and check a body, and the model it names: every 4xx happens here."""
+    """Who asks, the body, the model it names, and the policy's decisions on them: every 4xx
+    happens here."""
     state = _state(request)
+    principal(request)  # a 401 before the body is read
     req = p.validate(model, p.parse_body(await request.body()))
     _check_model(state, req.model)
     p.check_request(req)
+    decide_request(request, state, req)
     return state, req
 
 
@@ -164,6 +176,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
+    gen.principal, gen.decisions = acting(request), decisions(request)
     trace_context = (req.aruntime or {}).get("trace_context")  # checked by the contract
     tracing.begin(state, gen, telemetry.parent_context(request.headers, trace_context),
                   stream=req.stream, server=request.scope.get("server"))
@@ -179,7 +192,7 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, gen, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    work = asyncio.create_task(collect(state, gen))
+    work = asyncio.create_task(collect(state, gen, lambda: check_output(state, gen)))
     gone = asyncio.create_task(_wait_disconnect(request))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -238,6 +251,8 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
                    if gen.kind == "chat" and gen.tools.offered else {})
         async for index, out in stream:
             c = gen.apply(index, out)
+            if out.finished and all(ch.finish_reason is not None for ch in gen.choices):
+                check_output(state, gen)  # before the last chunks: the hook may withhold them
             if index in echo:
                 echo.discard(index)
                 yield chunk(index, c.echo, _echo_logprobs(state.tokenizer, c), None)
@@ -256,8 +271,9 @@ async def _sse(state: ServerState, gen: Generation, include_usage: bool) -> Asyn
             yield _data({"id": gen.id, "object": _chunk_object(gen), "created": gen.created,
                          "model": state.model_name, "choices": [], "usage": gen.usage()})
         yield "data: [DONE]\n\n"
-    except (EngineDeadError, ValueError) as exc:
+    except (EngineDeadError, ValueError, PermissionDeniedError) as exc:
         error = (EngineUnavailableError(str(exc)) if isinstance(exc, EngineDeadError)
+                 else exc if isinstance(exc, PermissionDeniedError)
                  else InvalidRequestError(str(exc)))
         tracing.fail(gen, exc)
         yield _data(error.body())

@@ -1,0 +1,66 @@
+"""The decision points of an API request: the tenant it acts in (the credential's), the model
+it invokes, the shared KV prefix it would publish to other tenants, and — once its output is
+whole — the output hook, with a detector's findings in `context.findings`. Each is one call to
+serve/auth.py's `decide`; the decisions ride on the request into its evidence record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from aruntime.policy.decision import Action, Resource
+from aruntime.policy.detectors import findings
+from aruntime.serve import protocol as p
+from aruntime.serve.auth import acting, decide, tenant_for
+from aruntime.serve.errors import PermissionDeniedError
+from aruntime.serve.generation import Generation
+from aruntime.serve.state import ServerState
+
+
+def model_resource(state: ServerState) -> Resource:
+    return Resource("Model", state.model_name, {"name": state.model_name})
+
+
+def request_context(state: ServerState, ext: dict[str, Any]) -> dict[str, Any]:
+    """The request's facts a policy may test (what is absent is left out: Cedar has no null)."""
+    ctx: dict[str, Any] = {"model": state.model_name}
+    for name in ("slo", "confidentiality", "shared_prefix_tokens"):
+        if ext.get(name) is not None:
+            ctx[name] = ext[name]
+    return ctx
+
+
+def decide_request(request: Request, state: ServerState, req: p._GenerationRequest) -> None:
+    """Settle the tenant (403 when the body claims another), then decide the model call and any
+    shared-prefix publication (403 on an enforced denial)."""
+    ext = dict(req.aruntime or {})
+    claimed = ext.get("tenant")
+    ext["tenant"] = tenant_for(request, claimed if isinstance(claimed, str) else None)
+    who = acting(request)
+    if who.authenticated:
+        ext["principal"] = who.id  # the contract records who asked, not who the body says
+    req.aruntime = ext
+    ctx = request_context(state, ext)
+    decide(request, Action.INVOKE_MODEL, model_resource(state), ctx)
+    if ext.get("shared_prefix_tokens"):
+        decide(request, Action.PUBLISH_SHARED_PREFIX, model_resource(state), ctx)
+
+
+def check_output(state: ServerState, gen: Generation) -> None:
+    """The output hook, once per request whose output is whole; 403 withholds an output the
+    policy forbids (a stream's is already sent: its last event says so instead)."""
+    if gen.principal is None or gen.output_checked:
+        return  # a flow's model call: its run's decisions cover it
+    gen.output_checked = True
+    found: set[str] = set()
+    for c in gen.choices:
+        found |= findings(c.text)
+    decision = state.authorizer.decide(
+        gen.principal, Action.CHECK_OUTPUT, model_resource(state),
+        {"tenant": gen.tenant, "model": state.model_name, "findings": sorted(found)})
+    gen.decisions.append(decision)
+    if decision.enforced:
+        raise PermissionDeniedError(
+            f"policy withholds the output ({', '.join(sorted(found)) or 'no findings'}): "
+            f"{', '.join(decision.determining) or 'default deny'}", code="output_denied")
