@@ -234,28 +234,32 @@ class Runner:
 
     # -- people's decisions
 
-    def approve(self, run_id: str, seq: int, approves: str, by: str) -> RunResult:
-        """Approve the tool call at `seq`; `approves` must be the digest of its exact call."""
+    def approve(self, run_id: str, seq: int, approves: str, by: str,
+                policy: dict[str, Any] | None = None) -> RunResult:
+        """Approve the tool call at `seq`; `approves` must be the digest of its exact call.
+        `policy` (here and in the other decisions): the decision that let `by` decide."""
         entry = self._entry(run_id, seq, EntryKind.TOOL)
         if approves != entry.arg_digest:
             raise RunError(f"run {run_id} call {seq}: the approval is for {approves}, but the "
                            f"call awaiting approval is {entry.arg_digest}; refused")
         if not self.evidence.advance(run_id, seq, (EntryState.INTENT,), EntryState.APPROVED,
                                      RunEvent.APPROVAL, decision="approved", by=by,
-                                     approves=approves):
+                                     approves=approves, policy=policy):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
 
-    def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected") -> RunResult:
+    def reject(self, run_id: str, seq: int, by: str, reason: str = "rejected",
+               policy: dict[str, Any] | None = None) -> RunResult:
         entry = self._entry(run_id, seq, EntryKind.TOOL)
         if not self.evidence.advance(run_id, seq, (EntryState.INTENT,), EntryState.REJECTED,
                                      RunEvent.APPROVAL, error=f"rejected by {by}: {reason}",
-                                     decision="rejected", by=by, approves=entry.arg_digest):
+                                     decision="rejected", by=by, approves=entry.arg_digest,
+                                     policy=policy):
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not awaiting approval")
         return self.resume(run_id)
 
     def respond(self, run_id: str, seq: int, response: Any, by: str,
-                approves: str | None = None) -> RunResult:
+                approves: str | None = None, policy: dict[str, Any] | None = None) -> RunResult:
         """Answer a human wait. For an approval the answer is `{"approved": bool, ...}` and
         `approves` must be the digest of what the flow asked to be approved."""
         entry = self._entry(run_id, seq, EntryKind.WAIT)
@@ -273,13 +277,13 @@ class Runner:
         stored = self.store_output(run_id, response)
         if not self.evidence.advance(run_id, seq, (EntryState.WAITING,), EntryState.RESOLVED,
                                      RunEvent.HUMAN_ANSWER, output=stored, by=by,
-                                     approves=approves,
+                                     approves=approves, policy=policy,
                                      answer_digest=sha256_digest(stored)):
             raise RunError(f"run {run_id} wait {seq} is {entry.state}, not waiting")
         return self.resume(run_id)
 
     def resolve(self, run_id: str, seq: int, by: str, *, output: Any = None,
-                failed: str | None = None) -> RunResult:
+                failed: str | None = None, policy: dict[str, Any] | None = None) -> RunResult:
         """Settle a tool call whose outcome is unknown: it happened (with `output`) or it
         failed (`failed`, a reason)."""
         entry = self._entry(run_id, seq, EntryKind.TOOL)
@@ -288,12 +292,12 @@ class Runner:
             moved = self.evidence.advance(run_id, seq, unknown, EntryState.ERROR,
                                           RunEvent.TOOL_RESOLVED,
                                           error=f"resolved as failed by {by}: {failed}",
-                                          by=by, outcome="failed")
+                                          by=by, outcome="failed", policy=policy)
         else:
             moved = self.evidence.advance(run_id, seq, unknown, EntryState.DONE,
                                           RunEvent.TOOL_RESOLVED,
                                           output=self.store_output(run_id, output),
-                                          by=by, outcome="applied")
+                                          by=by, outcome="applied", policy=policy)
         if not moved:
             raise RunError(f"run {run_id} call {seq} is {entry.state}, not unknown")
         return self.resume(run_id)

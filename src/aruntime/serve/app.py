@@ -19,6 +19,9 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
 from aruntime.evidence.signing import DeploymentKey, default_key_path
+from aruntime.policy.cedar_authorizer import CedarAuthorizer
+from aruntime.policy.decision import Authorizer
+from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.metrics import Metrics
@@ -32,11 +35,17 @@ from aruntime.serve.tool_parsers import parser_for
 def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               model_info: ModelInfo, data_dir: Path, demo: bool = False,
               owns_client: bool = False, signer: DeploymentKey | None = None,
-              tracer: Tracer | None = None, tool_call_parser: str | None = None) -> FastAPI:
+              tracer: Tracer | None = None, tool_call_parser: str | None = None,
+              authenticator: Authenticator | None = None,
+              authorizer: Authorizer | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
     Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
-    Tool calls are read in the `tool_call_parser` format, by default the template's."""
+    Tool calls are read in the `tool_call_parser` format, by default the template's. Who asks
+    is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
+    may do `authorizer`'s (default: the built-in policy, everything within one's own tenant)."""
+    authenticator = authenticator or NoAuth()
+    authorizer = authorizer or CedarAuthorizer()
     tracer = tracer or telemetry.process_tracer()
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
@@ -46,12 +55,13 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, client.collectors()), evidence, key,
-                            tracer=tracer, tool_parser=tool_parser)
+                            tracer=tracer, tool_parser=tool_parser,
+                            authenticator=authenticator, authorizer=authorizer)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,
                                        ServedModels(state, asyncio.get_running_loop()),
-                                       tracer)
+                                       tracer, state.authorizer)
         try:
             yield
         finally:

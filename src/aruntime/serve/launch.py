@@ -241,6 +241,7 @@ class BackgroundServer:
                  log_level: str = "warning") -> None:
         import uvicorn
 
+        self.app = app
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
@@ -299,10 +300,12 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
                       log_level: str = "warning", workers: int = 1,
                       router_policy: str = "kv", prefill_workers: int = 0,
                       decode_workers: int = 0, ray: bool = False,
-                      tool_call_parser: str | None = None) -> Iterator[BackgroundServer]:
+                      tool_call_parser: str | None = None,
+                      **app_options: Any) -> Iterator[BackgroundServer]:
     """The whole stack on loopback: an engine core process (or `workers` of them behind a
     router, or prefill and decode workers; Ray actors with `ray`, this process connected to a
-    cluster already) and the API on a thread here."""
+    cluster already) and the API on a thread here. `app_options` go to `build_app` (the
+    authenticator, the authorizer, ...)."""
     from aruntime.cluster.factory import open_pool
     from aruntime.engine.default_model import is_demo_model
     from aruntime.engine.tokenizer import Tokenizer
@@ -315,7 +318,7 @@ def background_server(config: EngineConfig, data_dir: Path, *, served_model_name
         app = build_app(client, Tokenizer.from_path(config.model),
                         served_model_name or info.name, model_info=info, data_dir=data_dir,
                         demo=is_demo_model(Path(config.model)), owns_client=True,
-                        tool_call_parser=tool_call_parser)
+                        tool_call_parser=tool_call_parser, **app_options)
         with BackgroundServer(app, log_level=log_level) as server:
             server.engine = client
             yield server

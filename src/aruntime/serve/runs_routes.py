@@ -3,6 +3,12 @@
 The endpoints are plain (synchronous) functions, so the flow a request resumes runs on the
 server's thread pool, never on its event loop. Errors have OpenAI's shape: an unknown run is a
 404, a refused decision (another digest, a wrong state, an answer off its schema) a 400.
+
+Each route is a decision point on the run (`ARuntime::Run`, with its tenant): `start_run` to
+start or resume one, `cancel_run`, `read_evidence` to see it or its evidence (a listing shows
+only the runs the principal may read), `approve` for every answer a person gives. A run started
+here belongs to the caller; a person's decision is recorded as the authenticated principal's,
+with the decision that let them make it.
 """
 
 from __future__ import annotations
@@ -28,20 +34,23 @@ from aruntime.agents.runner import (
 )
 from aruntime.durable.journal import open_journal
 from aruntime.evidence.signing import DeploymentKey
+from aruntime.policy.decision import Action, Authorizer, Decision, Resource
+from aruntime.serve.auth import acting, decide, principal, tenant_for
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
 
 router = APIRouter(prefix="/v1/runs")
 
 
 def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
-                tracer: Tracer | None = None) -> Runner:
+                tracer: Tracer | None = None, authorizer: Authorizer | None = None) -> Runner:
     """The server's runner: the journal named by $ARUNTIME_JOURNAL, else runs.db in the data
-    directory (where `aruntime run` puts it too); its flows call models through `models`."""
+    directory (where `aruntime run` puts it too); its flows call models through `models`, and
+    their calls are decided by `authorizer` (the server's)."""
     from aruntime.agents.cli import JOURNAL_ENV
 
     journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
     return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal),
-                  tracer=tracer)
+                  tracer=tracer, authorizer=authorizer)
 
 
 class StartRun(BaseModel):
@@ -49,9 +58,12 @@ class StartRun(BaseModel):
     input: Any = None
     run_id: str | None = None
     subject: str | None = None
+    tenant: str | None = Field(None, description="the credential's tenant (another is a 403)")
 
 
-class Decision(BaseModel):
+class Answer(BaseModel):
+    """A person's answer to a run's call (the policy's decisions are policy/decision.py's)."""
+
     by: str = "api"
     digest: str | None = Field(None, description="the digest of exactly what is approved")
     answer: Any = None
@@ -86,58 +98,105 @@ def _do(request: Request, name: str, *args: Any, **kwargs: Any) -> dict[str, Any
     return result.to_json()
 
 
+def _decide_on(request: Request, run_id: str, action: Action) -> Decision:
+    """The decision on an existing run (404 if there is none, 403 if denied)."""
+    runner = _runner(request)
+    run = runner.journal.get_run(run_id)
+    if run is None:
+        raise NotFoundError(f"no run {run_id}", param="run_id")
+    resource = runner.policy.run_resource(run_id, run.flow)
+    if not principal(request).authenticated:  # nobody is: anonymous acts in the run's tenant
+        tenant_for(request, resource.attrs["tenant"])
+    # the tenant the run belongs to: the built-in policy lets only that tenant's principals in
+    return decide(request, action, resource, {"tenant": resource.attrs["tenant"]})
+
+
+def _decider(request: Request, body: Answer, run_id: str) -> tuple[str, dict[str, Any]]:
+    """Who decides (the authenticated principal, whatever the body says) and the decision
+    that lets them."""
+    decision = _decide_on(request, run_id, Action.APPROVE)
+    who = acting(request)
+    return (who.id if who.authenticated else body.by), decision.evidence()
+
+
 @router.post("")
 def start_run(body: StartRun, request: Request) -> dict[str, Any]:
-    return _do(request, "start", body.flow, body.input, run_id=body.run_id, subject=body.subject)
+    runner = _runner(request)
+    if body.run_id is not None and runner.journal.get_run(body.run_id) is not None:
+        _decide_on(request, body.run_id, Action.START_RUN)  # starting again returns it
+    else:
+        tenant = tenant_for(request, body.tenant)
+        decide(request, Action.START_RUN,
+               Resource("Run", body.run_id or "new", {"tenant": tenant, "flow": body.flow}))
+    return _do(request, "start", body.flow, body.input, run_id=body.run_id, subject=body.subject,
+               principal=acting(request))
 
 
 @router.get("")
-def list_runs(request: Request, status: str | None = None, limit: int = 100) -> dict[str, Any]:
-    runs = _runner(request).journal.list_runs(status, max(1, min(limit, 1000)))
-    return {"object": "list", "data": [summary(r) for r in runs]}
+def list_runs(request: Request, status: str | None = None, limit: int = 100,
+              tenant: str | None = None) -> dict[str, Any]:
+    runner = _runner(request)
+    in_tenant = tenant_for(request, tenant)
+    runs = runner.journal.list_runs(status, max(1, min(limit, 1000)), tenant=in_tenant)
+    readable = []
+    for r in runs:
+        resource = runner.policy.run_resource(r.run_id, r.flow)
+        if not decide(request, Action.READ_EVIDENCE, resource,
+                      {"tenant": resource.attrs["tenant"]}, enforce=False).enforced:
+            readable.append(r)
+    return {"object": "list", "data": [summary(r) for r in readable]}
 
 
 @router.get("/{run_id}")
 def show_run(run_id: str, request: Request) -> dict[str, Any]:
+    _decide_on(request, run_id, Action.READ_EVIDENCE)
     result: dict[str, Any] = _call(request, "describe", run_id)
     return result
 
 
 @router.post("/{run_id}/resume")
 def resume_run(run_id: str, request: Request) -> dict[str, Any]:
+    _decide_on(request, run_id, Action.START_RUN)
     return _do(request, "resume", run_id)
 
 
 @router.post("/{run_id}/cancel")
 def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
+    _decide_on(request, run_id, Action.CANCEL_RUN)
     return _do(request, "cancel", run_id)
 
 
 @router.get("/{run_id}/verify")
 def verify_run(run_id: str, request: Request) -> dict[str, Any]:
+    _decide_on(request, run_id, Action.READ_EVIDENCE)
     result: dict[str, Any] = _call(request, "verify", run_id).to_json()
     return result
 
 
 @router.post("/{run_id}/calls/{seq}/approve")
-def approve(run_id: str, seq: int, body: Decision, request: Request) -> dict[str, Any]:
+def approve(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
     if body.digest is None:
         raise InvalidRequestError("an approval names the digest it approves", param="digest")
-    return _do(request, "approve", run_id, seq, body.digest, body.by)
+    by, policy = _decider(request, body, run_id)
+    return _do(request, "approve", run_id, seq, body.digest, by, policy)
 
 
 @router.post("/{run_id}/calls/{seq}/reject")
-def reject(run_id: str, seq: int, body: Decision, request: Request) -> dict[str, Any]:
-    return _do(request, "reject", run_id, seq, body.by, body.reason)
+def reject(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+    by, policy = _decider(request, body, run_id)
+    return _do(request, "reject", run_id, seq, by, body.reason, policy)
 
 
 @router.post("/{run_id}/calls/{seq}/respond")
-def respond(run_id: str, seq: int, body: Decision, request: Request) -> dict[str, Any]:
-    return _do(request, "respond", run_id, seq, body.answer, body.by, body.digest)
+def respond(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+    by, policy = _decider(request, body, run_id)
+    return _do(request, "respond", run_id, seq, body.answer, by, body.digest, policy)
 
 
 @router.post("/{run_id}/calls/{seq}/resolve")
-def resolve(run_id: str, seq: int, body: Decision, request: Request) -> dict[str, Any]:
+def resolve(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
     if (body.failed is None) == (body.output is None):
         raise InvalidRequestError("give either `output` (it happened) or `failed` (it did not)")
-    return _do(request, "resolve", run_id, seq, body.by, output=body.output, failed=body.failed)
+    by, policy = _decider(request, body, run_id)
+    return _do(request, "resolve", run_id, seq, by, output=body.output, failed=body.failed,
+               policy=policy)
