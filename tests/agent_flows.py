@@ -141,3 +141,10 @@ def _profile(email: str) -> dict[str, Any]:
 def remember(ctx: FlowContext, inp: dict[str, Any]) -> str:
     profile = ctx.step(_profile, inp["email"])
     return str(ctx.step(_shout, profile["email"]))
+
+
+@flow
+def notes(ctx: FlowContext, inp: dict[str, Any]) -> Any:
+    """Remembers a city in governed memory and reads it back (decided, journaled)."""
+    ctx.remember("city", inp["city"], pii=("location",))
+    return ctx.recall("city")

@@ -113,3 +113,31 @@ def test_runs_belong_to_their_tenant(journal: SqlJournal, book: str) -> None:
     assert [r.run_id for r in journal.list_runs(tenant="a")] == ["ra"]
     assert [r.run_id for r in journal.list_runs(tenant="default")] == ["anon"]
     assert Runner(journal).policy.owner("rb") == BOB  # read back by another runner
+
+
+MEMORY_POLICY = """
+@id("own-tenant")
+permit (principal, action, resource) when { context.tenant == principal.tenant };
+@id("guests-write-only")
+forbid (principal, action == ARuntime::Action::"read_memory", resource)
+when { principal.roles.contains("guest") };
+"""
+
+
+def test_memory_reads_and_writes_are_decided_and_journaled(journal: SqlJournal) -> None:
+    authorizer = CedarAuthorizer(CedarPolicy.parse(MEMORY_POLICY))
+    runner = Runner(journal, signer=DeploymentKey.generate(), authorizer=authorizer)
+    ok = runner.start("agent_flows:notes", {"city": "Lisbon"}, run_id="m1", principal=ALICE)
+    assert (ok.status, ok.result) == (RunStatus.COMPLETED, "Lisbon")
+    steps = [r for r in records(journal, "m1") if r["event"] == "step_done"]
+    assert [(r["name"], r["policy"]["decision"]) for r in steps] == [
+        ("write_memory", "allow"), ("read_memory", "allow")]
+    guest = Principal("gus", "a", frozenset({"guest"}), "key", "k3")
+    refused = runner.start("agent_flows:notes", {"city": "Porto"}, run_id="m2", principal=guest)
+    assert refused.status == RunStatus.FAILED and "guests-write-only" in (refused.error or "")
+    denied = [r for r in records(journal, "m2") if r["event"] == "step_error"]
+    assert denied[0]["policy"]["reasons"] == ["guests-write-only"]
+    # what alice wrote is hers: the store keys it by her tenant, user and the flow
+    from aruntime.governance.memory import Scope
+    item = runner.memory.get(Scope("a", "alice", "agent_flows:notes"), "city")
+    assert item is not None and item.value == "Lisbon"

@@ -311,12 +311,10 @@ def run_erase(args: argparse.Namespace) -> int:
     """Crypto-shred a subject across memory, run payloads and artifacts; print the receipt."""
     from aruntime.errors import UsageError
     from aruntime.governance.erasure import LegalHoldError, erase_subject
-    from aruntime.governance.memory import MemoryStore
-
     runner = _runner(args)
     try:
         receipt = erase_subject(args.subject, runner.journal, runner.keys,
-                                MemoryStore(runner.journal, runner.keys), runner.artifacts,
+                                runner.memory, runner.artifacts,
                                 runner.evidence.signer, release_holds=args.release_holds)
     except LegalHoldError as exc:
         raise UsageError(str(exc)) from None

@@ -31,7 +31,7 @@ from aruntime.contracts import RunEvent, sha256_digest
 from aruntime.durable.journal import Entry
 from aruntime.durable.states import EntryKind, EntryState, RunStatus
 from aruntime.errors import described
-from aruntime.policy.decision import Decision
+from aruntime.policy.decision import Action, Decision
 from aruntime.timeutil import parse_rfc3339, rfc3339, utc_now
 
 if TYPE_CHECKING:
@@ -137,6 +137,21 @@ class FlowContext:
                     model=result.get("model"), model_revision=result.get("model_revision"),
                     request_id=result.get("request_id"), policy=decision.evidence())
         return result
+
+    def remember(self, key: str, value: Any, *, user: str | None = None,
+                 retention: str = "long", pii: tuple[str, ...] = ()) -> None:
+        """Write `value` under `key` in governed memory (agents/memory_calls.py): decided as
+        `write_memory`, journaled, sealed with the subject's key."""
+        from aruntime.agents.memory_calls import memory_call
+
+        memory_call(self, Action.WRITE_MEMORY, key, value, user, retention=retention,
+                    pii=list(pii))
+
+    def recall(self, key: str, *, user: str | None = None) -> Any:
+        """The value under `key` in governed memory, or None; decided as `read_memory`."""
+        from aruntime.agents.memory_calls import memory_call
+
+        return memory_call(self, Action.READ_MEMORY, key, user=user)
 
     def call_tool(self, tool: Tool, args: dict[str, Any]) -> Any:
         """Validate, journal the intent, (wait for approval,) journal the attempt, call the tool

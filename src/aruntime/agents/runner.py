@@ -44,6 +44,7 @@ from aruntime.evidence.runs import RunEvidence, RunVerify, verify_run
 from aruntime.evidence.signing import DeploymentKey
 from aruntime.governance.artifacts import ArtifactStore, is_ref
 from aruntime.governance.erasure import TOMBSTONE
+from aruntime.governance.memory import MemoryStore
 from aruntime.governance.subject_keys import ShreddedError, SubjectKeys, is_sealed
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import ANONYMOUS, Principal
@@ -122,6 +123,7 @@ class Runner:
         self.tracer = tracer or telemetry.process_tracer()
         self.models = models or LocalModels(tracer=self.tracer)
         self.keys = SubjectKeys(journal)
+        self.memory = MemoryStore(journal, self.keys)  # what flows remember (ctx.remember)
         self.artifacts = artifacts
         self.inline_limit = inline_limit
         # run -> subject, the runs touched last: a run's subject never changes, and one out of
