@@ -22,6 +22,7 @@ from aruntime.evidence.signing import DeploymentKey, default_key_path
 from aruntime.policy.cedar_authorizer import CedarAuthorizer
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
+from aruntime.policy.quotas import Quotas
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.metrics import Metrics
@@ -37,13 +38,14 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               owns_client: bool = False, signer: DeploymentKey | None = None,
               tracer: Tracer | None = None, tool_call_parser: str | None = None,
               authenticator: Authenticator | None = None,
-              authorizer: Authorizer | None = None) -> FastAPI:
+              authorizer: Authorizer | None = None, quotas: Quotas | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
     Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
     Tool calls are read in the `tool_call_parser` format, by default the template's. Who asks
     is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
-    may do `authorizer`'s (default: the built-in policy, everything within one's own tenant)."""
+    may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
+    how much each tenant may ask `quotas`' (default: unlimited)."""
     authenticator = authenticator or NoAuth()
     authorizer = authorizer or CedarAuthorizer()
     tracer = tracer or telemetry.process_tracer()
@@ -56,7 +58,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, client.collectors()), evidence, key,
                             tracer=tracer, tool_parser=tool_parser,
-                            authenticator=authenticator, authorizer=authorizer)
+                            authenticator=authenticator, authorizer=authorizer,
+                            quotas=quotas or Quotas())
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,

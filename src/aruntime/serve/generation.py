@@ -25,6 +25,7 @@ from aruntime.evidence.log import output_digest
 from aruntime.kv.keys import NO_SCOPE, CacheScope
 from aruntime.policy.decision import Decision
 from aruntime.policy.identity import Principal
+from aruntime.policy.quotas import Lease, QuotaExceeded
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
 from aruntime.serve.admission import Prediction
@@ -81,6 +82,7 @@ class Generation:
     principal: Principal | None = None
     decisions: list[Decision] = field(default_factory=list)
     output_checked: bool = False
+    lease: Lease | None = None  # its hold on the tenant's quota, released in `finalize`
     _done: bool = False
 
     def apply(self, index: int, out: RequestOutput) -> Choice:
@@ -192,6 +194,21 @@ async def merged(state: ServerState,
 # ---- admission control -------------------------------------------------------------------------
 
 
+def admit_quota(state: ServerState, gen: Generation) -> None:
+    """Take the request's hold on its tenant's quota (429 past it): one request, its prompts
+    and each choice's max_tokens as its token estimate, settled on what it used."""
+    prompts = {id(c.prompt): len(c.prompt) for c in gen.choices}
+    estimate = sum(prompts.values()) + sum(c.params.max_tokens for c in gen.choices)
+    try:
+        gen.lease = state.quotas.acquire(gen.tenant, estimate)
+    except QuotaExceeded as exc:
+        state.metrics.quota_rejected.labels(exc.reason).inc()
+        code = ("concurrency_limit_exceeded" if exc.reason == "concurrency"
+                else "rate_limit_exceeded")
+        raise RateLimitError(exc.message, retry_after_s=exc.retry_after_s, code=code,
+                             param="aruntime.tenant") from None
+
+
 def admit_slo(state: ServerState, gen: Generation) -> None:
     """Refuse now (429) when no worker is predicted to meet the request's SLO. A refused
     request gets no evidence record: nothing ran, nothing was produced."""
@@ -263,6 +280,9 @@ def finalize(state: ServerState, gen: Generation) -> None:
                                  arrival_time=last.arrival_time,
                                  first_token_time=last.first_token_time)
         state.metrics.observe_finished(last, c.num_tokens, last.finish_time or now)
+    if gen.lease is not None:
+        used = gen.usage()
+        gen.lease.release(used["prompt_tokens"] + used["completion_tokens"])
     try:
         state.evidence.append(_evidence(state, gen, now))
     except Exception:  # a failed append must not fail the response

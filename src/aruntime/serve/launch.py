@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
+from aruntime.policy import quota_args
 
 if TYPE_CHECKING:
     from aruntime.cluster.serving import ServingPool
@@ -79,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "template; hermes when the template does not say)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
+    quota_args.add_arguments(parser)
 
 
 def check_model_dir(model: Path) -> None:
@@ -182,13 +184,15 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
         tracer = telemetry.process_tracer()  # a bad OTLP setting is one line too
     except (SigningError, OSError, TokenizerError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
+    quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
     info = client.model_info
     name = args.served_model_name or info.name
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
-                    signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser)
+                    signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
+                    quotas=quotas)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)

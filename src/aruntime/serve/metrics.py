@@ -112,6 +112,10 @@ class Metrics:
         self.rejected = Counter("aruntime:requests_rejected",
                                 "Requests refused by admission control, by the SLO part missed.",
                                 ["model_name", "reason"], registry=r)
+        # by limit, not by tenant: tenants are unbounded, a label per tenant would be too
+        self.quota_rejected = Counter("aruntime:quota_rejections",
+                                      "Requests refused by a tenant quota, by the limit hit.",
+                                      ["limit"], registry=r)
 
     def observe_finished(self, last: RequestOutput, num_generated: int, end_time: float) -> None:
         """One engine request ended: `last` is its final delta (or a synthetic abort)."""

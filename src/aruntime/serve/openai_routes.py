@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
@@ -39,6 +40,7 @@ from aruntime.serve.errors import (
 from aruntime.serve.generation import (
     Choice,
     Generation,
+    admit_quota,
     admit_slo,
     collect,
     finalize,
@@ -183,15 +185,23 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
     try:
         if not state.client.is_alive:  # before a 200 starts a stream
             raise EngineUnavailableError("the engine is not running")
+        admit_quota(state, gen)
         admit_slo(state, gen)
     except APIError as exc:  # refused before it ran: no evidence record, a failed span
+        if gen.lease is not None:
+            gen.lease.release(0)
         tracing.fail(gen, exc)
         tracing.end(state, gen)
         raise
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def finalized() -> None:  # a client gone before the stream began
+            finalize(state, gen)
+
         return StreamingResponse(_sse(state, gen, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+                                 headers={"Cache-Control": "no-cache"},
+                                 background=BackgroundTask(finalized))
     work = asyncio.create_task(collect(state, gen, lambda: check_output(state, gen)))
     gone = asyncio.create_task(_wait_disconnect(request))
     try:

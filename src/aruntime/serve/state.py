@@ -22,6 +22,7 @@ from aruntime.evidence.signing import DeploymentKey
 from aruntime.policy.cedar_authorizer import CedarAuthorizer
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
+from aruntime.policy.quotas import Quotas
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
 from aruntime.serve.tool_parsers import HermesParser, ToolParser
@@ -44,6 +45,7 @@ class ServerState:
     tool_parser: ToolParser = field(default_factory=HermesParser)  # the model's call format
     authenticator: Authenticator = field(default_factory=NoAuth)  # serve --auth
     authorizer: Authorizer = field(default_factory=CedarAuthorizer)  # serve --policy (builtin)
+    quotas: Quotas = field(default_factory=Quotas)  # serve --tenant-rpm ... (unlimited)
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
