@@ -81,6 +81,7 @@ def test_schema_files_match_models(tmp_path: Path) -> None:
         "aruntime.evidence.v1.json",
         "aruntime.run-evidence.v1.json",
         "aruntime.claim.v1.json",
+        "aruntime.decision.v1.json",
     ]
     for path in written:
         committed = REPO_SCHEMAS / path.name

@@ -34,6 +34,7 @@ from aruntime.contracts.claim import (
     Source,
     SourceKind,
 )
+from aruntime.contracts.decision import DecisionRecord
 from aruntime.contracts.evidence import (
     EvidenceRecord,
     PolicyDecision,
@@ -62,7 +63,8 @@ from aruntime.contracts.run_evidence import RunEvent, RunEvidenceRecord
 __all__ = [
     "CONTRACTS", "PERFORMANCE_FIELDS", "REGISTRY_FIELDS", "SLO", "Baseline", "ChatMessage",
     "ClaimId", "ClaimLabel", "ClaimRecord", "ClaimStatus", "Confidentiality", "Count",
-    "Direction", "EvidenceRecord", "HistoryEntry", "Inputs", "LongText", "ModelRef", "NonEmpty",
+    "DecisionRecord", "Direction", "EvidenceRecord", "HistoryEntry", "Inputs", "LongText",
+    "ModelRef", "NonEmpty",
     "PolicyDecision", "RequestContract", "Route", "RunEvent", "RunEvidenceRecord", "Sampling",
     "Seconds", "Source", "SourceKind", "StrictModel", "Timings", "Usage", "UtcDatetime",
     "WorkloadKind", "canonical_json", "evidence_hash", "export_schemas", "schema_document",

@@ -10,6 +10,7 @@ from typing import Any
 
 from aruntime.contracts.base import StrictModel
 from aruntime.contracts.claim import ClaimRecord
+from aruntime.contracts.decision import DecisionRecord
 from aruntime.contracts.evidence import EvidenceRecord
 from aruntime.contracts.request import RequestContract
 from aruntime.contracts.run_evidence import RunEvidenceRecord
@@ -22,6 +23,7 @@ CONTRACTS: dict[str, type[StrictModel]] = {
     "aruntime.evidence/v1": EvidenceRecord,
     "aruntime.run-evidence/v1": RunEvidenceRecord,
     "aruntime.claim/v1": ClaimRecord,
+    "aruntime.decision/v1": DecisionRecord,
 }
 
 

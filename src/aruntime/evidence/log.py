@@ -21,15 +21,16 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from aruntime.contracts import EvidenceRecord, canonical_json
+from aruntime.contracts import EvidenceRecord, StrictModel, canonical_json
 from aruntime.evidence.chain import GENESIS_HASH, ChainResult, Link, link, read_record, verify_chain
 from aruntime.evidence.signing import DeploymentKey
 
 _TAIL_CHUNK = 64 * 1024
+R = TypeVar("R", bound=StrictModel)
 
 
 class EvidenceLogError(Exception):
@@ -46,14 +47,16 @@ def output_digest(texts: list[str], salt: bytes) -> str:
     return "hmac-sha256:" + hmac.new(salt, canonical_json(list(texts)), hashlib.sha256).hexdigest()
 
 
-class EvidenceLog:
+class EvidenceLog(Generic[R]):
     """One writer per file: appends are serialised by a lock within the process, and an
     exclusive `flock` taken at open makes a second process fail loudly instead of forking
-    the chain."""
+    the chain. Its records are `contract`'s: the request log's by default, or another
+    chained contract (the policy's decision log, `aruntime.decision/v1`)."""
 
     def __init__(self, path: Path, signer: DeploymentKey | None = None, *,
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, contract: type[R] = EvidenceRecord) -> None:  # type: ignore[assignment]
         self.path = Path(path)
+        self.contract = contract
         self.signer = signer
         self.fsync = fsync
         self._lock = threading.Lock()
@@ -75,11 +78,11 @@ class EvidenceLog:
         """The hash the next record will chain to."""
         return self._last_hash
 
-    def append(self, record: EvidenceRecord | dict[str, Any]) -> EvidenceRecord:
+    def append(self, record: R | dict[str, Any]) -> R:
         """Chain `record` to the log (and sign it, with a signer) and write it as one line;
         returns it with both hashes and the signature set. Any the caller set are replaced."""
         if isinstance(record, dict):
-            record = EvidenceRecord.model_validate(record)
+            record = self.contract.model_validate(record)
         with self._lock:
             if self._fd < 0:
                 raise EvidenceLogError(f"{self.path} is closed")
@@ -98,7 +101,7 @@ class EvidenceLog:
                 os.close(self._fd)  # also releases the flock
                 self._fd = -1
 
-    def __enter__(self) -> EvidenceLog:
+    def __enter__(self) -> EvidenceLog[R]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -156,18 +159,19 @@ def _last_newline(fd: int, end: int) -> int:
 
 
 def verify(path: Path, public_key: Ed25519PublicKey | None = None, *,
-           require_signatures: bool = False, anchor: str | None = None) -> ChainResult:
+           require_signatures: bool = False, anchor: str | None = None,
+           contract: type[StrictModel] = EvidenceRecord) -> ChainResult:
     """Check every line: complete, a valid record, its own hash, and its link to the line
     before; with `public_key`, its signature; with `require_signatures`, that it has one; with
     `anchor`, that some record has that hash (records cut from the end lose it). Errors name
     lines from 1."""
     with open(path, "rb") as f:
-        return verify_chain(_lines(f), public_key, require_signatures=require_signatures,
+        return verify_chain(_lines(f, contract), public_key, require_signatures=require_signatures,
                             open_chain=True, anchor=anchor)
 
 
-def _lines(f: Iterable[bytes]) -> Iterator[Link]:
+def _lines(f: Iterable[bytes], contract: type[StrictModel]) -> Iterator[Link]:
     for number, raw in enumerate(f, start=1):
         torn = () if raw.endswith(b"\n") else ("incomplete final line (torn write)",)
-        data, problem = read_record(raw, EvidenceRecord)
+        data, problem = read_record(raw, contract)
         yield Link(f"line {number}", data, (*torn, problem) if problem else torn)

@@ -15,6 +15,7 @@ from opentelemetry.trace import Tracer
 
 from aruntime import __version__, telemetry
 from aruntime.cluster.serving import ServingPool
+from aruntime.contracts import EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
@@ -54,7 +55,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
-        evidence = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
+        evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, client.collectors()), evidence, key,
                             tracer=tracer, tool_parser=tool_parser,

@@ -15,6 +15,7 @@ from opentelemetry.trace import Tracer
 
 from aruntime import telemetry
 from aruntime.cluster.serving import ServingPool
+from aruntime.contracts import EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
@@ -37,7 +38,7 @@ class ServerState:
     demo: bool
     data_dir: Path
     metrics: Metrics
-    evidence: EvidenceLog
+    evidence: EvidenceLog[EvidenceRecord]
     signer: DeploymentKey
     created: int = field(default_factory=lambda: int(time.time()))
     admission: Admission = field(default_factory=Admission)
