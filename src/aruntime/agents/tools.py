@@ -94,3 +94,23 @@ def tool(*, input_schema: dict[str, Any], output_schema: dict[str, Any],
                     needs_approval, reconcile, (fn.__doc__ or "").strip())
 
     return wrap
+
+
+def tools_from(ref: str) -> list[Tool]:
+    """`MODULE:ATTR` (a Tool, or a list of them) or `MODULE` (its module-level Tools), as
+    `aruntime serve --tools` names them; ValueError naming what is wrong."""
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--tools {ref}: cannot import {module_name}: {exc}") from None
+    if not attr:
+        return [v for v in vars(module).values() if isinstance(v, Tool)]
+    value = getattr(module, attr, None)
+    found = [value] if isinstance(value, Tool) else list(value or ()) \
+        if isinstance(value, list | tuple) else []
+    if not found or not all(isinstance(t, Tool) for t in found):
+        raise ValueError(f"--tools {ref}: {attr} is not a Tool or a list of Tools")
+    return found

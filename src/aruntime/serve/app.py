@@ -6,7 +6,7 @@ are serve/openai_routes.py's and serve/runs_routes.py's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from opentelemetry.trace import Tracer
 
 from aruntime import __version__, telemetry
+from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
-from aruntime.contracts import EvidenceRecord
+from aruntime.contracts import DecisionRecord, EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
@@ -26,6 +27,7 @@ from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.mcp_server import McpEndpoint, build_mcp
 from aruntime.serve.metrics import Metrics
 from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.runs_routes import open_runner
@@ -39,14 +41,17 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               owns_client: bool = False, signer: DeploymentKey | None = None,
               tracer: Tracer | None = None, tool_call_parser: str | None = None,
               authenticator: Authenticator | None = None,
-              authorizer: Authorizer | None = None, quotas: Quotas | None = None) -> FastAPI:
+              authorizer: Authorizer | None = None, quotas: Quotas | None = None,
+              tools: Sequence[Tool] = ()) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
     Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
     Tool calls are read in the `tool_call_parser` format, by default the template's. Who asks
     is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
     may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
-    how much each tenant may ask `quotas`' (default: unlimited)."""
+    how much each tenant may ask `quotas`' (default: unlimited); `tools` are served over MCP
+    at /mcp (serve/mcp_server.py)."""
+    mcp = build_mcp()
     authenticator = authenticator or NoAuth()
     authorizer = authorizer or CedarAuthorizer()
     tracer = tracer or telemetry.process_tracer()
@@ -56,20 +61,25 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
         evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
+        decision_log = EvidenceLog(Path(data_dir) / "decisions.jsonl", key,
+                                   contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, client.collectors()), evidence, key,
                             tracer=tracer, tool_parser=tool_parser,
                             authenticator=authenticator, authorizer=authorizer,
-                            quotas=quotas or Quotas())
+                            quotas=quotas or Quotas(), tools={t.name: t for t in tools},
+                            decisions=decision_log)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,
                                        ServedModels(state, asyncio.get_running_loop()),
                                        tracer, state.authorizer)
         try:
-            yield
+            async with mcp.run():
+                yield
         finally:
             evidence.close()
+            decision_log.close()
             app.state.runner.journal.close()
             if owns_client:
                 await client.shutdown()
@@ -77,6 +87,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    app.add_middleware(McpEndpoint, manager=mcp)
     app.include_router(openai_router)
     app.include_router(runs_router)
     return app

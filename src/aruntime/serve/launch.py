@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "template; hermes when the template does not say)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--tools", action="append", default=[], metavar="MODULE[:ATTR]",
+                        help="tools to serve over MCP at /mcp (repeatable): a Tool, a list of "
+                             "them, or a module's Tools")
     quota_args.add_arguments(parser)
 
 
@@ -185,6 +188,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     except (SigningError, OSError, TokenizerError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
+    tools = _tools(args.tools)
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
     info = client.model_info
@@ -192,13 +196,22 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
-                    quotas=quotas)
+                    quotas=quotas, tools=tools)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         client.close()
     return 0
+
+
+def _tools(refs: list[str]) -> list[Any]:
+    from aruntime.agents.tools import tools_from
+
+    try:
+        return [t for ref in refs for t in tools_from(ref)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:

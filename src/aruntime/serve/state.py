@@ -14,8 +14,9 @@ from pathlib import Path
 from opentelemetry.trace import Tracer
 
 from aruntime import telemetry
+from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
-from aruntime.contracts import EvidenceRecord
+from aruntime.contracts import DecisionRecord, EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.evidence.log import EvidenceLog
@@ -47,6 +48,8 @@ class ServerState:
     authenticator: Authenticator = field(default_factory=NoAuth)  # serve --auth
     authorizer: Authorizer = field(default_factory=CedarAuthorizer)  # serve --policy (builtin)
     quotas: Quotas = field(default_factory=Quotas)  # serve --tenant-rpm ... (unlimited)
+    tools: dict[str, Tool] = field(default_factory=dict)  # serve --tools: served over MCP
+    decisions: EvidenceLog[DecisionRecord] | None = None  # decisions no other record holds
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
