@@ -148,3 +148,13 @@ def notes(ctx: FlowContext, inp: dict[str, Any]) -> Any:
     """Remembers a city in governed memory and reads it back (decided, journaled)."""
     ctx.remember("city", inp["city"], pii=("location",))
     return ctx.recall("city")
+
+
+@flow
+def remote_refund(ctx: FlowContext, inp: dict[str, Any]) -> Any:
+    """Calls a tool of an external MCP server through ctx.call_tool."""
+    from aruntime.agents.mcp_tools import McpToolbox
+
+    toolbox = McpToolbox(inp["url"], headers={"Authorization": "Bearer unused"})
+    total = ctx.call_tool(toolbox.get("add"), {"a": 1, "b": inp["amount"]})["sum"]
+    return ctx.call_tool(toolbox.get("refund"), {"order": "o9", "amount": total})

@@ -95,7 +95,7 @@ def test_a_permitted_call_runs_and_a_forbidden_one_is_refused(server: Background
     denied = [r for r in decision_log(server) if r["decision"]["decision"] == "deny"
               and r["decision"]["action"] == "call_tool"]
     assert denied[-1]["decision"]["reasons"] == ["small-refunds"]
-    assert denied[-1]["arg_digest"].startswith("sha256:") and "o2" not in json.dumps(denied)
+    assert denied[-1]["arg_digest"].startswith("sha256:") and "order" not in json.dumps(denied)
 
 
 def test_arguments_that_misfit_the_schema_are_invalid_params(server: BackgroundServer) -> None:
@@ -122,3 +122,25 @@ def test_the_decision_log_is_signed_and_shows_tampering(server: BackgroundServer
     tampered = tmp_path / "decisions.jsonl"
     tampered.write_text("\n".join([lines[0].replace('"allow"', '"deny"'), *lines[1:]]) + "\n")
     assert not verify(tampered, key, contract=DecisionRecord).ok
+
+
+def test_a_flow_calls_an_external_mcp_servers_tools(server: BackgroundServer,
+                                                    tmp_path: Path) -> None:
+    from aruntime.agents.runner import Runner
+    from aruntime.durable.journal import SqliteJournal
+    from aruntime.durable.states import RunStatus
+
+    runner = Runner(SqliteJournal(tmp_path / "runs.db"))
+    before = CALLS.copy()
+    url = f"{server.url}/mcp"
+    result = runner.start("agent_flows:remote_refund", {"url": url, "amount": 4}, run_id="x")
+    assert result.status == RunStatus.COMPLETED, result.error
+    assert result.result["refunded"] == 5
+    key = result.result["key"]  # the journal's idempotency key reached the remote tool
+    assert CALLS[f"refund:{key}"] == 1 and CALLS["add"] == before["add"] + 1
+    runner.journal.set_status("x", RunStatus.RUNNING)
+    assert runner.resume("x").result == result.result  # replayed from the journal
+    assert CALLS[f"refund:{key}"] == 1 and CALLS["add"] == before["add"] + 1
+    refused = runner.start("agent_flows:remote_refund", {"url": url, "amount": 200},
+                           run_id="y")
+    assert refused.status == RunStatus.FAILED and "small-refunds" in (refused.error or "")
