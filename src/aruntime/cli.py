@@ -82,6 +82,9 @@ COMMANDS: tuple[Command, ...] = (
     _runs("compact", "drop a finished run's journal entries"),
     _runs("prune", "delete finished runs past an age"),
     _word("subjects", "aruntime.agents.cli", "erase", "crypto-shred a subject everywhere"),
+    _word("keys", "aruntime.policy.keys_cli", "create", "create an API key (printed once)"),
+    _word("keys", "aruntime.policy.keys_cli", "list", "list API keys (never their secrets)"),
+    _word("keys", "aruntime.policy.keys_cli", "revoke", "revoke an API key"),
 )
 
 

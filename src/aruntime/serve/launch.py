@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
-from aruntime.policy import quota_args
+from aruntime.policy import auth_args, quota_args
 
 if TYPE_CHECKING:
     from aruntime.cluster.serving import ServingPool
@@ -84,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tools to serve over MCP at /mcp (repeatable): a Tool, a list of "
                              "them, or a module's Tools")
     quota_args.add_arguments(parser)
+    auth_args.add_arguments(parser)
 
 
 def check_model_dir(model: Path) -> None:
@@ -123,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # the API's socket threads, as in the engine core
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = _model_dir(args.model)
     _check_arguments(args)
+    model = _model_dir(args.model)
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the model loads: a second server on this directory stops here, in one line
         claim = DataDirClaim(data_dir)
@@ -155,6 +156,7 @@ def _model_dir(given: str | None) -> Path:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    auth_args.check(args)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
     if args.workers < 1:
@@ -189,6 +191,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
         raise UsageError(str(exc)) from None
     quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
     tools = _tools(args.tools)
+    authenticator = auth_args.authenticator_from(args, data_dir)
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
     info = client.model_info
@@ -196,7 +199,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
-                    quotas=quotas, tools=tools)
+                    quotas=quotas, tools=tools, authenticator=authenticator)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)

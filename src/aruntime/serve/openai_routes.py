@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -78,7 +78,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(principal)])  # a scraper gets a key too
 async def metrics(request: Request) -> Response:
     state = _state(request)
     try:
@@ -114,7 +114,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     return _model_card(state)
 
 
-@router.get("/v1/evidence/key")
+@router.get("/v1/evidence/key", dependencies=[Depends(principal)])
 async def evidence_key(request: Request) -> dict[str, Any]:
     """The key that signs this server's evidence, and the chain's head now."""
     state = _state(request)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel, Field
@@ -38,7 +38,7 @@ from aruntime.policy.decision import Action, Authorizer, Decision, Resource
 from aruntime.serve.auth import acting, decide, principal, tenant_for
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
 
-router = APIRouter(prefix="/v1/runs")
+router = APIRouter(prefix="/v1/runs", dependencies=[Depends(principal)])
 
 
 def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
