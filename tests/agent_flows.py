@@ -158,3 +158,16 @@ def remote_refund(ctx: FlowContext, inp: dict[str, Any]) -> Any:
     toolbox = McpToolbox(inp["url"], headers={"Authorization": "Bearer unused"})
     total = ctx.call_tool(toolbox.get("add"), {"a": 1, "b": inp["amount"]})["sum"]
     return ctx.call_tool(toolbox.get("refund"), {"order": "o9", "amount": total})
+
+
+@tool(input_schema={"type": "object", "required": ["amount"],
+                    "properties": {"amount": {"type": "integer"}}},
+      output_schema={"type": "object"})
+def pay(args: dict[str, Any]) -> dict[str, Any]:
+    return {"paid": args["amount"]}
+
+
+@flow
+def pay_once(ctx: FlowContext, inp: dict[str, Any]) -> Any:
+    """One tool call, decided for the run's principal (the policy property test)."""
+    return ctx.call_tool(pay, {"amount": inp["amount"]})
