@@ -132,3 +132,18 @@ def test_log_only_lets_the_request_on_and_records_the_denial(
         first = last_evidence(tmp_path)["policy_decisions"][0]
         assert (first["decision"], first["mode"]) == ("deny", "log-only")
         assert first["reasons"] == ["blocked-tenant"]
+
+
+def test_a_refused_request_and_a_read_are_in_the_decision_log(http: httpx.Client,
+                                                              enforcing: BackgroundServer
+                                                              ) -> None:
+    assert complete(http, "blocked").status_code == 403
+    path = enforcing_dir(enforcing) / "decisions.jsonl"
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert (last["via"], last["outcome"], last["tenant"]) == ("http", "refused", "blocked")
+    assert last["decision"]["reasons"] == ["blocked-tenant"]
+    run_id = http.post("/v1/runs", json={"flow": "agent_flows:ask_name",
+                                         "tenant": "a"}).json()["run_id"]
+    assert http.get(f"/v1/runs/{run_id}").status_code == 200
+    read = json.loads(path.read_text().splitlines()[-1])
+    assert read["decision"]["action"] == "read_evidence" and read["outcome"] == "allowed"

@@ -69,13 +69,28 @@ def decisions(request: Request) -> list[Decision]:
     return found
 
 
+def record_decision(state: ServerState, who: Principal, decision: Decision, via: str,
+                    arg_digest: str | None = None) -> None:
+    """One `aruntime.decision/v1` record in the signed decision log."""
+    if state.decisions is not None:
+        state.decisions.append({"principal": who.id, "tenant": who.tenant, "via": via,
+                                "decision": decision.evidence(), "arg_digest": arg_digest,
+                                "outcome": "refused" if decision.enforced else "allowed"})
+
+
 def decide(request: Request, action: Action, resource: Resource,
-           context: Mapping[str, Any] | None = None, *, enforce: bool = True) -> Decision:
+           context: Mapping[str, Any] | None = None, *, enforce: bool = True,
+           log: bool = False) -> Decision:
     """Ask the policy; record the decision; 403 when it denies and the mode enforces (unless
-    `enforce` is False: a filter, such as listing only the permitted models)."""
+    `enforce` is False: a filter, such as listing only the permitted models). The decision log
+    gets it when `log` says no other record will (a read), and whenever it refuses: a refused
+    request writes no evidence record of its own."""
     who = acting(request)
-    decision = _state(request).authorizer.decide(who, action, resource, context)
+    state = _state(request)
+    decision = state.authorizer.decide(who, action, resource, context)
     decisions(request).append(decision)
+    if log or decision.enforced:
+        record_decision(state, who, decision, "http")
     if enforce and decision.enforced:
         raise PermissionDeniedError(
             f"policy denies {action} on {decision.resource} to {who.id} (tenant {who.tenant})",

@@ -28,6 +28,7 @@ from aruntime.contracts import sha256_digest
 from aruntime.errors import described
 from aruntime.policy.decision import Action, Decision, Resource
 from aruntime.policy.identity import AuthError, Principal
+from aruntime.serve.auth import record_decision
 from aruntime.serve.errors import AuthenticationError
 from aruntime.serve.state import ServerState
 
@@ -43,11 +44,7 @@ def tool_resource(tool: Tool) -> Resource:
 def _decide(state: ServerState, who: Principal, action: Action, tool: Tool,
             context: dict[str, Any] | None = None, arg_digest: str | None = None) -> Decision:
     decision = state.authorizer.decide(who, action, tool_resource(tool), context)
-    if state.decisions is not None:
-        state.decisions.append({
-            "principal": who.id, "tenant": who.tenant, "via": "mcp",
-            "decision": decision.evidence(), "arg_digest": arg_digest,
-            "outcome": "refused" if decision.enforced else "allowed"})
+    record_decision(state, who, decision, "mcp", arg_digest)
     return decision
 
 

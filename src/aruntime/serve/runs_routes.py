@@ -108,7 +108,8 @@ def _decide_on(request: Request, run_id: str, action: Action) -> Decision:
     if not principal(request).authenticated:  # nobody is: anonymous acts in the run's tenant
         tenant_for(request, resource.attrs["tenant"])
     # the tenant the run belongs to: the built-in policy lets only that tenant's principals in
-    return decide(request, action, resource, {"tenant": resource.attrs["tenant"]})
+    return decide(request, action, resource, {"tenant": resource.attrs["tenant"]},
+                  log=action is Action.READ_EVIDENCE)
 
 
 def _decider(request: Request, body: Answer, run_id: str) -> tuple[str, dict[str, Any]]:
@@ -142,7 +143,7 @@ def list_runs(request: Request, status: str | None = None, limit: int = 100,
     for r in runs:
         resource = runner.policy.run_resource(r.run_id, r.flow)
         if not decide(request, Action.READ_EVIDENCE, resource,
-                      {"tenant": resource.attrs["tenant"]}, enforce=False).enforced:
+                      {"tenant": resource.attrs["tenant"]}, enforce=False, log=True).enforced:
             readable.append(r)
     return {"object": "list", "data": [summary(r) for r in readable]}
 
