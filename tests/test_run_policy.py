@@ -141,3 +141,16 @@ def test_memory_reads_and_writes_are_decided_and_journaled(journal: SqlJournal) 
     from aruntime.governance.memory import Scope
     item = runner.memory.get(Scope("a", "alice", "agent_flows:notes"), "city")
     assert item is not None and item.value == "Lisbon"
+
+
+def test_what_no_policy_permits_is_denied(journal: SqlJournal, book: str) -> None:
+    only_models = CedarPolicy.parse(
+        '@id("models-only") permit (principal, action == ARuntime::Action::"invoke_model", '
+        "resource);")
+    runner = Runner(journal, signer=DeploymentKey.generate(),
+                    authorizer=CedarAuthorizer(only_models))
+    result = runner.start("agent_flows:ten_steps", {"ledger": book, "pause_s": 0.0},
+                          run_id="d1", principal=ALICE)
+    assert result.status == RunStatus.FAILED and "default deny" in (result.error or "")
+    (refused,) = [r for r in records(journal, "d1") if r["event"] == "policy_denied"]
+    assert refused["policy"]["reasons"] == [] and moved(book) == 0
