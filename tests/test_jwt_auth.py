@@ -83,3 +83,10 @@ def test_a_bad_jwks_file_is_one_line(tmp_path: Path) -> None:
     path.write_text("{nope")
     with pytest.raises(ValueError, match="not a readable JWKS"):
         JwtAuth.from_file(path, ISSUER, AUDIENCE)
+
+
+def test_a_jwks_with_a_private_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [KEY.as_dict(private=True)]}))
+    with pytest.raises(ValueError, match="private or symmetric"):
+        JwtAuth.from_file(path, ISSUER, AUDIENCE)

@@ -29,6 +29,10 @@ class JwtAuth(Authenticator):
 
     def __init__(self, jwks: dict[str, Any], issuer: str, audience: str,
                  tenant_claim: str = "tenant") -> None:
+        for key in jwks.get("keys", []):
+            if key.get("kty") == "oct" or "d" in key:  # a JWKS is public keys only
+                raise ValueError("the JWKS holds a private or symmetric key; give the "
+                                 "issuer's public keys only")
         self.keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
         self.issuer, self.audience, self.tenant_claim = issuer, audience, tenant_claim
 

@@ -38,6 +38,12 @@ def principal(request: Request) -> Principal:
     return found
 
 
+async def require_principal(request: Request) -> Principal:
+    """The routes' dependency: on the event loop (the check is one indexed read or one
+    signature), not a thread-pool hop per request."""
+    return principal(request)
+
+
 def tenant_for(request: Request, claimed: str | None) -> str:
     """The tenant the request acts in (the credential's); 403 when the body names another.
     Remembered on the request: its decisions are taken in that tenant."""

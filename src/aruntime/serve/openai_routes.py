@@ -28,7 +28,7 @@ from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
 from aruntime.policy.decision import Action
 from aruntime.serve import logprobs, tracing
 from aruntime.serve import protocol as p
-from aruntime.serve.auth import acting, decide, decisions, principal
+from aruntime.serve.auth import acting, decide, decisions, principal, require_principal
 from aruntime.serve.errors import (
     APIError,
     EngineUnavailableError,
@@ -78,7 +78,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics", dependencies=[Depends(principal)])  # a scraper gets a key too
+@router.get("/metrics", dependencies=[Depends(require_principal)])  # a scraper gets a key too
 async def metrics(request: Request) -> Response:
     state = _state(request)
     try:
@@ -114,7 +114,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     return _model_card(state)
 
 
-@router.get("/v1/evidence/key", dependencies=[Depends(principal)])
+@router.get("/v1/evidence/key", dependencies=[Depends(require_principal)])
 async def evidence_key(request: Request) -> dict[str, Any]:
     """The key that signs this server's evidence, and the chain's head now."""
     state = _state(request)

@@ -35,10 +35,10 @@ from aruntime.agents.runner import (
 from aruntime.durable.journal import open_journal
 from aruntime.evidence.signing import DeploymentKey
 from aruntime.policy.decision import Action, Authorizer, Decision, Resource
-from aruntime.serve.auth import acting, decide, principal, tenant_for
+from aruntime.serve.auth import acting, decide, principal, require_principal, tenant_for
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
 
-router = APIRouter(prefix="/v1/runs", dependencies=[Depends(principal)])
+router = APIRouter(prefix="/v1/runs", dependencies=[Depends(require_principal)])
 
 
 def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
