@@ -85,6 +85,10 @@ COMMANDS: tuple[Command, ...] = (
     _word("keys", "aruntime.policy.keys_cli", "create", "create an API key (printed once)"),
     _word("keys", "aruntime.policy.keys_cli", "list", "list API keys (never their secrets)"),
     _word("keys", "aruntime.policy.keys_cli", "revoke", "revoke an API key"),
+    _word("policy", "aruntime.policy.cli", "check", "parse and validate a policy bundle"),
+    _word("policy", "aruntime.policy.cli", "test", "run a table of expected decisions"),
+    _word("policy", "aruntime.policy.cli", "explain", "explain one decision"),
+    _word("policy", "aruntime.policy.cli", "sign", "sign a policy bundle (Ed25519)"),
 )
 
 
