@@ -57,6 +57,8 @@ COMMANDS: tuple[Command, ...] = (
             "grammar engines' per-token mask cost: llguidance against xgrammar"),
     Command(("bench", "structured"), "aruntime.bench.structured",
             "decode throughput with a JSON-schema constraint against none"),
+    Command(("bench", "policy"), "aruntime.bench.policy",
+            "policy decisions' cost: cached, uncached, against re-parsing the policy"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
     _word("sim", "aruntime.sim.cli", "calibrate", "measure the engine's costs for sim"),
     Command(("schemas",), "aruntime.contracts.export", "export the contracts' JSON Schemas"),
