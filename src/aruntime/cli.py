@@ -57,6 +57,8 @@ COMMANDS: tuple[Command, ...] = (
             "grammar engines' per-token mask cost: llguidance against xgrammar"),
     Command(("bench", "structured"), "aruntime.bench.structured",
             "decode throughput with a JSON-schema constraint against none"),
+    Command(("bench", "policy"), "aruntime.bench.policy",
+            "policy decisions' cost: cached, uncached, against re-parsing the policy"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
     _word("sim", "aruntime.sim.cli", "calibrate", "measure the engine's costs for sim"),
     Command(("schemas",), "aruntime.contracts.export", "export the contracts' JSON Schemas"),
@@ -85,6 +87,10 @@ COMMANDS: tuple[Command, ...] = (
     _word("keys", "aruntime.policy.keys_cli", "create", "create an API key (printed once)"),
     _word("keys", "aruntime.policy.keys_cli", "list", "list API keys (never their secrets)"),
     _word("keys", "aruntime.policy.keys_cli", "revoke", "revoke an API key"),
+    _word("policy", "aruntime.policy.cli", "check", "parse and validate a policy bundle"),
+    _word("policy", "aruntime.policy.cli", "test", "run a table of expected decisions"),
+    _word("policy", "aruntime.policy.cli", "explain", "explain one decision"),
+    _word("policy", "aruntime.policy.cli", "sign", "sign a policy bundle (Ed25519)"),
 )
 
 

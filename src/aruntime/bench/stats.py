@@ -18,3 +18,8 @@ def median_of(items: list[T], key: Callable[[T], float]) -> T:
     """The median item by `key` (the lower median when the count is even): the round that
     counts when a noisy machine runs a system several times."""
     return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
+def p99(values: list[float]) -> float:
+    """The 99th percentile (the same method as `p90`) of at least two values."""
+    return statistics.quantiles(values, n=100)[-1]

@@ -98,6 +98,12 @@ class DeploymentKey:
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
+    def load(cls, path: Path) -> DeploymentKey:
+        """The key at `path`, which must exist (SigningError otherwise): a signing key named
+        on a command line is never created by the command."""
+        return cls(_load_private(Path(path)), Path(path))
+
+    @classmethod
     def load_or_create(cls, path: Path | None = None) -> DeploymentKey:
         """Load the key at `path` (default: the data directory's), creating it first if it is
         missing, and make sure its public key file beside it is current."""

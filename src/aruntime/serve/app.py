@@ -25,10 +25,11 @@ from aruntime.policy.cedar_authorizer import CedarAuthorizer
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
+from aruntime.policy.reloader import PolicyReloader
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
-from aruntime.serve.metrics import Metrics
+from aruntime.serve.metrics import Metrics, PolicyCollector
 from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
@@ -42,7 +43,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               tracer: Tracer | None = None, tool_call_parser: str | None = None,
               authenticator: Authenticator | None = None,
               authorizer: Authorizer | None = None, quotas: Quotas | None = None,
-              tools: Sequence[Tool] = ()) -> FastAPI:
+              tools: Sequence[Tool] = (),
+              policy_reloader: PolicyReloader | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
     Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
@@ -50,10 +52,14 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
     may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
     how much each tenant may ask `quotas`' (default: unlimited); `tools` are served over MCP
-    at /mcp (serve/mcp_server.py)."""
+    at /mcp (serve/mcp_server.py). A `policy_reloader` (serve --policy) watches the bundle
+    of its authorizer, the default `authorizer` then, while the app runs."""
     mcp = build_mcp()
     authenticator = authenticator or NoAuth()
-    authorizer = authorizer or CedarAuthorizer()
+    if policy_reloader is not None and authorizer not in (None, policy_reloader.authorizer):
+        raise ValueError("the policy reloader reloads its own authorizer: pass one of them")
+    authorizer = authorizer or (policy_reloader.authorizer if policy_reloader is not None
+                                else CedarAuthorizer())
     tracer = tracer or telemetry.process_tracer()
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
@@ -64,7 +70,9 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         decision_log = EvidenceLog(Path(data_dir) / "decisions.jsonl", key,
                                    contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
-                            Metrics(model_name, client.collectors()), evidence, key,
+                            Metrics(model_name, [*client.collectors(),
+                                                 PolicyCollector(authorizer, policy_reloader)]),
+                            evidence, key,
                             tracer=tracer, tool_parser=tool_parser,
                             authenticator=authenticator, authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
@@ -74,10 +82,14 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         app.state.runner = open_runner(Path(data_dir), key,
                                        ServedModels(state, asyncio.get_running_loop()),
                                        tracer, state.authorizer)
+        if policy_reloader is not None:
+            policy_reloader.start()
         try:
             async with mcp.run():
                 yield
         finally:
+            if policy_reloader is not None:
+                policy_reloader.stop()
             evidence.close()
             decision_log.close()
             app.state.runner.journal.close()

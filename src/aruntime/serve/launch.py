@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
-from aruntime.policy import auth_args, quota_args
+from aruntime.policy import auth_args, policy_args, quota_args
 
 if TYPE_CHECKING:
     from aruntime.cluster.serving import ServingPool
@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "them, or a module's Tools")
     quota_args.add_arguments(parser)
     auth_args.add_arguments(parser)
+    policy_args.add_arguments(parser)
 
 
 def check_model_dir(model: Path) -> None:
@@ -192,6 +193,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
     tools = _tools(args.tools)
     authenticator = auth_args.authenticator_from(args, data_dir)
+    authorizer, policy_reloader = policy_args.authorizer_from(args)  # a bad bundle: one line
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
     info = client.model_info
@@ -199,7 +201,8 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     app = build_app(client, tokenizer, name, model_info=info,
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
-                    quotas=quotas, tools=tools, authenticator=authenticator)
+                    quotas=quotas, tools=tools, authenticator=authenticator,
+                    authorizer=authorizer, policy_reloader=policy_reloader)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)

@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.kv.tiered_cache import LOAD_BUCKETS_S
+from aruntime.policy.decision import Authorizer
+from aruntime.policy.reloader import PolicyReloader
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -86,6 +88,35 @@ def _tier_metrics(model_name: str, s: EngineStats) -> Iterator[Metric]:
     yield from families.values()
     yield size
     yield load
+
+
+class PolicyCollector(Collector):
+    """The policy in force (`aruntime:policy_info`: its version, signature and mode) and, with
+    a watched bundle (serve --policy), its reloads and refused reloads by reason."""
+
+    def __init__(self, authorizer: Authorizer, reloader: PolicyReloader | None = None) -> None:
+        self.authorizer = authorizer
+        self.reloader = reloader
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.reloader
+        info = GaugeMetricFamily("aruntime:policy_info", "The policy set in force (always 1).",
+                                 labels=["version", "signature", "mode"])
+        info.add_metric([self.authorizer.version, r.bundle.signature if r else "builtin",
+                         str(getattr(self.authorizer, "mode", "enforce"))], 1)
+        yield info
+        if r is None:
+            return
+        reloads = CounterMetricFamily("aruntime:policy_reloads",
+                                      "New policy versions put in force without a restart.")
+        reloads.add_metric([], r.reloads)
+        yield reloads
+        failures = CounterMetricFamily("aruntime:policy_reload_failures",
+                                       "Changed bundles refused (the previous set stayed), by "
+                                       "reason: signature or policy.", labels=["reason"])
+        for reason in ("signature", "policy"):
+            failures.add_metric([reason], r.failures[reason])
+        yield failures
 
 
 class Metrics:
