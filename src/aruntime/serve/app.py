@@ -1,7 +1,8 @@
 """The server's ASGI app: `build_app` composes a FastAPI app whose state lives on
 `app.state.server` (serve/state.py) and whose resources — the evidence log, the metrics registry
 with the pool's collectors, the runs journal — open in its lifespan and close with it. The routes
-are serve/openai_routes.py's and serve/runs_routes.py's."""
+are serve/openai_routes.py's and serve/runs_routes.py's, behind the request limits
+(serve/limits.py); `/openapi.json` describes them (serve/openapi.py)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ from aruntime.policy.cedar_authorizer import CedarAuthorizer
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
+from aruntime.serve import openapi
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
 from aruntime.serve.metrics import Metrics
 from aruntime.serve.openai_routes import router as openai_router
+from aruntime.serve.prompt_bound import longest_token_bytes
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
 from aruntime.serve.state import ServerState
@@ -42,7 +46,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               tracer: Tracer | None = None, tool_call_parser: str | None = None,
               authenticator: Authenticator | None = None,
               authorizer: Authorizer | None = None, quotas: Quotas | None = None,
-              tools: Sequence[Tool] = ()) -> FastAPI:
+              tools: Sequence[Tool] = (),
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer`, by default the key under `data_dir` (created there if missing).
     Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
@@ -50,12 +55,14 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
     may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
     how much each tenant may ask `quotas`' (default: unlimited); `tools` are served over MCP
-    at /mcp (serve/mcp_server.py)."""
+    at /mcp (serve/mcp_server.py). A body over `max_body_bytes` is refused (413) before it is
+    read."""
     mcp = build_mcp()
     authenticator = authenticator or NoAuth()
     authorizer = authorizer or CedarAuthorizer()
     tracer = tracer or telemetry.process_tracer()
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
+    longest_token = longest_token_bytes(tokenizer)  # once: it reads the whole vocabulary
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +75,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                             tracer=tracer, tool_parser=tool_parser,
                             authenticator=authenticator, authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
-                            decisions=decision_log)
+                            decisions=decision_log, longest_token_bytes=longest_token)
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,
@@ -85,9 +92,11 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                 await client.shutdown()
 
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
     app.add_middleware(McpEndpoint, manager=mcp)
     app.include_router(openai_router)
     app.include_router(runs_router)
+    openapi.install(app)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads
     return app

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aruntime.contracts import RequestContract
 from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.sampling import GuidedDecoding, SamplingParams
+from aruntime.serve import json_body
 from aruntime.serve.errors import InvalidRequestError
 from aruntime.serve.tool_specs import ToolCallIn, ToolSpec, history_calls
 
@@ -81,10 +82,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    """The JSON object of a body, strictly (serve/json_body.py)."""
+    data = json_body.loads(raw)
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object")
     return data
