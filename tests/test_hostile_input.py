@@ -21,6 +21,7 @@ from raw_http import MiB, head, read_response, stream_chunked
 from aruntime.engine.config import EngineConfig
 from aruntime.serve.launch import BackgroundServer, background_server
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH
+from aruntime.serve.prompt_bound import MAX_CHOICES
 
 MAX_MODEL_LEN = 256
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -99,6 +100,25 @@ def test_surrogate_pairs_and_duplicate_keys_are_taken(http: httpx.Client) -> Non
     assert r.json()["usage"]["completion_tokens"] <= 1  # the last of a duplicated key wins
 
 
+@pytest.mark.parametrize("params", [{"top_p": 5e-324}, {"temperature": 5e-324},
+                                    {"temperature": 1e-40, "top_p": 0.5, "top_k": 3}])
+def test_vanishing_sampling_parameters_leave_the_best_token(http: httpx.Client,
+                                                            params: dict[str, Any]) -> None:
+    """Values a float32 rounds to 0 (found by schemathesis: the engine core died of a nan)."""
+    body = {"model": "tiny", "prompt": "the sea", "max_tokens": 4, "ignore_eos": True}
+    r = http.post("/v1/completions", json={**body, **params})
+    assert r.status_code == 200, r.text
+    greedy = http.post("/v1/completions", json={**body, "temperature": 0}).json()
+    assert r.json()["choices"][0]["text"] == greedy["choices"][0]["text"]
+
+
+def test_a_vanishing_repetition_penalty_is_sampled(http: httpx.Client) -> None:
+    r = http.post("/v1/completions", json={"model": "tiny", "prompt": "the sea the sea",
+                                           "max_tokens": 4, "repetition_penalty": 5e-324})
+    assert r.status_code == 200, r.text
+    assert http.get("/health").status_code == 200
+
+
 @pytest.mark.parametrize("body", [
     b'{"flow":"agent_flows:ask_name","input":1e400}',
     b'{"flow":"agent_flows:ask_name","subject":"\\udc00"}',
@@ -146,6 +166,13 @@ def test_prompt_whose_bytes_prove_it_too_long_is_400_untokenized(http: httpx.Cli
     err = error_of(http.post("/v1/completions", json={"model": "tiny",
                                                       "prompt": "a" + " a" * MAX_MODEL_LEN}), 400)
     assert err["code"] == "context_length_exceeded" and "at least" not in err["message"]
+
+
+def test_a_batch_past_the_fan_out_limit_is_400(http: httpx.Client) -> None:
+    body = {"model": "tiny", "prompt": ["a"] * (MAX_CHOICES // 16 + 1), "n": 16, "max_tokens": 1}
+    assert "at most" in error_of(http.post("/v1/completions", json=body), 400)["message"]
+    body["prompt"] = ["a"] * (MAX_CHOICES // 16)
+    assert http.post("/v1/completions", json=body).status_code == 200
 
 
 def test_a_head_over_the_limit_is_refused_before_the_app(server: BackgroundServer) -> None:

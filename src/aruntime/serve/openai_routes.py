@@ -149,7 +149,8 @@ async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, 
 async def completions(request: Request) -> Response:
     state, req = await _admit(request, p.CompletionRequest)
     prompts = await off_loop(prompt_chars(req.prompt), completion_prompts, state.tokenizer,
-                             req.prompt, state.longest_token_bytes, state.info.max_model_len)
+                             req.prompt, req.n, state.longest_token_bytes,
+                             state.info.max_model_len)
     gen = plan(state, req, "cmpl", prompts, "prompt")
     if req.echo:  # the output text and evidence stay the model's; responses lead with these
         texts = p.echo_texts(req.prompt, prompts, state.tokenizer)

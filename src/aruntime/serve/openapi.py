@@ -14,6 +14,27 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from pydantic.config import JsonDict
+
+# What the request models' untyped fields take (their parsers in serve/protocol.py check them,
+# with clearer messages than a type could give), for the description only.
+_TEXT: JsonDict = {"type": "string", "minLength": 1}
+_TOKEN_IDS: JsonDict = {"type": "array", "items": {"type": "integer", "minimum": 0},
+                        "minItems": 1}
+PROMPT: JsonDict = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT, "minItems": 1},
+                              _TOKEN_IDS, {"type": "array", "items": _TOKEN_IDS, "minItems": 1}]}
+STOP: JsonDict = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                            {"type": "null"}]}
+# (an assistant's content may also be null, when it calls tools)
+CONTENT: JsonDict = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+    "type": "object", "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}
+
+
+def fields(names: frozenset[str]) -> JsonDict:
+    """An object of only these (untyped) fields."""
+    return {"additionalProperties": False, "properties": {name: {} for name in sorted(names)}}
+
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["error"],

@@ -28,6 +28,9 @@ from aruntime.serve.tool_prompts import render_chat
 from aruntime.serve.tool_specs import ToolPlan
 
 T = TypeVar("T")
+# One body's engine requests: past this, planning and answering it hold the event loop for
+# long enough to be felt by every other request (1000 prompts x n=16 held /health for 2 s).
+MAX_CHOICES = 256
 INLINE_CHARS = 16 * 1024  # shorter prompts are prepared in place: microseconds, no thread hop
 # Normalizers and pre-tokenizers that keep every byte of the text (they may add some).
 _KEEPING_NORMALIZERS = frozenset({"Prepend", "Replace", "ByteLevel"})
@@ -98,10 +101,16 @@ def check_text(text: str, longest: int | None, max_model_len: int, param: str) -
             param=param, code="context_length_exceeded")
 
 
-def completion_prompts(tokenizer: Tokenizer, prompt: Any, longest: int | None,
+def completion_prompts(tokenizer: Tokenizer, prompt: Any, n: int, longest: int | None,
                        max_model_len: int) -> list[list[int]]:
-    """protocol.completion_prompts, each text first bounded by its bytes."""
+    """protocol.completion_prompts, each text first bounded by its bytes, and the batch by the
+    engine requests it fans out into (each prompt n times)."""
     texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+    batch = 1 if not texts or all(isinstance(t, int) for t in texts) else len(texts)
+    if batch * n > MAX_CHOICES:
+        raise InvalidRequestError(
+            f"A request may ask for at most {MAX_CHOICES} completions (prompts times n); this "
+            f"one asks for {batch} x {n}", param="prompt")
     for text in texts:
         if isinstance(text, str):
             check_text(text, longest, max_model_len, "prompt")
