@@ -239,3 +239,12 @@ def test_health_and_a_short_completion_while_large_requests_are_in_flight(
     assert status == 413 and sent < 64 * MiB
     status, body = results["million_tokens"]
     assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+
+
+def test_serve_refuses_a_body_limit_under_one_byte(tiny_model_dir: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from aruntime.cli import main
+
+    assert main(["serve", "--model", str(tiny_model_dir), "--max-body-bytes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "aruntime: error: --max-body-bytes 0: must be at least 1")

@@ -107,6 +107,9 @@ def test_no_bound_where_the_pipeline_may_drop_or_shrink_text() -> None:
     assert longest_token_bytes(_tokenizer(normalizer=tokenizers.normalizers.Strip())) is None
     assert longest_token_bytes(_tokenizer(
         pre_tokenizer=tokenizers.pre_tokenizers.Whitespace())) is None
+    truncating = _tokenizer()
+    truncating.backend.enable_truncation(8)
+    assert longest_token_bytes(truncating) is None
     swallowing = _tokenizer()
     swallowing.backend.add_special_tokens([tokenizers.AddedToken("<m>", lstrip=True)])
     assert longest_token_bytes(swallowing) is None

@@ -94,10 +94,10 @@ class RequestLimits:
                                         code="headers_too_large")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            return self._too_large(f"its Content-Length is {declared} bytes")
+            return self.too_large(f"its Content-Length is {declared} bytes")
         return None
 
-    def _too_large(self, detail: str) -> PayloadTooLargeError:
+    def too_large(self, detail: str) -> PayloadTooLargeError:
         return PayloadTooLargeError(
             f"The request body is too large: {detail}; this server takes at most "
             f"{self.max_body_bytes} bytes (aruntime serve --max-body-bytes)",
@@ -132,7 +132,7 @@ class _Guard:
         self.received += len(body)
         self.complete = not message.get("more_body", False)
         if self.received > self.limits.max_body_bytes:
-            await self._refuse(self.limits._too_large("it passed the limit as it streamed in"))
+            await self._refuse(self.limits.too_large("it passed the limit as it streamed in"))
         try:
             self.shape.feed(body)
         except JsonShapeError as exc:

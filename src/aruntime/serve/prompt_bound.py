@@ -6,7 +6,8 @@ ceil(B / longest) tokens: when even that leaves no room under the model's contex
 is a 400 at once, not after seconds of tokenizing. The bound holds only for tokenizers that
 never drop or shrink text on the way to tokens (no unicode normalization, no stripping, no
 whitespace-splitting pre-tokenizer, no fused unknowns, no added token that swallows the spaces
-beside it); for any other `longest_token_bytes` says None and every prompt is tokenized.
+beside it, no truncation); for any other `longest_token_bytes` says None and every prompt is
+tokenized.
 
 Tokenizing and rendering a long prompt take the GIL-free tokenizer (engine/tokenizer.py) and
 the template engine seconds; `off_loop` runs them on a worker thread so that /health and other
@@ -45,6 +46,8 @@ def longest_token_bytes(tokenizer: Tokenizer) -> int | None:
     spec = json.loads(tokenizer.backend.to_str())
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or (model.get("fuse_unk") and not model.get("byte_fallback")):
+        return None
+    if spec.get("truncation") is not None:  # it counts what is left, not what was sent
         return None
     if not _keeps(spec.get("normalizer"), _KEEPING_NORMALIZERS) or not _keeps(
             spec.get("pre_tokenizer"), _KEEPING_PRE_TOKENIZERS):
