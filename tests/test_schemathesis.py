@@ -2,8 +2,8 @@
 bodies generated from the request models, valid and not. No response may be a 5xx, and every
 error must be OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 
-The credential comes from the `authorization` fixture: the server here runs without auth (any
-header is ignored); with auth on, the fixture hands out a key.
+Auth is on: the fuzzed requests carry a real API key (the `authorization` fixture), and
+every operation but /health refuses a request without one (401, in the same shape).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from aruntime.engine.config import EngineConfig
+from aruntime.policy.api_keys import KEYS_FILE, KeyAuth, KeyStore
 from aruntime.serve import openai_routes, runs_routes
 from aruntime.serve.launch import BackgroundServer, background_server
 
@@ -33,18 +34,25 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[BackgroundServer]:
-    config = EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=2 * 1024 * 1024,
-                          max_model_len=128)
-    with background_server(config, tmp_path_factory.mktemp("data"),
-                           served_model_name=MODEL) as srv:
-        yield srv
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="module")
-def authorization() -> dict[str, str]:
-    return {"Authorization": "Bearer sk-schemathesis"}
+def authorization(data_dir: Path) -> dict[str, str]:
+    """A real API key of tenant `fuzz` (auth is on)."""
+    key = KeyStore(data_dir / KEYS_FILE).create("fuzz", "schemathesis", ("user",))[1]
+    return {"Authorization": f"Bearer {key.reveal()}"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, data_dir: Path, authorization: dict[str, str]
+           ) -> Iterator[BackgroundServer]:
+    config = EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=2 * 1024 * 1024,
+                          max_model_len=128)
+    with background_server(config, data_dir, served_model_name=MODEL,
+                           authenticator=KeyAuth(KeyStore(data_dir / KEYS_FILE))) as srv:
+        yield srv
 
 
 def openai_error_shape(ctx: Any, response: Any, case: Any) -> None:
@@ -90,7 +98,7 @@ def test_no_5xx_and_every_error_in_openai_shape(server: BackgroundServer, mode: 
         def check(case: Any) -> None:
             _aimed(case)
             response = case.call(headers=authorization, timeout=60)
-            calls.append(case.operation.label)
+            calls.append(f"{case.operation.label} {response.status_code}")
             case.validate_response(response, checks=[not_a_server_error, openai_error_shape])
 
         try:
@@ -100,7 +108,11 @@ def test_no_5xx_and_every_error_in_openai_shape(server: BackgroundServer, mode: 
         except Exception as exc:  # every operation is tried; all failures are reported
             failures[operation.label] = f"{type(exc).__name__}: {exc}"[:2000]
     assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
-    assert len(set(calls)) >= (len(operations) if mode is GenerationMode.POSITIVE else 8)
+    called = {c.rsplit(" ", 1)[0] for c in calls}
+    assert len(called) >= (len(operations) if mode is GenerationMode.POSITIVE else 8)
+    if mode is GenerationMode.POSITIVE:  # some bodies got past every check to a completion
+        assert "POST /v1/completions 200" in calls, sorted(set(calls))
+    assert not any(c.endswith(" 401") for c in calls)  # the credential was taken
 
 
 def test_the_description_covers_every_route(server: BackgroundServer) -> None:
@@ -114,4 +126,18 @@ def test_the_description_covers_every_route(server: BackgroundServer) -> None:
         body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         assert "model" in body["schema"]["properties"]
     assert "422" not in str(spec["paths"])  # FastAPI's 422 never reaches a client
-    assert "sk-" not in str(spec) and "secret" not in str(spec).lower()
+    assert "ark_" not in str(spec) and "secret" not in str(spec).lower()
+
+
+def test_every_operation_but_health_needs_the_credential(server: BackgroundServer) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()  # itself public
+    for path, operations in spec["paths"].items():
+        url = server.url + path.replace("{run_id}", "r1").replace("{seq}", "1").replace(
+            "{model}", MODEL)
+        for method in operations:
+            r = httpx.request(method, url, json={})
+            if path == "/health":
+                assert r.status_code == 200
+                continue
+            assert r.status_code == 401, (method, path, r.text)
+            openai_error_shape(None, r, None)

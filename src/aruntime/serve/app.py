@@ -55,14 +55,12 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
     may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
     how much each tenant may ask `quotas`' (default: unlimited); `tools` are served over MCP
-    at /mcp (serve/mcp_server.py). A body over `max_body_bytes` is refused (413) before it is
-    read."""
+    at /mcp (serve/mcp_server.py); a body over `max_body_bytes` is refused unread (413)."""
     mcp = build_mcp()
     authenticator = authenticator or NoAuth()
     authorizer = authorizer or CedarAuthorizer()
     tracer = tracer or telemetry.process_tracer()
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
-    longest_token = longest_token_bytes(tokenizer)  # once: it reads the whole vocabulary
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,7 +73,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                             tracer=tracer, tool_parser=tool_parser,
                             authenticator=authenticator, authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
-                            decisions=decision_log, longest_token_bytes=longest_token)
+                            decisions=decision_log,
+                            longest_token_bytes=longest_token_bytes(tokenizer))  # once
         app.state.server = state
         # flows this server runs call models the way its HTTP requests do
         app.state.runner = open_runner(Path(data_dir), key,
