@@ -29,8 +29,14 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
 
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     dev = logits.device
-    temps = torch.tensor([p.temperature for p in params], device=dev).unsqueeze(1)
-    logits = logits / temps
+    # Each row's best logit shifted to 0 (a penalty's +inf made finite first) and the
+    # temperature kept above 0 in float32: a temperature or top_p as small as 5e-324, or a
+    # repetition penalty that small, then gives -inf (or the best token alone), never nan.
+    big = torch.finfo(logits.dtype).max
+    logits = logits.nan_to_num(nan=float("-inf"), posinf=big, neginf=float("-inf"))
+    logits = logits - logits.max(dim=-1, keepdim=True).values
+    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
+    logits = logits / temps.clamp(min=torch.finfo(logits.dtype).tiny).unsqueeze(1)
     top_k = [p.top_k for p in params]
     if any(top_k):
         k = torch.tensor([k if k > 0 else logits.shape[1] for k in top_k], device=dev)
@@ -43,6 +49,7 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # keep a token while the mass before it is below top_p (the first token always stays)
         drop = (cum - sorted_logits.softmax(-1)) >= torch.tensor(top_p, device=dev).unsqueeze(1)
+        drop[:, 0] = False  # even a top_p that float32 rounds to 0
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     return logits.softmax(dim=-1)

@@ -168,7 +168,10 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
-        ids: list[int] = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL (encode holds it: seconds, for a long text, in which no
+        # other thread of the process runs, an API server's event loop included)
+        [encoding] = self.backend.encode_batch([text], add_special_tokens=add_special_tokens)
+        ids: list[int] = encoding.ids
         # Configs that ask for BOS without a post-processor that adds it (the post-processor
         # may already have added it: then it is not added twice).
         if (add_special_tokens and self.add_bos_token and self.bos_token_id is not None

@@ -1,7 +1,8 @@
 """The server's ASGI app: `build_app` composes a FastAPI app whose state lives on
 `app.state.server` (serve/state.py) and whose resources — the evidence log, the metrics registry
 with the pool's collectors, the runs journal — open in its lifespan and close with it. The routes
-are serve/openai_routes.py's and serve/runs_routes.py's."""
+are serve/openai_routes.py's and serve/runs_routes.py's, behind the request limits
+(serve/limits.py); `/openapi.json` describes them (serve/openapi.py)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
 from aruntime.policy.reloader import PolicyReloader
+from aruntime.serve import openapi
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
 from aruntime.serve.metrics import Metrics, PolicyCollector
 from aruntime.serve.openai_routes import router as openai_router
+from aruntime.serve.prompt_bound import longest_token_bytes
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
 from aruntime.serve.state import ServerState
@@ -44,52 +48,43 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               authenticator: Authenticator | None = None,
               authorizer: Authorizer | None = None, quotas: Quotas | None = None,
               tools: Sequence[Tool] = (),
-              policy_reloader: PolicyReloader | None = None) -> FastAPI:
+              policy_reloader: PolicyReloader | None = None,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
-    is signed by `signer`, by default the key under `data_dir` (created there if missing).
-    Requests and runs are traced by `tracer`, by default the process's (aruntime/telemetry.py).
-    Tool calls are read in the `tool_call_parser` format, by default the template's. Who asks
-    is `authenticator`'s to say (default: nobody is authenticated, loopback only), what they
-    may do `authorizer`'s (default: the built-in policy, everything within one's own tenant),
-    how much each tenant may ask `quotas`' (default: unlimited); `tools` are served over MCP
-    at /mcp (serve/mcp_server.py). A `policy_reloader` (serve --policy) watches the bundle
-    of its authorizer, the default `authorizer` then, while the app runs."""
+    is signed by `signer` (default: the key under `data_dir`); spans go to `tracer` (default:
+    the process's); tool calls are read in `tool_call_parser`'s format (default: the
+    template's). `authenticator` says who asks (default: nobody, loopback only), `authorizer`
+    what they may do (default: the built-in policy; a `policy_reloader`'s own when given),
+    `quotas` how much (default: unlimited); `tools` are served over MCP at /mcp; a body
+    over `max_body_bytes` is refused unread (413)."""
     mcp = build_mcp()
-    authenticator = authenticator or NoAuth()
-    if policy_reloader is not None and authorizer not in (None, policy_reloader.authorizer):
-        raise ValueError("the policy reloader reloads its own authorizer: pass one of them")
-    authorizer = authorizer or (policy_reloader.authorizer if policy_reloader is not None
-                                else CedarAuthorizer())
-    tracer = tracer or telemetry.process_tracer()
+    authorizer = _authorizer_of(authorizer, policy_reloader)
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        key = signer or DeploymentKey.load_or_create(default_key_path(Path(data_dir)))
-        evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(Path(data_dir) / "evidence.jsonl", key)
-        decision_log = EvidenceLog(Path(data_dir) / "decisions.jsonl", key,
-                                   contract=DecisionRecord)
+        data = Path(data_dir)
+        key = signer or DeploymentKey.load_or_create(default_key_path(data))
+        evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(data / "evidence.jsonl", key)
+        decision_log = EvidenceLog(data / "decisions.jsonl", key, contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
                             Metrics(model_name, [*client.collectors(),
                                                  PolicyCollector(authorizer, policy_reloader)]),
                             evidence, key,
-                            tracer=tracer, tool_parser=tool_parser,
-                            authenticator=authenticator, authorizer=authorizer,
+                            tracer=tracer or telemetry.process_tracer(),
+                            tool_parser=tool_parser,
+                            authenticator=authenticator or NoAuth(), authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
-                            decisions=decision_log)
+                            decisions=decision_log,
+                            longest_token_bytes=longest_token_bytes(tokenizer))  # once
         app.state.server = state
-        # flows this server runs call models the way its HTTP requests do
-        app.state.runner = open_runner(Path(data_dir), key,
+        app.state.runner = open_runner(data, key,  # flows call models as requests do
                                        ServedModels(state, asyncio.get_running_loop()),
-                                       tracer, state.authorizer)
-        if policy_reloader is not None:
-            policy_reloader.start()
+                                       state.tracer, state.authorizer)
         try:
-            async with mcp.run():
+            async with mcp.run(), _running(policy_reloader):
                 yield
         finally:
-            if policy_reloader is not None:
-                policy_reloader.stop()
             evidence.close()
             decision_log.close()
             app.state.runner.journal.close()
@@ -97,9 +92,33 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                 await client.shutdown()
 
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
     app.add_middleware(McpEndpoint, manager=mcp)
     app.include_router(openai_router)
     app.include_router(runs_router)
+    openapi.install(app)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads
     return app
+
+
+def _authorizer_of(authorizer: Authorizer | None,
+                   reloader: PolicyReloader | None) -> Authorizer:
+    if reloader is None:
+        return authorizer or CedarAuthorizer()
+    if authorizer not in (None, reloader.authorizer):
+        raise ValueError("the policy reloader reloads its own authorizer: pass one of them")
+    return reloader.authorizer
+
+
+@asynccontextmanager
+async def _running(reloader: PolicyReloader | None) -> AsyncIterator[None]:
+    """The reloader's watch, for the life of the app."""
+    if reloader is None:
+        yield
+        return
+    reloader.start()
+    try:
+        yield
+    finally:
+        reloader.stop()

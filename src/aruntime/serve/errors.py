@@ -6,7 +6,9 @@
     ├── AuthenticationError   401 authentication_error (no, wrong or revoked credential)
     ├── PermissionDeniedError 403 permission_error (another tenant; a policy denial)
     ├── NotFoundError         404 invalid_request_error (unknown model: code model_not_found)
+    ├── RequestTimeoutError   408 invalid_request_error (a request body that stalled)
     ├── PayloadTooLargeError  413 invalid_request_error (a body over the server's limit)
+    ├── HeadersTooLargeError  431 invalid_request_error (a request head over the limit)
     ├── RateLimitError        429 rate_limit_exceeded (admission: code slo_unattainable, with
     │                         a Retry-After header)
     └── EngineUnavailableError 503 server_error (the engine core is gone)
@@ -67,8 +69,18 @@ class NotFoundError(APIError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeoutError(APIError):
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
 class PayloadTooLargeError(APIError):
     status_code = 413
+    error_type = "invalid_request_error"
+
+
+class HeadersTooLargeError(APIError):
+    status_code = 431
     error_type = "invalid_request_error"
 
 

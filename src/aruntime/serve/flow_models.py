@@ -17,6 +17,7 @@ from aruntime.agents.models import Models, run_on
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
 from aruntime.serve.generation import admit_slo, collect, plan
+from aruntime.serve.prompt_bound import completion_prompts
 
 if TYPE_CHECKING:
     from aruntime.serve.state import ServerState
@@ -39,13 +40,17 @@ class ServedModels(Models):
         body = p.CompletionRequest(model=self.state.model_name, prompt=prompt,
                                    max_tokens=max_tokens, temperature=temperature, seed=seed,
                                    aruntime={"tenant": tenant})
-        # the flow's context (its run's span) does not cross to the loop's thread by itself
-        return run_on(self.loop, self._complete(body, otel_context.get_current()))
-
-    async def _complete(self, req: p.CompletionRequest, parent: Context) -> dict[str, Any]:
+        # tokenized here, on the flow's thread: a long prompt never holds the server's loop
         state = self.state
-        gen = plan(state, req, "flow", p.completion_prompts(req.prompt, state.tokenizer),
-                   "prompt")
+        prompts = completion_prompts(state.tokenizer, prompt, 1, state.longest_token_bytes,
+                                     state.info.max_model_len)
+        # the flow's context (its run's span) does not cross to the loop's thread by itself
+        return run_on(self.loop, self._complete(body, prompts, otel_context.get_current()))
+
+    async def _complete(self, req: p.CompletionRequest, prompts: list[list[int]],
+                        parent: Context) -> dict[str, Any]:
+        state = self.state
+        gen = plan(state, req, "flow", prompts, "prompt")
         tracing.begin(state, gen, parent, kind=SpanKind.INTERNAL)  # the server's own call
         try:
             admit_slo(state, gen)

@@ -35,7 +35,22 @@ T = TypeVar("T")
 KEEP_ALIVE_S = 75
 
 
+def uvicorn_limits() -> dict[str, Any]:
+    """What uvicorn bounds for every connection (the rest of a request's limits are
+    serve/limits.py's)."""
+    from aruntime.serve.limits import MAX_HEAD_BYTES
+
+    return {
+        # h11, named, so that its bound holds on what it buffers of a head still arriving
+        # (httptools, if installed, would take any)
+        "http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES
+
     parser.add_argument("--model", metavar="MODEL", default=None, help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -78,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tool-call-parser", default=None, choices=("hermes", "llama3_json"),
                         help="how the model writes tool calls (default: read from its chat "
                              "template; hermes when the template does not say)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        metavar="N", help="a request body over N bytes is refused (413) before "
+                        f"it is read (default: {DEFAULT_MAX_BODY_BYTES >> 20} MiB)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--tools", action="append", default=[], metavar="MODULE[:ATTR]",
@@ -166,6 +184,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             args.prefill_workers < 1 or args.decode_workers < 1 or args.workers != 1):
         raise UsageError("disaggregated serving needs --prefill-workers >= 1 and "
                          "--decode-workers >= 1, without --workers")
+    if args.max_body_bytes < 1:
+        raise UsageError(f"--max-body-bytes {args.max_body_bytes}: must be at least 1")
     if args.ray is not None and args.kv_transport_dir is not None:
         raise UsageError("--kv-transport-dir is for workers on this machine; with --ray the KV "
                          "goes through Ray's object store")
@@ -202,10 +222,11 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
                     data_dir=data_dir, demo=is_demo_model(model), owns_client=True,
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
                     quotas=quotas, tools=tools, authenticator=authenticator,
-                    authorizer=authorizer, policy_reloader=policy_reloader)
+                    authorizer=authorizer, policy_reloader=policy_reloader,
+                    max_body_bytes=args.max_body_bytes)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)
+                    timeout_graceful_shutdown=10, **uvicorn_limits())
     finally:
         client.close()
     return 0
@@ -270,7 +291,7 @@ class BackgroundServer:
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
+                                timeout_graceful_shutdown=5, **uvicorn_limits())
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="aruntime-server", daemon=True)

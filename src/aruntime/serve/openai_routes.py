@@ -24,7 +24,7 @@ from starlette.background import BackgroundTask
 from aruntime import telemetry
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
-from aruntime.engine.tokenizer import ChatTemplateError, Tokenizer
+from aruntime.engine.tokenizer import Tokenizer
 from aruntime.policy.decision import Action
 from aruntime.serve import logprobs, tracing
 from aruntime.serve import protocol as p
@@ -48,9 +48,10 @@ from aruntime.serve.generation import (
     plan,
 )
 from aruntime.serve.metrics import CONTENT_TYPE
+from aruntime.serve.openapi import request_body
+from aruntime.serve.prompt_bound import chat_prompt, completion_prompts, off_loop, prompt_chars
 from aruntime.serve.request_policy import check_output, decide_request, model_resource
 from aruntime.serve.state import ServerState
-from aruntime.serve.tool_prompts import render_chat
 from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
 from aruntime.serve.tool_specs import tool_plan
 
@@ -144,10 +145,12 @@ async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, 
     return state, req
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(p.CompletionRequest))
 async def completions(request: Request) -> Response:
     state, req = await _admit(request, p.CompletionRequest)
-    prompts = p.completion_prompts(req.prompt, state.tokenizer)
+    prompts = await off_loop(prompt_chars(req.prompt), completion_prompts, state.tokenizer,
+                             req.prompt, req.n, state.longest_token_bytes,
+                             state.info.max_model_len)
     gen = plan(state, req, "cmpl", prompts, "prompt")
     if req.echo:  # the output text and evidence stay the model's; responses lead with these
         texts = p.echo_texts(req.prompt, prompts, state.tokenizer)
@@ -156,19 +159,14 @@ async def completions(request: Request) -> Response:
     return await _respond(state, request, gen, req)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(p.ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     state, req = await _admit(request, p.ChatCompletionRequest)
     messages = p.chat_messages(req.messages)
     tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
-    try:
-        text = render_chat(state.tokenizer, messages, tools, state.tool_parser)
-    except ChatTemplateError as exc:
-        raise InvalidRequestError(str(exc), param="messages") from None
-    # The template already spells the special tokens it wants (BOS included).
-    prompt = state.tokenizer.encode(text, add_special_tokens=False)
-    if not prompt:
-        raise InvalidRequestError("messages rendered to an empty prompt", param="messages")
+    prompt = await off_loop(prompt_chars(messages), chat_prompt, state.tokenizer, messages,
+                            tools, state.tool_parser, state.longest_token_bytes,
+                            state.info.max_model_len)
     gen = plan(state, req, "chatcmpl", [prompt], "messages", messages=messages, tools=tools)
     return await _respond(state, request, gen, req)
 

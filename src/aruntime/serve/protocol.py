@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aruntime.contracts import RequestContract
 from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.sampling import GuidedDecoding, SamplingParams
+from aruntime.serve import json_body, openapi
 from aruntime.serve.errors import InvalidRequestError
 from aruntime.serve.tool_specs import ToolCallIn, ToolSpec, history_calls
 
@@ -42,7 +43,7 @@ class _GenerationRequest(_Body):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Any = None  # str | list[str]; checked by `stop_strings` for a clearer message
+    stop: Any = Field(None, json_schema_extra=openapi.STOP)  # checked by `stop_strings`
     stop_token_ids: list[int] | None = None  # extension
     seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
     user: str | None = None
@@ -52,26 +53,28 @@ class _GenerationRequest(_Body):
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)  # extension
     logit_bias: Any = None  # {"token id": bias}; checked by `logit_biases` for a clearer message
     min_tokens: int | None = Field(None, ge=0)  # extension
-    aruntime: dict[str, Any] | None = None  # ARuntime's request-contract fields
+    aruntime: dict[str, Any] | None = Field(None, json_schema_extra=openapi.fields(ARUNTIME_FIELDS))
     response_format: Any = None  # checked by `response_format_guided` for a clearer message
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: Any = None  # str | list[str] | list[int] | list[list[int]]; see `completion_prompts`
+    model_config = ConfigDict(json_schema_extra={"required": ["model", "prompt"]})
+
+    prompt: Any = Field(None, json_schema_extra=openapi.PROMPT)  # see `completion_prompts`
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
 
 
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Any = None  # str | list of {"type": "text", "text": str}
+    content: Any = Field(None, json_schema_extra=openapi.CONTENT)  # see `chat_messages`
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # assistant messages; content may then be null
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    messages: list[ChatMessageIn]
+    messages: list[ChatMessageIn] = Field(json_schema_extra={"minItems": 1})
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -81,10 +84,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    """The JSON object of a body, strictly (serve/json_body.py)."""
+    data = json_body.loads(raw)
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object")
     return data

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel, Field
@@ -37,8 +38,13 @@ from aruntime.evidence.signing import DeploymentKey
 from aruntime.policy.decision import Action, Authorizer, Decision, Resource
 from aruntime.serve.auth import acting, decide, principal, require_principal, tenant_for
 from aruntime.serve.errors import InvalidRequestError, NotFoundError
+from aruntime.serve.json_body import JsonBodyRoute
 
-router = APIRouter(prefix="/v1/runs", dependencies=[Depends(require_principal)])
+# strict JSON bodies (serve/json_body.py)
+router = APIRouter(prefix="/v1/runs", dependencies=[Depends(require_principal)],
+                   route_class=JsonBodyRoute)
+# a call's number in its run, within what the journal (SQLite's INTEGER) can hold
+Seq = Annotated[int, PathParam(ge=0, le=2 ** 63 - 1)]
 
 
 def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
@@ -54,7 +60,9 @@ def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
 
 
 class StartRun(BaseModel):
-    flow: str = Field(description="MODULE:FUNCTION of a function marked @flow")
+    # importable names only: nothing else reaches the import system
+    flow: str = Field(description="MODULE:FUNCTION of a function marked @flow",
+                      pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
     input: Any = None
     run_id: str | None = None
     subject: str | None = None
@@ -175,7 +183,7 @@ def verify_run(run_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/{run_id}/calls/{seq}/approve")
-def approve(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+def approve(run_id: str, seq: Seq, body: Answer, request: Request) -> dict[str, Any]:
     if body.digest is None:
         raise InvalidRequestError("an approval names the digest it approves", param="digest")
     by, policy = _decider(request, body, run_id)
@@ -183,19 +191,19 @@ def approve(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, 
 
 
 @router.post("/{run_id}/calls/{seq}/reject")
-def reject(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+def reject(run_id: str, seq: Seq, body: Answer, request: Request) -> dict[str, Any]:
     by, policy = _decider(request, body, run_id)
     return _do(request, "reject", run_id, seq, by, body.reason, policy)
 
 
 @router.post("/{run_id}/calls/{seq}/respond")
-def respond(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+def respond(run_id: str, seq: Seq, body: Answer, request: Request) -> dict[str, Any]:
     by, policy = _decider(request, body, run_id)
     return _do(request, "respond", run_id, seq, body.answer, by, body.digest, policy)
 
 
 @router.post("/{run_id}/calls/{seq}/resolve")
-def resolve(run_id: str, seq: int, body: Answer, request: Request) -> dict[str, Any]:
+def resolve(run_id: str, seq: Seq, body: Answer, request: Request) -> dict[str, Any]:
     if (body.failed is None) == (body.output is None):
         raise InvalidRequestError("give either `output` (it happened) or `failed` (it did not)")
     by, policy = _decider(request, body, run_id)

@@ -1,8 +1,8 @@
 """What one server holds for the life of its app: the pool, the tokenizer and model card, metrics,
 the evidence log and its signer, admission's learned costs, the tracer, the model's tool-call
-format, who is asking (the authenticator) and what they may do (the authorizer), and the tenants'
-salts. Lives on `app.state.server`, made in the app's lifespan
-(serve/app.py)."""
+format, who is asking (the authenticator) and what they may do (the authorizer), what a prompt's
+bytes say about its length, and the tenants' salts. Lives on `app.state.server`, made in the
+app's lifespan (serve/app.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ class ServerState:
     quotas: Quotas = field(default_factory=Quotas)  # serve --tenant-rpm ... (unlimited)
     tools: dict[str, Tool] = field(default_factory=dict)  # serve --tools: served over MCP
     decisions: EvidenceLog[DecisionRecord] | None = None  # decisions no other record holds
+    # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
+    longest_token_bytes: int | None = None
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def salt(self, tenant: str) -> bytes:
