@@ -155,7 +155,7 @@ def remote_refund(ctx: FlowContext, inp: dict[str, Any]) -> Any:
     """Calls a tool of an external MCP server through ctx.call_tool."""
     from aruntime.agents.mcp_tools import McpToolbox
 
-    toolbox = McpToolbox(inp["url"], headers={"Authorization": "Bearer unused"})
+    toolbox = McpToolbox(inp["url"], headers={"Authorization": inp["authorization"]})
     total = ctx.call_tool(toolbox.get("add"), {"a": 1, "b": inp["amount"]})["sum"]
     return ctx.call_tool(toolbox.get("refund"), {"order": "o9", "amount": total})
 

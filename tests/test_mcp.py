@@ -22,6 +22,7 @@ from aruntime.contracts import DecisionRecord
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.default_model import resolve_model
 from aruntime.evidence.log import verify
+from aruntime.policy.api_keys import KEYS_FILE, KeyAuth, KeyStore
 from aruntime.policy.cedar_authorizer import CedarAuthorizer, CedarPolicy
 from aruntime.serve.launch import BackgroundServer, background_server
 from aruntime.serve.mcp_server import POLICY_DENIED
@@ -35,15 +36,18 @@ forbid (principal, action, resource == ARuntime::Tool::"secret_sum");
 forbid (principal, action == ARuntime::Action::"call_tool", resource == ARuntime::Tool::"refund")
 when { context has input && context.input has amount && context.input.amount > 100 };
 """
-HEADERS = {"Authorization": "Bearer unused-with-auth-none"}
+HEADERS: dict[str, str] = {}  # the key's, once the server has made it
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    data = tmp_path_factory.mktemp("mcp")
+    store = KeyStore(data / KEYS_FILE)
+    HEADERS["Authorization"] = f"Bearer {store.create('acme', 'agent-1')[1].reveal()}"
     config = EngineConfig(model=str(resolve_model("demo")), max_model_len=128,
                           kv_cache_bytes=4 * 1024 * 1024)
     authorizer = CedarAuthorizer(CedarPolicy.parse(POLICY))
-    with background_server(config, tmp_path_factory.mktemp("mcp"), authorizer=authorizer,
+    with background_server(config, data, authorizer=authorizer, authenticator=KeyAuth(store),
                            tools=[add, refund, secret_sum]) as srv:
         yield srv
 
@@ -60,6 +64,19 @@ def run(coro: Any) -> Any:
 def decision_log(server: BackgroundServer) -> list[dict[str, Any]]:
     path: Path = server.app.state.server.data_dir / "decisions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_without_a_key_the_mcp_endpoint_is_a_401(server: BackgroundServer) -> None:
+    async def listed() -> None:
+        async with session(server, {}) as c:
+            await c.list_tools()
+
+    with pytest.raises(BaseException, match="unhandled errors"):  # the SDK's task group
+        run(listed())
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers, status in (({}, 401), ({"Authorization": "Bearer ark_nope"}, 401)):
+        r = httpx2.post(f"{server.url}/mcp", json=body, headers=headers)
+        assert r.status_code == status and r.json()["error"]["type"] == "authentication_error"
 
 
 def test_the_list_shows_only_permitted_tools(server: BackgroundServer) -> None:
@@ -133,7 +150,9 @@ def test_a_flow_calls_an_external_mcp_servers_tools(server: BackgroundServer,
     runner = Runner(SqliteJournal(tmp_path / "runs.db"))
     before = CALLS.copy()
     url = f"{server.url}/mcp"
-    result = runner.start("agent_flows:remote_refund", {"url": url, "amount": 4}, run_id="x")
+    auth = HEADERS["Authorization"]
+    result = runner.start("agent_flows:remote_refund",
+                          {"url": url, "amount": 4, "authorization": auth}, run_id="x")
     assert result.status == RunStatus.COMPLETED, result.error
     assert result.result["refunded"] == 5
     key = result.result["key"]  # the journal's idempotency key reached the remote tool
@@ -141,6 +160,6 @@ def test_a_flow_calls_an_external_mcp_servers_tools(server: BackgroundServer,
     runner.journal.set_status("x", RunStatus.RUNNING)
     assert runner.resume("x").result == result.result  # replayed from the journal
     assert CALLS[f"refund:{key}"] == 1 and CALLS["add"] == before["add"] + 1
-    refused = runner.start("agent_flows:remote_refund", {"url": url, "amount": 200},
-                           run_id="y")
+    refused = runner.start("agent_flows:remote_refund",
+                           {"url": url, "amount": 200, "authorization": auth}, run_id="y")
     assert refused.status == RunStatus.FAILED and "small-refunds" in (refused.error or "")

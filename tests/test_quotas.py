@@ -141,3 +141,18 @@ def test_a_quota_file_is_checked_at_start(tmp_path: Path) -> None:
     path.write_text(json.dumps({"a": {"rps": 5}}))
     with pytest.raises(UsageError, match="rpm, tpm and max_concurrent"):
         quotas_from(parser.parse_args(["--quota-file", str(path)]))
+
+
+def test_idle_tenants_are_forgotten_but_busy_ones_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aruntime.policy.quotas as quotas
+
+    monkeypatch.setattr(quotas, "TENANTS_KEPT", 4)
+    clock = Clock()
+    q = Quotas(Limits(rpm=10, max_concurrent=5), clock=clock)
+    busy = q.acquire("busy", 1)
+    for i in range(3):
+        q.acquire(f"t{i}", 1).release()
+    clock.now += 60  # their buckets refill: they look like new tenants again
+    q.acquire("late", 1)
+    assert "t0" not in q._tenants and q.running("busy") == 1
+    busy.release()

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+TENANTS_KEPT = 10_000  # tenants tracked before idle ones are forgotten
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -93,6 +95,7 @@ class Quotas:
         self._tenants: dict[str, _Tenant] = {}
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
+        self._prune_at = TENANTS_KEPT
 
     def limits(self, tenant: str) -> Limits:
         return self.overrides.get(tenant, self.default)
@@ -138,6 +141,8 @@ class Quotas:
 
     def _tenant(self, tenant: str, limits: Limits, now: float) -> _Tenant:
         t = self._tenants.get(tenant)
+        if t is None and len(self._tenants) >= self._prune_at:
+            self._forget_idle(now)
         if t is None:
             t = self._tenants[tenant] = _Tenant(
                 _Bucket(limits.rpm, limits.rpm, now) if limits.rpm else None,
@@ -146,6 +151,18 @@ class Quotas:
             if bucket is not None:
                 bucket.refill(now)
         return t
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop tenants in the state a new one starts in (nothing in flight, buckets full):
+        a server open to any tenant name keeps bounded memory, and nobody gains by it."""
+        for name, t in list(self._tenants.items()):
+            for bucket in (t.requests, t.tokens):
+                if bucket is not None:
+                    bucket.refill(now)
+            if t.running == 0 and all(b is None or b.level >= b.capacity
+                                      for b in (t.requests, t.tokens)):
+                del self._tenants[name]
+        self._prune_at = max(TENANTS_KEPT, 2 * len(self._tenants))
 
     def _release(self, lease: Lease, used: int) -> None:
         with self._lock:
