@@ -115,16 +115,18 @@ def test_a_permitted_call_runs_and_a_forbidden_one_is_refused(server: Background
     assert denied[-1]["arg_digest"].startswith("sha256:") and "order" not in json.dumps(denied)
 
 
-def test_arguments_that_misfit_the_schema_are_invalid_params(server: BackgroundServer) -> None:
-    async def bad() -> MCPError:
+def test_arguments_that_misfit_the_schema_are_a_tool_error(server: BackgroundServer) -> None:
+    async def bad() -> tuple[Any, MCPError]:
         async with session(server) as c:
-            with pytest.raises(MCPError) as info:
-                await c.call_tool("add", {"a": "two", "b": 3})
-            return info.value
+            misfit = await c.call_tool("add", {"a": "two", "b": 3})
+            with pytest.raises(MCPError) as unknown:
+                await c.call_tool("nope", {})
+            return misfit, unknown.value
 
     before = CALLS["add"]
-    error = run(bad())
-    assert error.code == types.INVALID_PARAMS and "tool add input at a" in error.message
+    misfit, unknown = run(bad())
+    assert misfit.is_error and "tool add input at a" in misfit.content[0].text
+    assert unknown.code == types.INVALID_PARAMS
     assert CALLS["add"] == before
 
 

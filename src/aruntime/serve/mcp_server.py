@@ -2,8 +2,9 @@
 same credentials, Cedar in front (Bedrock AgentCore's gateway shape).
 
 `tools/list` shows only the tools the principal's `list_tools` decision allows; `tools/call`
-checks the arguments against the tool's JSON Schema (a misfit is JSON-RPC's invalid params),
-then decides `call_tool` with the arguments as `context.input`: a denial is an MCP error
+checks the arguments against the tool's JSON Schema (a misfit is an `isError` result naming
+where, for the model to correct: SEP-1303; an unknown tool is JSON-RPC's invalid params), then
+decides `call_tool` with the arguments as `context.input`: a denial is an MCP error
 (`POLICY_DENIED`) and nothing runs. A tool that fails answers `isError` with its message. Every
 decision is a record in the signed decision log (`decisions.jsonl`), with the argument digest,
 never the arguments. Stateless: each POST is its own exchange, so a principal is read from each
@@ -81,8 +82,8 @@ async def _call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Cal
         raise MCPError(types.INVALID_PARAMS, f"no tool named {params.name!r}")
     try:
         tool.check_input(args)
-    except ToolInputError as exc:
-        raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+    except ToolInputError as exc:  # a tool error the model can read and correct (SEP-1303)
+        return types.CallToolResult(content=[types.TextContent(text=str(exc))], is_error=True)
     digest = sha256_digest({"tool": tool.name, "args": args})
     decision = _decide(state, who, Action.CALL_TOOL, tool, {"input": args}, digest)
     if decision.enforced:
