@@ -440,3 +440,18 @@ def test_a_signature_has_one_spelling() -> None:
     twins = [sig[:-1] + c for c in alphabet
              if c != sig[-1] and alphabet.index(c) >> 4 == alphabet.index(sig[-1]) >> 4]
     assert twins and not any(verify_signature(key.public_key, b"data", t) for t in twins)
+
+
+def test_a_log_of_another_contract_reopens_where_it_ended(tmp_path: Path) -> None:
+    """The decision log (aruntime.decision/v1) is read back by its own contract on restart."""
+    from aruntime.contracts import DecisionRecord
+
+    path = tmp_path / "decisions.jsonl"
+    record = {"principal": "p", "tenant": "t", "via": "http",
+              "decision": {"policy_version": "v1", "decision": "deny"}}
+    with EvidenceLog(path, contract=DecisionRecord) as log:
+        first = log.append(record)
+    with EvidenceLog(path, contract=DecisionRecord) as log:
+        assert log.last_hash == first.hash
+        log.append(record)
+    assert verify(path, contract=DecisionRecord).ok

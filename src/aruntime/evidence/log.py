@@ -68,7 +68,7 @@ class EvidenceLog(Generic[R]):
             os.close(self._fd)
             raise EvidenceLogError(f"{self.path} is open for writing in another process") from None
         try:
-            self._last_hash = _recover_tail(self._fd, self.path)
+            self._last_hash = _recover_tail(self._fd, self.path, contract)
         except BaseException:
             os.close(self._fd)
             raise
@@ -114,7 +114,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _recover_tail(fd: int, path: Path) -> str:
+def _recover_tail(fd: int, path: Path, contract: type[StrictModel]) -> str:
     """The last complete record's hash (genesis for an empty file).
 
     A crash in the middle of `append` can leave a final line without its newline. That record
@@ -132,18 +132,19 @@ def _recover_tail(fd: int, path: Path) -> str:
     start = _last_newline(fd, end - 1) + 1
     line = os.pread(fd, end - start, start)
     try:
-        last = EvidenceRecord.model_validate(json.loads(line))
+        last = contract.model_validate(json.loads(line))
     except ValueError as exc:  # JSON errors and pydantic's ValidationError alike
         last = None
         reason = str(exc).splitlines()[0]
     else:
         reason = "it has no hash"
-    if last is None or last.hash is None:
+    last_hash: str | None = getattr(last, "hash", None)
+    if last_hash is None:
         raise EvidenceLogError(
             f"{path}: the last line is not a chained evidence record ({reason}); "
             "check the file with verify() before appending"
         )
-    return last.hash
+    return last_hash
 
 
 def _last_newline(fd: int, end: int) -> int:
