@@ -34,6 +34,7 @@ class WorkloadKind(StrEnum):
 class Confidentiality(StrEnum):
     NONE = "none"
     ATTESTED = "attested"  # only attested workers may see the prompt
+    REQUIRED = "required"  # only a hardware-attested boundary may (a software one refuses)
 
 
 class ModelRef(StrictModel):

@@ -83,6 +83,7 @@ class Generation:
     decisions: list[Decision] = field(default_factory=list)
     output_checked: bool = False
     lease: Lease | None = None  # its hold on the tenant's quota, released in `finalize`
+    attestation_ref: str | None = None  # the attested key a confidential request came sealed to
     _done: bool = False
 
     def apply(self, index: int, out: RequestOutput) -> Choice:
@@ -314,6 +315,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
                     cached_tokens=usage["prompt_tokens_details"]["cached_tokens"]),
         finish_reasons=[c.finish_reason or "abort" for c in gen.choices],
         policy_decisions=[PolicyDecision.model_validate(d.evidence()) for d in gen.decisions],
+        attestation_ref=gen.attestation_ref,
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
         trace_id=tracing.trace_id(gen),
     )

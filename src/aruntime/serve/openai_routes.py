@@ -26,7 +26,7 @@ from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.policy.decision import Action
-from aruntime.serve import logprobs, tracing
+from aruntime.serve import confidential_routes, logprobs, tracing
 from aruntime.serve import protocol as p
 from aruntime.serve.auth import acting, decide, decisions, principal, require_principal
 from aruntime.serve.errors import (
@@ -177,6 +177,7 @@ async def chat_completions(request: Request) -> Response:
 async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
     gen.principal, gen.decisions = acting(request), decisions(request)
+    gen.attestation_ref = getattr(request.state, "attestation_ref", None)
     trace_context = (req.aruntime or {}).get("trace_context")  # checked by the contract
     tracing.begin(state, gen, telemetry.parent_context(request.headers, trace_context),
                   stream=req.stream, server=request.scope.get("server"))
@@ -343,3 +344,6 @@ def _logprobs(tok: Tokenizer, kind: str, c: Choice,
         return logprobs.chat_logprobs(tok, lps)
     obj, c.text_offset = logprobs.completion_logprobs(tok, lps, c.text_offset)
     return obj
+
+
+router.include_router(confidential_routes.router)  # the sealed twin of the chat route

@@ -41,10 +41,29 @@ def decide_request(request: Request, state: ServerState, req: p._GenerationReque
     if who.authenticated:
         ext["principal"] = who.id  # the contract records who asked, not who the body says
     req.aruntime = ext
+    _check_confidentiality(request, state, ext.get("confidentiality"))
     ctx = request_context(state, ext)
     decide(request, Action.INVOKE_MODEL, model_resource(state), ctx)
     if ext.get("shared_prefix_tokens"):
         decide(request, Action.PUBLISH_SHARED_PREFIX, model_resource(state), ctx)
+
+
+def _check_confidentiality(request: Request, state: ServerState, level: Any) -> None:
+    """A request that asks for confidentiality must come sealed to an attested key, and one
+    that requires hardware is refused by a software boundary (403 in OpenAI's shape)."""
+    if level in (None, "none"):
+        return
+    if not getattr(request.state, "sealed", False):
+        raise PermissionDeniedError(
+            f"a request marked confidentiality {level!r} must be sealed to this server's "
+            "attested key: GET /v1/attestation, then POST /v1/confidential/chat/completions",
+            param="aruntime.confidentiality", code="confidentiality_unmet")
+    boundary = state.boundary
+    if level == "required" and (boundary is None or not boundary.hardware):
+        raise PermissionDeniedError(
+            "confidentiality 'required' needs a hardware-attested boundary; this server's "
+            f"attester is {boundary.attester.type if boundary else 'none'}",
+            param="aruntime.confidentiality", code="confidentiality_unmet")
 
 
 def check_output(state: ServerState, gen: Generation) -> None:

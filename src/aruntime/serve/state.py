@@ -16,6 +16,8 @@ from opentelemetry.trace import Tracer
 from aruntime import telemetry
 from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
+from aruntime.confidential.attester import SoftwareAttester
+from aruntime.confidential.boundary import Boundary
 from aruntime.contracts import DecisionRecord, EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
@@ -50,9 +52,16 @@ class ServerState:
     quotas: Quotas = field(default_factory=Quotas)  # serve --tenant-rpm ... (unlimited)
     tools: dict[str, Tool] = field(default_factory=dict)  # serve --tools: served over MCP
     decisions: EvidenceLog[DecisionRecord] | None = None  # decisions no other record holds
+    boundary: Boundary | None = None  # the attester and HPKE key of confidential requests
     # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
     longest_token_bytes: int | None = None
     _salts: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.boundary is None:  # no TEE here: the software attester, which says so
+            self.boundary = Boundary(SoftwareAttester(
+                self.signer, model_revision=self.info.revision,
+                config={"model": self.model_name, "max_model_len": self.info.max_model_len}))
 
     def salt(self, tenant: str) -> bytes:
         """The tenant's output-digest salt; deleting its file unlinks digests from outputs."""
