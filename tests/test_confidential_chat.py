@@ -101,3 +101,33 @@ def test_confidentiality_asked_in_clear_or_beyond_the_boundary_is_a_403(
     with pytest.raises(ConfidentialError, match="hardware-attested"):
         client.chat(chat(aruntime={"confidentiality": "required"}))
     client.close()
+
+
+def test_a_confidential_requests_blocks_never_leave_the_device(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aruntime.kv.config import KVConfig
+
+    def tier_bytes(http: httpx.Client) -> float:
+        families = text_string_to_metric_families(http.get("/metrics").text)
+        return sum(s.value for f in families if f.name == "aruntime:kv_tier_bytes"
+                   for s in f.samples)
+
+    config = EngineConfig(model=str(resolve_model("demo")), max_model_len=256,
+                          kv_cache_bytes=8 * 1024 * 1024,
+                          kv=KVConfig(host_bytes=1 << 22, disk_dir=str(tmp_path / "kv"),
+                                      disk_bytes=1 << 22))
+    long = chat(max_tokens=2)
+    long["messages"][0]["content"] = SECRET * 4  # several full KV blocks
+    with background_server(config, tmp_path / "data", served_model_name="tiny") as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:
+        client = client_for(srv, ["software"])
+        client.chat(long)
+        client.chat(long)  # the device's own prefix cache may serve it; no tier may
+        assert tier_bytes(http) == 0
+        assert not any((tmp_path / "kv").rglob("*.kv"))
+        clear = chat(max_tokens=2)
+        clear["messages"][0]["content"] = "nothing secret here, " * 12
+        assert http.post("/v1/chat/completions", json=clear).status_code == 200
+        assert tier_bytes(http) > 0, "a prompt in clear is written through"
+        client.close()

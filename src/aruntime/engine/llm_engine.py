@@ -106,6 +106,7 @@ class LLMEngine:
                        self.key_scheme.root(scope.tenant_salt), arrival_time,
                        self.key_scheme.root(SHARED_NAMESPACE),
                        scope.shared_prefix_tokens // self.config.block_size)
+        seq.device_only = scope.device_only
         self.seqs[request_id] = seq
         self._stops[request_id] = StopChecker(self.tokenizer, params, self.eos_ids,
                                               self.max_model_len, len(prompt_token_ids))

@@ -109,7 +109,8 @@ class Scheduler:
         hits = self.pool.lookup(keys, seq.token_ids, bs)
         self.pool.take(hits)
         seq.block_table = list(hits)
-        loaded = self._load_from_kv(seq, keys[len(hits):]) if self.kv else 0
+        loaded = self._load_from_kv(seq, keys[len(hits):]) if self.kv and not seq.device_only \
+            else 0
         seq.num_computed_tokens = (len(hits) + loaded) * bs
         seq.num_published_blocks = len(hits) + loaded
         if seq.scheduled_time is None:
@@ -168,7 +169,7 @@ class Scheduler:
             keys = seq.block_keys(bs, full)
             for i in range(seq.num_published_blocks, full):
                 self.pool.cache(seq.block_table[i], keys[i], seq.token_ids[i * bs:(i + 1) * bs])
-                if self.kv is not None:
+                if self.kv is not None and not seq.device_only:
                     self.published.append((seq.block_table[i], keys[i]))
             seq.num_published_blocks = full
 

@@ -27,6 +27,7 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache at first schedule
         self.block_table: list[int] = []
         self.num_published_blocks = 0  # leading full blocks already offered to the prefix cache
+        self.device_only = False  # its KV never goes to (or comes from) a store below the device
         self.status = SequenceStatus.WAITING
         self.arrival_time = time.time() if arrival_time is None else arrival_time
         self.scheduled_time: float | None = None

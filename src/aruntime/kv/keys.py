@@ -59,14 +59,19 @@ class CacheScope:
     """Where a request's KV blocks are keyed: in its tenant's namespace (`tenant_salt`, derived
     from the tenant's secret so no other tenant can compute its keys), except the first
     `shared_prefix_tokens` (whole blocks), keyed in the shared namespace — a prefix published on
-    purpose, such as a common system prompt, reused across tenants."""
+    purpose, such as a common system prompt, reused across tenants. `device_only` (a
+    confidential request's): its blocks are never offered to a store below the device, nor
+    loaded from one, and share no prefix."""
 
     tenant_salt: bytes = b""
     shared_prefix_tokens: int = 0
+    device_only: bool = False
 
     def __post_init__(self) -> None:
         if self.shared_prefix_tokens < 0:
             raise ValueError("shared_prefix_tokens must be >= 0")
+        if self.device_only and self.shared_prefix_tokens:
+            raise ValueError("a device-only request shares no prefix")
 
 
 NO_SCOPE = CacheScope()

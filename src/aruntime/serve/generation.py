@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from aruntime import __version__
 from aruntime.contracts import EvidenceRecord, PolicyDecision, Route, Timings, Usage
-from aruntime.contracts.request import SLO
+from aruntime.contracts.request import SLO, Confidentiality
 from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.sampling import SamplingParams
@@ -120,7 +120,7 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     max_len = state.info.max_model_len
     choices = []
-    tenant, shared, slo = "default", 0, None
+    tenant, shared, slo, confidential = "default", 0, None, False
     for pi, prompt in enumerate(prompts):
         max_tokens = p.max_tokens_for(req, len(prompt), max_len, prompt_param)
         for i in range(req.n):
@@ -133,11 +133,14 @@ def plan(state: ServerState, req: p._GenerationRequest, prefix: str,
         contract = p.request_contract(req, request_id, state.model_name, inputs,
                                       choices[-1].params)
         tenant, shared, slo = contract.tenant, contract.shared_prefix_tokens, contract.slo
+        confidential = contract.confidentiality != Confidentiality.NONE
     kind = "chat" if messages is not None else "completion"
     # Derived from the tenant's secret salt, so no other tenant can compute (or probe) its keys.
     kv_salt = hmac.new(state.salt(tenant), b"aruntime kv block keys", "sha256").digest()
-    return Generation(request_id, kind, int(time.time()), choices, tenant,
-                      CacheScope(kv_salt, shared), slo, tools)
+    # A confidential request's blocks stay on the device: no tier, no shared prefix.
+    scope = (CacheScope(kv_salt, device_only=True) if confidential
+             else CacheScope(kv_salt, shared))
+    return Generation(request_id, kind, int(time.time()), choices, tenant, scope, slo, tools)
 
 
 def _with_tool_constraint(state: ServerState, tools: ToolPlan,
