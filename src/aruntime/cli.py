@@ -87,6 +87,12 @@ COMMANDS: tuple[Command, ...] = (
     _word("keys", "aruntime.policy.keys_cli", "create", "create an API key (printed once)"),
     _word("keys", "aruntime.policy.keys_cli", "list", "list API keys (never their secrets)"),
     _word("keys", "aruntime.policy.keys_cli", "revoke", "revoke an API key"),
+    _word("attest", "aruntime.confidential.cli", "check",
+          "appraise a server's boundary; exit 2 naming the claim that failed"),
+    Command(("attest", "policy", "example"), "aruntime.confidential.cli",
+            "print an appraisal policy", "add_example_arguments", "run_example"),
+    Command(("chat",), "aruntime.confidential.cli", "chat with a server, sealed to its "
+            "attested key", "add_chat_arguments", "run_chat"),
     _word("policy", "aruntime.policy.cli", "check", "parse and validate a policy bundle"),
     _word("policy", "aruntime.policy.cli", "test", "run a table of expected decisions"),
     _word("policy", "aruntime.policy.cli", "explain", "explain one decision"),
@@ -100,14 +106,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     words = [w for w in argv if not w.startswith("-")]
     parser = argparse.ArgumentParser(prog="aruntime", description="ARuntime command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    groups: dict[str, Any] = {}
+    groups: dict[tuple[str, ...], Any] = {}
     for command in COMMANDS:
         target = sub
-        for word in command.words[:-1]:
-            if word not in groups:
-                groups[word] = sub.add_parser(word, help=f"{word} commands").add_subparsers(
-                    dest=f"{word}_command", required=True)
-            target = groups[word]
+        for depth in range(1, len(command.words)):
+            prefix, word = command.words[:depth], command.words[depth - 1]
+            if prefix not in groups:  # `attest policy example`: groups nest
+                groups[prefix] = target.add_parser(word, help=f"{word} commands") \
+                    .add_subparsers(dest=f"{'_'.join(prefix)}_command", required=True)
+            target = groups[prefix]
         p = target.add_parser(command.words[-1], help=command.help)
         p.set_defaults(_command=command)
         if list(command.words) == words[:len(command.words)]:
