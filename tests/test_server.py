@@ -479,3 +479,10 @@ def test_idle_connections_outlive_the_clients_pool(server: BackgroundServer) -> 
     client_expiry = httpx.Limits().keepalive_expiry
     assert client_expiry is not None
     assert server.server.config.timeout_keep_alive > 2 * client_expiry
+
+
+def test_the_background_servers_connections_do_not_wait_for_delayed_acks(
+        server: BackgroundServer) -> None:
+    import socket
+
+    assert server._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
