@@ -59,6 +59,8 @@ COMMANDS: tuple[Command, ...] = (
             "decode throughput with a JSON-schema constraint against none"),
     Command(("bench", "policy"), "aruntime.bench.policy",
             "policy decisions' cost: cached, uncached, against re-parsing the policy"),
+    Command(("bench", "confidential"), "aruntime.bench.confidential",
+            "attestation handshake, seal/open per KiB, a sealed chat against one in clear"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
     _word("sim", "aruntime.sim.cli", "calibrate", "measure the engine's costs for sim"),
     Command(("schemas",), "aruntime.contracts.export", "export the contracts' JSON Schemas"),
