@@ -131,3 +131,21 @@ def test_a_confidential_requests_blocks_never_leave_the_device(tmp_path: Path) -
         assert http.post("/v1/chat/completions", json=clear).status_code == 200
         assert tier_bytes(http) > 0, "a prompt in clear is written through"
         client.close()
+
+
+def test_the_client_checks_the_boundary_is_published(server: BackgroundServer) -> None:
+    from aruntime.confidential.client import published
+    from aruntime.confidential.evidence import Evidence
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        body = http.get("/v1/attestation", params={"nonce": "n1"}).json()
+    evidence, proof = Evidence.from_json(body["evidence"]), body["transparency"]
+    published(proof, evidence)  # as served: holds
+    other = {**evidence.to_json(), "measurements": {**evidence.measurements,
+                                                    "model": "sha256:" + "0" * 64}}
+    with pytest.raises(ConfidentialError, match="differs"):
+        published(proof, Evidence.from_json(other))
+    with pytest.raises(ConfidentialError, match="proof fails"):
+        published({**proof, "root": "00" * 32}, evidence)
+    with pytest.raises(ConfidentialError, match="not in a transparency log"):
+        published(None, evidence)

@@ -5,12 +5,14 @@ server's side of the handshake: evidence that binds the client's nonce and this 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aruntime.confidential.attester import Attester
 from aruntime.confidential.evidence import SOFTWARE, b64, unb64
 from aruntime.confidential.sealing import ANSWER_INFO, REQUEST_INFO, SealError, SealingKey, seal
+from aruntime.confidential.transparency import TransparencyLog
 
 MAX_NONCE_CHARS = 512
 
@@ -19,6 +21,15 @@ MAX_NONCE_CHARS = 512
 class Boundary:
     attester: Attester
     key: SealingKey = field(default_factory=SealingKey)
+    log: TransparencyLog | None = None  # where what this boundary runs is published
+    log_index: int | None = None
+
+    def publish(self, log: TransparencyLog, measurements: dict[str, str]) -> None:
+        """Put this boundary — its attester, measurements and HPKE key — in the log."""
+        self.log = log
+        self.log_index = log.append({"kind": "boundary", "attester": self.attester.type,
+                                     "measurements": measurements,
+                                     "key_hash": self.key.key_hash, "at": int(time.time())})
 
     @property
     def hardware(self) -> bool:
@@ -29,7 +40,9 @@ class Boundary:
             raise ValueError(f"a nonce is 1-{MAX_NONCE_CHARS} characters")
         evidence = self.attester.attest(nonce, self.key.key_hash)
         return {"object": "attestation", "attester": self.attester.type,
-                "evidence": evidence.to_json(), "hpke_public_key": b64(self.key.public_bytes)}
+                "evidence": evidence.to_json(), "hpke_public_key": b64(self.key.public_bytes),
+                "transparency": None if self.log is None or self.log_index is None
+                else self.log.proof(self.log_index)}
 
     def open_request(self, sealed: str) -> tuple[dict[str, Any], bytes]:
         """The inner request body and the key to seal the answer to (both inside the seal,

@@ -22,7 +22,9 @@ from aruntime.confidential.ear import Ear, EarError
 from aruntime.confidential.evidence import Evidence, EvidenceError, b64, unb64
 from aruntime.confidential.relying_party import seal_for_boundary
 from aruntime.confidential.sealing import ANSWER_INFO, SealError, SealingKey
+from aruntime.confidential.transparency import check_proof
 from aruntime.confidential.verifier import Verifier
+from aruntime.evidence.signing import SigningError, load_public_key
 
 
 class ConfidentialError(RuntimeError):
@@ -35,6 +37,22 @@ class Attested:
     token: str
     nonce: str
     boundary_key: bytes
+
+
+def published(proof: Any, evidence: Evidence) -> None:
+    """The boundary shows what the transparency log shows everyone: its leaf (attester,
+    measurements, key) proves into a head signed by the boundary's key, and matches the
+    evidence. ConfidentialError otherwise: a boundary that is not published is not trusted."""
+    if not isinstance(proof, dict):
+        raise ConfidentialError("the boundary is not in a transparency log")
+    try:
+        leaf = check_proof(proof, load_public_key(evidence.signer))
+    except (ValueError, KeyError, TypeError, SigningError) as exc:
+        raise ConfidentialError(f"the transparency proof fails: {exc}") from None
+    if (leaf.get("attester"), leaf.get("measurements"), leaf.get("key_hash")) != (
+            evidence.attester, dict(evidence.measurements), evidence.key_hash):
+        raise ConfidentialError("the boundary's evidence differs from what its transparency "
+                                "log published")
 
 
 class ConfidentialClient:
@@ -55,6 +73,7 @@ class ConfidentialClient:
             boundary_key = unb64(body["hpke_public_key"])
         except (KeyError, TypeError, ValueError, EvidenceError) as exc:
             raise ConfidentialError(f"the attestation is malformed: {exc}") from None
+        published(body.get("transparency"), evidence)
         ear, token = self.verifier.appraise(evidence, self.policy_id)
         return Attested(ear, token, nonce, boundary_key)
 

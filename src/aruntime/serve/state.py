@@ -18,6 +18,7 @@ from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
 from aruntime.confidential.attester import SoftwareAttester
 from aruntime.confidential.boundary import Boundary
+from aruntime.confidential.transparency import TransparencyLog
 from aruntime.contracts import DecisionRecord, EvidenceRecord
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
@@ -59,9 +60,12 @@ class ServerState:
 
     def __post_init__(self) -> None:
         if self.boundary is None:  # no TEE here: the software attester, which says so
-            self.boundary = Boundary(SoftwareAttester(
+            attester = SoftwareAttester(
                 self.signer, model_revision=self.info.revision,
-                config={"model": self.model_name, "max_model_len": self.info.max_model_len}))
+                config={"model": self.model_name, "max_model_len": self.info.max_model_len})
+            self.boundary = Boundary(attester)
+            self.boundary.publish(TransparencyLog(self.data_dir / "transparency.jsonl",
+                                                  self.signer), attester.measurements)
 
     def salt(self, tenant: str) -> bytes:
         """The tenant's output-digest salt; deleting its file unlinks digests from outputs."""
