@@ -93,6 +93,8 @@ COMMANDS: tuple[Command, ...] = (
           "appraise a server's boundary; exit 2 naming the claim that failed"),
     Command(("attest", "policy", "example"), "aruntime.confidential.cli",
             "print an appraisal policy", "add_example_arguments", "run_example"),
+    _word("kbs", "aruntime.confidential.kbs_cli", "serve",
+          "a key broker (RCAR): resources released as JWEs to attested keys"),
     Command(("chat",), "aruntime.confidential.cli", "chat with a server, sealed to its "
             "attested key", "add_chat_arguments", "run_chat"),
     _word("policy", "aruntime.policy.cli", "check", "parse and validate a policy bundle"),

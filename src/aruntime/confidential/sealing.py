@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from aruntime.confidential.evidence import key_hash
+from aruntime.confidential.evidence import b64, key_hash
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 REQUEST_INFO = b"aruntime confidential request v1"
@@ -43,6 +43,25 @@ class SealingKey:
     @property
     def key_hash(self) -> str:
         return key_hash(self.public_bytes)
+
+    def public_jwk(self) -> dict[str, str]:
+        """The public key as a JWK (RCAR's `tee-pubkey`), for a key broker to encrypt to."""
+        return {"kty": "OKP", "crv": "X25519", "x": b64(self.public_bytes)}
+
+    def open_jwe(self, token: str) -> bytes:
+        """A compact JWE (ECDH-ES, A256GCM) to this key, as a key broker releases one."""
+        from joserfc import jwe
+        from joserfc.errors import JoseError
+        from joserfc.jwk import OKPKey
+
+        pem = self._private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())
+        try:
+            return bytes(jwe.decrypt_compact(token, OKPKey.import_key(pem)).plaintext or b"")
+        except (JoseError, ValueError) as exc:
+            raise SealError(f"the released resource does not open ({type(exc).__name__})") \
+                from None
 
     def open(self, sealed: bytes, info: bytes) -> bytes:
         try:

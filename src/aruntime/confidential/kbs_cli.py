@@ -1,0 +1,40 @@
+"""`aruntime kbs serve --resources DIR --appraisal FILE`: the key broker as its own service."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aruntime.errors import UsageError
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resources", type=Path, required=True, metavar="DIR",
+                        help="DIR/<repo>/<type>/<tag> files, each with its <tag>.policy.json")
+    parser.add_argument("--appraisal", type=Path, required=True, metavar="FILE",
+                        help="the appraisal policy evidence is appraised under (JSON)")
+    parser.add_argument("--key", type=Path, default=None, metavar="FILE",
+                        help="the verifier's Ed25519 key that signs results (default: new)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aruntime.confidential.appraisal import AppraisalPolicy, PolicyFileError
+    from aruntime.confidential.kbs import kbs_app
+    from aruntime.confidential.verifier import Verifier
+    from aruntime.evidence.signing import DeploymentKey, SigningError
+
+    if not args.resources.is_dir():
+        raise UsageError(f"--resources {args.resources}: not a directory")
+    try:
+        policy = AppraisalPolicy.load(args.appraisal)
+        key = DeploymentKey.load(args.key) if args.key else DeploymentKey.generate()
+    except (PolicyFileError, SigningError) as exc:
+        raise UsageError(str(exc)) from None
+    verifier = Verifier(key, {policy.policy_id: policy})
+    uvicorn.run(kbs_app(verifier, policy.policy_id, args.resources), host=args.host,
+                port=args.port, log_level="info")
+    return 0
