@@ -95,6 +95,9 @@ COMMANDS: tuple[Command, ...] = (
             "print an appraisal policy", "add_example_arguments", "run_example"),
     _word("kbs", "aruntime.confidential.kbs_cli", "serve",
           "a key broker (RCAR): resources released as JWEs to attested keys"),
+    Command(("verifier", "serve"), "aruntime.confidential.kbs_cli",
+            "the verifier as a service: nonces, appraisals, signed EARs",
+            "add_verifier_arguments", "run_verifier"),
     Command(("chat",), "aruntime.confidential.cli", "chat with a server, sealed to its "
             "attested key", "add_chat_arguments", "run_chat"),
     _word("policy", "aruntime.policy.cli", "check", "parse and validate a policy bundle"),

@@ -24,6 +24,7 @@ from aruntime.confidential.relying_party import seal_for_boundary
 from aruntime.confidential.sealing import ANSWER_INFO, SealError, SealingKey
 from aruntime.confidential.transparency import check_proof
 from aruntime.confidential.verifier import Verifier
+from aruntime.confidential.verifier_service import RemoteVerifier
 from aruntime.evidence.signing import SigningError, load_public_key
 
 
@@ -56,7 +57,7 @@ def published(proof: Any, evidence: Evidence) -> None:
 
 
 class ConfidentialClient:
-    def __init__(self, base_url: str, verifier: Verifier, policy_id: str, *,
+    def __init__(self, base_url: str, verifier: Verifier | RemoteVerifier, policy_id: str, *,
                  verifier_key: Ed25519PublicKey, headers: dict[str, str] | None = None,
                  timeout_s: float = 120.0) -> None:
         self.http = httpx.Client(base_url=base_url, headers=headers or {}, timeout=timeout_s)

@@ -1,4 +1,5 @@
-"""`aruntime kbs serve --resources DIR --appraisal FILE`: the key broker as its own service."""
+"""`aruntime kbs serve` and `aruntime verifier serve`: the key broker and the verifier, each as
+its own service."""
 
 from __future__ import annotations
 
@@ -37,4 +38,31 @@ def run_serve(args: argparse.Namespace) -> int:
     verifier = Verifier(key, {policy.policy_id: policy})
     uvicorn.run(kbs_app(verifier, policy.policy_id, args.resources), host=args.host,
                 port=args.port, log_level="info")
+    return 0
+
+
+def add_verifier_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--appraisal", type=Path, action="append", required=True,
+                        metavar="FILE", help="an appraisal policy (repeatable)")
+    parser.add_argument("--key", type=Path, default=None, metavar="FILE",
+                        help="the Ed25519 key that signs results (default: new)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+
+
+def run_verifier(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aruntime.confidential.appraisal import AppraisalPolicy, PolicyFileError
+    from aruntime.confidential.verifier import Verifier
+    from aruntime.confidential.verifier_service import verifier_app
+    from aruntime.evidence.signing import DeploymentKey, SigningError
+
+    try:
+        loaded = [AppraisalPolicy.load(p) for p in args.appraisal]
+        key = DeploymentKey.load(args.key) if args.key else DeploymentKey.generate()
+    except (PolicyFileError, SigningError) as exc:
+        raise UsageError(str(exc)) from None
+    verifier = Verifier(key, {p.policy_id: p for p in loaded})
+    uvicorn.run(verifier_app(verifier), host=args.host, port=args.port, log_level="info")
     return 0
