@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aruntime.bench.report import Outcome, Report, progress_notes
+from aruntime.bench.report import Outcome, Report, add_json_argument, json_path, progress_notes
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +164,12 @@ def run_bench(model_dir: Path, w: Workload, *, json_path: Path | None = None,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples of each")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from aruntime.engine.default_model import DEMO, checked_model
-    from aruntime.errors import UsageError
 
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     run_bench(checked_model(DEMO), QUICK if args.quick else FULL, json_path=args.json)
     return 0

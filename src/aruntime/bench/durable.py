@@ -39,7 +39,7 @@ from aruntime.bench.durable_recovery import RECOVERIES
 from aruntime.bench.durable_steps import SYSTEMS, Systems, timed
 from aruntime.bench.durable_work import PRAGMAS, sqlite_saver
 from aruntime.bench.durable_workload import FULL, QUICK, DurableWorkload
-from aruntime.bench.report import progress_notes
+from aruntime.bench.report import add_json_argument, json_path, progress_notes
 
 
 def commit_ms(path: Path, n: int = 300) -> float:
@@ -102,8 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.invocations} runs a round, {QUICK.rounds} rounds "
                              "(about 20 s)")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
     parser.add_argument("--dir", type=Path, metavar="DIR",
                         help="where the SQLite files go (default: a temporary directory); its "
                              "disk is what fsync measures")
@@ -112,8 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from aruntime.errors import UsageError
 
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     try:
         import langgraph.checkpoint.sqlite  # noqa: F401 - the baseline
     except ImportError:

@@ -33,7 +33,7 @@ from aruntime.bench.engine_systems import measure_ttft, run_aruntime
 from aruntime.bench.engine_workload import FULL, QUICK, Workload, make_requests
 from aruntime.bench.model_costs import load_model_config
 from aruntime.bench.probes import matmul_gflops, peak_rss_mb
-from aruntime.bench.report import Outcome, progress_notes
+from aruntime.bench.report import Outcome, add_json_argument, json_path, progress_notes
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.default_model import DEFAULT, DEMO
 
@@ -89,8 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the same workload, {QUICK.rounds} round instead of {FULL.rounds} "
                              f"and {QUICK.ttft_repeats} TTFT probes instead of "
                              f"{FULL.ttft_repeats}")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
     parser.add_argument("--model", metavar="MODEL", default=DEMO,
                         help=f"{DEMO} (the random demo checkpoint the published claim is "
                              f"measured on; the default), {DEFAULT} (SmolLM2-135M-Instruct), a "
@@ -103,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from aruntime.errors import UsageError
 
     workload = replace(QUICK if args.quick else FULL, seed=args.seed)
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     model_dir = checked_model(args.model)
     try:
         limit = load_model_config(model_dir).max_position_embeddings

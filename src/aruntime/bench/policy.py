@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 import cedarpy
 
 from aruntime.bench import policy_workload as workload
-from aruntime.bench.report import Outcome, progress_notes
+from aruntime.bench.report import Outcome, add_json_argument, json_path, progress_notes
 from aruntime.policy.cedar_authorizer import (
     CedarAuthorizer,
     CedarPolicy,
@@ -179,15 +179,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.rounds} rounds instead of {FULL.rounds}, fewer decisions "
                              "each: the same measurement, less precise")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from aruntime.engine.default_model import DEMO, checked_model
-    from aruntime.errors import UsageError
 
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     run_bench(checked_model(DEMO), QUICK if args.quick else FULL, json_path=args.json)
     return 0

@@ -16,6 +16,7 @@ A smoke run (the trace benchmarks' `--quick`) says so just before the ratio and 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -24,6 +25,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aruntime.bench.claim import ClaimSpec, write_claim
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """Every benchmark's `--json FILE`: where its claim record (and FILE.log) goes."""
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="write the claim record here (and the raw log to FILE.log)")
+
+
+def json_path(args: argparse.Namespace) -> Path | None:
+    """`--json`, checked before anything is measured: a directory is a usage error."""
+    from aruntime.errors import UsageError
+
+    path: Path | None = args.json
+    if path is not None and path.is_dir():
+        raise UsageError(f"--json {path} is a directory; give a file name")
+    return path
+
 
 SMOKE_NOTE = ("smoke run (--quick): a smaller slice than the full run's, so its figures may "
               "tell another story than the claim's; no claim is written")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 from aruntime.bench import hardware
 from aruntime.bench.claim import ClaimSpec
 from aruntime.bench.grammar import SCHEMA as RECORD
-from aruntime.bench.report import Outcome, Report, progress_notes
+from aruntime.bench.report import Outcome, Report, add_json_argument, json_path, progress_notes
 from aruntime.bench.stats import median_of
 
 if TYPE_CHECKING:
@@ -199,18 +199,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.rounds} rounds of {QUICK.max_tokens} tokens instead of "
                              f"{FULL.rounds} of {FULL.max_tokens}; no claim written")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="write the claim record here (and the raw log to FILE.log)")
+    add_json_argument(parser)
     from aruntime.engine.default_model import DEFAULT, MODEL_HELP
 
     parser.add_argument("--model", metavar="MODEL", default=DEFAULT, help=MODEL_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
-    from aruntime.errors import UsageError
 
-    if args.json is not None and args.json.is_dir():
-        raise UsageError(f"--json {args.json} is a directory; give a file name")
+    json_path(args)  # a directory is a usage error, before anything runs
     from aruntime.engine.default_model import checked_model
 
     run_bench(checked_model(args.model), QUICK if args.quick else FULL, json_path=args.json,
