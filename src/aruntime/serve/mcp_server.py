@@ -22,14 +22,15 @@ import mcp_types as types
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aruntime.agents.tools import Tool, ToolInputError
 from aruntime.contracts import sha256_digest
 from aruntime.errors import described
 from aruntime.policy.decision import Action, Decision, Resource
-from aruntime.policy.identity import AuthError, Principal
-from aruntime.serve.auth import record_decision
+from aruntime.policy.identity import Principal
+from aruntime.serve.auth import principal, record_decision
 from aruntime.serve.errors import AuthenticationError
 from aruntime.serve.state import ServerState
 
@@ -52,11 +53,10 @@ def _decide(state: ServerState, who: Principal, action: Action, tool: Tool,
 def _caller(ctx: Any) -> tuple[ServerState, Principal]:
     request = ctx.request  # the HTTP request of this exchange (a Starlette Request)
     state: ServerState = request.app.state.server
-    try:
-        who = state.authenticator.authenticate(request.headers.get("authorization"))
-    except AuthError as exc:  # the endpoint checked it already; a race with a revocation
-        raise MCPError(types.INVALID_REQUEST, str(exc)) from None
-    return state, who
+    try:  # the endpoint authenticated it and kept the principal in the request's state
+        return state, principal(request)
+    except AuthenticationError as exc:
+        raise MCPError(types.INVALID_REQUEST, exc.message) from None
 
 
 def _mcp_tool(tool: Tool) -> types.Tool:
@@ -121,13 +121,9 @@ class McpEndpoint:
         if scope["type"] != "http" or (path != PATH and not path.startswith(PATH + "/")):
             await self.app(scope, receive, send)
             return
-        state: ServerState = scope["app"].state.server
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
-        try:
-            state.authenticator.authenticate(headers.get("authorization"))
-        except AuthError as exc:
-            err = AuthenticationError(str(exc))
+        try:  # once per request: the principal stays in the scope's state for the handlers
+            principal(Request(scope))
+        except AuthenticationError as err:
             body = json.dumps(err.body()).encode()
             await send({"type": "http.response.start", "status": err.status_code,
                         "headers": [(b"content-type", b"application/json"),
