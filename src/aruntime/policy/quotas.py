@@ -68,6 +68,17 @@ class _Tenant:
     tokens: _Bucket | None
     running: int = 0
 
+    def refill(self, now: float) -> None:
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.refill(now)
+
+    @property
+    def idle(self) -> bool:
+        """In the state a new tenant starts in: nothing in flight, every bucket full."""
+        return self.running == 0 and all(b is None or b.level >= b.capacity
+                                         for b in (self.requests, self.tokens))
+
 
 @dataclass(slots=True)
 class Lease:
@@ -147,20 +158,15 @@ class Quotas:
             t = self._tenants[tenant] = _Tenant(
                 _Bucket(limits.rpm, limits.rpm, now) if limits.rpm else None,
                 _Bucket(limits.tpm, limits.tpm, now) if limits.tpm else None)
-        for bucket in (t.requests, t.tokens):
-            if bucket is not None:
-                bucket.refill(now)
+        t.refill(now)
         return t
 
     def _forget_idle(self, now: float) -> None:
-        """Drop tenants in the state a new one starts in (nothing in flight, buckets full):
-        a server open to any tenant name keeps bounded memory, and nobody gains by it."""
+        """Drop idle tenants: a server open to any tenant name keeps bounded memory, and
+        nobody gains by it (an idle tenant is in the state a new one starts in)."""
         for name, t in list(self._tenants.items()):
-            for bucket in (t.requests, t.tokens):
-                if bucket is not None:
-                    bucket.refill(now)
-            if t.running == 0 and all(b is None or b.level >= b.capacity
-                                      for b in (t.requests, t.tokens)):
+            t.refill(now)
+            if t.idle:
                 del self._tenants[name]
         self._prune_at = max(TENANTS_KEPT, 2 * len(self._tenants))
 
