@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from fastapi.responses import JSONResponse, Response
 from aruntime.confidential import release_policy
 from aruntime.confidential.ear import Ear
 from aruntime.confidential.evidence import Evidence, EvidenceError, key_hash, unb64
+from aruntime.confidential.http_errors import error
 from aruntime.confidential.verifier import Verifier
 
 COOKIE = "kbs-session-id"
+_error = partial(error, service="kbs")
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
@@ -37,10 +40,6 @@ class Session:
     ear: Ear | None = None
     tee_jwk: dict[str, Any] | None = None
 
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "kbs_error"}},
-                        status_code=status)
 
 
 def kbs_app(verifier: Verifier, policy_id: str, resources: Path) -> FastAPI:

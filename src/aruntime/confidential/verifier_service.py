@@ -7,22 +7,19 @@ policy_id, key_hash?} -> {ear}; `GET /v1/key` -> the public key its results are 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from aruntime.confidential.ear import Ear, read_ear
 from aruntime.confidential.evidence import Evidence, EvidenceError
+from aruntime.confidential.http_errors import error
 from aruntime.confidential.verifier import UnknownPolicyError, Verifier
 from aruntime.evidence.signing import load_public_key
 
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "verifier_error"}},
-                        status_code=status)
-
+_error = partial(error, service="verifier")
 
 def verifier_app(verifier: Verifier) -> FastAPI:
     app = FastAPI(title="ARuntime verifier", docs_url=None, redoc_url=None, openapi_url=None)
