@@ -17,12 +17,7 @@ from fastapi import Request
 from aruntime.policy.decision import Action, Decision, Resource
 from aruntime.policy.identity import AuthError, ForbiddenError, Principal
 from aruntime.serve.errors import AuthenticationError, PermissionDeniedError
-from aruntime.serve.state import ServerState
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.server
-    return state
+from aruntime.serve.state import ServerState, state_of
 
 
 def principal(request: Request) -> Principal:
@@ -30,7 +25,7 @@ def principal(request: Request) -> Principal:
     found: Principal | None = getattr(request.state, "principal", None)
     if found is None:
         try:
-            found = _state(request).authenticator.authenticate(
+            found = state_of(request).authenticator.authenticate(
                 request.headers.get("authorization"))
         except AuthError as exc:
             raise AuthenticationError(str(exc)) from None
@@ -92,7 +87,7 @@ def decide(request: Request, action: Action, resource: Resource,
     gets it when `log` says no other record will (a read), and whenever it refuses: a refused
     request writes no evidence record of its own."""
     who = acting(request)
-    state = _state(request)
+    state = state_of(request)
     decision = state.authorizer.decide(who, action, resource, context)
     decisions(request).append(decision)
     if log or decision.enforced:

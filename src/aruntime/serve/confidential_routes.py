@@ -22,19 +22,15 @@ from aruntime.serve import protocol as p
 from aruntime.serve.auth import require_principal
 from aruntime.serve.errors import InvalidRequestError, PermissionDeniedError
 from aruntime.serve.openapi import request_body
-from aruntime.serve.state import ServerState
+from aruntime.serve.state import state_of
 
 router = APIRouter(dependencies=[Depends(require_principal)])
 CHAT = "/v1/chat/completions"
 
 
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.server
-    return state
-
 
 def _boundary(request: Request) -> Any:
-    boundary = _state(request).boundary
+    boundary = state_of(request).boundary
     if boundary is None:
         raise PermissionDeniedError("this server has no attester: it cannot take confidential "
                                     "requests", code="not_attestable")

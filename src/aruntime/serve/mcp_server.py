@@ -32,7 +32,7 @@ from aruntime.policy.decision import Action, Decision, Resource
 from aruntime.policy.identity import Principal
 from aruntime.serve.auth import principal, record_decision
 from aruntime.serve.errors import AuthenticationError
-from aruntime.serve.state import ServerState
+from aruntime.serve.state import ServerState, state_of
 
 PATH = "/mcp"
 POLICY_DENIED = -32003  # in JSON-RPC's range for server-defined errors
@@ -52,7 +52,7 @@ def _decide(state: ServerState, who: Principal, action: Action, tool: Tool,
 
 def _caller(ctx: Any) -> tuple[ServerState, Principal]:
     request = ctx.request  # the HTTP request of this exchange (a Starlette Request)
-    state: ServerState = request.app.state.server
+    state = state_of(request)
     try:  # the endpoint authenticated it and kept the principal in the request's state
         return state, principal(request)
     except AuthenticationError as exc:

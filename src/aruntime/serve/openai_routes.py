@@ -51,7 +51,7 @@ from aruntime.serve.metrics import CONTENT_TYPE
 from aruntime.serve.openapi import request_body
 from aruntime.serve.prompt_bound import chat_prompt, completion_prompts, off_loop, prompt_chars
 from aruntime.serve.request_policy import check_output, decide_request, model_resource
-from aruntime.serve.state import ServerState
+from aruntime.serve.state import ServerState, state_of
 from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
 from aruntime.serve.tool_specs import tool_plan
 
@@ -64,15 +64,11 @@ HEALTH_TIMEOUT_S = 5.0
 router = APIRouter()
 
 
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.server
-    return state
-
 
 @router.get("/health")
 async def health(request: Request) -> Response:
     try:
-        await asyncio.wait_for(_state(request).client.stats(), HEALTH_TIMEOUT_S)
+        await asyncio.wait_for(state_of(request).client.stats(), HEALTH_TIMEOUT_S)
     except (EngineDeadError, TimeoutError, RuntimeError) as exc:
         return JSONResponse(error_body(f"engine unavailable: {exc}", "server_error",
                                        code="engine_unavailable"), status_code=503)
@@ -81,7 +77,7 @@ async def health(request: Request) -> Response:
 
 @router.get("/metrics", dependencies=[Depends(require_principal)])  # a scraper gets a key too
 async def metrics(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     try:
         stats = await asyncio.wait_for(state.client.stats(), HEALTH_TIMEOUT_S)
     except (EngineDeadError, TimeoutError, RuntimeError):
@@ -101,7 +97,7 @@ def _model_card(state: ServerState) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """The models this principal may invoke (a denial hides a model rather than refusing)."""
-    state = _state(request)
+    state = state_of(request)
     allowed = decide(request, Action.INVOKE_MODEL, model_resource(state),
                      {"model": state.model_name}, enforce=False)
     return {"object": "list", "data": [_model_card(state)] if not allowed.enforced else []}
@@ -109,7 +105,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
-    state = _state(request)
+    state = state_of(request)
     _check_model(state, model)
     decide(request, Action.INVOKE_MODEL, model_resource(state), {"model": state.model_name})
     return _model_card(state)
@@ -118,7 +114,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/evidence/key", dependencies=[Depends(require_principal)])
 async def evidence_key(request: Request) -> dict[str, Any]:
     """The key that signs this server's evidence, and the chain's head now."""
-    state = _state(request)
+    state = state_of(request)
     return {"object": "evidence.key", "alg": "Ed25519", "key_id": state.signer.key_id,
             "public_key_pem": state.signer.public_pem(), "head": state.evidence.last_hash}
 
@@ -136,7 +132,7 @@ def _check_model(state: ServerState, model: str) -> None:
 async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, RequestT]:
     """Who asks, the body, the model it names, and the policy's decisions on them: every 4xx
     happens here."""
-    state = _state(request)
+    state = state_of(request)
     principal(request)  # a 401 before the body is read
     req = p.validate(model, p.parse_body(await request.body()))
     _check_model(state, req.model)

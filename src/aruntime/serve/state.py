@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry.trace import Tracer
+from starlette.requests import Request
 
 from aruntime import telemetry
 from aruntime.agents.tools import Tool
@@ -82,3 +83,9 @@ class ServerState:
                     f.write(salt)
                 self._salts[tenant] = salt
         return self._salts[tenant]
+
+
+def state_of(request: Request) -> ServerState:
+    """The state of the app serving `request` (routes, dependencies, the MCP handlers)."""
+    state: ServerState = request.app.state.server
+    return state
