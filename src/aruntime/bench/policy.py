@@ -35,6 +35,7 @@ from aruntime.policy.cedar_authorizer import (
     context_of,
     request_of,
 )
+from aruntime.policy.decision import Decision
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
@@ -88,20 +89,24 @@ class Measured:
     duration_s: float
 
 
-def _uncached(a: CedarAuthorizer, reqs: list[workload.PolicyRequest], s: Samples) -> None:
+def _timed(a: CedarAuthorizer, reqs: list[workload.PolicyRequest],
+           into: list[float]) -> list[Decision]:
+    """Each request decided through `a`, its time appended to `into`."""
+    out = []
     for r in reqs:
         t0 = time.perf_counter()
         d = a.decide(r.principal, r.action, r.resource, r.context)
-        s.uncached.append(time.perf_counter() - t0)
-        s.allowed += d.allowed
+        into.append(time.perf_counter() - t0)
+        out.append(d)
+    return out
+
+
+def _uncached(a: CedarAuthorizer, reqs: list[workload.PolicyRequest], s: Samples) -> None:
+    s.allowed += sum(d.allowed for d in _timed(a, reqs, s.uncached))
 
 
 def _cached(a: CedarAuthorizer, reqs: list[workload.PolicyRequest], s: Samples) -> None:
-    for r in reqs:
-        t0 = time.perf_counter()
-        d = a.decide(r.principal, r.action, r.resource, r.context)
-        s.cached.append(time.perf_counter() - t0)
-        s.hits += d.cached
+    s.hits += sum(d.cached for d in _timed(a, reqs, s.cached))
 
 
 def _reparse(text: str, ours: CedarAuthorizer, reqs: list[workload.PolicyRequest],
