@@ -41,7 +41,6 @@ class Session:
     tee_jwk: dict[str, Any] | None = None
 
 
-
 def kbs_app(verifier: Verifier, policy_id: str, resources: Path) -> FastAPI:
     app = FastAPI(title="ARuntime KBS", docs_url=None, redoc_url=None, openapi_url=None)
     sessions: dict[str, Session] = {}

@@ -28,7 +28,6 @@ router = APIRouter(dependencies=[Depends(require_principal)])
 CHAT = "/v1/chat/completions"
 
 
-
 def _boundary(request: Request) -> Any:
     boundary = state_of(request).boundary
     if boundary is None:

@@ -64,7 +64,6 @@ HEALTH_TIMEOUT_S = 5.0
 router = APIRouter()
 
 
-
 @router.get("/health")
 async def health(request: Request) -> Response:
     try:
