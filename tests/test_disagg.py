@@ -19,6 +19,7 @@ from aruntime.cluster.disagg import DisaggregatedPool
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.mp_client import MPClient
 from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.keys import CacheScope
 from aruntime.kv.shm_store import TRANSPORT_TIER
 from aruntime.serve.launch import background_server
 
@@ -88,6 +89,29 @@ def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
     text = metrics_of(disagg)
     assert "aruntime:kv_transport_bandwidth_bytes_per_second" in text
     assert 'aruntime:worker_up{role="decode",worker="d0"} 1.0' in text
+
+
+def test_a_confidential_prompt_never_crosses_the_transport(
+        tiny_model_dir: Path, disagg: DisaggregatedPool) -> None:
+    """A device-only scope (a confidential request's) is computed on one decode worker: no
+    prefill hand-over, nothing written to the shared-memory transport."""
+    secret = prompt(40, 11)
+    scope = CacheScope(b"tenant-salt", device_only=True)
+
+    async def main() -> None:
+        got = [t async for out in disagg.generate("c0", secret, GREEDY, scope)
+               for t in out.new_token_ids]
+        clear = await tokens(disagg, "c1", secret)
+        assert got == clear  # the same tokens, computed in one place
+        hand = disagg.handoff_of("c0")
+        assert hand is not None and hand.prefill_worker is None
+        assert hand.decode_cached_tokens == 0  # nothing restored from the transport
+        stats = await disagg.decode.stats()
+        restored = sum(t.restore_bytes for t in stats.tiers if t.tier == TRANSPORT_TIER)
+        assert restored == ((len(secret) - 1) // BLOCK) * BLOCK_BYTES  # c1's blocks, not c0's
+
+    within(main())
+    assert disagg.audit.kept_on_device == 1 and disagg.audit.handoffs == 1  # c1's only
 
 
 def test_killing_the_decode_worker_mid_stream_fails_the_request_clearly(

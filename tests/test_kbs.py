@@ -57,7 +57,7 @@ def attester() -> SoftwareAttester:
 
 def test_an_affirmed_boundary_gets_the_resource_sealed_to_its_key(
         dev: BackgroundServer, attester: SoftwareAttester) -> None:
-    assert fetch_resource(dev.url, "models/key/m1", attester) == SECRET
+    assert fetch_resource(dev.url, "models/key/m1", attester).data == SECRET
 
 
 def test_what_the_release_policy_or_the_broker_refuses_releases_nothing(

@@ -34,6 +34,7 @@ class Audit:
 class TransportAudit:
     handoffs: int = 0  # requests prefilled on one worker and decoded on another
     prefill_skipped: int = 0  # prompts shorter than a block: nothing to hand over
+    kept_on_device: int = 0  # device-only (confidential) prompts: nothing may be handed over
     prefill_fallbacks: int = 0  # no prefill worker answered: decode prefilled it
     restored_bytes: int = 0  # by decode workers, from the transport (as of the last stats())
     restore_seconds: float = 0.0

@@ -9,9 +9,11 @@ blocks are there. The same request then goes to a decode worker, whose prefix lo
 them from the transport; it computes only the prompt's last partial block and streams every
 token, the first included, so greedy outputs equal a single worker's.
 
-A prompt shorter than one block skips the prefill. When no prefill worker can answer, the
-decode worker prefills the whole prompt itself (counted as a fallback); a decode worker that
-dies mid-stream fails its request with `EngineDeadError`, as in the colocated pool.
+A prompt shorter than one block skips the prefill, and so does a confidential one (its scope
+is device-only: its KV never crosses the transport, so one decode worker computes it all).
+When no prefill worker can answer, the decode worker prefills the whole prompt itself (counted
+as a fallback); a decode worker that dies mid-stream fails its request with `EngineDeadError`,
+as in the colocated pool.
 Transport bandwidth is the bytes decode workers restored from it over the time those restores
 took (reads and copies into device blocks), read from their tier counters by `stats()`.
 
@@ -182,6 +184,8 @@ class DisaggregatedPool(ServingPool):
         blocks = (len(prompt_token_ids) - 1) // self.config.block_size
         if blocks == 0:
             self.audit.prefill_skipped += 1
+        elif scope.device_only:  # its KV may not cross the transport: one worker does it all
+            self.audit.kept_on_device += 1
         else:
             hand.prefill_worker = await self._prefill(request_id, prompt_token_ids, scope)
             if hand.prefill_worker is not None:

@@ -28,6 +28,7 @@ class Attester(ABC):
     changes what it measures."""
 
     type: str
+    measurements: dict[str, str]  # what it measures besides the platform: package, model, config
 
     @abstractmethod
     def attest(self, nonce: str, key_hash: str) -> Evidence: ...
@@ -74,3 +75,14 @@ class SoftwareAttester(Attester):
 def available_hardware() -> list[str]:
     """The hardware attesters this machine offers (none here: configfs-tsm is absent)."""
     return ["tsm"] if TSM_REPORT_DIR.is_dir() else []
+
+
+def boundary_attester(key: DeploymentKey, *, model_revision: str,
+                      config: Mapping[str, object] | None = None) -> Attester:
+    """The attester this boundary offers: the platform's where configfs-tsm is present, else
+    the software attester (which says so in every report)."""
+    if available_hardware():
+        from aruntime.confidential.tsm import TsmAttester
+
+        return TsmAttester(model_revision=model_revision, config=config)
+    return SoftwareAttester(key, model_revision=model_revision, config=config)

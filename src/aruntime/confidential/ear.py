@@ -42,14 +42,14 @@ class Ear:
     issued_at: int = 0
 
 
-def _private(key: DeploymentKey) -> OKPKey:
+def jose_private(key: DeploymentKey) -> OKPKey:
     pem = key.private_key.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
     return OKPKey.import_key(pem)
 
 
-def _public(public_key: Ed25519PublicKey) -> OKPKey:
+def jose_public(public_key: Ed25519PublicKey) -> OKPKey:
     return OKPKey.import_key(public_key.public_bytes(serialization.Encoding.PEM,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
 
@@ -62,13 +62,13 @@ def sign_ear(ear: Ear, key: DeploymentKey) -> str:
                   "ear.appraisal-policy-id": ear.policy_id,
                   "ear.aruntime.attester": ear.attester, "ear.aruntime.key-hash": ear.key_hash,
                   "ear.aruntime.reasons": list(ear.reasons)}}}
-    return jwt.encode({"alg": ALG, "kid": key.key_id}, claims, _private(key), algorithms=[ALG])
+    return jwt.encode({"alg": ALG, "kid": key.key_id}, claims, jose_private(key), algorithms=[ALG])
 
 
 def read_ear(token: str, verifier_key: Ed25519PublicKey) -> Ear:
     """The EAR if `token` is signed by `verifier_key`; EarError otherwise."""
     try:
-        decoded = jwt.decode(token, _public(verifier_key), algorithms=[ALG])
+        decoded = jwt.decode(token, jose_public(verifier_key), algorithms=[ALG])
     except (JoseError, ValueError) as exc:
         raise EarError(f"the attestation result's signature is not the verifier's "
                        f"({type(exc).__name__})") from None

@@ -6,32 +6,37 @@ to the attested key — only when the resource's release policy holds over the E
 No session is a 401, a policy that does not hold a 403, an unknown resource a 404.
 
 Resources are files `DIR/<repo>/<type>/<tag>`, each with its release policy beside it in
-`<tag>.policy.json` (none: the result must be affirming, and under the broker's policy).
+`<tag>.policy.json` (none: the result must be affirming, and under the broker's policy); the
+admin API (kbs_admin.py) puts them there. Every release is appended to the broker's
+transparency log — which resource, to which attested key, under which measurements — and the
+release names its leaf (`ARuntime-Transparency-Index`), whose inclusion proof
+`GET /kbs/v0/transparency/proof/<index>` serves against a signed tree head.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import threading
-from dataclasses import dataclass
-from functools import partial
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from aruntime.confidential import release_policy
 from aruntime.confidential.ear import Ear
 from aruntime.confidential.evidence import Evidence, EvidenceError, key_hash, unb64
-from aruntime.confidential.http_errors import error
+from aruntime.confidential.kbs_admin import add_admin_routes, kbs_error, resource_path
+from aruntime.confidential.transparency import TransparencyLog
 from aruntime.confidential.verifier import Verifier
 
 COOKIE = "kbs-session-id"
-_error = partial(error, service="kbs")
-_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+INDEX_HEADER = "ARuntime-Transparency-Index"
+_error = kbs_error
 
 
 @dataclass
@@ -39,29 +44,51 @@ class Session:
     nonce: str
     ear: Ear | None = None
     tee_jwk: dict[str, Any] | None = None
+    measurements: dict[str, str] = field(default_factory=dict)
 
 
-def kbs_app(verifier: Verifier, policy_id: str, resources: Path) -> FastAPI:
+def kbs_app(verifier: Verifier, policy_id: str, resources: Path, *,
+            log: TransparencyLog | None = None,
+            admin_key: Ed25519PublicKey | None = None) -> FastAPI:
+    """`log`: where releases are published (default: one under `resources`, signed by the
+    verifier's key); `admin_key`: who may upload resources (None: nobody)."""
     app = FastAPI(title="ARuntime KBS", docs_url=None, redoc_url=None, openapi_url=None)
-    sessions: dict[str, Session] = {}
-    lock = threading.Lock()
+    broker = Broker(verifier, policy_id, resources,
+                    log or TransparencyLog(resources / ".kbs" / "transparency.jsonl",
+                                           verifier.key))
+    app.add_api_route("/kbs/v0/auth", broker.auth, methods=["POST"])
+    app.add_api_route("/kbs/v0/attest", broker.attest, methods=["POST"])
+    app.add_api_route("/kbs/v0/resource/{repo}/{kind}/{tag}", broker.resource, methods=["GET"])
+    app.add_api_route("/kbs/v0/transparency/proof/{index}", broker.proof, methods=["GET"])
+    app.add_api_route("/kbs/v0/transparency/key", broker.log_key, methods=["GET"])
+    add_admin_routes(app, resources, admin_key)
+    return app
 
-    def session_of(request: Request) -> Session | None:
-        with lock:
-            return sessions.get(request.cookies.get(COOKIE, ""))
 
-    @app.post("/kbs/v0/auth")
-    async def auth() -> Response:
-        sid, nonce = secrets.token_urlsafe(24), verifier.challenge()
-        with lock:
-            sessions[sid] = Session(nonce)
+class Broker:
+    """The RCAR sessions and what they may be released."""
+
+    def __init__(self, verifier: Verifier, policy_id: str, resources: Path,
+                 log: TransparencyLog) -> None:
+        self.verifier, self.policy_id, self.resources, self.log = (verifier, policy_id,
+                                                                   resources, log)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, request: Request) -> Session | None:
+        with self._lock:
+            return self._sessions.get(request.cookies.get(COOKIE, ""))
+
+    async def auth(self) -> Response:
+        sid, nonce = secrets.token_urlsafe(24), self.verifier.challenge()
+        with self._lock:
+            self._sessions[sid] = Session(nonce)
         response = JSONResponse({"nonce": nonce, "extra-params": ""})
         response.set_cookie(COOKIE, sid, httponly=True, samesite="strict")
         return response
 
-    @app.post("/kbs/v0/attest")
-    async def attest(request: Request) -> Response:
-        session = session_of(request)
+    async def attest(self, request: Request) -> Response:
+        session = self._session(request)
         if session is None:
             return _error(401, "no session: POST /kbs/v0/auth first")
         try:
@@ -69,33 +96,45 @@ def kbs_app(verifier: Verifier, policy_id: str, resources: Path) -> FastAPI:
             jwk, evidence = body["tee-pubkey"], Evidence.from_json(body["tee-evidence"])
             raw = unb64(jwk["x"]) if jwk.get("kty") == "OKP" and jwk.get("crv") == "X25519" \
                 else b""
-        except (ValueError, KeyError, TypeError, EvidenceError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, EvidenceError) as exc:
             return _error(400, f"an attest request is {{tee-pubkey, tee-evidence}}: {exc}")
         if len(raw) != 32:
             return _error(400, "tee-pubkey must be an X25519 OKP JWK")
         if evidence.nonce != session.nonce:
             return _error(401, "the evidence answers another session's nonce")
-        ear, token = verifier.appraise(evidence, policy_id, expected_key_hash=key_hash(raw))
+        ear, token = self.verifier.appraise(evidence, self.policy_id,
+                                            expected_key_hash=key_hash(raw))
         session.ear, session.tee_jwk = ear, jwk
+        session.measurements = dict(evidence.measurements)
         return JSONResponse({"token": token})
 
-    @app.get("/kbs/v0/resource/{repo}/{kind}/{tag}")
-    async def resource(repo: str, kind: str, tag: str, request: Request) -> Response:
-        session = session_of(request)
+    async def resource(self, repo: str, kind: str, tag: str, request: Request) -> Response:
+        session = self._session(request)
         if session is None or session.ear is None or session.tee_jwk is None:
             return _error(401, "no attested session: auth, then attest")
-        if not all(_PART.match(p) for p in (repo, kind, tag)) or tag.endswith(".policy.json"):
+        path = resource_path(self.resources, repo, kind, tag)
+        if path is None or not path.is_file():
             return _error(404, "no such resource")
-        path = resources / repo / kind / tag
-        if not path.is_file():
-            return _error(404, "no such resource")
-        rule = _policy_of(path, policy_id)
-        if not release_policy.allows(rule, release_policy.claims_of(session.ear)):
+        ear = session.ear
+        if not release_policy.allows(_policy_of(path, self.policy_id),
+                                     release_policy.claims_of(ear)):
             return _error(403, f"the release policy of {repo}/{kind}/{tag} does not hold for "
-                          f"this attestation ({session.ear.status}, {session.ear.attester})")
-        return Response(_jwe(path.read_bytes(), session.tee_jwk), media_type="application/jose")
+                          f"this attestation ({ear.status}, {ear.attester})")
+        token = _jwe(path.read_bytes(), session.tee_jwk)
+        index = self.log.append({"kind": "key-release", "resource": f"{repo}/{kind}/{tag}",
+                                 "attester": ear.attester, "policy_id": ear.policy_id,
+                                 "key_hash": ear.key_hash, "measurements": session.measurements,
+                                 "at": int(time.time())})
+        return Response(token, media_type="application/jose", headers={INDEX_HEADER: str(index)})
 
-    return app
+    async def proof(self, index: int) -> Response:
+        try:
+            return JSONResponse(self.log.proof(index))
+        except IndexError as exc:
+            return _error(404, str(exc))
+
+    async def log_key(self) -> Response:
+        return PlainTextResponse(self.log.key.public_pem())
 
 
 def _policy_of(path: Path, policy_id: str) -> dict[str, Any]:

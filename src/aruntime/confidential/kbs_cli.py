@@ -16,6 +16,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the appraisal policy evidence is appraised under (JSON)")
     parser.add_argument("--key", type=Path, default=None, metavar="FILE",
                         help="the verifier's Ed25519 key that signs results (default: new)")
+    parser.add_argument("--admin-key", type=Path, default=None, metavar="FILE",
+                        help="the public key (PEM) whose tokens may upload resources "
+                             "(default: none may)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
 
@@ -26,18 +29,19 @@ def run_serve(args: argparse.Namespace) -> int:
     from aruntime.confidential.appraisal import AppraisalPolicy, PolicyFileError
     from aruntime.confidential.kbs import kbs_app
     from aruntime.confidential.verifier import Verifier
-    from aruntime.evidence.signing import DeploymentKey, SigningError
+    from aruntime.evidence.signing import DeploymentKey, SigningError, load_public_key
 
     if not args.resources.is_dir():
         raise UsageError(f"--resources {args.resources}: not a directory")
     try:
         policy = AppraisalPolicy.load(args.appraisal)
         key = DeploymentKey.load(args.key) if args.key else DeploymentKey.generate()
+        admin = load_public_key(args.admin_key) if args.admin_key else None
     except (PolicyFileError, SigningError) as exc:
         raise UsageError(str(exc)) from None
     verifier = Verifier(key, {policy.policy_id: policy})
-    uvicorn.run(kbs_app(verifier, policy.policy_id, args.resources), host=args.host,
-                port=args.port, log_level="info")
+    uvicorn.run(kbs_app(verifier, policy.policy_id, args.resources, admin_key=admin),
+                host=args.host, port=args.port, log_level="info")
     return 0
 
 

@@ -141,6 +141,7 @@ class EngineConfig:
     kv: KVConfig = field(default_factory=KVConfig)  # stores beyond the device, KV events
     worker_id: str | None = None  # this engine's name in the cache directory; default host:pid
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
+    kbs_url: str | None = None  # the key broker that releases a sealed model's weight key
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -290,7 +290,10 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
         ).start()
         EngineLoop(engine, commands, outbox.put, publisher).run()
     except BaseException as exc:  # the client must hear why, whatever it was
-        logger.error("engine core failed:\n%s", traceback.format_exc())
+        from aruntime.engine.loader import CheckpointError
+
+        if not isinstance(exc, CheckpointError):  # that one's message says it all, once
+            logger.error("engine core failed:\n%s", traceback.format_exc())
         outbox.put(EngineFailed(described(exc)))
         code = 1
     if publisher is not None:

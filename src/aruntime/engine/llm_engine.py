@@ -51,7 +51,7 @@ class LLMEngine:
                       mc.max_position_embeddings)
         if mc.sliding_window:  # within the window, sliding attention is full attention
             max_len = min(max_len, mc.sliding_window)
-        self.runner = ModelRunner(config, mc, ckpt.weights(), max_len)
+        self.runner = ModelRunner(config, mc, ckpt.weights(config.kbs_url), max_len)
         self.device = str(self.runner.device)
         # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
         self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)

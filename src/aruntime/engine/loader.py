@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch is imported when weights are read, not to check a dir
 
 _CHUNK = 1 << 20
 _INDEX = "model.safetensors.index.json"
+SEALED_MANIFEST = "sealed.json"  # confidential/sealed_weights.py's MANIFEST
 _MAX_LISTED = 10  # names shown in one error message; the rest are counted
 
 
@@ -35,13 +36,19 @@ class Checkpoint:
     tokenizer: Tokenizer
     revision: str  # "sha256:<hex>" over config, tokenizer and weight files (or the GGUF file)
     weight_files: tuple[Path, ...] = ()
-    format: str = "safetensors"  # or "gguf"
-    # A GGUF file's open reader: parsing its metadata takes seconds, so weights() reuses it.
+    format: str = "safetensors"  # or "gguf", or "sealed" (confidential/sealed_weights.py)
+    # A GGUF file's open reader (parsing its metadata takes seconds, so weights() reuses it);
+    # a sealed model's manifest.
     reader: Any = field(default=None, repr=False, compare=False)
 
-    def weights(self) -> dict[str, torch.Tensor]:
+    def weights(self, kbs_url: str | None = None) -> dict[str, torch.Tensor]:
         """All tensors of all weight files, named exactly as stored (loaded on CPU); a GGUF's
-        dequantized to float32 under Hugging Face names."""
+        dequantized to float32 under Hugging Face names; a sealed model's opened in memory with
+        the key the broker at `kbs_url` releases to this boundary."""
+        if self.format == "sealed":
+            from aruntime.confidential.model_release import released_weights
+
+            return released_weights(self, kbs_url)
         if self.format == "gguf":
             from aruntime.engine.gguf_checkpoint import gguf_weights
 
@@ -78,18 +85,50 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is not a directory")
     config = _read_config(path)
+    if (path / SEALED_MANIFEST).is_file():
+        return _sealed_checkpoint(path, config)
     weight_files = _weight_files(path)
+    hashed = [*_plain_files(path), *weight_files]
+    return Checkpoint(path=path, config=config, tokenizer=_tokenizer(path),
+                      revision=revision_digest(path, hashed), weight_files=tuple(weight_files))
+
+
+def _tokenizer(path: Path) -> Tokenizer:
     if not (path / "tokenizer.json").is_file():
         raise CheckpointError(f"{path} has no tokenizer.json")
     try:
-        tokenizer = Tokenizer.from_dir(path)
+        return Tokenizer.from_dir(path)
     except TokenizerError as exc:
         raise CheckpointError(str(exc)) from None
-    hashed = [path / "config.json", path / "tokenizer.json", *weight_files]
-    if (path / "tokenizer_config.json").is_file():
-        hashed.append(path / "tokenizer_config.json")
-    return Checkpoint(path=path, config=config, tokenizer=tokenizer,
-                      revision=revision_digest(path, hashed), weight_files=tuple(weight_files))
+
+
+def _plain_files(path: Path) -> list[Path]:
+    """The files besides the weights that a revision covers."""
+    names = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    return [path / n for n in names if (path / n).is_file()]
+
+
+def _sealed_checkpoint(path: Path, config: ModelConfig) -> Checkpoint:
+    """A directory whose weights are sealed: its revision is the plaintext's — the digests
+    the manifest declares for the weights, which opening them checks — so the boundary
+    measures the model before it can read it."""
+    from aruntime.confidential.sealed_weights import Manifest, SealedModelError
+
+    try:
+        manifest = Manifest.load(path)
+    except SealedModelError as exc:
+        raise CheckpointError(str(exc)) from None
+    sealed = manifest.sealed_paths(path)
+    missing = [p.name for p in sealed if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{path} lacks sealed weight files: {_listed(missing)}")
+    declared = {f.name: f.sha256.removeprefix("sha256:") for f in manifest.files}
+    revision = revision_digest(path, _plain_files(path), declared)
+    if revision != manifest.revision:
+        raise CheckpointError(f"{path}: the config or tokenizer differs from what was sealed "
+                              f"(revision {revision[:19]}, manifest {manifest.revision[:19]})")
+    return Checkpoint(path=path, config=config, tokenizer=_tokenizer(path), revision=revision,
+                      weight_files=tuple(sealed), format="sealed", reader=manifest)
 
 
 def _read_config(path: Path) -> ModelConfig:
@@ -132,11 +171,13 @@ def file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def revision_digest(root: Path, files: list[Path]) -> str:
+def revision_digest(root: Path, files: list[Path], declared: dict[str, str] | None = None) -> str:
     """One digest over (relative name, sha256) pairs, sorted so that listing order is moot:
-    two directories with identical content get the same revision wherever they live."""
+    two directories with identical content get the same revision wherever they live.
+    `declared`: more (name, sha256 hex) pairs, for files not on disk in the clear."""
+    pairs = [(str(f.relative_to(root)), file_sha256(f)) for f in files]
     outer = hashlib.sha256()
-    for name, digest in sorted((str(f.relative_to(root)), file_sha256(f)) for f in files):
+    for name, digest in sorted(pairs + list((declared or {}).items())):
         outer.update(f"{name}\0{digest}\n".encode())
     return "sha256:" + outer.hexdigest()
 

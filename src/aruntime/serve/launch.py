@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiers.add_argument("--kv-redis", default=None, metavar="URL",
                        help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--kbs", default=None, metavar="URL",
+                        help="the key broker of a sealed --model (aruntime seal-model): each "
+                             "engine attests to it and opens the weights in memory")
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                         help="evidence log, its signing key and salts "
                              f"(default: {paths.data_dir()})")
@@ -111,6 +114,7 @@ def check_model_dir(model: Path) -> None:
     metadata is checked where its tokenizer is read (`_serve`): reading it is the slow part."""
     from aruntime.engine.config import ModelConfig, ModelConfigError
     from aruntime.engine.default_model import is_gguf_file
+    from aruntime.engine.loader import SEALED_MANIFEST
 
     if model.is_file():
         if not is_gguf_file(model):
@@ -132,7 +136,7 @@ def check_model_dir(model: Path) -> None:
         ModelConfig.from_hf(cfg)
     except ModelConfigError as exc:
         raise UsageError(f"--model {model}: {exc}") from None
-    if not any(model.glob("*.safetensors")):
+    if not any(model.glob("*.safetensors")) and not (model / SEALED_MANIFEST).is_file():
         raise UsageError(f"--model {model}: no *.safetensors weights")
 
 
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_arguments(args)
     model = _model_dir(args.model)
+    _check_sealed(model, args.kbs)
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the model loads: a second server on this directory stops here, in one line
         claim = DataDirClaim(data_dir)
@@ -172,6 +177,16 @@ def _model_dir(given: str | None) -> Path:
                        "(SmolLM2-135M-Instruct), or pass a checkpoint directory or GGUF file.",
                        model)
     return model
+
+
+def _check_sealed(model: Path, kbs: str | None) -> None:
+    from aruntime.engine.loader import SEALED_MANIFEST
+
+    sealed = model.is_dir() and (model / SEALED_MANIFEST).is_file()
+    if sealed and not kbs:
+        raise UsageError(f"--model {model} is sealed: give --kbs URL, the broker of its key")
+    if kbs and not sealed:
+        raise UsageError(f"--kbs is for a sealed model, and {model} is not one")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -254,7 +269,7 @@ def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len, device=args.device, kv=kv)
+            max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

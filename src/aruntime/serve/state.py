@@ -17,7 +17,7 @@ from starlette.requests import Request
 from aruntime import telemetry
 from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
-from aruntime.confidential.attester import SoftwareAttester
+from aruntime.confidential.attester import boundary_attester
 from aruntime.confidential.boundary import Boundary
 from aruntime.confidential.transparency import TransparencyLog
 from aruntime.contracts import DecisionRecord, EvidenceRecord
@@ -61,7 +61,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         if self.boundary is None:  # no TEE here: the software attester, which says so
-            attester = SoftwareAttester(
+            attester = boundary_attester(
                 self.signer, model_revision=self.info.revision,
                 config={"model": self.model_name, "max_model_len": self.info.max_model_len})
             self.boundary = Boundary(attester)
