@@ -95,7 +95,7 @@ COMMANDS: tuple[Command, ...] = (
             "print an appraisal policy", "add_example_arguments", "run_example"),
     _word("kbs", "aruntime.confidential.kbs_cli", "serve",
           "a key broker (RCAR): resources released as JWEs to attested keys"),
-    Command(("seal-model",), "aruntime.confidential.seal_cli", "seal a checkpoint's weights "
+    Command(("seal-model",), "aruntime.serve.seal_model_cli", "seal a checkpoint's weights "
             "under a key only the key broker keeps", "add_arguments", "run"),
     Command(("verifier", "serve"), "aruntime.confidential.kbs_cli",
             "the verifier as a service: nonces, appraisals, signed EARs",

@@ -1,8 +1,8 @@
 """Attesters behind one seam: `attest(nonce, key_hash)` returns evidence of this boundary bound
 to both. `SoftwareAttester` measures what it can from inside the process. Hardware attesters
-(TDX and SNP through the kernel's configfs-tsm, NVIDIA GPU evidence) plug in behind the same
-seam; `available_hardware()` says whether this machine could offer one (it cannot: no
-configfs-tsm here).
+(tsm.py: TDX and SNP through the kernel's configfs-tsm; gpu.py: NVIDIA GPU evidence) plug in
+behind the same seam; `available_hardware()` says whether this machine could offer one (it
+cannot: no configfs-tsm here).
 """
 
 from __future__ import annotations
@@ -73,16 +73,19 @@ class SoftwareAttester(Attester):
 
 
 def available_hardware() -> list[str]:
-    """The hardware attesters this machine offers (none here: configfs-tsm is absent)."""
-    return ["tsm"] if TSM_REPORT_DIR.is_dir() else []
+    """The hardware attesters this machine offers (none here: configfs-tsm is absent, and
+    NVIDIA's SDK, the nvidia-gpu extra, is not installed)."""
+    from aruntime.confidential.gpu import sdk_present
+
+    return ["tsm"] * TSM_REPORT_DIR.is_dir() + ["nvidia-gpu"] * sdk_present()
 
 
 def boundary_attester(key: DeploymentKey, *, model_revision: str,
                       config: Mapping[str, object] | None = None) -> Attester:
     """The attester this boundary offers: the platform's where configfs-tsm is present, else
     the software attester (which says so in every report)."""
-    if available_hardware():
+    if "tsm" in available_hardware():
         from aruntime.confidential.tsm import TsmAttester
 
-        return TsmAttester(model_revision=model_revision, config=config)
+        return TsmAttester(model_revision=model_revision, config=config)  # TDX or SNP
     return SoftwareAttester(key, model_revision=model_revision, config=config)

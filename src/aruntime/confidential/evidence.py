@@ -33,6 +33,14 @@ def key_hash(public_key: bytes) -> str:
     return "sha256:" + hashlib.sha256(public_key).hexdigest()
 
 
+def report_data(nonce: str, key_hash: str, measurements: Mapping[str, str]) -> bytes:
+    """The 64 bytes a hardware report carries for its caller: SHA-512 over the nonce, the bound
+    key and the measurements the platform cannot take itself (package, model, config) — so a
+    report signed by the platform vouches for all three."""
+    return hashlib.sha512(canonical_json({"nonce": nonce, "key_hash": key_hash,
+                                          "measurements": dict(measurements)})).digest()
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -52,6 +60,7 @@ class Evidence:
     issued_at: int = 0  # unix seconds, as the attester saw them
     signer: str = ""  # the attester's public key (PEM), for `software`
     report: str = ""  # a hardware report, base64url
+    certs: str = ""  # what vouches for the report's key (SNP: the host's cert table), base64url
     signature: str = ""  # over `signed_bytes()`
 
     def __post_init__(self) -> None:

@@ -1,54 +1,47 @@
 """The boundary's side of sealed weights: attest to the key broker, get the data key released
-to a key of this process (RCAR), and open the weights in memory — the plaintext is never
+to a key of this process (RCAR), and open the weight files in memory — the plaintext is never
 written anywhere, and the released key lives only as long as the opening does."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
 
 from aruntime.confidential.attester import boundary_attester
 from aruntime.confidential.kbs_client import RcarError, fetch_resource
 from aruntime.confidential.sealed_weights import Manifest, SealedModelError, open_file
 from aruntime.confidential.sealing import SealError
-from aruntime.engine.loader import Checkpoint, CheckpointError
 from aruntime.evidence.signing import DeploymentKey
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
 
-def released_weights(checkpoint: Checkpoint, kbs_url: str | None) -> dict[str, torch.Tensor]:
-    """The sealed checkpoint's tensors; CheckpointError saying why when the broker releases no
-    key, or the key does not open them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+class ReleaseError(ValueError):
+    """No key was released for a sealed model, or it does not open the weights; says why."""
 
-    manifest: Manifest = checkpoint.reader
+
+def released_files(manifest: Manifest, sealed: tuple[Path, ...], revision: str,
+                   kbs_url: str | None) -> Iterator[bytearray]:
+    """Each sealed weight file's plaintext, in memory, in the manifest's order. The caller
+    clears each buffer once it has read it."""
     if not kbs_url:
-        raise CheckpointError(f"{checkpoint.path} is sealed: serve it with --kbs URL, the key "
-                              f"broker holding {manifest.resource}")
-    attester = boundary_attester(DeploymentKey.generate(), model_revision=checkpoint.revision,
+        raise ReleaseError(f"the model is sealed: serve it with --kbs URL, the key broker "
+                           f"holding {manifest.resource}")
+    attester = boundary_attester(DeploymentKey.generate(), model_revision=revision,
                                  config={"role": "engine"})
     try:
         release = fetch_resource(kbs_url, manifest.resource, attester)
-    except (RcarError, SealError, OSError) as exc:
-        raise CheckpointError(f"the key broker at {kbs_url} released no key for "
-                              f"{manifest.resource}: {exc}") from None
+    except (RcarError, SealError) as exc:
+        raise ReleaseError(f"the key broker at {kbs_url} released no key for "
+                           f"{manifest.resource}: {exc}") from None
     logger.info("the key broker released %s to this %s boundary (its transparency log, "
                 "leaf %d)", manifest.resource, attester.type, release.log_index)
     key = release.data
-    out: dict[str, torch.Tensor] = {}
     try:
-        for i, (entry, path) in enumerate(zip(manifest.files, checkpoint.weight_files,
-                                              strict=True)):
-            plain = open_file(path.read_bytes(), entry, key, i, manifest.chunk_bytes)
-            out.update(load(bytes(plain)))
-            plain[:] = b""  # the buffer goes now, not when the collector gets to it
-    except (SealedModelError, SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint.path}: {exc}") from None
+        for i, (entry, path) in enumerate(zip(manifest.files, sealed, strict=True)):
+            yield open_file(path.read_bytes(), entry, key, i, manifest.chunk_bytes)
+    except (SealedModelError, OSError) as exc:
+        raise ReleaseError(str(exc)) from None
     finally:
-        del key
-    return out
+        del key, release

@@ -15,10 +15,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from aruntime.confidential.appraisal import AppraisalPolicy, version_tuple
 from aruntime.confidential.ear import AFFIRMING, CONTRAINDICATED, WARNING, Ear, sign_ear
-from aruntime.confidential.evidence import SOFTWARE, Evidence
+from aruntime.confidential.evidence import SOFTWARE, Evidence, report_data, unb64
+from aruntime.confidential.platform_report import PlatformReport, ReportError
+from aruntime.confidential.snp_report import verify_report
+from aruntime.confidential.tdx_quote import verify_quote
 from aruntime.evidence.signing import DeploymentKey, SigningError, load_public_key, verify_signature
 
 OK, WARN, BAD, NONE = 2, 32, 96, 0
@@ -61,10 +65,10 @@ class Verifier:
             vector[claim] = max(vector[claim], code)
             reasons.append(why)
 
-        self._identity(evidence, fail)
+        measured, debug, versions = self._identity(evidence, fail)
         self._hardware(evidence, policy, vector, fail)
-        self._executables(evidence, policy, fail)
-        self._configuration(evidence, policy, fail)
+        self._executables(measured, policy, fail)
+        self._configuration(debug, versions, policy, fail)
         if expected_key_hash is not None and evidence.key_hash != expected_key_hash:
             fail("runtime-opaque", "the evidence binds another key than the one offered")
         worst = max(vector.values())
@@ -73,22 +77,38 @@ class Verifier:
                   evidence.attester, tuple(reasons), int(self._clock()))
         return ear, sign_ear(ear, self.key)
 
-    def _identity(self, evidence: Evidence, fail: Callable[[str, str], None]) -> None:
+    def _identity(self, evidence: Evidence, fail: Callable[..., None],
+                  ) -> tuple[dict[str, str], bool, dict[str, str]]:
+        """The nonce is fresh and the evidence is the attester's; what it shows (measurements,
+        debug, versions) — a hardware report's own values over anything claimed beside it."""
         with self._lock:
             issued = self._nonces.pop(evidence.nonce, None)
         if issued is None or self._clock() - issued >= self.nonce_ttl_s:
             fail("instance-identity", "the evidence answers a nonce this verifier did not "
                  "issue, or one already used (a replay)")
+        shown = dict(evidence.measurements), evidence.debug, dict(evidence.versions)
         if evidence.attester == SOFTWARE:
             try:
                 signer = load_public_key(evidence.signer)
             except (SigningError, ValueError):
                 fail("instance-identity", "the software evidence carries no readable key")
-                return
+                return shown
             if not verify_signature(signer, evidence.signed_bytes(), evidence.signature):
                 fail("instance-identity", "the evidence's signature does not verify")
-        else:  # hardware reports are appraised by their platform's verifier plug-in
-            fail("instance-identity", f"no appraiser for {evidence.attester} reports here")
+            return shown
+        try:
+            platform = _platform_report(evidence, datetime.fromtimestamp(self._clock(), UTC))
+        except ReportError as exc:
+            fail("instance-identity", f"the {evidence.attester} report does not verify: {exc}")
+            return shown
+        for claim, why, code in platform.findings:
+            fail(claim, why, code)
+        if platform.report_data != report_data(evidence.nonce, evidence.key_hash,
+                                               evidence.measurements):
+            fail("instance-identity", f"the {evidence.attester} report's data does not bind "
+                 "this nonce, key and measurements")
+        return ({**shown[0], **platform.measurements}, evidence.debug or platform.debug,
+                {**shown[2], **platform.versions})
 
     def _hardware(self, evidence: Evidence, policy: AppraisalPolicy,
                   vector: dict[str, int], fail: Callable[[str, str], None]) -> None:
@@ -104,19 +124,33 @@ class Verifier:
                  f"{policy.max_age_s} s)")
 
     @staticmethod
-    def _executables(evidence: Evidence, policy: AppraisalPolicy,
+    def _executables(measured: Mapping[str, str], policy: AppraisalPolicy,
                      fail: Callable[[str, str], None]) -> None:
         for name, accepted in sorted(policy.reference_values.items()):
-            if evidence.measurements.get(name) not in accepted:
+            if measured.get(name) not in accepted:
                 fail("executables", f"measurement {name} is not a reference value of policy "
                      f"{policy.policy_id!r}")
 
     @staticmethod
-    def _configuration(evidence: Evidence, policy: AppraisalPolicy,
+    def _configuration(debug: bool, versions: Mapping[str, str], policy: AppraisalPolicy,
                        fail: Callable[[str, str], None]) -> None:
-        if evidence.debug and not policy.allow_debug:
+        if debug and not policy.allow_debug:
             fail("configuration", "the boundary runs with debugging on")
         for name, minimum in sorted(policy.min_versions.items()):
-            have = evidence.versions.get(name)
+            have = versions.get(name)
             if have is None or version_tuple(have) < version_tuple(minimum):
                 fail("configuration", f"{name} {have or 'unknown'} is below {minimum}")
+
+
+def _platform_report(evidence: Evidence, now: datetime) -> PlatformReport:
+    """The hardware report's claims, verified by its platform's appraiser."""
+    try:
+        raw, certs = unb64(evidence.report), unb64(evidence.certs)
+    except ValueError:
+        raise ReportError("the report is not base64url") from None
+    if evidence.attester == "tdx":
+        return verify_quote(raw, now)
+    if evidence.attester == "snp":
+        return verify_report(raw, certs, now)
+    raise ReportError(f"no appraiser for {evidence.attester} reports here (NVIDIA's is its "
+                      "SDK's: the nvidia-gpu extra)")

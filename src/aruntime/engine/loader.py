@@ -46,9 +46,7 @@ class Checkpoint:
         dequantized to float32 under Hugging Face names; a sealed model's opened in memory with
         the key the broker at `kbs_url` releases to this boundary."""
         if self.format == "sealed":
-            from aruntime.confidential.model_release import released_weights
-
-            return released_weights(self, kbs_url)
+            return self._released(kbs_url)
         if self.format == "gguf":
             from aruntime.engine.gguf_checkpoint import gguf_weights
 
@@ -66,6 +64,22 @@ class Checkpoint:
             if dup:
                 raise CheckpointError(f"{file} repeats tensors already loaded: {_listed(dup)}")
             out.update(tensors)
+        return out
+
+
+    def _released(self, kbs_url: str | None) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        from aruntime.confidential.model_release import ReleaseError, released_files
+
+        out: dict[str, torch.Tensor] = {}
+        try:
+            for plain in released_files(self.reader, self.weight_files, self.revision, kbs_url):
+                out.update(load(bytes(plain)))
+                plain[:] = b""  # the buffer goes now, not when the collector gets to it
+        except (ReleaseError, SafetensorError) as exc:
+            raise CheckpointError(f"{self.path}: {exc}") from None
         return out
 
 
