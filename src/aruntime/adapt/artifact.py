@@ -1,0 +1,95 @@
+"""What a release is of: five kinds of artifact, each checked for what it must be and named by
+the digest of its content. A model's version is its checkpoint revision (engine/loader.py's),
+so a request's evidence and the registry name a model the same way; any other kind's is the
+digest of its file, or of a directory's (name, sha256) pairs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+
+from aruntime.engine.loader import file_sha256, revision_digest
+
+MAX_PROMPT_BYTES = 64 * 1024
+ROUTER_POLICIES = ("kv", "round-robin", "random", "least-loaded")
+
+
+class Kind(StrEnum):
+    MODEL = "model"
+    PROMPT = "prompt"  # a system prompt set before a request's messages
+    ROUTE = "route"  # the router's policy and weights
+    RETRIEVAL = "retrieval"  # a retrieval config
+    POLICY = "policy"  # a Cedar bundle
+
+
+class ReleaseError(ValueError):
+    """A release that cannot be added, found, verified or moved; the message says which."""
+
+
+def content_digest(kind: Kind, path: Path) -> str:
+    if kind is Kind.MODEL:
+        from aruntime.engine.loader import CheckpointError, load_checkpoint
+
+        try:
+            return load_checkpoint(path).revision
+        except CheckpointError as exc:
+            raise ReleaseError(str(exc)) from None
+    if path.is_file():
+        return "sha256:" + file_sha256(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return revision_digest(path, files)
+    raise ReleaseError(f"{path}: no such file or directory")
+
+
+def check_artifact(kind: Kind, path: Path) -> None:
+    """ReleaseError when `path` is not what a release of `kind` holds."""
+    if kind is Kind.MODEL:
+        content_digest(kind, path)
+    elif kind is Kind.PROMPT:
+        prompt_text(path)
+    elif kind in (Kind.ROUTE, Kind.RETRIEVAL):
+        config = _json_object(path)
+        if kind is Kind.ROUTE and config.get("policy") not in ROUTER_POLICIES:
+            raise ReleaseError(f"{path}: a route release names a router policy, one of "
+                               f"{', '.join(ROUTER_POLICIES)}")
+    else:
+        from aruntime.policy.bundle import load_bundle
+        from aruntime.policy.cedar_authorizer import PolicyError
+
+        try:
+            load_bundle(path)
+        except (PolicyError, OSError) as exc:
+            raise ReleaseError(f"{path}: not a policy bundle: {exc}") from None
+
+
+def prompt_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReleaseError(f"{path}: a prompt release is a UTF-8 text file: {exc}") from None
+    if not text.strip() or len(data) > MAX_PROMPT_BYTES:
+        raise ReleaseError(f"{path}: a prompt is 1 to {MAX_PROMPT_BYTES} bytes of text")
+    return text
+
+
+def _json_object(path: Path) -> dict[str, object]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReleaseError(f"{path}: not a JSON file: {exc}") from None
+    if not isinstance(value, dict):
+        raise ReleaseError(f"{path}: a config release is a JSON object")
+    return value
+
+
+def short(version: str) -> str:
+    """`sha256:1a2b3c4d5e6f`: how tables print a version (prefixes resolve back to it)."""
+    return version[:19]
+
+
+def text_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
