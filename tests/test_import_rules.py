@@ -22,6 +22,8 @@ FORBIDDEN = {
     # the decision point calls policy/; policy/ never reaches back into what it guards
     "policy": ("engine", "serve", "cluster", "agents"),
     "confidential": ("engine", "serve", "cluster", "agents"),
+    # releases and rollouts: the serve plane calls them; they read checkpoints (engine/loader)
+    "adapt": ("serve", "cluster", "agents"),
 }
 # contracts/ is a leaf: besides itself, only these helpers of ours
 CONTRACTS_MAY_IMPORT = ("aruntime", "aruntime.timeutil", "aruntime.errors")  # and __version__

@@ -28,6 +28,10 @@ class ReleaseError(ValueError):
     """A release that cannot be added, found, verified or moved; the message says which."""
 
 
+class UnknownRelease(ReleaseError):
+    """No such release, version, alias or rollout."""
+
+
 def content_digest(kind: Kind, path: Path) -> str:
     if kind is Kind.MODEL:
         from aruntime.engine.loader import CheckpointError, load_checkpoint

@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from aruntime.adapt import analysis as an
-from aruntime.adapt.artifact import Kind, ReleaseError
+from aruntime.adapt.artifact import Kind, ReleaseError, UnknownRelease
 from aruntime.adapt.assignment import on_candidate
 from aruntime.adapt.registry import CANARY, STABLE, Registry
 from aruntime.adapt.rollout import ACTIVE, Rollout, RolloutStore, StaleRollout, Status
@@ -46,8 +47,9 @@ class RolloutController:
     def __init__(self, registry: Registry, store: RolloutStore, *,
                  clock: Callable[[], datetime] = utc_now,
                  unattended: Callable[[Kind], bool] = lambda kind: False,
-                 answer: an.Answer | None = None) -> None:
+                 answer: Callable[[str, str, list[dict[str, Any]]], str] | None = None) -> None:
         self.registry, self.store, self.clock = registry, store, clock
+        # (name, version, messages) -> the answer's text: offline evaluation sets run through it
         self.unattended, self.answer = unattended, answer
         self._lock = threading.RLock()
         self._active: dict[str, Rollout] = {}  # by name
@@ -152,7 +154,7 @@ class RolloutController:
             for _ in range(5):
                 r = self.store.get(rollout_id)
                 if r is None:
-                    raise ReleaseError(f"no rollout {rollout_id}")
+                    raise UnknownRelease(f"no rollout {rollout_id}")
                 if r.status not in ACTIVE:
                     raise ReleaseError(f"rollout {rollout_id} is {r.status.value} already")
                 event = act(r)
@@ -211,8 +213,9 @@ class RolloutController:
                 taken += [an.Measurement(m.name, an.Phase.ERROR, message="no evaluator here",
                                          dry_run=m.dry_run) for m in offline]
             else:
-                taken += [an.measure_offline(m, self.answer, r.candidate, r.stable)
-                          for m in offline]
+                answer, name = self.answer, r.name
+                taken += [an.measure_offline(m, lambda v, msgs: answer(name, v, msgs),
+                                             r.candidate, r.stable) for m in offline]
             r.offline_step = r.step
         return taken
 
@@ -289,7 +292,7 @@ class RolloutController:
     def status(self, rollout_id: str) -> dict[str, object]:
         r = self.store.get(rollout_id)
         if r is None:
-            raise ReleaseError(f"no rollout {rollout_id}")
+            raise UnknownRelease(f"no rollout {rollout_id}")
         return {**r.to_json(), "events": self.store.events(rollout_id)}
 
 

@@ -21,7 +21,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aruntime.adapt import provenance
-from aruntime.adapt.artifact import Kind, ReleaseError, check_artifact, content_digest
+from aruntime.adapt.artifact import (
+    Kind,
+    ReleaseError,
+    UnknownRelease,
+    check_artifact,
+    content_digest,
+)
 from aruntime.confidential.evidence import unb64
 from aruntime.durable.sql_journal import SqlJournal
 from aruntime.evidence.signing import DeploymentKey
@@ -134,7 +140,8 @@ class Registry:
         matches = [r for r in self.releases(name) if r.version.startswith(hexed)]
         if len(matches) != 1:
             what = "no" if not matches else f"{len(matches)}"
-            raise ReleaseError(f"{what} version of {name} matches {ref!r}")
+            error = UnknownRelease if not matches else ReleaseError
+            raise error(f"{what} version of {name} matches {ref!r}")
         return matches[0]
 
     def releases(self, name: str | None = None) -> list[Release]:

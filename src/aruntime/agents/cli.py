@@ -16,16 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from aruntime import paths
+from aruntime.durable.journal import default_journal
 from aruntime.durable.states import RunStatus
 from aruntime.engine.default_model import MODEL_HELP
-
-JOURNAL_ENV = "ARUNTIME_JOURNAL"
-
-
-def default_journal() -> str:
-    import os
-
-    return os.environ.get(JOURNAL_ENV) or str(paths.data_dir() / "runs.db")
 
 
 def _journal_argument(parser: argparse.ArgumentParser) -> None:

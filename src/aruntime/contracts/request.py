@@ -155,6 +155,11 @@ class RequestContract(StrictModel):
     # Leading prompt tokens published to the shared KV namespace on purpose (a common system
     # prompt): other tenants may reuse their blocks. Everything else stays the tenant's own.
     shared_prefix_tokens: Annotated[int, Field(ge=0)] = 0
+    # A released prompt, `NAME` (the rollout's assignment, else stable) or `NAME@ALIAS`, set as
+    # the system prompt before the messages; `session` keeps a conversation on one version.
+    prompt: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^@\s]+(@[^@\s]+)?$")] \
+        | None = None
+    session: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
     @field_validator("id")
     @classmethod

@@ -16,8 +16,20 @@ from typing import Any
 from aruntime.durable.sql_journal import EvidenceConflict, EvidenceRow, JournalError, SqlJournal
 from aruntime.durable.tables import Entry, Run
 
-__all__ = ["Entry", "EvidenceConflict", "EvidenceRow", "JournalError", "Run", "SqlJournal",
-           "SqliteJournal", "open_journal"]
+__all__ = ["JOURNAL_ENV", "Entry", "EvidenceConflict", "EvidenceRow", "JournalError", "Run",
+           "SqlJournal", "SqliteJournal", "default_journal", "open_journal"]
+
+JOURNAL_ENV = "ARUNTIME_JOURNAL"
+
+
+def default_journal() -> str:
+    """$ARUNTIME_JOURNAL, else runs.db in the data directory: where `aruntime run`, `aruntime
+    serve` and the release commands all find the same journal."""
+    import os
+
+    from aruntime import paths
+
+    return os.environ.get(JOURNAL_ENV) or str(paths.data_dir() / "runs.db")
 
 
 class SqliteJournal(SqlJournal):

@@ -30,6 +30,9 @@ class Action(StrEnum):
     # beside the list: starting (or resuming) and cancelling a durable run
     START_RUN = "start_run"
     CANCEL_RUN = "cancel_run"
+    # releases and rollouts (adapt/): add, move, start, abort; the controller's own promotion
+    MANAGE_RELEASE = "manage_release"
+    PROMOTE_UNATTENDED = "promote_unattended"
 
 
 class Mode(StrEnum):

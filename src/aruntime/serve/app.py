@@ -28,6 +28,7 @@ from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
 from aruntime.policy.reloader import PolicyReloader
 from aruntime.serve import openapi
+from aruntime.serve.adaptation import open_adaptation, ticking
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
@@ -35,6 +36,7 @@ from aruntime.serve.mcp_server import McpEndpoint, build_mcp
 from aruntime.serve.metrics import Metrics, PolicyCollector
 from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.prompt_bound import longest_token_bytes
+from aruntime.serve.releases_routes import router as releases_router
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
 from aruntime.serve.state import ServerState
@@ -81,8 +83,9 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         app.state.runner = open_runner(data, key,  # flows call models as requests do
                                        ServedModels(state, asyncio.get_running_loop()),
                                        state.tracer, state.authorizer)
+        open_adaptation(state, app.state.runner.journal, policy_reloader)
         try:
-            async with mcp.run(), _running(policy_reloader):
+            async with mcp.run(), _running(policy_reloader), ticking(state):
                 yield
         finally:
             evidence.close()
@@ -97,6 +100,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     app.add_middleware(McpEndpoint, manager=mcp)
     app.include_router(openai_router)
     app.include_router(runs_router)
+    app.include_router(releases_router)
     openapi.install(app)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads
     return app

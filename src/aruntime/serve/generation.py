@@ -28,6 +28,7 @@ from aruntime.policy.identity import Principal
 from aruntime.policy.quotas import Lease, QuotaExceeded
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
+from aruntime.serve.adaptation import record_sample, released
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     InvalidRequestError,
@@ -36,6 +37,7 @@ from aruntime.serve.errors import (
 from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
 
 if TYPE_CHECKING:
+    from aruntime.adapt.prompts import PromptUse
     from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class Generation:
     output_checked: bool = False
     lease: Lease | None = None  # its hold on the tenant's quota, released in `finalize`
     attestation_ref: str | None = None  # the attested key a confidential request came sealed to
+    prompt_use: PromptUse | None = None  # its released prompt (`aruntime.prompt`), if any
+    shadow: bool = False  # a rollout's mirrored copy: its answer is dropped, it leaves no record
     _done: bool = False
 
     def apply(self, index: int, out: RequestOutput) -> Choice:
@@ -287,8 +291,11 @@ def finalize(state: ServerState, gen: Generation) -> None:
     if gen.lease is not None:
         used = gen.usage()
         gen.lease.release(used["prompt_tokens"] + used["completion_tokens"])
+    record = _evidence(state, gen, now)
+    record_sample(state, gen, record)
     try:
-        state.evidence.append(_evidence(state, gen, now))
+        if not gen.shadow:
+            state.evidence.append(record)
     except Exception:  # a failed append must not fail the response
         logger.exception("could not append the evidence record of %s", gen.id)
     tracing.end(state, gen, now)
@@ -320,7 +327,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         policy_decisions=[PolicyDecision.model_validate(d.evidence()) for d in gen.decisions],
         attestation_ref=gen.attestation_ref,
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
-        trace_id=tracing.trace_id(gen),
+        trace_id=tracing.trace_id(gen), releases=released(state, gen.prompt_use),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -22,12 +22,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from aruntime import telemetry
+from aruntime.adapt.prompts import PromptUse
+from aruntime.adapt.samples import Sample
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.policy.decision import Action
 from aruntime.serve import confidential_routes, logprobs, tracing
 from aruntime.serve import protocol as p
+from aruntime.serve.adaptation import record_failure, resolve_prompt, with_prompt
 from aruntime.serve.auth import acting, decide, decisions, principal, require_principal
 from aruntime.serve.errors import (
     APIError,
@@ -158,12 +161,60 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     state, req = await _admit(request, p.ChatCompletionRequest)
     messages = p.chat_messages(req.messages)
+    use = resolve_prompt(state, request, getattr(request.state, "tenant", "default"), req)
+    try:
+        gen = await _chat_plan(state, req, messages, use)
+        response = await _respond(state, request, gen, req)
+    except APIError:
+        record_failure(state, use)  # a prompt version whose requests fail shows it here
+        raise
+    if use is not None and use.shadow_text is not None:
+        _then(response, lambda: _shadow(state, req, messages, use))
+    return response
+
+
+async def _chat_plan(state: ServerState, req: p.ChatCompletionRequest,
+                     messages: list[dict[str, Any]], use: PromptUse | None,
+                     shadow: bool = False) -> Generation:
+    """The generation of a chat request, with its released prompt (the shadow's, for a
+    mirrored copy) set before the messages."""
+    if use is not None:
+        text = use.shadow_text if shadow else use.text
+        messages = with_prompt(messages, text or "")
     tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
     prompt = await off_loop(prompt_chars(messages), chat_prompt, state.tokenizer, messages,
                             tools, state.tool_parser, state.longest_token_bytes,
                             state.info.max_model_len)
-    gen = plan(state, req, "chatcmpl", [prompt], "messages", messages=messages, tools=tools)
-    return await _respond(state, request, gen, req)
+    gen = plan(state, req, "shadow" if shadow else "chatcmpl", [prompt], "messages",
+               messages=messages, tools=tools)
+    gen.prompt_use, gen.shadow = use, shadow
+    return gen
+
+
+async def _shadow(state: ServerState, req: p.ChatCompletionRequest,
+                  messages: list[dict[str, Any]], use: PromptUse) -> None:
+    """The candidate answers a copy of the request, after the user's answer is complete; its
+    answer is dropped and only its sample (did it fail, how fast) is kept."""
+    try:
+        gen = await _chat_plan(state, req, messages, use, shadow=True)
+        await collect(state, gen)
+    except Exception as exc:  # the candidate's failure counts against it, never the user
+        logger.info("the shadow request failed: %s", exc)
+        if use.assignment.rollout_id is not None and use.assignment.shadow is not None:
+            state.adaptation.record(use.assignment.rollout_id,
+                                    Sample(use.assignment.shadow, False))
+
+
+def _then(response: Response, work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` once the response is sent (after its own background task, if any)."""
+    before = response.background
+
+    async def both() -> None:
+        if before is not None:
+            await before()
+        await work()
+
+    response.background = BackgroundTask(both)
 
 
 # ---- responses ----------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
     """The server's runner: the journal named by $ARUNTIME_JOURNAL, else runs.db in the data
     directory (where `aruntime run` puts it too); its flows call models through `models`, and
     their calls are decided by `authorizer` (the server's)."""
-    from aruntime.agents.cli import JOURNAL_ENV
+    from aruntime.durable.journal import JOURNAL_ENV
 
     journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
     return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal),

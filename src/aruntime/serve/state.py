@@ -15,6 +15,8 @@ from opentelemetry.trace import Tracer
 from starlette.requests import Request
 
 from aruntime import telemetry
+from aruntime.adapt.controller import RolloutController
+from aruntime.adapt.prompts import PromptReleases
 from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
 from aruntime.confidential.attester import boundary_attester
@@ -55,6 +57,9 @@ class ServerState:
     tools: dict[str, Tool] = field(default_factory=dict)  # serve --tools: served over MCP
     decisions: EvidenceLog[DecisionRecord] | None = None  # decisions no other record holds
     boundary: Boundary | None = None  # the attester and HPKE key of confidential requests
+    # releases and rollouts on the server's journal (serve/adaptation.py sets both at start)
+    adaptation: RolloutController = field(init=False)
+    prompts: PromptReleases = field(init=False)  # `aruntime.prompt`, resolved and verified
     # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
     longest_token_bytes: int | None = None
     _salts: dict[str, bytes] = field(default_factory=dict)

@@ -1,0 +1,60 @@
+"""Prompt releases as requests use them: `NAME` (the active rollout's assignment, else the
+stable version) or `NAME@ALIAS`, resolved to the version's text — verified (provenance and
+content) the first time this process serves that version, then kept in memory, so a file
+changed afterwards is never what answers."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from aruntime.adapt.artifact import Kind, ReleaseError, UnknownRelease, prompt_text, text_digest
+from aruntime.adapt.controller import Assignment, RolloutController
+
+
+@dataclass(frozen=True)
+class PromptUse:
+    assignment: Assignment
+    text: str  # the system prompt the user's answer is made with
+    shadow_text: str | None = None  # the candidate's, for a mirrored request
+
+    @property
+    def ref(self) -> str:
+        return f"{self.assignment.name}@{self.assignment.version}"
+
+
+class PromptReleases:
+    def __init__(self, controller: RolloutController) -> None:
+        self.controller = controller
+        self._texts: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, ref: str, tenant: str, session: str) -> PromptUse:
+        name, _, alias = ref.partition("@")
+        registry = self.controller.registry
+        if registry.kind_of(name) is not Kind.PROMPT:
+            raise UnknownRelease(f"no prompt release named {name!r}")
+        if alias:
+            version = registry.aliases(name).get(alias)
+            if version is None:
+                raise UnknownRelease(f"{name} has no alias {alias!r}")
+            assignment = Assignment(name, version)
+        else:
+            assignment = self.controller.assign(name, tenant, session)
+        shadow = self.text(name, assignment.shadow) if assignment.shadow else None
+        return PromptUse(assignment, self.text(name, assignment.version), shadow)
+
+    def text(self, name: str, version: str) -> str:
+        with self._lock:
+            known = self._texts.get((name, version))
+        if known is not None:
+            return known
+        release = self.controller.registry.get(name, version)
+        self.controller.registry.verify(release)  # refused before it serves, if tampered
+        text = prompt_text(Path(release.stored))
+        if text_digest(text) != release.version:  # changed between the check and the read
+            raise ReleaseError(f"{name}@{version[:19]}: its content changed; refused")
+        with self._lock:
+            self._texts[(name, version)] = text
+        return text
