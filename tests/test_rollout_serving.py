@@ -139,3 +139,32 @@ def test_releases_and_served_over_http(server: BackgroundServer, http: httpx.Cli
     listed = http.get("/v1/releases", params={"name": "greeting"}).json()["data"]
     assert [r["version"] for r in listed] == [v1] and listed[0]["provenance"]["by"]
     assert http.post("/v1/rollouts/ro-nope/approve", json={"approves": "x"}).status_code == 404
+
+
+def test_an_offline_evaluation_set_runs_through_the_candidate(
+        server: BackgroundServer, http: httpx.Client, tmp_path: Path) -> None:
+    v1, v2 = add(http, "golden", GOOD), add(http, "golden", OTHER)
+    http.post("/v1/releases/golden/aliases", json={"version": v1, "alias": "stable"})
+    questions = ["What is two and two?", "Name a colour.", "Say a word."]
+    cases = tmp_path / "golden.jsonl"
+    with cases.open("w") as f:
+        for i, q in enumerate(questions):  # what stable answers, exactly
+            answer = http.post("/v1/chat/completions", json={
+                "model": "tiny", "messages": [{"role": "user", "content": q}],
+                "max_tokens": 64, "temperature": 0,
+                "aruntime": {"prompt": "golden@stable", "session": f"g{i}"}}).json()
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}],
+                                "expected": answer["choices"][0]["message"]["content"]}) + "\n")
+    analysis = {"metrics": [{"name": "golden", "measure": "exact_match", "min": 1.0,
+                             "eval_set": str(cases)},
+                            {"name": "json", "measure": "json_valid", "min": 1.0,
+                             "eval_set": str(cases), "dry_run": True}]}
+    rid = http.post("/v1/rollouts", json={"name": "golden", "to": v2, "steps": [50, 100],
+                                          "analysis": analysis}).json()["rollout_id"]
+    controller(server).tick()  # the step's pause (none) is over: the set runs once
+    status = http.get(f"/v1/rollouts/{rid}").json()
+    assert status["status"] == "aborted", status
+    golden = [m for m in status["measurements"] if m["metric"] == "golden"]
+    assert golden and golden[0]["phase"] == "Failed" and golden[0]["value"] < 1.0
+    assert "golden: Failed" in status["reasons"][0]
+    assert [m["dry_run"] for m in status["measurements"] if m["metric"] == "json"] == [True]

@@ -28,6 +28,7 @@ from aruntime.policy.decision import Action, Resource
 from aruntime.policy.identity import Principal
 from aruntime.policy.reloader import PolicyReloader
 from aruntime.serve.errors import InvalidRequestError
+from aruntime.serve.tool_specs import NO_TOOLS
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -38,12 +39,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 TICK_S = 0.5
+EVAL_MAX_TOKENS = 64  # an evaluation case's answer
 CONTROLLER = Principal("aruntime-controller", "system", frozenset({"controller"}), via="internal")
 
 
 def open_adaptation(state: ServerState, journal: SqlJournal,
                     reloader: PolicyReloader | None) -> None:
+    """The registry and controller on the server's journal; called on the server's loop, where
+    offline evaluations run their requests."""
     registry = Registry(journal, state.data_dir / "releases", state.signer)
+    loop = asyncio.get_running_loop()
 
     def unattended(kind: Kind) -> bool:
         if reloader is None or not reloader.bundle.signed:
@@ -52,9 +57,34 @@ def open_adaptation(state: ServerState, journal: SqlJournal,
                                            Resource("Release", kind.value, {"kind": kind.value}))
         return decision.allowed
 
+    def answer(name: str, version: str, messages: list[dict[str, Any]]) -> str:
+        """An evaluation case through one prompt version (on the controller's thread)."""
+        from aruntime.agents.models import run_on
+
+        return run_on(loop, _answer(state, name, version, messages))
+
     state.adaptation = RolloutController(registry, RolloutStore(journal, state.signer),
-                                         unattended=unattended)
+                                         unattended=unattended, answer=answer)
     state.prompts = PromptReleases(state.adaptation)
+
+
+async def _answer(state: ServerState, name: str, version: str,
+                  messages: list[dict[str, Any]]) -> str:
+    from aruntime.serve import protocol as p
+    from aruntime.serve.generation import collect, plan
+    from aruntime.serve.prompt_bound import chat_prompt
+
+    req = p.ChatCompletionRequest.model_validate(
+        {"model": state.model_name, "messages": messages, "max_tokens": EVAL_MAX_TOKENS,
+         "temperature": 0})
+    full = with_prompt(p.chat_messages(req.messages), state.prompts.text(name, version))
+    prompt = await asyncio.to_thread(chat_prompt, state.tokenizer, full, NO_TOOLS,
+                                     state.tool_parser, state.longest_token_bytes,
+                                     state.info.max_model_len)
+    gen = plan(state, req, "eval", [prompt], "messages", messages=full)
+    gen.shadow = True  # an evaluation's answer is nobody's: no evidence record of its own
+    await collect(state, gen)
+    return gen.choices[0].text
 
 
 @asynccontextmanager
