@@ -168,3 +168,40 @@ def test_an_offline_evaluation_set_runs_through_the_candidate(
     assert golden and golden[0]["phase"] == "Failed" and golden[0]["value"] < 1.0
     assert "golden: Failed" in status["reasons"][0]
     assert [m["dry_run"] for m in status["measurements"] if m["metric"] == "json"] == [True]
+
+
+UNATTENDED = ('@id("own-tenant")\npermit (principal, action, resource)\n'
+              'when { context.tenant == principal.tenant };\n'
+              '@id("unattended-prompts")\npermit (principal, '
+              'action == ARuntime::Action::"promote_unattended", resource)\n'
+              'when { resource.kind == "prompt" };\n')
+
+
+def test_a_signed_policy_may_permit_unattended_promotion_and_it_is_recorded(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    from aruntime.evidence.signing import DeploymentKey
+    from aruntime.policy.bundle import bundle_digest, read_files, signature_path
+    from aruntime.policy.bundle_signature import write_signature
+    from aruntime.policy.reloader import PolicyReloader
+
+    key = DeploymentKey.generate()
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "policy.cedar").write_text(UNATTENDED)
+    write_signature(signature_path(bundle), bundle_digest(read_files(bundle)), key)
+    reloader = PolicyReloader.open(bundle, trusted=key.public_key, interval_s=3600)
+    cfg = dataclasses.replace(config(tiny_model_dir), max_model_len=256)
+    with background_server(cfg, tmp_path / "data", served_model_name="tiny",
+                           policy_reloader=reloader) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:
+        v1, v2 = add(http, "auto", GOOD), add(http, "auto", KIND)
+        http.post("/v1/releases/auto/aliases", json={"version": v1, "alias": "stable"})
+        rid = http.post("/v1/rollouts", json={"name": "auto", "to": v2, "steps": [100],
+                                              "analysis": {"metrics": []}}).json()["rollout_id"]
+        controller(srv).tick()
+        status = http.get(f"/v1/rollouts/{rid}").json()
+        assert status["status"] == "promoted", status
+        shown = http.get("/v1/releases/auto").json()
+        assert shown["aliases"]["stable"] == v2
+        assert "unattended" in shown["moves"][-1]["by"]
+        assert status["events"][-1]["unattended"] is True
