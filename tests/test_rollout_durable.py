@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from serve_process import free_port, spawn, wait_healthy
 
 KV_BYTES = 2 * 1024 * 1024
 # 30 of the candidate's requests a measurement: step 1 (10%) takes ~300 requests; at step 2
@@ -32,25 +32,11 @@ def cli(home: Path, *args: str) -> Any:
 
 
 def serve(model: Path, home: Path) -> tuple[subprocess.Popen[str], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aruntime.cli", "serve", "--model", str(model), "--port",
-         str(port), "--kv-cache-bytes", str(KV_BYTES), "--max-model-len", "128",
-         "--served-model-name", "tiny", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "ARUNTIME_HOME": str(home)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, "the server did not start"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)  # another process's port: nothing to wait on but polling
+    port = free_port()
+    proc = spawn(["--model", str(model), "--kv-cache-bytes", str(KV_BYTES), "--max-model-len",
+                  "128", "--served-model-name", "tiny", "--log-level", "warning"], port,
+                 {"ARUNTIME_HOME": str(home)})
+    return proc, wait_healthy(proc, port)
 
 
 def versions_of(url: str, home: Path, sessions: list[str]) -> dict[str, str]:

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from serve_process import free_port, spawn, wait_healthy
 
 from aruntime.cli import main
 from aruntime.confidential.admin_token import admin_token
@@ -173,37 +171,20 @@ def test_seal_model_refuses_in_one_line(broker: Broker, sealed: Path, tmp_path: 
     assert len(lines) == 3 and all(ln.startswith("aruntime: error:") for ln in lines), lines
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(model: Path, kbs: str, root: Path, port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "TMPDIR": str(root / "tmp")}
     (root / "tmp").mkdir(exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "aruntime.cli", "serve", "--model", str(model), "--kbs", kbs,
-         "--port", str(port), "--kv-cache-bytes", str(KV_BYTES), "--max-model-len", "128",
-         "--data-dir", str(root / "data"), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    return spawn(["--model", str(model), "--kbs", kbs, "--kv-cache-bytes", str(KV_BYTES),
+                  "--max-model-len", "128", "--data-dir", str(root / "data"), "--log-level",
+                  "warning"], port, {"TMPDIR": str(root / "tmp")}, cwd=root)
 
 
 def test_serve_a_sealed_model_only_after_release(broker: Broker, sealed: Path,
                                                  tiny_model_dir: Path, tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     proc = _serve(sealed, broker.server.url, tmp_path, port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the sealed model was not served in time"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)  # polling a process's port: no event to wait on across it
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30, json={
+        url = wait_healthy(proc, port)
+        r = httpx.post(f"{url}/v1/completions", timeout=30, json={
             "model": sealed.name, "prompt": "hello", "max_tokens": 3})
         assert r.status_code == 200, r.text
         assert any(rel["resource"] == "models/key/tiny" for rel in broker.releases())
@@ -221,7 +202,7 @@ def test_serve_exits_2_in_one_line_when_the_release_policy_fails(
     out = tmp_path / "hw-sealed"
     broker.seal(tiny_model_dir, out, "models/key/hw", "--release-policy", str(policy))
     before = len(broker.releases())
-    proc = _serve(out, broker.server.url, tmp_path, _port())
+    proc = _serve(out, broker.server.url, tmp_path, free_port())
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     errors = [ln for ln in err.splitlines() if "error" in ln.lower()]

@@ -14,7 +14,6 @@ through a version, once a step. Bounds: `max` / `min` on the candidate's value, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -23,6 +22,7 @@ from typing import Any
 
 from aruntime.adapt.artifact import ReleaseError
 from aruntime.adapt.samples import Sample, statistic
+from aruntime.jsonfile import read_json_object
 
 LIVE = ("error_rate", "refusal_rate")
 OFFLINE = ("exact_match", "json_valid", "score")
@@ -85,10 +85,7 @@ class Analysis:
 
     @classmethod
     def load(cls, path: Path) -> Analysis:
-        try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReleaseError(f"{path}: {exc}") from None
+        return cls.from_json(read_json_object(path, ReleaseError))
 
     def to_json(self) -> dict[str, Any]:
         return {"metrics": [{k: v for k, v in {**asdict(m), **m.bounds}.items()

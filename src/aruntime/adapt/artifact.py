@@ -6,11 +6,11 @@ digest of its file, or of a directory's (name, sha256) pairs."""
 from __future__ import annotations
 
 import hashlib
-import json
 from enum import StrEnum
 from pathlib import Path
 
 from aruntime.engine.loader import file_sha256, revision_digest
+from aruntime.jsonfile import read_json_object
 
 MAX_PROMPT_BYTES = 64 * 1024
 ROUTER_POLICIES = ("kv", "round-robin", "random", "least-loaded")
@@ -81,13 +81,7 @@ def prompt_text(path: Path) -> str:
 
 
 def _json_object(path: Path) -> dict[str, object]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReleaseError(f"{path}: not a JSON file: {exc}") from None
-    if not isinstance(value, dict):
-        raise ReleaseError(f"{path}: a config release is a JSON object")
-    return value
+    return read_json_object(path, ReleaseError)
 
 
 def short(version: str) -> str:

@@ -10,12 +10,12 @@ that lists only hardware types never accepts it, whatever else it shows.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aruntime.confidential.evidence import ATTESTER_TYPES
+from aruntime.jsonfile import read_json_object
 
 
 class PolicyFileError(ValueError):
@@ -60,10 +60,7 @@ class AppraisalPolicy:
 
     @classmethod
     def load(cls, path: Path) -> AppraisalPolicy:
-        try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PolicyFileError(f"{path}: {exc}") from None
+        return cls.from_json(read_json_object(path, PolicyFileError))
 
     def to_json(self) -> dict[str, Any]:
         return {"policy_id": self.policy_id,

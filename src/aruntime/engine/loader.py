@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aruntime.engine.config import ModelConfig, ModelConfigError
-from aruntime.engine.tokenizer import Tokenizer, TokenizerError, read_json_object
+from aruntime.engine.tokenizer import Tokenizer, TokenizerError
+from aruntime.jsonfile import read_json_object
 
 if TYPE_CHECKING:  # torch is imported when weights are read, not to check a directory
     import torch

@@ -17,6 +17,8 @@ from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from aruntime.jsonfile import read_json_object
+
 REPLACEMENT_CHAR = "\ufffd"
 # Already-emitted tokens decoded again as left context: decoders with leading-space rules
 # (SentencePiece's Metaspace) render a token differently at the start of a window.
@@ -70,17 +72,6 @@ def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
-
-
-def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
-    """A checkpoint's JSON file that must hold an object; anything else raises `error`."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object")
-    return data
 
 
 def _as_ids(ids: Sequence[int], limit: int | None) -> list[int]:

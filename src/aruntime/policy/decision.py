@@ -30,8 +30,11 @@ class Action(StrEnum):
     # beside the list: starting (or resuming) and cancelling a durable run
     START_RUN = "start_run"
     CANCEL_RUN = "cancel_run"
-    # releases and rollouts (adapt/): add, move, start, abort; the controller's own promotion
+    # releases and rollouts (adapt/): add, move, start, abort; read; approve a promotion; and
+    # the controller's own promotion, which only a signed bundle's explicit rule permits
     MANAGE_RELEASE = "manage_release"
+    READ_RELEASE = "read_release"
+    APPROVE_RELEASE = "approve_release"
     PROMOTE_UNATTENDED = "promote_unattended"
 
 

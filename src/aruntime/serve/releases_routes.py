@@ -1,7 +1,7 @@
 """Releases and rollouts over HTTP: `/v1/releases` (list, add, one name's versions, aliases and
 traffic, `served?at=`, verify) and `/v1/rollouts` (start, list, status, approve, abort,
-promote). Every change is decided by the policy (`manage_release`; an approval, `approve`), and
-who made it is the authenticated principal, never the body."""
+promote). Each is decided by the policy (`read_release`, `manage_release`, and for an approval
+`approve_release`), and who made it is the authenticated principal, never the body."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _controller(request: Request, action: Action, name: str) -> RolloutControlle
     controller: RolloutController = state_of(request).adaptation
     kind = controller.registry.kind_of(name)
     decide(request, action, Resource("Release", name, {"kind": kind.value if kind else ""}),
-           log=action is Action.READ_EVIDENCE)
+           log=action is Action.READ_RELEASE)
     return controller
 
 
@@ -84,7 +84,7 @@ def _answer(fn: Callable[[], T]) -> T:
 
 @router.get("/releases")
 def list_releases(request: Request, name: str | None = None) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, name or "*")
+    c = _controller(request, Action.READ_RELEASE, name or "*")
     return {"object": "list", "data": [r.to_json() for r in c.registry.releases(name)]}
 
 
@@ -105,7 +105,7 @@ def add_release(body: AddRelease, request: Request) -> dict[str, Any]:
 
 @router.get("/releases/{name}")
 def show_release(name: str, request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, name)
+    c = _controller(request, Action.READ_RELEASE, name)
     versions = [r.to_json() for r in c.registry.releases(name)]
     if not versions:
         raise NotFoundError(f"no release named {name!r}")
@@ -122,7 +122,7 @@ def move_alias(name: str, body: MoveAlias, request: Request) -> dict[str, Any]:
 
 @router.get("/releases/{name}/served")
 def served(name: str, at: str, request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, name)
+    c = _controller(request, Action.READ_RELEASE, name)
     try:
         instant: datetime = parse_rfc3339(at)
     except ValueError as exc:
@@ -135,7 +135,7 @@ def served(name: str, at: str, request: Request) -> dict[str, Any]:
 
 @router.get("/releases/{name}/versions/{version}/verify")
 def verify(name: str, version: str, request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, name)
+    c = _controller(request, Action.READ_RELEASE, name)
     release = _answer(lambda: c.registry.get(name, version))
     statement = _answer(lambda: c.registry.verify(release))
     return {"name": name, "version": release.version, "verified": True,
@@ -153,7 +153,7 @@ def start_rollout(body: StartRollout, request: Request) -> dict[str, Any]:
 
 @router.get("/rollouts")
 def list_rollouts(request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, "*")
+    c = _controller(request, Action.READ_RELEASE, "*")
     return {"object": "list", "data": [r.to_json() for r in c.store.all()]}
 
 
@@ -166,13 +166,13 @@ def _rollout_name(request: Request, rollout_id: str) -> str:
 
 @router.get("/rollouts/{rollout_id}")
 def rollout_status(rollout_id: str, request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.READ_EVIDENCE, _rollout_name(request, rollout_id))
+    c = _controller(request, Action.READ_RELEASE, _rollout_name(request, rollout_id))
     return _answer(lambda: c.status(rollout_id))
 
 
 @router.post("/rollouts/{rollout_id}/approve")
 def approve(rollout_id: str, body: Approval, request: Request) -> dict[str, Any]:
-    c = _controller(request, Action.APPROVE, _rollout_name(request, rollout_id))
+    c = _controller(request, Action.APPROVE_RELEASE, _rollout_name(request, rollout_id))
     return _answer(lambda: c.approve(rollout_id, body.approves, _who(request)).to_json())
 
 
