@@ -34,7 +34,8 @@ class AddRelease(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
     content: str | None = Field(None, description="the artifact itself (prompt, route, "
                                 "retrieval: a text or JSON file's content)")
-    path: str | None = Field(None, description="or a path on the server (a model, a bundle)")
+    path: str | None = Field(None, description="or, for a model or a policy bundle, a path on "
+                             "the server (never for what a request would read as text)")
     inputs: dict[str, str] = {}
 
 
@@ -93,6 +94,9 @@ def add_release(body: AddRelease, request: Request) -> dict[str, Any]:
     c = _controller(request, Action.MANAGE_RELEASE, body.name)
     if (body.content is None) == (body.path is None):
         raise InvalidRequestError("give the artifact's content or a path, one of them")
+    if body.path is not None and body.kind not in (Kind.MODEL, Kind.POLICY):
+        raise InvalidRequestError(f"a {body.kind.value} release is sent as its content: a "
+                                  "server path would let a request read any file", param="path")
     if body.path is not None:
         return _answer(lambda: c.registry.add(body.kind, body.name, Path(str(body.path)),
                                               _who(request), body.inputs).to_json())
