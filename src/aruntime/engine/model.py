@@ -8,13 +8,15 @@ is a single large matmul; only attention is split (see `attention.py`).
 from __future__ import annotations
 
 import math
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from aruntime.engine.attention import AttentionBatch, paged_attention
 from aruntime.engine.config import ModelConfig
+from aruntime.engine.model_parts import parts_of, rms_norm
 
 
 class Dense(nn.Module):
@@ -47,10 +49,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused kernel instead of five elementwise passes
-            return nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -92,13 +91,6 @@ class Rotary(nn.Module):
                 self.sin[positions].unsqueeze(1).to(dtype))
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF's half-split rotation: x * cos + rotate_half(x) * sin."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -115,19 +107,18 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                batch: AttentionBatch) -> torch.Tensor:
-        t = x.shape[0]
-        qkv = self.qkv_proj(self.input_layernorm(x))
-        # q and k heads sit side by side in the fused output: rotate them in one pass.
-        qk = apply_rotary(qkv[:, :self.split[0] + self.split[1]].view(t, -1, self.head_dim), *rope)
-        q, k = torch.split(qk, [self.num_heads, self.num_kv_heads], dim=1)
-        v = qkv[:, self.split[0] + self.split[1]:].view(t, self.num_kv_heads, self.head_dim)
-        attn = paged_attention(q, k, v, batch, self.layer_idx)
-        x = x + self.o_proj(attn.reshape(t, -1))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        out: torch.Tensor = x + self.down_proj(nn.functional.silu(gate) * up)
-        return out
+    def before_weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights `BeforeAttention` takes after x, cos and sin (and the bias, if any)."""
+        qkv = self.qkv_proj
+        head = (self.input_layernorm.weight, qkv.weight_t)
+        return head if qkv.bias is None else (*head, qkv.bias)
+
+    def after_weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.o_proj.weight_t, self.post_attention_layernorm.weight,
+                self.gate_up_proj.weight_t, self.down_proj.weight_t)
+
+
+Dispatch = Callable[..., Any]  # (part name, *inputs) -> the part's outputs
 
 
 class LlamaForCausalLM(nn.Module):
@@ -141,17 +132,27 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = Dense(cfg.hidden_size, cfg.vocab_size)
         self.rotary = Rotary(cfg, max_positions)
+        self.parts = parts_of(cfg)  # not submodules: they hold no weights
 
     def forward(self, token_ids: torch.Tensor, batch: AttentionBatch,
-                logits_rows: torch.Tensor) -> torch.Tensor:
+                logits_rows: torch.Tensor, dispatch: Dispatch | None = None) -> torch.Tensor:
         """Logits for the rows in `logits_rows` only: the LM head is the largest matmul, and only
-        each sampling sequence's last token needs it."""
+        each sampling sequence's last token needs it. `dispatch` runs each dense part (a
+        compiled backend's, engine/backends/); by default, eagerly."""
+        run = dispatch or self.run_part
         x = self.embed_tokens(token_ids)
-        rope = self.rotary.tables(batch.positions, x.dtype)
+        cos, sin = self.rotary.tables(batch.positions, x.dtype)
+        t = x.shape[0]
         for layer in self.decoder_layers():
-            x = layer(x, rope, batch)
-        logits: torch.Tensor = self.lm_head(self.norm(x[logits_rows])).float()
+            q, k, v = run("before", x, cos, sin, *layer.before_weights())
+            attn = paged_attention(q, k, v, batch, layer.layer_idx)
+            x = run("after", x, attn.reshape(t, -1), *layer.after_weights())
+        logits: torch.Tensor = run("head", x[logits_rows], self.norm.weight,
+                                   self.lm_head.weight_t)
         return logits
+
+    def run_part(self, name: str, *inputs: torch.Tensor) -> Any:
+        return self.parts[name](*inputs)
 
     def decoder_layers(self) -> list[DecoderLayer]:
         return cast(list[DecoderLayer], list(self.layers))
