@@ -142,6 +142,11 @@ class EngineConfig:
     worker_id: str | None = None  # this engine's name in the cache directory; default host:pid
     native_kernels: bool = True  # the C decode-attention kernel on CPU (fp32); False: PyTorch only
     kbs_url: str | None = None  # the key broker that releases a sealed model's weight key
+    # which backends run the dense parts: "eager", "auto" (the calibrated table's choice per
+    # phase and bucket) or "NAME[,NAME...]" (engine/backends/); their caches and tables live
+    # in `backends_dir` (default: the data directory's backends/)
+    backends: str = "eager"
+    backends_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import msgspec
 import torch
@@ -74,6 +75,22 @@ class LLMEngine:
         self._matchers: dict[str, GuidedMatcher] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self._use_backends(config)
+
+    def _use_backends(self, config: EngineConfig) -> None:
+        """The dense parts on the backends `config.backends` names, each through the gate."""
+        if config.backends == "eager":
+            return
+        from aruntime import paths
+        from aruntime.engine.backends.greedy_gate import greedy_gate
+        from aruntime.engine.backends.parts import build_dispatch
+        from aruntime.engine.backends.table import table_path
+
+        root = Path(config.backends_dir) if config.backends_dir else paths.data_dir() / "backends"
+        dispatch = build_dispatch(config.backends, self.runner.model, root,
+                                  table_path(root, self.revision, config.dtype))
+        if dispatch is not None:
+            greedy_gate(self, dispatch)
 
     @property
     def tiers(self) -> TieredKVCache | None:

@@ -16,6 +16,7 @@ from aruntime.engine.attention import (
     NativeDecodeInputs,
     PrefillSegment,
 )
+from aruntime.engine.backends.parts import PartDispatch
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
@@ -60,6 +61,7 @@ class ModelRunner:
         native_ok = (self.device.type == "cpu" and self.dtype == torch.float32
                      and config.native_kernels)
         self.native = NativeDecode.create() if native_ok else None
+        self.dispatch: PartDispatch | None = None  # compiled backends (LLMEngine builds it)
 
     def read_block(self, block_id: int) -> BlockPayload:
         """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
@@ -132,8 +134,10 @@ class ModelRunner:
         elif decode_tables:
             self._decode_groups(batch, decode_tables, decode_lens)
         rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
+        dispatch = None if self.dispatch is None else self.dispatch.for_step(
+            "prefill" if batch.prefills else "decode", len(token_ids))
         logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
-                            torch.tensor(rows, dtype=torch.long, device=dev))
+                            torch.tensor(rows, dtype=torch.long, device=dev), dispatch)
         prompt, at = [], len(sample_rows)
         for seq, first, _, n in spans:
             prompt.append((seq, first, logits[at:at + n]))

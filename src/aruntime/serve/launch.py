@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import socket
 import sys
@@ -22,6 +21,7 @@ from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
 from aruntime.policy import auth_args, policy_args, quota_args
+from aruntime.serve.model_args import check_backends, check_model_dir, check_sealed
 
 if TYPE_CHECKING:
     from aruntime.cluster.serving import ServingPool
@@ -87,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiers.add_argument("--kv-redis", default=None, metavar="URL",
                        help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--backends", default="eager", metavar="auto|eager|NAME,...",
+                        help="what runs the model's dense parts: eager PyTorch, the calibrated "
+                             "cheapest per phase and bucket (auto; `aruntime backends "
+                             "calibrate`), or these (each through the equivalence gate)")
     parser.add_argument("--kbs", default=None, metavar="URL",
                         help="the key broker of a sealed --model (aruntime seal-model): each "
                              "engine attests to it and opens the weights in memory")
@@ -109,37 +113,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     policy_args.add_arguments(parser)
 
 
-def check_model_dir(model: Path) -> None:
-    """A bad --model is a usage error with one line, before any process starts. A GGUF file's
-    metadata is checked where its tokenizer is read (`_serve`): reading it is the slow part."""
-    from aruntime.engine.config import ModelConfig, ModelConfigError
-    from aruntime.engine.default_model import is_gguf_file
-    from aruntime.engine.loader import SEALED_MANIFEST
-
-    if model.is_file():
-        if not is_gguf_file(model):
-            raise UsageError(f"--model {model}: not a directory nor a GGUF file")
-        return
-    if not model.is_dir():
-        raise UsageError(f"--model {model}: not a directory nor a GGUF file")
-    cfg_file = model / "config.json"
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(
-            f"--model {model}: no config.json (is it a Hugging Face checkpoint?)") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--model {model}: cannot read config.json: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"--model {model}: config.json must hold a JSON object")
-    try:
-        ModelConfig.from_hf(cfg)
-    except ModelConfigError as exc:
-        raise UsageError(f"--model {model}: {exc}") from None
-    if not any(model.glob("*.safetensors")) and not (model / SEALED_MANIFEST).is_file():
-        raise UsageError(f"--model {model}: no *.safetensors weights")
-
-
 def run(args: argparse.Namespace) -> int:
     from aruntime.engine.core_proc import SWITCH_INTERVAL_S
     from aruntime.serve.data_dir import DataDirClaim, DataDirInUseError
@@ -149,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_arguments(args)
     model = _model_dir(args.model)
-    _check_sealed(model, args.kbs)
+    check_sealed(model, args.kbs)
     data_dir = args.data_dir or paths.data_dir()
     try:  # before the model loads: a second server on this directory stops here, in one line
         claim = DataDirClaim(data_dir)
@@ -179,18 +152,9 @@ def _model_dir(given: str | None) -> Path:
     return model
 
 
-def _check_sealed(model: Path, kbs: str | None) -> None:
-    from aruntime.engine.loader import SEALED_MANIFEST
-
-    sealed = model.is_dir() and (model / SEALED_MANIFEST).is_file()
-    if sealed and not kbs:
-        raise UsageError(f"--model {model} is sealed: give --kbs URL, the broker of its key")
-    if kbs and not sealed:
-        raise UsageError(f"--kbs is for a sealed model, and {model} is not one")
-
-
 def _check_arguments(args: argparse.Namespace) -> None:
     auth_args.check(args)
+    check_backends(args.backends)
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1-65535")
     if args.workers < 1:
@@ -256,6 +220,10 @@ def _tools(refs: list[str]) -> list[Any]:
         raise UsageError(str(exc)) from None
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or paths.data_dir())
+
+
 def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
     from aruntime.cluster.factory import open_pool
     from aruntime.cluster.ray.cluster import RayUnavailableError, connect
@@ -269,7 +237,8 @@ def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
         config = EngineConfig(
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs)
+            max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs,
+            backends=args.backends, backends_dir=str(_data_dir(args) / "backends"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

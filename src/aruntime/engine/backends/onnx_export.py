@@ -1,0 +1,51 @@
+"""One ONNX file per part, exported by torch.onnx's dynamo exporter with a dynamic rows
+dimension, cached under the data directory by a key over the model, the part, the dtype and
+the exporter's version — ONNX Runtime, OpenVINO and IREE all start from it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aruntime.engine.backends.base import ROWS, BackendUnavailable, package_version
+
+OPSET = 20
+
+
+def onnx_missing() -> str | None:
+    for package in ("onnx", "onnxscript"):
+        if package_version(package) is None:
+            return f"{package} is not installed (pip install 'aruntime[backends]')"
+    return None
+
+
+def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+           cache_dir: Path) -> Path:
+    """The part as an ONNX file (exported once, then read from the cache)."""
+    key = hashlib.sha256(repr((type(part).__name__, vars(part).get("eps"),
+                               [(tuple(e.shape), str(e.dtype)) for e in examples],
+                               activations, torch.__version__, package_version("onnxscript"),
+                               OPSET)).encode()).hexdigest()[:24]
+    path = cache_dir / f"{type(part).__name__}-{key}.onnx"
+    if path.is_file():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    rows = torch.export.Dim("rows", min=1, max=1 << 16)
+    dynamic = tuple({ROWS: rows} if i < activations else None for i in range(len(examples)))
+    tmp = path.with_suffix(".part.onnx")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(part, examples, str(tmp), dynamo=True, opset_version=OPSET,
+                              dynamic_shapes=dynamic, verbose=False, external_data=False)
+    except Exception as exc:  # an op the exporter cannot express: this backend cannot run it
+        raise BackendUnavailable(f"torch.onnx cannot export {type(part).__name__}: "
+                                 f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    tmp.replace(path)
+    return path

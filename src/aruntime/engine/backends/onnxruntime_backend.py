@@ -1,0 +1,44 @@
+"""ONNX Runtime: the part's ONNX file on the CPU execution provider (CUDA's where present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aruntime.engine.backends.base import Backend, Compiled, package_version
+from aruntime.engine.backends.onnx_export import export, onnx_missing
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def missing(self) -> str | None:
+        if package_version("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install 'aruntime[backends]')"
+        return onnx_missing()
+
+    def version(self) -> str:
+        return f"onnxruntime-{package_version('onnxruntime')}"
+
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+                cache_dir: Path) -> Compiled:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        session = ort.InferenceSession(str(export(part, examples, activations, cache_dir)),
+                                       options, providers=providers)
+        names = [i.name for i in session.get_inputs()]
+
+        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            feed: dict[str, Any] = {n: t.detach().numpy() for n, t in zip(names, inputs,
+                                                                         strict=True)}
+            return tuple(torch.from_numpy(o) for o in session.run(None, feed))
+
+        return run

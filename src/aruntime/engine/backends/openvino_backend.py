@@ -1,0 +1,42 @@
+"""OpenVINO: reads the part's ONNX file and compiles it for its CPU plugin, at f32 inference
+precision (the plugin's default on CPUs with bf16 units is bf16, which the gate refuses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aruntime.engine.backends.base import Backend, Compiled, package_version
+from aruntime.engine.backends.onnx_export import export, onnx_missing
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def missing(self) -> str | None:
+        if package_version("openvino") is None:
+            return "openvino is not installed (pip install 'aruntime[backends]')"
+        return onnx_missing()
+
+    def version(self) -> str:
+        return f"openvino-{package_version('openvino')}"
+
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+                cache_dir: Path) -> Compiled:
+        import openvino as ov
+
+        precision = "f32" if examples[0].dtype == torch.float32 else "bf16"
+        compiled = ov.Core().compile_model(
+            str(export(part, examples, activations, cache_dir)), "CPU",
+            {"INFERENCE_PRECISION_HINT": precision,
+             "INFERENCE_NUM_THREADS": str(torch.get_num_threads())})
+        request = compiled.create_infer_request()
+        outputs = list(compiled.outputs)
+
+        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            result = request.infer([t.detach().numpy() for t in inputs])
+            return tuple(torch.from_numpy(result[o].copy()) for o in outputs)
+
+        return run

@@ -1,0 +1,31 @@
+"""torch.compile (TorchInductor, C++ on the CPU through gcc): the part traced with a dynamic
+rows dimension, so one compilation serves every bucket; Inductor keeps its own cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aruntime.engine.backends.base import Backend, Compiled, as_tuple
+
+
+class TorchCompileBackend(Backend):
+    name = "torch-compile"
+
+    def missing(self) -> str | None:
+        if shutil.which("gcc") is None and shutil.which("cc") is None:
+            return "no C compiler (gcc) for Inductor's CPU kernels"
+        return None
+
+    def version(self) -> str:
+        return f"torch-{torch.__version__}"
+
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+                cache_dir: Path) -> Compiled:
+        compiled = torch.compile(part, dynamic=True, fullgraph=True)
+        with torch.no_grad():
+            compiled(*examples)  # compile now, not in a serving step
+        return lambda *inputs: as_tuple(compiled(*inputs))

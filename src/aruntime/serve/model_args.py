@@ -1,0 +1,60 @@
+"""What `aruntime serve` checks of its model arguments before any process starts, each a usage
+error in one line: the checkpoint (`--model`), a sealed one's broker (`--kbs`) and the backends
+(`--backends`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aruntime.errors import UsageError
+
+
+def check_model_dir(model: Path) -> None:
+    """A bad --model is a usage error with one line, before any process starts. A GGUF file's
+    metadata is checked where its tokenizer is read (`_serve`): reading it is the slow part."""
+    from aruntime.engine.config import ModelConfig, ModelConfigError
+    from aruntime.engine.default_model import is_gguf_file
+    from aruntime.engine.loader import SEALED_MANIFEST
+
+    if model.is_file():
+        if not is_gguf_file(model):
+            raise UsageError(f"--model {model}: not a directory nor a GGUF file")
+        return
+    if not model.is_dir():
+        raise UsageError(f"--model {model}: not a directory nor a GGUF file")
+    cfg_file = model / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(
+            f"--model {model}: no config.json (is it a Hugging Face checkpoint?)") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--model {model}: cannot read config.json: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--model {model}: config.json must hold a JSON object")
+    try:
+        ModelConfig.from_hf(cfg)
+    except ModelConfigError as exc:
+        raise UsageError(f"--model {model}: {exc}") from None
+    if not any(model.glob("*.safetensors")) and not (model / SEALED_MANIFEST).is_file():
+        raise UsageError(f"--model {model}: no *.safetensors weights")
+
+
+def check_backends(spec: str) -> None:
+    from aruntime.engine.backends.registry import BACKENDS
+
+    names = [n.strip() for n in spec.split(",")]
+    unknown = [n for n in names if n not in BACKENDS and not (n == "auto" and len(names) == 1)]
+    if unknown:
+        raise UsageError(f"--backends: no backend {unknown[0]!r} (auto, {', '.join(BACKENDS)})")
+
+
+def check_sealed(model: Path, kbs: str | None) -> None:
+    from aruntime.engine.loader import SEALED_MANIFEST
+
+    sealed = model.is_dir() and (model / SEALED_MANIFEST).is_file()
+    if sealed and not kbs:
+        raise UsageError(f"--model {model} is sealed: give --kbs URL, the broker of its key")
+    if kbs and not sealed:
+        raise UsageError(f"--kbs is for a sealed model, and {model} is not one")
