@@ -59,6 +59,8 @@ COMMANDS: tuple[Command, ...] = (
             "decode throughput with a JSON-schema constraint against none"),
     Command(("bench", "policy"), "aruntime.bench.policy",
             "policy decisions' cost: cached, uncached, against re-parsing the policy"),
+    Command(("bench", "backends"), "aruntime.bench.backends",
+            "the dense parts per backend and phase; the engine with auto against eager"),
     Command(("bench", "confidential"), "aruntime.bench.confidential",
             "attestation handshake, seal/open per KiB, a sealed chat against one in clear"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
