@@ -39,8 +39,8 @@ class PerturbedBackend(EagerBackend):
     name = "perturbed"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
-        run = super().compile(part, examples, activations, cache_dir)
+                cache_dir: Path, key: str) -> Compiled:
+        run = super().compile(part, examples, activations, cache_dir, key)
         if type(part).__name__ != "AfterAttention":
             return run
         return lambda *inputs: tuple(t + 1e-3 for t in run(*inputs))

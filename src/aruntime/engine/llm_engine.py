@@ -88,7 +88,7 @@ class LLMEngine:
 
         root = Path(config.backends_dir) if config.backends_dir else paths.data_dir() / "backends"
         dispatch = build_dispatch(config.backends, self.runner.model, root,
-                                  table_path(root, self.revision, config.dtype))
+                                  table_path(root, self.revision, config.dtype), self.revision)
         if dispatch is not None:
             greedy_gate(self, dispatch)
 

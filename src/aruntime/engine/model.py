@@ -118,7 +118,8 @@ class DecoderLayer(nn.Module):
                 self.gate_up_proj.weight_t, self.down_proj.weight_t)
 
 
-Dispatch = Callable[..., Any]  # (part name, *inputs) -> the part's outputs
+HEAD = -1  # the layer index the head is dispatched with
+Dispatch = Callable[..., Any]  # (part name, layer index or -1, *inputs) -> the part's outputs
 
 
 class LlamaForCausalLM(nn.Module):
@@ -144,14 +145,22 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.rotary.tables(batch.positions, x.dtype)
         t = x.shape[0]
         for layer in self.decoder_layers():
-            q, k, v = run("before", x, cos, sin, *layer.before_weights())
-            attn = paged_attention(q, k, v, batch, layer.layer_idx)
-            x = run("after", x, attn.reshape(t, -1), *layer.after_weights())
-        logits: torch.Tensor = run("head", x[logits_rows], self.norm.weight,
+            i = layer.layer_idx
+            q, k, v = run("before", i, x, cos, sin, *layer.before_weights())
+            attn = paged_attention(q, k, v, batch, i)
+            x = run("after", i, x, attn.reshape(t, -1), *layer.after_weights())
+        logits: torch.Tensor = run("head", HEAD, x[logits_rows], self.norm.weight,
                                    self.lm_head.weight_t)
         return logits
 
-    def run_part(self, name: str, *inputs: torch.Tensor) -> Any:
+    def weights_of(self, part: str, layer: int) -> tuple[torch.Tensor, ...]:
+        """The weights a part takes after its activations, for one layer (the head: -1)."""
+        if part == "head":
+            return (self.norm.weight, self.lm_head.weight_t)
+        decoder = self.decoder_layers()[layer]
+        return decoder.before_weights() if part == "before" else decoder.after_weights()
+
+    def run_part(self, name: str, layer: int, *inputs: torch.Tensor) -> Any:
         return self.parts[name](*inputs)
 
     def decoder_layers(self) -> list[DecoderLayer]:

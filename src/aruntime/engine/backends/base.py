@@ -22,6 +22,10 @@ class BackendUnavailable(RuntimeError):
 
 class Backend(ABC):
     name: str
+    # True: compiled once per layer with that layer's weights as constants (graph runtimes fold
+    # and pre-pack them; passed as inputs they lose several times over to eager). False: one
+    # compilation for every layer, the weights passed in.
+    binds_weights: bool = False
 
     @abstractmethod
     def missing(self) -> str | None:
@@ -33,9 +37,10 @@ class Backend(ABC):
 
     @abstractmethod
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         """`part` for inputs shaped like `examples`, whose first `activations` inputs have a
-        dynamic rows dimension (the weights are fixed in shape). Artefacts go to `cache_dir`."""
+        dynamic rows dimension (the rest are weights, fixed in shape). Artefacts go to
+        `cache_dir` under `key`, which names the model, the part and its weights."""
 
 
 def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -49,3 +54,16 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+class BoundWeights(nn.Module):
+    """A part with one layer's weights as its own buffers: exported, they are constants."""
+
+    def __init__(self, part: nn.Module, weights: tuple[torch.Tensor, ...]) -> None:
+        super().__init__()
+        self.part, self.count = part, len(weights)
+        for i, w in enumerate(weights):
+            self.register_buffer(f"w{i}", w.detach())
+
+    def forward(self, *activations: torch.Tensor) -> Any:
+        return self.part(*activations, *(getattr(self, f"w{i}") for i in range(self.count)))

@@ -16,7 +16,7 @@ from aruntime.engine.backends.base import Compiled
 from aruntime.engine.backends.parts import compile_parts, eager_parts
 from aruntime.engine.backends.registry import BACKENDS, EAGER, backend
 from aruntime.engine.backends.table import CostTable
-from aruntime.engine.model import LlamaForCausalLM
+from aruntime.engine.model import HEAD, LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -38,9 +38,10 @@ def step_seconds(model: LlamaForCausalLM, parts: dict[str, Compiled], phase: str
         for _ in range(repeats + 1):  # the first, a warm-up, is not counted
             started = time.perf_counter()
             for layer in layers:
-                parts["before"](x, cos, sin, *layer.before_weights())
-                parts["after"](x, attn, *layer.after_weights())
-            parts["head"](sampled, model.norm.weight, model.lm_head.weight_t)
+                i = layer.layer_idx
+                parts["before"](i, x, cos, sin, *layer.before_weights())
+                parts["after"](i, x, attn, *layer.after_weights())
+            parts["head"](HEAD, sampled, *model.weights_of("head", HEAD))
             times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
 
@@ -56,7 +57,7 @@ def calibrate(model: LlamaForCausalLM, revision: str, dtype: str, names: Iterabl
         if name == EAGER:
             continue
         try:
-            usable[name] = compile_parts(model, name, backends_dir / "cache")
+            usable[name] = compile_parts(model, name, backends_dir / "cache", revision)
         except Exception as exc:  # refused or missing: recorded, and the others go on
             table.refused[name] = str(exc)
             logger.warning("backend %s: %s", name, exc)

@@ -20,5 +20,5 @@ class EagerBackend(Backend):
         return f"torch-{torch.__version__}"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         return lambda *inputs: as_tuple(part(*inputs))

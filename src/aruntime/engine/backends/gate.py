@@ -26,6 +26,7 @@ class GateRefused(RuntimeError):
 @dataclass(frozen=True)
 class Probe:
     part: str
+    layer: int  # whose weights the inputs hold (-1: the head's)
     rows: int
     inputs: tuple[torch.Tensor, ...]
 
@@ -38,8 +39,8 @@ def check(backend: str, compiled: dict[str, Compiled], eager: dict[str, Compiled
     worst = 0.0
     for probe in probes:
         with torch.no_grad():
-            want = eager[probe.part](*probe.inputs)
-            got = as_tuple(compiled[probe.part](*probe.inputs))
+            want = eager[probe.part](probe.layer, *probe.inputs)
+            got = as_tuple(compiled[probe.part](probe.layer, *probe.inputs))
         for w, g in zip(want, got, strict=True):
             if g.shape != w.shape:
                 raise GateRefused(f"{backend}: part {probe.part}, bucket {probe.rows} rows: "

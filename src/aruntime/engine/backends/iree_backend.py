@@ -17,6 +17,7 @@ from aruntime.engine.backends.onnx_export import export, onnx_missing
 
 
 class IreeBackend(Backend):
+    binds_weights = True
     name = "iree"
 
     def missing(self) -> str | None:
@@ -29,10 +30,10 @@ class IreeBackend(Backend):
         return f"iree-{package_version('iree-base-compiler')}"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         import iree.runtime as rt
 
-        onnx_file = export(part, examples, activations, cache_dir)
+        onnx_file = export(part, examples, activations, cache_dir, key)
         vmfb = onnx_file.with_name(f"{onnx_file.stem}-{self.version()}.vmfb")
         if not vmfb.is_file():
             self._build(onnx_file, vmfb)

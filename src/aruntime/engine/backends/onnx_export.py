@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import ROWS, BackendUnavailable, package_version
+from aruntime.engine.backends.base import (
+    ROWS,
+    BackendUnavailable,
+    BoundWeights,
+    package_version,
+)
 
 OPSET = 20
 
@@ -25,18 +30,22 @@ def onnx_missing() -> str | None:
 
 
 def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-           cache_dir: Path) -> Path:
-    """The part as an ONNX file (exported once, then read from the cache)."""
-    key = hashlib.sha256(repr((type(part).__name__, vars(part).get("eps"),
-                               [(tuple(e.shape), str(e.dtype)) for e in examples],
-                               activations, torch.__version__, package_version("onnxscript"),
-                               OPSET)).encode()).hexdigest()[:24]
-    path = cache_dir / f"{type(part).__name__}-{key}.onnx"
+           cache_dir: Path, key: str) -> Path:
+    """The part as an ONNX file (exported once, then read from the cache). `key` names the
+    model, the part and the layer whose weights it binds; the shapes and the exporter's
+    version are added here."""
+    digest = hashlib.sha256(repr((key, [(tuple(e.shape), str(e.dtype)) for e in examples],
+                                  activations, torch.__version__, package_version("onnxscript"),
+                                  OPSET)).encode()).hexdigest()[:24]
+    path = cache_dir / f"{key.split('/')[-1]}-{digest}.onnx"
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     rows = torch.export.Dim("rows", min=1, max=1 << 16)
-    dynamic = tuple({ROWS: rows} if i < activations else None for i in range(len(examples)))
+    dynamic: tuple[object, ...] = tuple({ROWS: rows} if i < activations else None
+                                        for i in range(len(examples)))
+    if isinstance(part, BoundWeights):  # its forward takes the activations as one *args
+        dynamic = (dynamic,)
     tmp = path.with_suffix(".part.onnx")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:

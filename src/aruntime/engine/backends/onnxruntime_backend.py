@@ -13,6 +13,7 @@ from aruntime.engine.backends.onnx_export import export, onnx_missing
 
 
 class OnnxRuntimeBackend(Backend):
+    binds_weights = True
     name = "onnxruntime"
 
     def missing(self) -> str | None:
@@ -24,7 +25,7 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime-{package_version('onnxruntime')}"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -32,7 +33,7 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = torch.get_num_threads()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
-        session = ort.InferenceSession(str(export(part, examples, activations, cache_dir)),
+        session = ort.InferenceSession(str(export(part, examples, activations, cache_dir, key)),
                                        options, providers=providers)
         names = [i.name for i in session.get_inputs()]
 

@@ -13,6 +13,7 @@ from aruntime.engine.backends.onnx_export import export, onnx_missing
 
 
 class OpenVinoBackend(Backend):
+    binds_weights = True
     name = "openvino"
 
     def missing(self) -> str | None:
@@ -24,12 +25,12 @@ class OpenVinoBackend(Backend):
         return f"openvino-{package_version('openvino')}"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         import openvino as ov
 
         precision = "f32" if examples[0].dtype == torch.float32 else "bf16"
         compiled = ov.Core().compile_model(
-            str(export(part, examples, activations, cache_dir)), "CPU",
+            str(export(part, examples, activations, cache_dir, key)), "CPU",
             {"INFERENCE_PRECISION_HINT": precision,
              "INFERENCE_NUM_THREADS": str(torch.get_num_threads())})
         request = compiled.create_infer_request()

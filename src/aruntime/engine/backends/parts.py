@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aruntime.engine.backends.base import Compiled
+from aruntime.engine.backends.base import BackendUnavailable, BoundWeights, Compiled, as_tuple
 from aruntime.engine.backends.gate import PROBE_ROWS, Probe, check
 from aruntime.engine.backends.registry import EAGER, backend
 from aruntime.engine.backends.table import CostTable
+from aruntime.engine.model import HEAD
 
 if TYPE_CHECKING:
     from aruntime.engine.model import LlamaForCausalLM
@@ -32,38 +33,55 @@ def probes(model: LlamaForCausalLM, rows_set: tuple[int, ...] = PROBE_ROWS,
     cfg = model.cfg
     dtype = model.norm.weight.dtype
     gen = torch.Generator().manual_seed(seed)
-    layers = model.decoder_layers()
+    layers = sorted({0, cfg.num_hidden_layers - 1})
     out = []
     for rows in rows_set:
         x = torch.randn(rows, cfg.hidden_size, generator=gen).to(dtype)
         attn = torch.randn(rows, cfg.num_attention_heads * cfg.head_dim, generator=gen).to(dtype)
         cos, sin = model.rotary.tables(torch.arange(rows), dtype)
-        for layer in {id(x): x for x in (layers[0], layers[-1])}.values():
-            out.append(Probe("before", rows, (x, cos, sin, *layer.before_weights())))
-            out.append(Probe("after", rows, (x, attn, *layer.after_weights())))
-        out.append(Probe("head", rows, (x, model.norm.weight, model.lm_head.weight_t)))
+        for i in layers:
+            out.append(Probe("before", i, rows, (x, cos, sin, *model.weights_of("before", i))))
+            out.append(Probe("after", i, rows, (x, attn, *model.weights_of("after", i))))
+        out.append(Probe("head", HEAD, rows, (x, *model.weights_of("head", HEAD))))
     return out
 
 
 def eager_parts(model: LlamaForCausalLM) -> dict[str, Compiled]:
-    from aruntime.engine.backends.base import as_tuple
+    """Each part as (layer, *inputs) -> outputs, run eagerly."""
+    return {name: (lambda layer, *i, p=part: as_tuple(p(*i)))
+            for name, part in model.parts.items()}
 
-    return {name: (lambda *i, p=part: as_tuple(p(*i))) for name, part in model.parts.items()}
+
+def _layers(model: LlamaForCausalLM, part: str) -> list[int]:
+    return [HEAD] if part == "head" else list(range(model.cfg.num_hidden_layers))
 
 
-def compile_parts(model: LlamaForCausalLM, name: str, cache_dir: Path) -> dict[str, Compiled]:
-    """Every part of the model on backend `name`, gated against eager (GateRefused, or
-    BackendUnavailable, when it cannot serve)."""
+def compile_parts(model: LlamaForCausalLM, name: str, cache_dir: Path,
+                  revision: str = "") -> dict[str, Compiled]:
+    """Every part of the model on backend `name` — once, or once per layer with its weights
+    bound — gated against eager (GateRefused, or BackendUnavailable, when it cannot serve)."""
     b = backend(name)
     missing = b.missing()
     if missing is not None:
-        from aruntime.engine.backends.base import BackendUnavailable
-
         raise BackendUnavailable(f"backend {name}: {missing}")
-    examples = {p.part: tuple(t.detach() for t in p.inputs) for p in probes(model, (8,))}
+    examples = {(p.part, p.layer): tuple(t.detach() for t in p.inputs)
+                for p in probes(model, (8,))}
+    dtype = str(model.norm.weight.dtype).removeprefix("torch.")
     started = time.monotonic()
-    compiled = {part: b.compile(module, examples[part], ACTIVATIONS[part], cache_dir)
-                for part, module in model.parts.items()}
+    compiled: dict[str, Compiled] = {}
+    for part, module in model.parts.items():
+        n = ACTIVATIONS[part]
+        if not b.binds_weights:
+            one = b.compile(module, examples[(part, _layers(model, part)[0])], n, cache_dir,
+                            f"{revision}/{dtype}/{part}")
+            compiled[part] = lambda layer, *i, f=one: f(*i)
+            continue
+        per_layer = {}
+        for layer in _layers(model, part):
+            bound = BoundWeights(module, model.weights_of(part, layer))
+            per_layer[layer] = b.compile(bound, examples[(part, 0 if layer != HEAD else HEAD)][:n],
+                                         n, cache_dir, f"{revision}/{dtype}/{part}{layer}")
+        compiled[part] = lambda layer, *i, fs=per_layer, k=n: fs[layer](*i[:k])
     worst = check(name, compiled, eager_parts(model), probes(model), model.norm.weight.dtype)
     logger.info("backend %s compiled in %.1f s; through the gate (largest difference %.2g)",
                 name, time.monotonic() - started, worst)
@@ -83,15 +101,15 @@ class PartDispatch:
         parts = self.compiled.get(name) or self.compiled[EAGER]
         self.used[name] = self.used.get(name, 0) + 1
 
-        def run(part: str, *inputs: torch.Tensor) -> Any:
-            out = parts[part](*inputs)
+        def run(part: str, layer: int, *inputs: torch.Tensor) -> Any:
+            out = parts[part](layer, *inputs)
             return out if part == "before" else out[0]
 
         return run
 
 
 def build_dispatch(spec: str, model: LlamaForCausalLM, backends_dir: Path,
-                   table_file: Path) -> PartDispatch | None:
+                   table_file: Path, revision: str) -> PartDispatch | None:
     """`eager` (None: the model's own path), `auto` (the cost table's backends, each gated; a
     missing table or a refused backend leaves eager, said in the log), or NAME[,NAME...] (each
     must pass the gate; the table chooses among them when there is one, else the first)."""
@@ -107,14 +125,14 @@ def build_dispatch(spec: str, model: LlamaForCausalLM, backends_dir: Path,
             return None
         for name in sorted(table.winners() - {EAGER}):
             try:
-                compiled[name] = compile_parts(model, name, cache)
+                compiled[name] = compile_parts(model, name, cache, revision)
             except Exception as exc:  # auto falls back to eager for this backend, and says so
                 logger.warning("--backends auto: %s is not used: %s", name, exc)
         return PartDispatch(compiled, table)
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         if name != EAGER:
-            compiled[name] = compile_parts(model, name, cache)  # refused: the engine stops
+            compiled[name] = compile_parts(model, name, cache, revision)  # refused: stops
     if table is not None and len(names) > 1:
         return PartDispatch(compiled, table)
     return PartDispatch(compiled, forced=names[0])

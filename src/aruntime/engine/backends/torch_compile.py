@@ -24,7 +24,7 @@ class TorchCompileBackend(Backend):
         return f"torch-{torch.__version__}"
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path) -> Compiled:
+                cache_dir: Path, key: str) -> Compiled:
         compiled = torch.compile(part, dynamic=True, fullgraph=True)
         with torch.no_grad():
             compiled(*examples)  # compile now, not in a serving step
