@@ -37,28 +37,17 @@ FULL = Workload({"decode": (1, 8, 32), "prefill": (64, 256)}, 5, 8, 96, 24, 3)
 QUICK = Workload({"decode": (1, 8), "prefill": (64,)}, 2, 4, 40, 6, 1)
 
 
-def _model(path: Path) -> Any:
-    import torch
-
-    from aruntime.engine.loader import load_checkpoint
-    from aruntime.engine.model import LlamaForCausalLM
-
-    ckpt = load_checkpoint(path)
-    model = LlamaForCausalLM(ckpt.config, ckpt.config.max_position_embeddings)
-    model.load_weights(ckpt.weights())
-    model.to(torch.float32).eval()
-    return ckpt, model
-
-
 def calibrated(path: Path, w: Workload, root: Path) -> Any:
-    """The cost table of this model's backends, measured now (and stored where `auto` reads)."""
+    """The cost table of this model's backends, measured now as engine steps (and stored
+    where `auto` reads it)."""
     from aruntime.engine.backends.calibrate import all_backends, calibrate
     from aruntime.engine.backends.table import table_path
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.llm_engine import LLMEngine
 
-    ckpt, model = _model(path)
-    table = calibrate(model, ckpt.revision, "float32", all_backends(), root, w.buckets,
-                      repeats=w.repeats)
-    table.save(table_path(root, ckpt.revision, "float32"))
+    engine = LLMEngine(EngineConfig(model=str(path), max_num_seqs=max(w.buckets["decode"])))
+    table = calibrate(engine, all_backends(), root, w.buckets, repeats=w.repeats)
+    table.save(table_path(root, engine.revision, "float32"))
     return table
 
 

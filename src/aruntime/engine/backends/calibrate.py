@@ -1,72 +1,92 @@
 """`aruntime backends calibrate`: time every backend that passes the gate on this machine, per
-phase and bucket — one step's dense work, every layer's parts and the head, median of repeats —
-and store the table the engine's `auto` reads (engine/backends/table.py)."""
+phase and bucket, as the engine's own steps — a decode step of `rows` sequences, a prefill
+step of one `rows`-token chunk, attention and sampling included, so what one runtime's threads
+cost the next step's shows — median of repeats; and store the table `auto` reads."""
 
 from __future__ import annotations
 
 import logging
+import random
 import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from aruntime.engine.backends.base import Compiled
-from aruntime.engine.backends.parts import compile_parts, eager_parts
+from aruntime.engine.backends.parts import PartDispatch, compile_parts, eager_parts
 from aruntime.engine.backends.registry import BACKENDS, EAGER, backend
 from aruntime.engine.backends.table import CostTable
-from aruntime.engine.model import HEAD, LlamaForCausalLM
+from aruntime.engine.sampling import SamplingParams
+from aruntime.kv.keys import CacheScope
+
+if TYPE_CHECKING:
+    from aruntime.engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PREFILL_BUCKETS = (16, 64, 256, 1024)
+SCOPE = CacheScope(b"calibration", device_only=True)  # nothing of it outlives the run
+DECODE_PROMPT = 8
 
 
-def step_seconds(model: LlamaForCausalLM, parts: dict[str, Compiled], phase: str, rows: int,
-                 repeats: int) -> float:
-    """The median time of one step's dense work at `rows` tokens on these parts."""
-    cfg = model.cfg
-    dtype = model.norm.weight.dtype
-    x = torch.randn(rows, cfg.hidden_size).to(dtype)
-    attn = torch.randn(rows, cfg.num_attention_heads * cfg.head_dim).to(dtype)
-    cos, sin = model.rotary.tables(torch.arange(rows) % model.rotary.cos.shape[0], dtype)
-    sampled = x if phase == "decode" else x[-1:]  # a prefill chunk samples its last token
-    layers = model.decoder_layers()
+def _steps(engine: LLMEngine) -> list[float]:
+    """Run the engine dry, timing each step."""
     times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first, a warm-up, is not counted
-            started = time.perf_counter()
-            for layer in layers:
-                i = layer.layer_idx
-                parts["before"](i, x, cos, sin, *layer.before_weights())
-                parts["after"](i, x, attn, *layer.after_weights())
-            parts["head"](HEAD, sampled, *model.weights_of("head", HEAD))
-            times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    while engine.has_unfinished_requests():
+        started = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - started)
+    return times
 
 
-def calibrate(model: LlamaForCausalLM, revision: str, dtype: str, names: Iterable[str],
-              backends_dir: Path, buckets: dict[str, tuple[int, ...]],
-              repeats: int = 5) -> CostTable:
+def step_seconds(engine: LLMEngine, phase: str, rows: int, repeats: int, seed: int) -> float:
+    rng = random.Random(seed)
+    vocab = engine.model_config.vocab_size
+    if phase == "decode":  # `rows` sequences, prefilled in the first step, then decoding
+        params = SamplingParams(max_tokens=repeats + 2, temperature=0.0, ignore_eos=True)
+        for i in range(rows):
+            engine.add_request(f"cal-{seed}-{i}", [rng.randrange(vocab)
+                                                   for _ in range(DECODE_PROMPT)], params,
+                               scope=SCOPE)
+        return statistics.median(_steps(engine)[2:])  # past the prefill and one warm step
+    one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    times = []
+    for r in range(repeats + 1):  # each prompt a single prefill step; the first warms up
+        engine.add_request(f"cal-{seed}-{r}", [rng.randrange(vocab) for _ in range(rows)], one,
+                           scope=SCOPE)
+        times += _steps(engine)[:1] if r else []
+    return statistics.median(times)
+
+
+def calibrate(engine: LLMEngine, names: Iterable[str], backends_dir: Path,
+              buckets: dict[str, tuple[int, ...]], repeats: int = 5) -> CostTable:
     from aruntime.bench.hardware import describe, summary
 
-    table = CostTable(revision, dtype, summary(describe("cpu")), {})
+    model = engine.runner.model
+    table = CostTable(engine.revision, engine.config.dtype, summary(describe("cpu")), {})
     usable: dict[str, dict[str, Compiled]] = {EAGER: eager_parts(model)}
     for name in names:
         if name == EAGER:
             continue
         try:
-            usable[name] = compile_parts(model, name, backends_dir / "cache", revision)
+            usable[name] = compile_parts(model, name, backends_dir / "cache", engine.revision)
         except Exception as exc:  # refused or missing: recorded, and the others go on
             table.refused[name] = str(exc)
             logger.warning("backend %s: %s", name, exc)
     table.versions = {name: backend(name).version() for name in usable}
-    for phase, rows_set in buckets.items():
-        for rows in rows_set:
-            table.seconds[f"{phase}/{rows}"] = {
-                name: step_seconds(model, parts, phase, rows, repeats)
-                for name, parts in usable.items()}
+    pool, runner = engine.pool, engine.runner
+    caching, pool.enable_caching = pool.enable_caching, False
+    try:
+        for phase, rows_set in buckets.items():
+            for rows in rows_set:
+                costs = {}
+                for n, name in enumerate(usable):
+                    runner.dispatch = PartDispatch(usable, forced=name)
+                    costs[name] = step_seconds(engine, phase, rows, repeats, seed=rows * 31 + n)
+                table.seconds[f"{phase}/{rows}"] = costs
+    finally:
+        runner.dispatch, pool.enable_caching = None, caching
     return table
 
 

@@ -42,8 +42,6 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    import torch
-
     from aruntime.engine.backends.calibrate import (
         DECODE_BUCKETS,
         PREFILL_BUCKETS,
@@ -52,29 +50,25 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     from aruntime.engine.backends.registry import BACKENDS
     from aruntime.engine.backends.table import table_path
-    from aruntime.engine.default_model import ModelNotFoundError, resolve_model
-    from aruntime.engine.loader import CheckpointError, load_checkpoint
-    from aruntime.engine.model import LlamaForCausalLM
+    from aruntime.engine.config import EngineConfig
+    from aruntime.engine.default_model import checked_model
+    from aruntime.engine.llm_engine import LLMEngine
+    from aruntime.engine.loader import CheckpointError
 
     names = all_backends() if args.backends == "all" else args.backends.split(",")
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise UsageError(f"--backends: no backend {unknown[0]!r} ({', '.join(BACKENDS)})")
     try:
-        ckpt = load_checkpoint(resolve_model(args.model))
-    except (ModelNotFoundError, CheckpointError) as exc:
+        engine = LLMEngine(EngineConfig(model=str(checked_model(args.model or "default")),
+                                        dtype=args.dtype))
+    except (CheckpointError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    dtype = getattr(torch, args.dtype)
-    model = LlamaForCausalLM(ckpt.config, ckpt.config.max_position_embeddings)
-    model.load_weights(ckpt.weights())
-    model.to(dtype).eval()
-    model.rotary.to(torch.float32)
     buckets = ({"decode": (1, 8), "prefill": (64,)} if args.quick
                else {"decode": DECODE_BUCKETS, "prefill": PREFILL_BUCKETS})
     root = (args.data_dir or paths.data_dir()) / "backends"
-    table = calibrate(model, ckpt.revision, args.dtype, names, root, buckets,
-                      repeats=3 if args.quick else 7)
-    path = table_path(root, ckpt.revision, args.dtype)
+    table = calibrate(engine, names, root, buckets, repeats=3 if args.quick else 7)
+    path = table_path(root, engine.revision, args.dtype)
     table.save(path)
     for key, costs in table.seconds.items():
         best = min(costs, key=lambda b: costs[b])

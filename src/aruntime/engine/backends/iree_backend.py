@@ -4,9 +4,11 @@ file, keyed by it and IREE's version."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +39,7 @@ class IreeBackend(Backend):
         vmfb = onnx_file.with_name(f"{onnx_file.stem}-{self.version()}.vmfb")
         if not vmfb.is_file():
             self._build(onnx_file, vmfb)
-        config = rt.Config("local-task")
-        context = rt.SystemContext(config=config)
+        context = rt.SystemContext(config=_config())
         context.add_vm_module(rt.VmModule.copy_buffer(context.instance, vmfb.read_bytes()))
         main = context.modules.module["main_graph"]
 
@@ -68,3 +69,11 @@ class IreeBackend(Backend):
         tmp = vmfb.with_suffix(".part")
         tmp.write_bytes(binary)
         tmp.replace(vmfb)
+
+
+@functools.cache
+def _config() -> Any:
+    """One IREE device (its task executor) for every compiled part, not one a part."""
+    import iree.runtime as rt
+
+    return rt.Config("local-task")

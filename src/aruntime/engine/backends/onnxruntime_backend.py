@@ -31,6 +31,10 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = torch.get_num_threads()
+        # one session a layer's part: threads that spin after each call would take the cores
+        # from torch's own between the calls (attention runs eagerly in between)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         session = ort.InferenceSession(str(export(part, examples, activations, cache_dir, key)),

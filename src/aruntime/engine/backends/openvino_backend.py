@@ -3,7 +3,9 @@ precision (the plugin's default on CPUs with bf16 units is bf16, which the gate 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,12 +28,11 @@ class OpenVinoBackend(Backend):
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
                 cache_dir: Path, key: str) -> Compiled:
-        import openvino as ov
 
         precision = "f32" if examples[0].dtype == torch.float32 else "bf16"
-        compiled = ov.Core().compile_model(
+        compiled = _core().compile_model(
             str(export(part, examples, activations, cache_dir, key)), "CPU",
-            {"INFERENCE_PRECISION_HINT": precision,
+            {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": "1",
              "INFERENCE_NUM_THREADS": str(torch.get_num_threads())})
         request = compiled.create_infer_request()
         outputs = list(compiled.outputs)
@@ -41,3 +42,11 @@ class OpenVinoBackend(Backend):
             return tuple(torch.from_numpy(result[o].copy()) for o in outputs)
 
         return run
+
+
+@functools.cache
+def _core() -> Any:
+    """One OpenVINO runtime for every compiled part: one executor, not one a part."""
+    import openvino as ov
+
+    return ov.Core()
