@@ -46,6 +46,24 @@ class PerturbedBackend(EagerBackend):
         return lambda *inputs: tuple(t + 1e-3 for t in run(*inputs))
 
 
+class FailingBackend(EagerBackend):
+    """Eager that raises on two-row batches: a runtime that breaks while serving, after the
+    gate (whose probes never have two rows) let it through."""
+
+    name = "failing"
+
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+                cache_dir: Path, key: str) -> Compiled:
+        run = super().compile(part, examples, activations, cache_dir, key)
+
+        def maybe(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if inputs[0].shape[0] == 2:
+                raise RuntimeError("the runtime fell over")
+            return run(*inputs)
+
+        return maybe
+
+
 @pytest.fixture(scope="module")
 def backends_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("backends")
@@ -121,3 +139,18 @@ def test_backends_list_and_bad_backends_at_serve(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "tensorrt" in bad.stderr
+
+
+def test_a_backend_that_fails_while_serving_falls_back_to_eager(
+        tiny_model_dir: Path, backends_dir: Path, eager: LLMEngine) -> None:
+    registry.BACKENDS["failing"] = FailingBackend
+    try:
+        engine = LLMEngine(dataclasses.replace(config(tiny_model_dir), backends="failing",
+                                               backends_dir=str(backends_dir)))
+        two = PROMPTS[:2]
+        got = [o.new_token_ids for o in engine.generate(two, GREEDY)]
+        assert got == [o.new_token_ids for o in eager.generate(two, GREEDY)]
+        assert engine.runner.dispatch is not None
+        assert "failing" not in engine.runner.dispatch.compiled  # eager from then on
+    finally:
+        del registry.BACKENDS["failing"]

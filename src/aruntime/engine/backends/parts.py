@@ -102,10 +102,20 @@ class PartDispatch:
         self.used[name] = self.used.get(name, 0) + 1
 
         def run(part: str, layer: int, *inputs: torch.Tensor) -> Any:
-            out = parts[part](layer, *inputs)
+            try:
+                out = parts[part](layer, *inputs)
+            except Exception as exc:  # a runtime failing at serving time: eager from now on
+                out = self._fall_back(name, part, exc)(layer, *inputs)
             return out if part == "before" else out[0]
 
         return run
+
+    def _fall_back(self, name: str, part: str, exc: Exception) -> Compiled:
+        logger.error("backend %s failed on part %s (%s: %s); eager serves instead from now on",
+                     name, part, type(exc).__name__, str(exc)[:200])
+        if name != EAGER:
+            self.compiled.pop(name, None)
+        return self.compiled[EAGER][part]
 
 
 def build_dispatch(spec: str, model: LlamaForCausalLM, backends_dir: Path,

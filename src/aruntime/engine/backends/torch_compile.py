@@ -11,6 +11,8 @@ from torch import nn
 
 from aruntime.engine.backends.base import Backend, Compiled, as_tuple
 
+RECOMPILE_LIMIT = 64
+
 
 class TorchCompileBackend(Backend):
     name = "torch-compile"
@@ -25,6 +27,14 @@ class TorchCompileBackend(Backend):
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
                 cache_dir: Path, key: str) -> Compiled:
+        import torch._dynamo
+
+        # every engine of the process compiles the same parts' code again, and sizes 1 and 2
+        # are specialised: the default limit of 8 recompilations is soon reached
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                                 8 * RECOMPILE_LIMIT)
         compiled = torch.compile(part, dynamic=True, fullgraph=True)
         with torch.no_grad():
             compiled(*examples)  # compile now, not in a serving step
