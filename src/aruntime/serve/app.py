@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.trace import Tracer
@@ -96,11 +97,14 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
 
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
+    return _routed(app, mcp, max_body_bytes)
+
+
+def _routed(app: FastAPI, mcp: Any, max_body_bytes: int) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(McpEndpoint, manager=mcp)
-    app.include_router(openai_router)
-    app.include_router(runs_router)
-    app.include_router(releases_router)
+    for router in (openai_router, runs_router, releases_router):
+        app.include_router(router)
     openapi.install(app)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads
     return app

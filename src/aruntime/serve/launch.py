@@ -21,6 +21,7 @@ from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
 from aruntime.policy import auth_args, policy_args, quota_args
+from aruntime.serve import model_args
 from aruntime.serve.model_args import check_backends, check_model_dir, check_sealed
 
 if TYPE_CHECKING:
@@ -87,13 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiers.add_argument("--kv-redis", default=None, metavar="URL",
                        help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--backends", default="eager", metavar="auto|eager|NAME,...",
-                        help="what runs the model's dense parts: eager PyTorch, the calibrated "
-                             "cheapest per phase and bucket (auto; `aruntime backends "
-                             "calibrate`), or these (each through the equivalence gate)")
-    parser.add_argument("--kbs", default=None, metavar="URL",
-                        help="the key broker of a sealed --model (aruntime seal-model): each "
-                             "engine attests to it and opens the weights in memory")
+    model_args.add_arguments(parser)
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
                         help="evidence log, its signing key and salts "
                              f"(default: {paths.data_dir()})")

@@ -4,10 +4,21 @@ error in one line: the checkpoint (`--model`), a sealed one's broker (`--kbs`) a
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from aruntime.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backends", default="eager", metavar="auto|eager|NAME,...",
+                        help="what runs the model's dense parts: eager PyTorch, the calibrated "
+                             "cheapest per phase and bucket (auto; `aruntime backends "
+                             "calibrate`), or these (each through the equivalence gate)")
+    parser.add_argument("--kbs", default=None, metavar="URL",
+                        help="the key broker of a sealed --model (aruntime seal-model): each "
+                             "engine attests to it and opens the weights in memory")
 
 
 def check_model_dir(model: Path) -> None:
