@@ -9,10 +9,8 @@ import secrets
 import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from joserfc import jwt
-from joserfc.errors import JoseError
 
-from aruntime.confidential.ear import ALG, jose_private, jose_public
+from aruntime.confidential.ear import sign_jwt, signed_by
 from aruntime.evidence.signing import DeploymentKey, key_id
 
 SCOPE = "aruntime.kbs.admin"
@@ -26,16 +24,12 @@ class AdminTokenError(ValueError):
 def admin_token(key: DeploymentKey, ttl_s: int = TTL_S) -> str:
     now = int(time.time())
     claims = {"scope": SCOPE, "iat": now, "exp": now + ttl_s, "jti": secrets.token_urlsafe(12)}
-    return jwt.encode({"alg": ALG, "kid": key.key_id}, claims, jose_private(key),
-                      algorithms=[ALG])
+    return sign_jwt(claims, key)
 
 
 def check_admin_token(token: str, admin_key: Ed25519PublicKey) -> None:
-    try:
-        decoded = jwt.decode(token, jose_public(admin_key), algorithms=[ALG])
-    except (JoseError, ValueError) as exc:
-        raise AdminTokenError(f"the admin token is not signed by the broker's admin key "
-                              f"{key_id(admin_key)} ({type(exc).__name__})") from None
+    decoded = signed_by(token, admin_key, AdminTokenError, "the admin token is not signed by "
+                        f"the broker's admin key {key_id(admin_key)}")
     claims = decoded.claims
     now = time.time()
     if claims.get("scope") != SCOPE:

@@ -62,16 +62,26 @@ def sign_ear(ear: Ear, key: DeploymentKey) -> str:
                   "ear.appraisal-policy-id": ear.policy_id,
                   "ear.aruntime.attester": ear.attester, "ear.aruntime.key-hash": ear.key_hash,
                   "ear.aruntime.reasons": list(ear.reasons)}}}
+    return sign_jwt(claims, key)
+
+
+def sign_jwt(claims: dict[str, Any], key: DeploymentKey) -> str:
+    """A JWT of `claims` signed with the Ed25519 key (RFC 9864's `Ed25519`), `kid` its id."""
     return jwt.encode({"alg": ALG, "kid": key.key_id}, claims, jose_private(key), algorithms=[ALG])
+
+
+def signed_by(token: str, key: Ed25519PublicKey, error: type[Exception], what: str) -> Any:
+    """The decoded JWT if `key` signed it; `error` saying `what` (and why) otherwise."""
+    try:
+        return jwt.decode(token, jose_public(key), algorithms=[ALG])
+    except (JoseError, ValueError) as exc:
+        raise error(f"{what} ({type(exc).__name__})") from None
 
 
 def read_ear(token: str, verifier_key: Ed25519PublicKey) -> Ear:
     """The EAR if `token` is signed by `verifier_key`; EarError otherwise."""
-    try:
-        decoded = jwt.decode(token, jose_public(verifier_key), algorithms=[ALG])
-    except (JoseError, ValueError) as exc:
-        raise EarError(f"the attestation result's signature is not the verifier's "
-                       f"({type(exc).__name__})") from None
+    decoded = signed_by(token, verifier_key, EarError,
+                        "the attestation result's signature is not the verifier's")
     if decoded.header.get("kid") != key_id(verifier_key):
         raise EarError("the attestation result names another verifier key")
     claims: dict[str, Any] = decoded.claims
