@@ -46,6 +46,19 @@ def package_digest() -> str:
     return "sha256:" + h.hexdigest()
 
 
+def guest_measurements(model_revision: str,
+                       config: Mapping[str, object] | None = None) -> dict[str, str]:
+    """What any attester measures from inside: the package, the model and the serving
+    config (a hardware report adds the platform's own, bound through its report data)."""
+    return {"aruntime": package_digest(), "model": model_revision,
+            "config": sha256_digest(dict(config or {}))}
+
+
+def software_versions() -> dict[str, str]:
+    return {"aruntime": __version__, "python": sys.version.split()[0],
+            "cryptography": metadata.version("cryptography")}
+
+
 class SoftwareAttester(Attester):
     """No TEE: measures the package, the model's revision and the serving config, and signs
     with a key it holds. Its reports always say `software`: they show what runs, never that
@@ -58,14 +71,11 @@ class SoftwareAttester(Attester):
                  clock: Callable[[], float] = time.time) -> None:
         self.key = key
         self._clock = clock
-        self.measurements = {"aruntime": package_digest(), "model": model_revision,
-                             "config": sha256_digest(dict(config or {}))}
+        self.measurements = guest_measurements(model_revision, config)
 
     def attest(self, nonce: str, key_hash: str) -> Evidence:
         unsigned = Evidence(SOFTWARE, nonce, key_hash, self.measurements,
-                            versions={"aruntime": __version__,
-                                      "python": sys.version.split()[0],
-                                      "cryptography": metadata.version("cryptography")},
+                            versions=software_versions(),
                             debug=bool(sys.flags.dev_mode or sys.gettrace() is not None),
                             issued_at=int(self._clock()), signer=self.key.public_pem())
         signature = self.key.sign(unsigned.signed_bytes())

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from aruntime import __version__
-from aruntime.confidential.attester import Attester, package_digest
+from aruntime.confidential.attester import Attester, guest_measurements, software_versions
 from aruntime.confidential.evidence import Evidence, b64, report_data
-from aruntime.contracts.base import sha256_digest
 
 SDK = "nv_attestation_sdk"
 EXTRA_HINT = "install aruntime[nvidia-gpu] (NVIDIA's attestation SDK) on a CC-mode GPU"
@@ -40,8 +37,7 @@ class NvidiaGpuAttester(Attester):
     def __init__(self, *, model_revision: str, config: Mapping[str, object] | None = None) -> None:
         if not sdk_present():
             raise GpuAttestationUnavailable(f"no GPU attester: {EXTRA_HINT}")
-        self.measurements = {"aruntime": package_digest(), "model": model_revision,
-                             "config": sha256_digest(dict(config or {}))}
+        self.measurements = guest_measurements(model_revision, config)
 
     def attest(self, nonce: str, key_hash: str) -> Evidence:
         from nv_attestation_sdk.attestation import (
@@ -55,5 +51,5 @@ class NvidiaGpuAttester(Attester):
         client.set_nonce(report_data(nonce, key_hash, self.measurements)[:32].hex())
         evidence = client.get_evidence()
         return Evidence(self.type, nonce, key_hash, self.measurements,
-                        versions={"aruntime": __version__, "python": sys.version.split()[0]},
+                        versions=software_versions(),
                         issued_at=int(time.time()), report=b64(json.dumps(evidence).encode()))

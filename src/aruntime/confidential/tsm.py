@@ -10,18 +10,19 @@ the nonce, the key that will receive secrets, and what software measured in the 
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from aruntime import __version__
-from aruntime.confidential.attester import TSM_REPORT_DIR, Attester, package_digest
+from aruntime.confidential.attester import (
+    TSM_REPORT_DIR,
+    Attester,
+    guest_measurements,
+    software_versions,
+)
 from aruntime.confidential.evidence import Evidence, b64, report_data
-from aruntime.contracts.base import sha256_digest
 
 PROVIDERS = {"tdx_guest": "tdx", "sev_guest": "snp"}
 
@@ -76,8 +77,7 @@ class TsmAttester(Attester):
     def __init__(self, *, model_revision: str, config: Mapping[str, object] | None = None,
                  source: TsmSource | None = None) -> None:
         self.source = source or ConfigfsTsm()
-        self.measurements = {"aruntime": package_digest(), "model": model_revision,
-                             "config": sha256_digest(dict(config or {}))}
+        self.measurements = guest_measurements(model_revision, config)
         provider = self.source.report(bytes(64)).provider
         if provider not in PROVIDERS:
             raise TsmError(f"configfs-tsm provider {provider!r} is not TDX or SNP")
@@ -86,7 +86,6 @@ class TsmAttester(Attester):
     def attest(self, nonce: str, key_hash: str) -> Evidence:
         got = self.source.report(report_data(nonce, key_hash, self.measurements))
         return Evidence(self.type, nonce, key_hash, self.measurements,
-                        versions={"aruntime": __version__, "python": sys.version.split()[0],
-                                  "cryptography": metadata.version("cryptography")},
+                        versions=software_versions(),
                         issued_at=int(time.time()), report=b64(got.outblob),
                         certs=b64(got.auxblob))
