@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from aruntime import paths
 from aruntime.adapt.artifact import ReleaseError
+from aruntime.confidential.http_errors import message_of
 from aruntime.errors import UsageError
 
 KEY_ENV = "ARUNTIME_API_KEY"
@@ -56,11 +57,7 @@ def http(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any
     except httpx.HTTPError as exc:
         raise UsageError(f"{args.server}: {exc}") from None
     if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        raise UsageError(f"{args.server}: {r.status_code}: {message}")
+        raise UsageError(f"{args.server}: {r.status_code}: {message_of(r)}")
     return r.json()
 
 

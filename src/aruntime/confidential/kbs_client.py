@@ -12,6 +12,7 @@ import httpx
 
 from aruntime.confidential.admin_token import admin_token
 from aruntime.confidential.attester import Attester
+from aruntime.confidential.http_errors import message_of
 from aruntime.confidential.sealing import SealError, SealingKey
 from aruntime.confidential.transparency import check_proof
 from aruntime.evidence.signing import DeploymentKey, SigningError, load_public_key
@@ -36,11 +37,7 @@ class Release:
 
 
 def _refused(r: httpx.Response) -> RcarError:
-    try:
-        message = r.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = r.text[:200]
-    return RcarError(r.status_code, message)
+    return RcarError(r.status_code, message_of(r))
 
 
 def _ok(r: httpx.Response) -> httpx.Response:

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 
 from aruntime.confidential.ear import Ear, read_ear
 from aruntime.confidential.evidence import Evidence, EvidenceError
-from aruntime.confidential.http_errors import error
+from aruntime.confidential.http_errors import error, message_of
 from aruntime.confidential.verifier import UnknownPolicyError, Verifier
 from aruntime.evidence.signing import load_public_key
 
@@ -65,6 +65,6 @@ class RemoteVerifier:
                                                  "policy_id": policy_id,
                                                  "key_hash": expected_key_hash})
         if r.status_code != 200:
-            raise UnknownPolicyError(r.json()["error"]["message"])
+            raise UnknownPolicyError(message_of(r))
         token = str(r.json()["ear"])
         return read_ear(token, self.public_key), token
