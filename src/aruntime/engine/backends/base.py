@@ -47,6 +47,14 @@ def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def missing_packages(*packages: str) -> str | None:
+    """The first of `packages` not installed, said as what to do about it; None: all are."""
+    for package in packages:
+        if package_version(package) is None:
+            return f"{package} is not installed (pip install 'aruntime[backends]')"
+    return None
+
+
 def package_version(name: str) -> str | None:
     from importlib import metadata
 

@@ -14,8 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, BackendUnavailable, Compiled, package_version
-from aruntime.engine.backends.onnx_export import export, onnx_missing
+from aruntime.engine.backends.base import (
+    Backend,
+    BackendUnavailable,
+    Compiled,
+    missing_packages,
+    package_version,
+)
+from aruntime.engine.backends.onnx_export import ONNX_PACKAGES, export
 
 
 class IreeBackend(Backend):
@@ -23,10 +29,7 @@ class IreeBackend(Backend):
     name = "iree"
 
     def missing(self) -> str | None:
-        for package in ("iree-base-compiler", "iree-base-runtime"):
-            if package_version(package) is None:
-                return f"{package} is not installed (pip install 'aruntime[backends]')"
-        return onnx_missing()
+        return missing_packages("iree-base-compiler", "iree-base-runtime", *ONNX_PACKAGES)
 
     def version(self) -> str:
         return f"iree-{package_version('iree-base-compiler')}"

@@ -22,11 +22,7 @@ from aruntime.engine.backends.base import (
 OPSET = 20
 
 
-def onnx_missing() -> str | None:
-    for package in ("onnx", "onnxscript"):
-        if package_version(package) is None:
-            return f"{package} is not installed (pip install 'aruntime[backends]')"
-    return None
+ONNX_PACKAGES = ("onnx", "onnxscript")  # what the export itself needs
 
 
 def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,

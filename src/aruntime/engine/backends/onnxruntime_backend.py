@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, package_version
-from aruntime.engine.backends.onnx_export import export, onnx_missing
+from aruntime.engine.backends.base import Backend, Compiled, missing_packages, package_version
+from aruntime.engine.backends.onnx_export import ONNX_PACKAGES, export
 
 
 class OnnxRuntimeBackend(Backend):
@@ -17,9 +17,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def missing(self) -> str | None:
-        if package_version("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install 'aruntime[backends]')"
-        return onnx_missing()
+        return missing_packages("onnxruntime", *ONNX_PACKAGES)
 
     def version(self) -> str:
         return f"onnxruntime-{package_version('onnxruntime')}"

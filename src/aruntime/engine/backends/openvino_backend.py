@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, package_version
-from aruntime.engine.backends.onnx_export import export, onnx_missing
+from aruntime.engine.backends.base import Backend, Compiled, missing_packages, package_version
+from aruntime.engine.backends.onnx_export import ONNX_PACKAGES, export
 
 
 class OpenVinoBackend(Backend):
@@ -19,9 +19,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def missing(self) -> str | None:
-        if package_version("openvino") is None:
-            return "openvino is not installed (pip install 'aruntime[backends]')"
-        return onnx_missing()
+        return missing_packages("openvino", *ONNX_PACKAGES)
 
     def version(self) -> str:
         return f"openvino-{package_version('openvino')}"
