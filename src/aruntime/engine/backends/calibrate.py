@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aruntime.engine.backends.base import Compiled
-from aruntime.engine.backends.parts import PartDispatch, compile_parts, eager_parts
+from aruntime.engine.backends.parts import compile_parts, eager_parts, probing
 from aruntime.engine.backends.registry import BACKENDS, EAGER, backend
 from aruntime.engine.backends.table import CostTable
 from aruntime.engine.sampling import SamplingParams
@@ -75,18 +75,14 @@ def calibrate(engine: LLMEngine, names: Iterable[str], backends_dir: Path,
             table.refused[name] = str(exc)
             logger.warning("backend %s: %s", name, exc)
     table.versions = {name: backend(name).version() for name in usable}
-    pool, runner = engine.pool, engine.runner
-    caching, pool.enable_caching = pool.enable_caching, False
-    try:
+    with probing(engine) as force:
         for phase, rows_set in buckets.items():
             for rows in rows_set:
                 costs = {}
                 for n, name in enumerate(usable):
-                    runner.dispatch = PartDispatch(usable, forced=name)
+                    force(usable, name)
                     costs[name] = step_seconds(engine, phase, rows, repeats, seed=rows * 31 + n)
                 table.seconds[f"{phase}/{rows}"] = costs
-    finally:
-        runner.dispatch, pool.enable_caching = None, caching
     return table
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aruntime.engine.backends.gate import GateRefused
-from aruntime.engine.backends.parts import PartDispatch
+from aruntime.engine.backends.parts import PartDispatch, probing
 from aruntime.engine.backends.registry import EAGER
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.keys import CacheScope
@@ -37,21 +37,17 @@ def greedy_gate(engine: LLMEngine, dispatch: PartDispatch) -> None:
     vocab = engine.model_config.vocab_size
     prompts = [[(31 * i + 7 * j + 11) % vocab for j in range(n)]
                for i, n in enumerate(PROBE_LENGTHS)]
-    runner, pool = engine.runner, engine.pool
-    caching, pool.enable_caching = pool.enable_caching, False
-    try:
-        runner.dispatch = None
+    with probing(engine) as force:
+        force(dispatch.compiled, EAGER)
         want = _greedy(engine, prompts, EAGER)
         for name in dispatch.compiled:
             if name == EAGER:
                 continue
-            runner.dispatch = PartDispatch(dispatch.compiled, forced=name)
+            force(dispatch.compiled, name)
             got = _greedy(engine, prompts, name)
             for i, (w, g) in enumerate(zip(want, got, strict=True)):
                 if w != g:
                     at = next(j for j, (a, b) in enumerate(zip(w, g, strict=True)) if a != b)
                     raise GateRefused(f"{name}: greedy tokens differ from eager's on probe "
                                       f"prompt {i} ({len(prompts[i])} tokens) at new token {at}")
-    finally:
-        runner.dispatch, pool.enable_caching = dispatch, caching
-        dispatch.used.clear()
+    engine.runner.dispatch = dispatch

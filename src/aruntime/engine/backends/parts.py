@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from aruntime.engine.backends.table import CostTable
 from aruntime.engine.model import HEAD
 
 if TYPE_CHECKING:
+    from aruntime.engine.llm_engine import LLMEngine
     from aruntime.engine.model import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -116,6 +119,24 @@ class PartDispatch:
         if name != EAGER:
             self.compiled.pop(name, None)
         return self.compiled[EAGER][part]
+
+
+@contextmanager
+def probing(engine: LLMEngine) -> Iterator[Callable[[dict[str, dict[str, Compiled]], str], None]]:
+    """While probe requests run on `engine` (the gate's, the calibration's): prefix caching off,
+    so every token is computed by the backend under test, and a `force(compiled, name)` that
+    puts every step on one backend; the engine's dispatch and caching as they were after."""
+    runner, pool = engine.runner, engine.pool
+    dispatch, caching = runner.dispatch, pool.enable_caching
+    pool.enable_caching = False
+
+    def force(compiled: dict[str, dict[str, Compiled]], name: str) -> None:
+        runner.dispatch = PartDispatch(compiled, forced=name)
+
+    try:
+        yield force
+    finally:
+        runner.dispatch, pool.enable_caching = dispatch, caching
 
 
 def build_dispatch(spec: str, model: LlamaForCausalLM, backends_dir: Path,
