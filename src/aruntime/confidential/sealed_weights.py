@@ -11,7 +11,6 @@ chunk cannot be moved, dropped or a file cut short without the tag failing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aruntime.jsonfile import read_json_object
 
 MANIFEST = "sealed.json"
 FORMAT = "aruntime.sealed-model/v1"
@@ -55,18 +56,15 @@ class Manifest:
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST
+        raw = read_json_object(path, SealedModelError)
+        if raw.get("format") != FORMAT:
+            raise SealedModelError(f"{path}: format is not {FORMAT}")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            if raw.get("format") != FORMAT:
-                raise SealedModelError(f"{path}: format is not {FORMAT}")
             files = tuple(SealedFile(str(f["name"]), str(f["sha256"]), int(f["size"]))
                           for f in raw["files"])
             manifest = cls(str(raw["resource"]), str(raw["revision"]), files,
                            int(raw["chunk_bytes"]))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
-                AttributeError, ValueError) as exc:
-            if isinstance(exc, SealedModelError):
-                raise
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise SealedModelError(f"{path} is not a sealed-model manifest: {exc}") from None
         for f in files:
             if Path(f.name).name != f.name or not f.name.endswith(".safetensors"):

@@ -38,9 +38,9 @@ class Checkpoint:
     revision: str  # "sha256:<hex>" over config, tokenizer and weight files (or the GGUF file)
     weight_files: tuple[Path, ...] = ()
     format: str = "safetensors"  # or "gguf", or "sealed" (confidential/sealed_weights.py)
-    # A GGUF file's open reader (parsing its metadata takes seconds, so weights() reuses it);
-    # a sealed model's manifest.
+    # A GGUF file's open reader: parsing its metadata takes seconds, so weights() reuses it.
     reader: Any = field(default=None, repr=False, compare=False)
+    manifest: Any = field(default=None, repr=False, compare=False)  # a sealed model's
 
     def weights(self, kbs_url: str | None = None) -> dict[str, torch.Tensor]:
         """All tensors of all weight files, named exactly as stored (loaded on CPU); a GGUF's
@@ -76,7 +76,7 @@ class Checkpoint:
 
         out: dict[str, torch.Tensor] = {}
         try:
-            for plain in released_files(self.reader, self.weight_files, self.revision, kbs_url):
+            for plain in released_files(self.manifest, self.weight_files, self.revision, kbs_url):
                 out.update(load(bytes(plain)))
                 plain[:] = b""  # the buffer goes now, not when the collector gets to it
         except (ReleaseError, SafetensorError) as exc:
@@ -143,7 +143,7 @@ def _sealed_checkpoint(path: Path, config: ModelConfig) -> Checkpoint:
         raise CheckpointError(f"{path}: the config or tokenizer differs from what was sealed "
                               f"(revision {revision[:19]}, manifest {manifest.revision[:19]})")
     return Checkpoint(path=path, config=config, tokenizer=_tokenizer(path), revision=revision,
-                      weight_files=tuple(sealed), format="sealed", reader=manifest)
+                      weight_files=tuple(sealed), format="sealed", manifest=manifest)
 
 
 def _read_config(path: Path) -> ModelConfig:
