@@ -5,7 +5,6 @@ digest of its file, or of a directory's (name, sha256) pairs."""
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
 from pathlib import Path
 
@@ -72,11 +71,19 @@ def check_artifact(kind: Kind, path: Path) -> None:
 def prompt_text(path: Path) -> str:
     try:
         data = path.read_bytes()
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ReleaseError(f"{path}: a prompt release is a UTF-8 text file: {exc}") from None
+    return decode_prompt(data, str(path))
+
+
+def decode_prompt(data: bytes, where: str) -> str:
+    """A prompt release's bytes as its text; ReleaseError when they are not one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReleaseError(f"{where}: a prompt release is a UTF-8 text file: {exc}") from None
     if not text.strip() or len(data) > MAX_PROMPT_BYTES:
-        raise ReleaseError(f"{path}: a prompt is 1 to {MAX_PROMPT_BYTES} bytes of text")
+        raise ReleaseError(f"{where}: a prompt is 1 to {MAX_PROMPT_BYTES} bytes of text")
     return text
 
 
@@ -87,7 +94,3 @@ def _json_object(path: Path) -> dict[str, object]:
 def short(version: str) -> str:
     """`sha256:1a2b3c4d5e6f`: how tables print a version (prefixes resolve back to it)."""
     return version[:19]
-
-
-def text_digest(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

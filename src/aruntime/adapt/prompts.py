@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from aruntime.adapt.artifact import Kind, ReleaseError, UnknownRelease, prompt_text, text_digest
+from aruntime.adapt.artifact import Kind, UnknownRelease
 from aruntime.adapt.controller import Assignment, RolloutController
 
 
@@ -50,11 +49,8 @@ class PromptReleases:
             known = self._texts.get((name, version))
         if known is not None:
             return known
-        release = self.controller.registry.get(name, version)
-        self.controller.registry.verify(release)  # refused before it serves, if tampered
-        text = prompt_text(Path(release.stored))
-        if text_digest(text) != release.version:  # changed between the check and the read
-            raise ReleaseError(f"{name}@{version[:19]}: its content changed; refused")
+        registry = self.controller.registry
+        text = registry.verified_text(registry.get(name, version))  # refused, if tampered
         with self._lock:
             self._texts[(name, version)] = text
         return text

@@ -10,6 +10,7 @@ it); whatever is read to serve is verified first — provenance signature and co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from aruntime.adapt.artifact import (
     UnknownRelease,
     check_artifact,
     content_digest,
+    decode_prompt,
 )
 from aruntime.confidential.evidence import unb64
 from aruntime.durable.sql_journal import SqlJournal
@@ -153,16 +155,34 @@ class Registry:
     def verify(self, release: Release) -> dict[str, Any]:
         """The provenance statement, if it is trusted and the content is what it names;
         ReleaseError (nothing may serve it) otherwise."""
-        statement = provenance.verified(json.loads(release.envelope), self.trusted,
-                                        release.name, release.version)
+        statement = self._provenance(release)
         try:
             now = content_digest(release.kind, Path(release.stored))
         except ReleaseError as exc:
             raise ReleaseError(f"{release.name}@{release.version[:19]}: {exc}") from None
+        self._same(release, now)
+        return statement
+
+    def verified_text(self, release: Release) -> str:
+        """A prompt release's text, read once and verified (provenance, then the digest of
+        the very bytes returned): what serves is what was checked."""
+        self._provenance(release)
+        try:
+            data = Path(release.stored).read_bytes()
+        except OSError as exc:
+            raise ReleaseError(f"{release.name}@{release.version[:19]}: {exc}") from None
+        self._same(release, "sha256:" + hashlib.sha256(data).hexdigest())
+        return decode_prompt(data, f"{release.name}@{release.version[:19]}")
+
+    def _provenance(self, release: Release) -> dict[str, Any]:
+        return provenance.verified(json.loads(release.envelope), self.trusted, release.name,
+                                   release.version)
+
+    @staticmethod
+    def _same(release: Release, now: str) -> None:
         if now != release.version:
             raise ReleaseError(f"{release.name}@{release.version[:19]}: its content changed "
                                f"since it was added (now {now[:19]}); refused")
-        return statement
 
     # -- aliases and traffic
 
