@@ -27,12 +27,13 @@ class PromptReleases:
     def __init__(self, controller: RolloutController) -> None:
         self.controller = controller
         self._texts: dict[tuple[str, str], str] = {}
+        self._prompts: set[str] = set()  # names known to hold prompt releases
         self._lock = threading.Lock()
 
     def resolve(self, ref: str, tenant: str, session: str) -> PromptUse:
         name, _, alias = ref.partition("@")
         registry = self.controller.registry
-        if registry.kind_of(name) is not Kind.PROMPT:
+        if not self._is_prompt(name):
             raise UnknownRelease(f"no prompt release named {name!r}")
         if alias:
             version = registry.aliases(name).get(alias)
@@ -43,6 +44,18 @@ class PromptReleases:
             assignment = self.controller.assign(name, tenant, session)
         shadow = self.text(name, assignment.shadow) if assignment.shadow else None
         return PromptUse(assignment, self.text(name, assignment.version), shadow)
+
+    def _is_prompt(self, name: str) -> bool:
+        """Whether `name` holds prompts: asked of the journal once per name (a name's kind
+        never changes), not on every request."""
+        with self._lock:
+            if name in self._prompts:
+                return True
+        if self.controller.registry.kind_of(name) is not Kind.PROMPT:
+            return False
+        with self._lock:
+            self._prompts.add(name)
+        return True
 
     def text(self, name: str, version: str) -> str:
         with self._lock:
