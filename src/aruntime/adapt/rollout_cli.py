@@ -9,7 +9,9 @@ controller picks the change up on its next tick.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aruntime.adapt.analysis import Analysis
 from aruntime.adapt.cli_common import add_common, controller, http, local, show, who
@@ -73,12 +75,18 @@ def add_approve_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
 
 
-def run_approve(args: argparse.Namespace) -> int:
+def _decide(args: argparse.Namespace, verb: str, body: dict[str, str] | None,
+            act: Callable[[Any], Any]) -> int:
+    """A person's decision on a rollout: through the server's API, or on the local journal."""
     if args.server:
-        return show(http(args, "POST", f"/v1/rollouts/{args.rollout_id}/approve",
-                         json={"approves": args.approves}))
+        return show(http(args, "POST", f"/v1/rollouts/{args.rollout_id}/{verb}", json=body))
     c = controller(args)
-    return show(local(lambda: c.approve(args.rollout_id, args.approves, who())).to_json())
+    return show(local(lambda: act(c)).to_json())
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    return _decide(args, "approve", {"approves": args.approves},
+                   lambda c: c.approve(args.rollout_id, args.approves, who()))
 
 
 def add_abort_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +96,8 @@ def add_abort_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_abort(args: argparse.Namespace) -> int:
-    if args.server:
-        return show(http(args, "POST", f"/v1/rollouts/{args.rollout_id}/abort",
-                         json={"reason": args.reason}))
-    c = controller(args)
-    return show(local(lambda: c.abort(args.rollout_id, who(), args.reason)).to_json())
+    return _decide(args, "abort", {"reason": args.reason},
+                   lambda c: c.abort(args.rollout_id, who(), args.reason))
 
 
 def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +106,4 @@ def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    if args.server:
-        return show(http(args, "POST", f"/v1/rollouts/{args.rollout_id}/promote"))
-    c = controller(args)
-    return show(local(lambda: c.promote(args.rollout_id, who())).to_json())
+    return _decide(args, "promote", None, lambda c: c.promote(args.rollout_id, who()))
