@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from aruntime.cluster.router import Router, WorkerLoad
+from aruntime.cluster.router import RoutePolicy, Router, WorkerLoad
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.sequence import Sequence
 from aruntime.kv.directory_index import PrefixMatch
@@ -66,7 +66,7 @@ def test_load_outweighs_a_small_hit() -> None:
 
 
 def test_load_follows_a_request_through_prefill_and_decode() -> None:
-    router = Router("kv", block_size=16, decode_weight=10, request_weight=50)
+    router = Router(RoutePolicy("kv", decode_weight=10, request_weight=50), block_size=16)
     router.sent("w0", 80)
     assert router.load("w0") == WorkerLoad("w0", 80, 0, 1)
     assert router.cost(router.load("w0"), 0.0, 0) == 130

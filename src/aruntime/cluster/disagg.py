@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from aruntime.cluster.audit import TransportAudit
 from aruntime.cluster.metrics import PoolCollector, TransportCollector
 from aruntime.cluster.pool import WorkerPool
-from aruntime.cluster.router import WorkerLoad
+from aruntime.cluster.router import RoutePolicy, WorkerLoad
 from aruntime.cluster.serving import (
     ROUTES_KEPT,
     PoolWorker,
@@ -153,6 +153,10 @@ class DisaggregatedPool(ServingPool):
 
     def handoff_of(self, request_id: str) -> Handoff | None:
         return self._handoffs.get(request_id)
+
+    def route_by(self, request_id: str, route: RoutePolicy) -> None:
+        """The prefill leg is routed by it; the decode leg goes to the least-loaded worker."""
+        self.prefill.route_by(request_id, route)
 
     def running_beside(self, request_id: str) -> int:
         return self.decode.running_beside(request_id)  # decodes run on the decode worker

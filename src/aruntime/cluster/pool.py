@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from aruntime.cluster.audit import Audit
 from aruntime.cluster.metrics import PoolCollector
-from aruntime.cluster.router import Router, WorkerLoad
+from aruntime.cluster.router import RoutePolicy, Router, WorkerLoad
 from aruntime.cluster.serving import (
     ROUTES_KEPT,
     PoolWorker,
@@ -81,6 +81,7 @@ class WorkerPool(ServingPool):
         self.directory: PrefixDirectory | None = None
         self.scheme: KeyScheme | None = None  # the workers' block keys, once started
         self._routes: OrderedDict[str, RouteRecord] = OrderedDict()
+        self._route_by: OrderedDict[str, RoutePolicy] = OrderedDict()  # route_by's, not yet used
         self._attached = False
 
     @property
@@ -147,6 +148,11 @@ class WorkerPool(ServingPool):
     def route_of(self, request_id: str) -> RouteRecord | None:
         return self._routes.get(request_id)
 
+    def route_by(self, request_id: str, route: RoutePolicy) -> None:
+        self._route_by[request_id] = route
+        while len(self._route_by) > ROUTES_KEPT:
+            self._route_by.popitem(last=False)
+
     def running_beside(self, request_id: str) -> int:
         route = self._routes.get(request_id)
         return max(1, self.router.load(route.worker).running if route is not None else 1)
@@ -184,7 +190,7 @@ class WorkerPool(ServingPool):
             raise EngineDeadError(f"no live worker can take request {request_id} "
                                   f"(tried {', '.join(sorted(exclude)) or 'none'})")
         decision = self.router.choose([self.router.load(w) for w in live], self._matches(keys),
-                                      prompt_tokens)
+                                      prompt_tokens, self._route_by.get(request_id))
         return RouteRecord(request_id, decision.worker, decision.predicted_cached_tokens,
                            attempts=len(exclude) + 1)
 
@@ -196,23 +202,26 @@ class WorkerPool(ServingPool):
         await self._attach_all()
         tried: set[str] = set()
         keys = self._keys(prompt_token_ids, scope)  # once: retries too
-        while True:
-            route = self._decide(request_id, keys, len(prompt_token_ids), tried)
-            self._record(route)
-            tried.add(route.worker)
-            attempt = self._attempt(route, prompt_token_ids, params, scope)
-            died = False
-            try:
-                async for item in attempt:
-                    if item is None:
-                        died = True  # the worker died before answering: try another
-                        break
-                    yield item
-            finally:
-                await attempt.aclose()
-            if not died:
-                return
-            self.audit.retries += 1
+        try:
+            while True:
+                route = self._decide(request_id, keys, len(prompt_token_ids), tried)
+                self._record(route)
+                tried.add(route.worker)
+                attempt = self._attempt(route, prompt_token_ids, params, scope)
+                died = False
+                try:
+                    async for item in attempt:
+                        if item is None:
+                            died = True  # the worker died before answering: try another
+                            break
+                        yield item
+                finally:
+                    await attempt.aclose()
+                if not died:
+                    return
+                self.audit.retries += 1
+        finally:
+            self._route_by.pop(request_id, None)
 
     async def _attempt(self, route: RouteRecord, prompt: list[int], params: SamplingParams,
                        scope: CacheScope) -> AsyncGenerator[RequestOutput | None, None]:

@@ -17,19 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aruntime.kv.directory_index import SHARED_WORKER, PrefixMatch
+from aruntime.route_policy import POLICIES as POLICIES
+from aruntime.route_policy import RoutePolicy
 
-POLICIES = ("kv", "round-robin", "random", "least-loaded")
 # Share of a block's prefill cost that restoring it from this tier saves.
 TIER_WEIGHTS = {"device": 1.0, "host": 0.9, "disk": 0.6, "redis": 0.5}
-DECODE_WEIGHT = 16.0  # prefill tokens one running decode is worth, per step it shares
-# Prefill tokens a queued request is worth beyond its own: each one's first token takes a
-# whole forward pass, however few tokens it computes, so counts balance as well as tokens.
-REQUEST_WEIGHT = 64.0
-# Queued prefill tokens a cached token is worth. A hit saves its compute for good, where a queue
-# is a wait the other candidates mostly share under load; a miss also copies the prefix into a
-# second cache. The simulator replaying `bench route` runs put kv's warm-turn p90 TTFT 30-60%
-# lower at 2 than at 1 (llm-d's default scorer weights favour the prefix over load likewise).
-CACHE_WEIGHT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +44,19 @@ class Decision:
 class Router:
     """Chooses among live candidates; also keeps each worker's load from what it sent."""
 
-    def __init__(self, policy: str = "kv", block_size: int = 16, *,
-                 decode_weight: float = DECODE_WEIGHT, request_weight: float = REQUEST_WEIGHT,
-                 cache_weight: float = CACHE_WEIGHT, seed: int | None = None) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown router policy {policy!r}; choose from {', '.join(POLICIES)}")
-        self.policy = policy
+    def __init__(self, policy: str | RoutePolicy = "kv", block_size: int = 16, *,
+                 seed: int | None = None) -> None:
+        self.route = policy if isinstance(policy, RoutePolicy) else RoutePolicy(policy)
         self.block_size = block_size
-        self.decode_weight = decode_weight
-        self.request_weight = request_weight
-        self.cache_weight = cache_weight
         self._rng = random.Random(seed)
         self._next = 0
         self._queued: dict[str, int] = {}
         self._running: dict[str, int] = {}
         self._waiting: dict[str, int] = {}  # requests sent, first token not yet back
+
+    @property
+    def policy(self) -> str:
+        return self.route.policy
 
     # --- load tracking: called by the pool as requests move -----------------------------------
 
@@ -118,12 +108,16 @@ class Router:
             weighted += max(0, extra) * TIER_WEIGHTS[SHARED_WORKER]
         return blocks * self.block_size, weighted * self.block_size
 
-    def cost(self, load: WorkerLoad, weighted_cached: float, prompt_tokens: int) -> float:
-        return (prompt_tokens - self.cache_weight * weighted_cached + load.queued_prefill_tokens
-                + self.request_weight * load.queued_requests + self.decode_weight * load.running)
+    def cost(self, load: WorkerLoad, weighted_cached: float, prompt_tokens: int,
+             route: RoutePolicy | None = None) -> float:
+        r = route or self.route
+        return (prompt_tokens - r.cache_weight * weighted_cached + load.queued_prefill_tokens
+                + r.request_weight * load.queued_requests + r.decode_weight * load.running)
 
     def choose(self, candidates: Sequence[WorkerLoad], matches: Sequence[PrefixMatch],
-               prompt_tokens: int) -> Decision:
+               prompt_tokens: int, route: RoutePolicy | None = None) -> Decision:
+        """The cheapest candidate by `route` (default: the router's own policy)."""
+        route = route or self.route
         if not candidates:
             raise ValueError("no candidate worker")
         ids = [c.worker_id for c in candidates]
@@ -136,20 +130,20 @@ class Router:
             return self._predicted(by_worker.get(w), shared, prompt_tokens)
 
         scores: dict[str, float] = {}  # only the policies that price candidates fill it
-        if self.policy == "kv":
-            scores = {c.worker_id: self.cost(c, hit(c.worker_id)[1], prompt_tokens)
+        if route.policy == "kv":
+            scores = {c.worker_id: self.cost(c, hit(c.worker_id)[1], prompt_tokens, route)
                       for c in candidates}
             # ties (e.g. nothing cached, nothing queued) rotate, so cold groups spread out
             start = self._next % len(ids)
             order = ids[start:] + ids[:start]
             worker = min(order, key=lambda w: scores[w])
             self._next += 1
-        elif self.policy == "round-robin":
+        elif route.policy == "round-robin":
             worker = ids[self._next % len(ids)]
             self._next += 1
-        elif self.policy == "random":
+        elif route.policy == "random":
             worker = self._rng.choice(ids)
         else:  # least-loaded: the cache is ignored
-            scores = {c.worker_id: self.cost(c, 0.0, 0) for c in candidates}
+            scores = {c.worker_id: self.cost(c, 0.0, 0, route) for c in candidates}
             worker = min(ids, key=lambda w: scores[w])
         return Decision(worker, hit(worker)[0], scores)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from prometheus_client.registry import Collector
 
-from aruntime.cluster.router import WorkerLoad
+from aruntime.cluster.router import RoutePolicy, WorkerLoad
 from aruntime.engine.client import EngineClient
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
@@ -95,6 +95,12 @@ class ServingPool(EngineClient):
                         scope: CacheScope = NO_SCOPE) -> list[tuple[WorkerLoad, int]]:
         """Each worker a request could go to: its load now, and the prompt tokens predicted to
         be cached there. Changes nothing."""
+
+    @abstractmethod
+    def route_by(self, request_id: str, route: RoutePolicy) -> None:
+        """Route `request_id`, about to be generated, by `route` instead of the pool's own
+        policy: a route release's version, as a rollout assigns it (kept until it is routed,
+        at most ROUTES_KEPT of them)."""
 
     @abstractmethod
     def running_beside(self, request_id: str) -> int:
