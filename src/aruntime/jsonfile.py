@@ -10,9 +10,18 @@ from typing import Any
 
 def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise error(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object")
-    return data
+    return json_object(data, str(path), error)
+
+
+def json_object(data: bytes, where: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """`data` (bytes already read, e.g. verified) as a JSON object."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise error(f"{where} must hold a JSON object")
+    return value

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from aruntime.adapt.artifact import ReleaseError
+from aruntime.adapt.artifact import Kind, ReleaseError
 from aruntime.adapt.samples import Sample, statistic
 from aruntime.jsonfile import read_json_object
 
@@ -72,10 +72,16 @@ class Analysis:
     metrics: tuple[Metric, ...] = field(default_factory=tuple)
 
     @classmethod
-    def default(cls) -> Analysis:
+    def default(cls, kind: Kind | None = None) -> Analysis:
         """A step fails when the candidate's error rate is 5 points above stable's over a
-        window of at least 20 of its requests."""
-        return cls((Metric("error-rate", "error_rate", {"max_above_stable": 0.05}, window=20),))
+        window of at least 20 of its requests; for a policy bundle, its refusal rate too (a
+        candidate that refuses more of the same traffic is what its canary must catch; a
+        deliberate tightening says so in its own analysis)."""
+        metrics = [Metric("error-rate", "error_rate", {"max_above_stable": 0.05}, window=20)]
+        if kind is Kind.POLICY:
+            metrics.append(Metric("refusal-rate", "refusal_rate", {"max_above_stable": 0.05},
+                                  window=20))
+        return cls(tuple(metrics))
 
     @classmethod
     def from_json(cls, data: Any) -> Analysis:

@@ -8,11 +8,12 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+from aruntime.adapt.retrieval import Retriever
 from aruntime.engine.loader import file_sha256, revision_digest
-from aruntime.jsonfile import read_json_object
+from aruntime.jsonfile import json_object
+from aruntime.route_policy import RoutePolicy
 
 MAX_PROMPT_BYTES = 64 * 1024
-ROUTER_POLICIES = ("kv", "round-robin", "random", "least-loaded")
 
 
 class Kind(StrEnum):
@@ -53,11 +54,10 @@ def check_artifact(kind: Kind, path: Path) -> None:
         content_digest(kind, path)
     elif kind is Kind.PROMPT:
         prompt_text(path)
-    elif kind in (Kind.ROUTE, Kind.RETRIEVAL):
-        config = _json_object(path)
-        if kind is Kind.ROUTE and config.get("policy") not in ROUTER_POLICIES:
-            raise ReleaseError(f"{path}: a route release names a router policy, one of "
-                               f"{', '.join(ROUTER_POLICIES)}")
+    elif kind is Kind.ROUTE:
+        decode_route(_read(path), str(path))
+    elif kind is Kind.RETRIEVAL:
+        decode_retrieval(_read(path), str(path))
     else:
         from aruntime.policy.bundle import load_bundle
         from aruntime.policy.cedar_authorizer import PolicyError
@@ -68,12 +68,35 @@ def check_artifact(kind: Kind, path: Path) -> None:
             raise ReleaseError(f"{path}: not a policy bundle: {exc}") from None
 
 
-def prompt_text(path: Path) -> str:
+def decode_route(data: bytes, where: str) -> RoutePolicy:
+    """A route release's router policy and weights; ReleaseError when they are not one."""
     try:
-        data = path.read_bytes()
+        return RoutePolicy.from_json(json_object(data, where, ReleaseError))
+    except ReleaseError:
+        raise
+    except ValueError as exc:
+        raise ReleaseError(f"{where}: {exc}") from None
+
+
+def decode_retrieval(data: bytes, where: str) -> Retriever:
+    """A retrieval release's documents, indexed; ReleaseError when it is not one."""
+    try:
+        return Retriever.from_json(json_object(data, where, ReleaseError))
+    except ReleaseError:
+        raise
+    except ValueError as exc:
+        raise ReleaseError(f"{where}: {exc}") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
     except OSError as exc:
-        raise ReleaseError(f"{path}: a prompt release is a UTF-8 text file: {exc}") from None
-    return decode_prompt(data, str(path))
+        raise ReleaseError(f"{path}: {exc.strerror or exc}") from None
+
+
+def prompt_text(path: Path) -> str:
+    return decode_prompt(_read(path), str(path))
 
 
 def decode_prompt(data: bytes, where: str) -> str:
@@ -85,10 +108,6 @@ def decode_prompt(data: bytes, where: str) -> str:
     if not text.strip() or len(data) > MAX_PROMPT_BYTES:
         raise ReleaseError(f"{where}: a prompt is 1 to {MAX_PROMPT_BYTES} bytes of text")
     return text
-
-
-def _json_object(path: Path) -> dict[str, object]:
-    return read_json_object(path, ReleaseError)
 
 
 def short(version: str) -> str:

@@ -87,7 +87,7 @@ class RolloutController:
             rollout = Rollout(
                 f"ro-{secrets.token_hex(6)}", name, candidate.kind.value, stable.version,
                 candidate.version, list(steps), float(pause_s),
-                (analysis or an.Analysis.default()).to_json(), shadow,
+                (analysis or an.Analysis.default(candidate.kind)).to_json(), shadow,
                 require_approval or candidate.kind in APPROVAL_KINDS, by, now,
                 step_started_at=now)
             self.store.create(rollout, {"type": "started", "by": by})

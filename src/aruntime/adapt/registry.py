@@ -28,7 +28,6 @@ from aruntime.adapt.artifact import (
     UnknownRelease,
     check_artifact,
     content_digest,
-    decode_prompt,
 )
 from aruntime.confidential.evidence import unb64
 from aruntime.durable.sql_journal import SqlJournal
@@ -85,10 +84,10 @@ class Registry:
             inputs: dict[str, str] | None = None) -> Release:
         """A new version of `name` (the same content twice is the same version, returned)."""
         path = Path(path)
-        check_artifact(kind, path)
         have = self.kind_of(name)
         if have is not None and have is not kind:
             raise ReleaseError(f"{name} holds {have.value} releases, not {kind.value}")
+        check_artifact(kind, path)
         version = content_digest(kind, path)
         existing = self._row(name, version)
         if existing is not None:
@@ -163,8 +162,8 @@ class Registry:
         self._same(release, now)
         return statement
 
-    def verified_text(self, release: Release) -> str:
-        """A prompt release's text, read once and verified (provenance, then the digest of
+    def verified_bytes(self, release: Release) -> bytes:
+        """A one-file release's bytes, read once and verified (provenance, then the digest of
         the very bytes returned): what serves is what was checked."""
         self._provenance(release)
         try:
@@ -172,7 +171,7 @@ class Registry:
         except OSError as exc:
             raise ReleaseError(f"{release.name}@{release.version[:19]}: {exc}") from None
         self._same(release, "sha256:" + hashlib.sha256(data).hexdigest())
-        return decode_prompt(data, f"{release.name}@{release.version[:19]}")
+        return data
 
     def _provenance(self, release: Release) -> dict[str, Any]:
         return provenance.verified(json.loads(release.envelope), self.trusted, release.name,

@@ -1,69 +1,63 @@
-"""Prompt releases as requests use them: `NAME` (the active rollout's assignment, else the
-stable version) or `NAME@ALIAS`, resolved to the version's text — verified (provenance and
-content) the first time this process serves that version, then kept in memory, so a file
-changed afterwards is never what answers."""
+"""The releases a request names itself — a prompt (`aruntime.prompt`), a retrieval config
+(`aruntime.retrieval`) — as requests use them: `NAME` (the active rollout's assignment, else
+the stable version) or `NAME@ALIAS`, resolved to what serves, verified the first time this
+process serves that version, then kept in memory (versions.py)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aruntime.adapt.artifact import Kind, UnknownRelease
 from aruntime.adapt.controller import Assignment, RolloutController
+from aruntime.adapt.registry import Registry, Release
+from aruntime.adapt.versions import Versions
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class PromptUse:
+class Use(Generic[T]):
     assignment: Assignment
-    text: str  # the system prompt the user's answer is made with
-    shadow_text: str | None = None  # the candidate's, for a mirrored request
+    value: T  # what the user's answer is made with (a prompt's text, a retriever)
+    shadow: T | None = None  # the candidate's, for a mirrored request
 
-    @property
-    def ref(self) -> str:
-        return f"{self.assignment.name}@{self.assignment.version}"
+    def at(self, shadow: bool) -> T:
+        """What serves the user's request, or (`shadow`) its mirrored copy."""
+        return self.shadow if shadow and self.shadow is not None else self.value
 
 
-class PromptReleases:
-    def __init__(self, controller: RolloutController) -> None:
-        self.controller = controller
-        self._texts: dict[tuple[str, str], str] = {}
-        self._prompts: set[str] = set()  # names known to hold prompt releases
+class RequestReleases(Generic[T]):
+    def __init__(self, controller: RolloutController, kind: Kind,
+                 make: Callable[[Registry, Release], T]) -> None:
+        self.controller, self.kind, self._make = controller, kind, make
+        # by name: a name's kind never changes, so the journal is asked once per name
+        self._names: dict[str, Versions[T]] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, ref: str, tenant: str, session: str) -> PromptUse:
+    def resolve(self, ref: str, tenant: str, session: str) -> Use[T]:
         name, _, alias = ref.partition("@")
-        registry = self.controller.registry
-        if not self._is_prompt(name):
-            raise UnknownRelease(f"no prompt release named {name!r}")
+        versions = self._versions(name)
         if alias:
-            version = registry.aliases(name).get(alias)
+            version = self.controller.registry.aliases(name).get(alias)
             if version is None:
                 raise UnknownRelease(f"{name} has no alias {alias!r}")
             assignment = Assignment(name, version)
         else:
             assignment = self.controller.assign(name, tenant, session)
-        shadow = self.text(name, assignment.shadow) if assignment.shadow else None
-        return PromptUse(assignment, self.text(name, assignment.version), shadow)
+        shadow = versions.at(assignment.shadow) if assignment.shadow else None
+        return Use(assignment, versions.at(assignment.version), shadow)
 
-    def _is_prompt(self, name: str) -> bool:
-        """Whether `name` holds prompts: asked of the journal once per name (a name's kind
-        never changes), not on every request."""
+    def _versions(self, name: str) -> Versions[T]:
         with self._lock:
-            if name in self._prompts:
-                return True
-        if self.controller.registry.kind_of(name) is not Kind.PROMPT:
-            return False
-        with self._lock:
-            self._prompts.add(name)
-        return True
-
-    def text(self, name: str, version: str) -> str:
-        with self._lock:
-            known = self._texts.get((name, version))
+            known = self._names.get(name)
         if known is not None:
             return known
-        registry = self.controller.registry
-        text = registry.verified_text(registry.get(name, version))  # refused, if tampered
+        made = Versions(self.controller.registry, name, self.kind, self._make)
         with self._lock:
-            self._texts[(name, version)] = text
-        return text
+            return self._names.setdefault(name, made)
+
+    def at(self, name: str, version: str) -> T:
+        return self._versions(name).at(version)

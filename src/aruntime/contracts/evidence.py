@@ -101,8 +101,11 @@ class EvidenceRecord(StrictModel):
     # the server started. Optional, so records written before it existed stay valid.
     trace_id: str | None = Field(None, description="W3C trace id, 32 lowercase hex digits",
                                  json_schema_extra={"pattern": TRACE_ID_RE.pattern})
-    # What served it, each a release: kind ("model", "prompt", "route", "policy") -> name@version.
+    # What served it, each a release: kind ("model", "prompt", "route", "retrieval", "policy")
+    # -> name@version.
     releases: dict[str, str] | None = None
+    # The passages a retrieval release set before the messages, each NAME/DOCUMENT-ID.
+    retrieved: list[str] | None = None
     # Both set by EvidenceLog.append; `hash` covers every field except itself and `signature`.
     prev_hash: str | None = Field(None, json_schema_extra=HASH_SCHEMA)
     hash: str | None = Field(None, json_schema_extra=HASH_SCHEMA)

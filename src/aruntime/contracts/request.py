@@ -23,6 +23,9 @@ from aruntime.contracts.base import (
 
 # ---- request contract -------------------------------------------------------------------------
 
+# A release a request names: `NAME`, or `NAME@ALIAS`.
+ReleaseRef = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^@\s]+(@[^@\s]+)?$")]
+
 
 class WorkloadKind(StrEnum):
     COMPLETION = "completion"
@@ -157,8 +160,10 @@ class RequestContract(StrictModel):
     shared_prefix_tokens: Annotated[int, Field(ge=0)] = 0
     # A released prompt, `NAME` (the rollout's assignment, else stable) or `NAME@ALIAS`, set as
     # the system prompt before the messages; `session` keeps a conversation on one version.
-    prompt: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^@\s]+(@[^@\s]+)?$")] \
-        | None = None
+    prompt: ReleaseRef | None = None
+    # A released retrieval config, named the same way: the passages it finds for the last user
+    # message are set before the messages.
+    retrieval: ReleaseRef | None = None
     session: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
     @field_validator("id")

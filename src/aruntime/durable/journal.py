@@ -22,14 +22,14 @@ __all__ = ["JOURNAL_ENV", "Entry", "EvidenceConflict", "EvidenceRow", "JournalEr
 JOURNAL_ENV = "ARUNTIME_JOURNAL"
 
 
-def default_journal() -> str:
+def default_journal(data_dir: Path | None = None) -> str:
     """$ARUNTIME_JOURNAL, else runs.db in the data directory: where `aruntime run`, `aruntime
     serve` and the release commands all find the same journal."""
     import os
 
     from aruntime import paths
 
-    return os.environ.get(JOURNAL_ENV) or str(paths.data_dir() / "runs.db")
+    return os.environ.get(JOURNAL_ENV) or str((data_dir or paths.data_dir()) / "runs.db")
 
 
 class SqliteJournal(SqlJournal):

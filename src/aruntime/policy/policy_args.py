@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from aruntime.errors import UsageError, first_line
 from aruntime.policy.cedar_authorizer import CedarAuthorizer, PolicyError
 from aruntime.policy.decision import Mode
@@ -29,16 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def authorizer_from(args: argparse.Namespace) -> tuple[CedarAuthorizer, PolicyReloader | None]:
     """The authorizer and, with --policy, the watcher of its bundle; one line on a bad one."""
-    from aruntime.evidence.signing import SigningError, load_public_key
-
     mode = Mode(args.policy_mode)
     if args.policy is None:
         if args.policy_key is not None:
             raise UsageError("--policy-key checks a bundle's signature: give --policy PATH")
         return CedarAuthorizer(mode=mode), None
+    trusted = trusted_key(args)
     try:
-        trusted = load_public_key(args.policy_key) if args.policy_key is not None else None
         reloader = PolicyReloader.open(args.policy, mode, trusted=trusted)
-    except (PolicyError, SigningError) as exc:
+    except PolicyError as exc:
         raise UsageError(f"--policy: {first_line(exc)}") from None
     return reloader.authorizer, reloader
+
+
+def trusted_key(args: argparse.Namespace) -> Ed25519PublicKey | None:
+    """--policy-key's public key (one line for a bad file), or None."""
+    from aruntime.evidence.signing import SigningError, load_public_key
+
+    if args.policy_key is None:
+        return None
+    try:
+        return load_public_key(args.policy_key)
+    except SigningError as exc:
+        raise UsageError(f"--policy-key: {first_line(exc)}") from None

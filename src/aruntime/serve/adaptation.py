@@ -1,9 +1,9 @@
 """The server's side of releases and rollouts: the registry and controller on the server's
-journal, their tick, a request's released prompt (`aruntime.prompt`), the sample each request
-gives its rollout, and shadow mirroring — the candidate answers a copy of the request after the
-user's answer is complete, and that answer is dropped.
+journal, their tick, and the offline evaluation of a prompt version through the server's own
+path (what each request is served with is serve/release_uses.py's).
 
-Unattended promotion needs a signed policy bundle (`serve --policy DIR --policy-key KEY`) that
+Unattended promotion needs a policy bundle whose signature verified under a trusted key
+(`serve --policy DIR --policy-key KEY`, or `--release policy=NAME --policy-key KEY`) that
 permits `promote_unattended` on the release kind to the controller; the built-in policy never
 is one.
 """
@@ -16,25 +16,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from aruntime.adapt.artifact import Kind, ReleaseError
-from aruntime.adapt.controller import RolloutController
-from aruntime.adapt.prompts import PromptReleases, PromptUse
+from aruntime.adapt.artifact import (
+    Kind,
+    ReleaseError,
+    decode_prompt,
+    decode_retrieval,
+    decode_route,
+)
+from aruntime.adapt.controller import Assignment, RolloutController
 from aruntime.adapt.registry import Registry
+from aruntime.adapt.request_releases import RequestReleases, Use
 from aruntime.adapt.rollout import RolloutStore
-from aruntime.adapt.samples import Sample
-from aruntime.contracts import EvidenceRecord
+from aruntime.adapt.versions import Versions, decoded
 from aruntime.durable.sql_journal import SqlJournal
 from aruntime.policy.decision import Action, Resource
 from aruntime.policy.identity import Principal
 from aruntime.policy.reloader import PolicyReloader
-from aruntime.serve.errors import InvalidRequestError
+from aruntime.route_policy import RoutePolicy
+from aruntime.serve.release_uses import with_releases
+from aruntime.serve.released_policy import ReleasedPolicy
 from aruntime.serve.tool_specs import NO_TOOLS
 
 if TYPE_CHECKING:
-    from fastapi import Request
-
-    from aruntime.serve import protocol as p
-    from aruntime.serve.generation import Generation
     from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -44,14 +47,19 @@ CONTROLLER = Principal("aruntime-controller", "system", frozenset({"controller"}
 
 
 def open_adaptation(state: ServerState, journal: SqlJournal,
-                    reloader: PolicyReloader | None) -> None:
-    """The registry and controller on the server's journal; called on the server's loop, where
-    offline evaluations run their requests."""
+                    reloader: PolicyReloader | None, route_release: str | None = None) -> None:
+    """The registry and controller on the server's journal, and the server's own releases
+    attached to it (each stable version verified now, or no server); called on the server's
+    loop, where offline evaluations run their requests."""
     registry = Registry(journal, state.data_dir / "releases", state.signer)
     loop = asyncio.get_running_loop()
+    if isinstance(state.authorizer, ReleasedPolicy):
+        state.authorizer.attach(registry)
+    if route_release is not None:
+        state.route = released_route(registry, route_release)
 
     def unattended(kind: Kind) -> bool:
-        if reloader is None or not reloader.bundle.signed:
+        if not _verified_policy(state, reloader):
             return False
         # in no tenant: a rule that lets principals act within their own (the built-in one)
         # never covers it; only a rule naming `promote_unattended` does
@@ -68,7 +76,24 @@ def open_adaptation(state: ServerState, journal: SqlJournal,
 
     state.adaptation = RolloutController(registry, RolloutStore(journal, state.signer),
                                          unattended=unattended, answer=answer)
-    state.prompts = PromptReleases(state.adaptation)
+    state.prompts = RequestReleases(state.adaptation, Kind.PROMPT, decoded(decode_prompt))
+    state.retrievals = RequestReleases(state.adaptation, Kind.RETRIEVAL,
+                                       decoded(decode_retrieval))
+
+
+def released_route(registry: Registry, name: str) -> Versions[RoutePolicy]:
+    """The route release `name`'s versions, its stable one verified now."""
+    routes = Versions(registry, name, Kind.ROUTE, decoded(decode_route))
+    routes.at(routes.stable())
+    return routes
+
+
+def _verified_policy(state: ServerState, reloader: PolicyReloader | None) -> bool:
+    """Whether the policy in force is a bundle whose signature verified under a trusted key
+    (a signature nobody checked permits nothing)."""
+    if isinstance(state.authorizer, ReleasedPolicy):
+        return state.authorizer.verified
+    return reloader is not None and reloader.trusted is not None and reloader.bundle.signed
 
 
 async def _answer(state: ServerState, name: str, version: str,
@@ -80,7 +105,17 @@ async def _answer(state: ServerState, name: str, version: str,
     req = p.ChatCompletionRequest.model_validate(
         {"model": state.model_name, "messages": messages, "max_tokens": EVAL_MAX_TOKENS,
          "temperature": 0})
-    full = with_prompt(p.chat_messages(req.messages), state.prompts.text(name, version))
+    kind = state.adaptation.registry.kind_of(name)
+    value: Any
+    if kind is Kind.PROMPT:
+        value = state.prompts.at(name, version)
+    elif kind is Kind.RETRIEVAL:
+        value = state.retrievals.at(name, version)
+    else:
+        raise ReleaseError(f"an evaluation set answers through a prompt or a retrieval "
+                           f"release; {name} holds {kind} releases")
+    full, _ = with_releases(p.chat_messages(req.messages),
+                            {kind: Use(Assignment(name, version), value)})
     prompt = await asyncio.to_thread(chat_prompt, state.tokenizer, full, NO_TOOLS,
                                      state.tool_parser, state.longest_token_bytes,
                                      state.info.max_model_len)
@@ -106,56 +141,3 @@ async def ticking(state: ServerState) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-
-
-def resolve_prompt(state: ServerState, request: Request, tenant: str,
-                   req: p._GenerationRequest) -> PromptUse | None:
-    extra = req.aruntime or {}
-    ref = extra.get("prompt")
-    if ref is None:
-        return None
-    if not isinstance(ref, str) or not ref:
-        raise InvalidRequestError("aruntime.prompt is NAME or NAME@ALIAS",
-                                  param="aruntime.prompt")
-    session = extra.get("session") or req.user or getattr(request.state, "request_id", None) \
-        or str(id(request))
-    try:
-        return state.prompts.resolve(ref, tenant, str(session))
-    except ReleaseError as exc:
-        raise InvalidRequestError(str(exc), param="aruntime.prompt",
-                                  code="release_unavailable") from None
-
-
-def with_prompt(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """The release's system prompt before the request's own messages."""
-    return [{"role": "system", "content": text}, *messages]
-
-
-def released(state: ServerState, use: PromptUse | None) -> dict[str, str]:
-    """What serves a request, each named as a release (kind -> name@version)."""
-    out = {"model": f"{state.model_name}@{state.info.revision}",
-           "policy": f"policy@{state.authorizer.version}"}
-    router = getattr(state.client, "policy", None)
-    if isinstance(router, str):
-        out["route"] = f"router@{router}"
-    if use is not None:
-        out["prompt"] = use.ref
-    return out
-
-
-def record_sample(state: ServerState, gen: Generation, record: EvidenceRecord) -> None:
-    use = gen.prompt_use
-    if use is None or use.assignment.rollout_id is None:
-        return
-    version = use.assignment.shadow if gen.shadow else use.assignment.version
-    ok = all(r != "abort" for r in record.finish_reasons)
-    refused = any(not d.allowed for d in gen.decisions)
-    state.adaptation.record(use.assignment.rollout_id, Sample(
-        str(version), ok, record.timings.ttft_s, record.timings.tpot_s, refused))
-
-
-def record_failure(state: ServerState, use: PromptUse | None) -> None:
-    """A request that failed before it ran counts against the version it was assigned."""
-    if use is not None and use.assignment.rollout_id is not None:
-        state.adaptation.record(use.assignment.rollout_id,
-                                Sample(use.assignment.version, False))

@@ -52,14 +52,16 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               authorizer: Authorizer | None = None, quotas: Quotas | None = None,
               tools: Sequence[Tool] = (),
               policy_reloader: PolicyReloader | None = None,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              route_release: str | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer` (default: the key under `data_dir`); spans go to `tracer` (default:
     the process's); tool calls are read in `tool_call_parser`'s format (default: the
     template's). `authenticator` says who asks (default: nobody, loopback only), `authorizer`
     what they may do (default: the built-in policy; a `policy_reloader`'s own when given),
     `quotas` how much (default: unlimited); `tools` are served over MCP at /mcp; a body
-    over `max_body_bytes` is refused unread (413)."""
+    over `max_body_bytes` is refused unread (413). The router's policy is the route release
+    `route_release`'s, when given (a policy release is an authorizer: serve/released_policy.py)."""
     mcp = build_mcp()
     authorizer = _authorizer_of(authorizer, policy_reloader)
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
@@ -84,7 +86,7 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         app.state.runner = open_runner(data, key,  # flows call models as requests do
                                        ServedModels(state, asyncio.get_running_loop()),
                                        state.tracer, state.authorizer)
-        open_adaptation(state, app.state.runner.journal, policy_reloader)
+        open_adaptation(state, app.state.runner.journal, policy_reloader, route_release)
         try:
             async with mcp.run(), _running(policy_reloader), ticking(state):
                 yield

@@ -88,7 +88,12 @@ def decide(request: Request, action: Action, resource: Resource,
     request writes no evidence record of its own."""
     who = acting(request)
     state = state_of(request)
-    decision = state.authorizer.decide(who, action, resource, context)
+    uses = getattr(request.state, "uses", None)  # a policy rollout's assignment, if any
+    policy = uses.policy if uses is not None and uses.policy is not None else state.authorizer
+    decision = policy.decide(who, action, resource, context)
+    if uses is not None and uses.shadow_policy is not None:  # beside it, never enforced
+        shadow = uses.shadow_policy.decide(who, action, resource, context)
+        uses.shadow_refused |= not shadow.allowed
     decisions(request).append(decision)
     if log or decision.enforced:
         record_decision(state, who, decision, "http")

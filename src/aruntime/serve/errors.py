@@ -11,7 +11,9 @@
     ├── HeadersTooLargeError  431 invalid_request_error (a request head over the limit)
     ├── RateLimitError        429 rate_limit_exceeded (admission: code slo_unattainable, with
     │                         a Retry-After header)
-    └── EngineUnavailableError 503 server_error (the engine core is gone)
+    ├── EngineUnavailableError 503 server_error (the engine core is gone)
+    └── ReleaseUnavailableError 503 server_error (a release the server serves is refused:
+                              code release_unavailable)
 
 FastAPI's own 422 (RequestValidationError) and Starlette's 404/405 are rewritten the same way,
 so a client never sees another shape.
@@ -102,6 +104,17 @@ class EngineUnavailableError(APIError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="engine_unavailable")
+
+
+class ReleaseUnavailableError(APIError):
+    """A release of the server's own (its policy bundle, its router policy) that cannot serve
+    the version a request was assigned: refused at verification. Nothing else may serve it."""
+
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="release_unavailable")
 
 
 def error_body(message: str, type_: str, param: str | None = None,

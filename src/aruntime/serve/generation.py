@@ -28,16 +28,15 @@ from aruntime.policy.identity import Principal
 from aruntime.policy.quotas import Lease, QuotaExceeded
 from aruntime.serve import protocol as p
 from aruntime.serve import tracing
-from aruntime.serve.adaptation import record_sample, released
 from aruntime.serve.admission import Prediction
 from aruntime.serve.errors import (
     InvalidRequestError,
     RateLimitError,
 )
+from aruntime.serve.release_uses import Uses, record_sample, released
 from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
 
 if TYPE_CHECKING:
-    from aruntime.adapt.prompts import PromptUse
     from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -86,7 +85,8 @@ class Generation:
     output_checked: bool = False
     lease: Lease | None = None  # its hold on the tenant's quota, released in `finalize`
     attestation_ref: str | None = None  # the attested key a confidential request came sealed to
-    prompt_use: PromptUse | None = None  # its released prompt (`aruntime.prompt`), if any
+    uses: Uses = field(default_factory=Uses)  # the releases that serve it, as assigned
+    retrieved: list[str] = field(default_factory=list)  # NAME/ID of the passages set before it
     shadow: bool = False  # a rollout's mirrored copy: its answer is dropped, it leaves no record
     _done: bool = False
 
@@ -241,6 +241,9 @@ async def _engine_stream(state: ServerState, gen: Generation,
     """One choice's engine request; feeds admission's costs from the engine's own timings when
     it finishes."""
     first, batch, generated = False, 1, 0
+    route = gen.uses.route_for(gen.shadow)
+    if route is not None:  # a route release's version, as its rollout assigned it
+        state.client.route_by(c.request_id, route)
     stream = state.client.generate(c.request_id, c.prompt, c.params, gen.scope)
     try:
         async for out in stream:
@@ -327,7 +330,8 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
         policy_decisions=[PolicyDecision.model_validate(d.evidence()) for d in gen.decisions],
         attestation_ref=gen.attestation_ref,
         output_digest=output_digest([c.text for c in gen.choices], state.salt(gen.tenant)),
-        trace_id=tracing.trace_id(gen), releases=released(state, gen.prompt_use),
+        trace_id=tracing.trace_id(gen), releases=released(state, gen.uses),
+        retrieved=gen.retrieved or None,
     )
 
 

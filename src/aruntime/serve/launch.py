@@ -21,7 +21,7 @@ from aruntime import paths
 from aruntime.engine.default_model import MODEL_HELP
 from aruntime.errors import UsageError
 from aruntime.policy import auth_args, policy_args, quota_args
-from aruntime.serve import model_args
+from aruntime.serve import model_args, release_args
 from aruntime.serve.model_args import check_backends, check_model_dir, check_sealed
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     quota_args.add_arguments(parser)
     auth_args.add_arguments(parser)
     policy_args.add_arguments(parser)
+    release_args.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,7 +188,10 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
     tools = _tools(args.tools)
     authenticator = auth_args.authenticator_from(args, data_dir)
-    authorizer, policy_reloader = policy_args.authorizer_from(args)  # a bad bundle: one line
+    releases = release_args.served(args)
+    # a bad bundle, or a release that is missing or refused: one line
+    authorizer, policy_reloader = release_args.authorizer_from(args, releases, data_dir)
+    route_release = release_args.check_route(releases, data_dir)
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
     client = _started_client(args, model)
     info = client.model_info
@@ -197,7 +201,7 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
                     quotas=quotas, tools=tools, authenticator=authenticator,
                     authorizer=authorizer, policy_reloader=policy_reloader,
-                    max_body_bytes=args.max_body_bytes)
+                    max_body_bytes=args.max_body_bytes, route_release=route_release)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, **uvicorn_limits())

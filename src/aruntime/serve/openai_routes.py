@@ -22,15 +22,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from aruntime import telemetry
-from aruntime.adapt.prompts import PromptUse
-from aruntime.adapt.samples import Sample
+from aruntime.adapt.artifact import Kind
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import Tokenizer
 from aruntime.policy.decision import Action
 from aruntime.serve import confidential_routes, logprobs, tracing
 from aruntime.serve import protocol as p
-from aruntime.serve.adaptation import record_failure, resolve_prompt, with_prompt
 from aruntime.serve.auth import acting, decide, decisions, principal, require_principal
 from aruntime.serve.errors import (
     APIError,
@@ -53,6 +51,14 @@ from aruntime.serve.generation import (
 from aruntime.serve.metrics import CONTENT_TYPE
 from aruntime.serve.openapi import request_body
 from aruntime.serve.prompt_bound import chat_prompt, completion_prompts, off_loop, prompt_chars
+from aruntime.serve.release_uses import (
+    Uses,
+    record_failure,
+    record_refused,
+    resolve_named,
+    uses_of,
+    with_releases,
+)
 from aruntime.serve.request_policy import check_output, decide_request, model_resource
 from aruntime.serve.state import ServerState, state_of
 from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
@@ -139,7 +145,11 @@ async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, 
     req = p.validate(model, p.parse_body(await request.body()))
     _check_model(state, req.model)
     p.check_request(req)
-    decide_request(request, state, req)
+    try:
+        decide_request(request, state, req)
+    except PermissionDeniedError:
+        record_refused(state, uses_of(request))  # a policy version's refusal shows it here
+        raise
     return state, req
 
 
@@ -161,48 +171,49 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     state, req = await _admit(request, p.ChatCompletionRequest)
     messages = p.chat_messages(req.messages)
-    use = resolve_prompt(state, request, getattr(request.state, "tenant", "default"), req)
+    resolve_named(state, request, getattr(request.state, "tenant", "default"), req)
+    uses = uses_of(request)
     try:
-        gen = await _chat_plan(state, req, messages, use)
+        gen = await _chat_plan(state, req, messages, uses)
         response = await _respond(state, request, gen, req)
     except APIError:
-        record_failure(state, use)  # a prompt version whose requests fail shows it here
+        record_failure(state, uses)  # a version whose requests fail shows it here
         raise
-    if use is not None and use.shadow_text is not None:
-        _then(response, lambda: _shadow(state, req, messages, use))
+    if uses.mirrored():
+        _then(response, lambda: _shadow(state, req, messages, uses))
     return response
 
 
 async def _chat_plan(state: ServerState, req: p.ChatCompletionRequest,
-                     messages: list[dict[str, Any]], use: PromptUse | None,
+                     messages: list[dict[str, Any]], uses: Uses,
                      shadow: bool = False) -> Generation:
-    """The generation of a chat request, with its released prompt (the shadow's, for a
-    mirrored copy) set before the messages."""
-    if use is not None:
-        text = use.shadow_text if shadow else use.text
-        messages = with_prompt(messages, text or "")
+    """The generation of a chat request, with its released prompt and retrieved passages (the
+    shadow's, for a mirrored copy) set before the messages."""
+    if Kind.RETRIEVAL in uses.named:  # a search over the release's documents: off the loop
+        messages, retrieved = await asyncio.to_thread(with_releases, messages, uses.named,
+                                                      shadow)
+    else:
+        messages, retrieved = with_releases(messages, uses.named, shadow)
     tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
     prompt = await off_loop(prompt_chars(messages), chat_prompt, state.tokenizer, messages,
                             tools, state.tool_parser, state.longest_token_bytes,
                             state.info.max_model_len)
     gen = plan(state, req, "shadow" if shadow else "chatcmpl", [prompt], "messages",
                messages=messages, tools=tools)
-    gen.prompt_use, gen.shadow = use, shadow
+    gen.uses, gen.shadow, gen.retrieved = uses, shadow, retrieved
     return gen
 
 
 async def _shadow(state: ServerState, req: p.ChatCompletionRequest,
-                  messages: list[dict[str, Any]], use: PromptUse) -> None:
-    """The candidate answers a copy of the request, after the user's answer is complete; its
-    answer is dropped and only its sample (did it fail, how fast) is kept."""
+                  messages: list[dict[str, Any]], uses: Uses) -> None:
+    """The candidates answer a copy of the request, after the user's answer is complete; its
+    answer is dropped and only its samples (did it fail, how fast) are kept."""
     try:
-        gen = await _chat_plan(state, req, messages, use, shadow=True)
+        gen = await _chat_plan(state, req, messages, uses, shadow=True)
         await collect(state, gen)
     except Exception as exc:  # the candidate's failure counts against it, never the user
         logger.info("the shadow request failed: %s", exc)
-        if use.assignment.rollout_id is not None and use.assignment.shadow is not None:
-            state.adaptation.record(use.assignment.rollout_id,
-                                    Sample(use.assignment.shadow, False))
+        record_failure(state, uses, shadow=True)
 
 
 def _then(response: Response, work: Callable[[], Awaitable[None]]) -> None:
@@ -223,6 +234,7 @@ def _then(response: Response, work: Callable[[], Awaitable[None]]) -> None:
 async def _respond(state: ServerState, request: Request, gen: Generation,
                    req: p._GenerationRequest) -> Response:
     gen.principal, gen.decisions = acting(request), decisions(request)
+    gen.uses = uses_of(request)
     gen.attestation_ref = getattr(request.state, "attestation_ref", None)
     trace_context = (req.aruntime or {}).get("trace_context")  # checked by the contract
     tracing.begin(state, gen, telemetry.parent_context(request.headers, trace_context),

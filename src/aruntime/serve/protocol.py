@@ -22,7 +22,8 @@ INT64 = (-(2 ** 63), 2 ** 63 - 1)  # seeds: what a torch generator and msgpack b
 # The request contract's fields that a body may set through its `aruntime` object.
 ARUNTIME_FIELDS = frozenset({
     "tenant", "principal", "slo", "deadline", "confidentiality", "idempotency_key",
-    "governance_tags", "trace_context", "shared_prefix_tokens", "prompt", "session",
+    "governance_tags", "trace_context", "shared_prefix_tokens", "prompt", "retrieval",
+    "session",
 })
 
 

@@ -15,6 +15,7 @@ from aruntime.serve import protocol as p
 from aruntime.serve.auth import acting, decide, tenant_for
 from aruntime.serve.errors import PermissionDeniedError
 from aruntime.serve.generation import Generation
+from aruntime.serve.release_uses import assign_served, session_of
 from aruntime.serve.state import ServerState
 
 
@@ -42,6 +43,7 @@ def decide_request(request: Request, state: ServerState, req: p._GenerationReque
         ext["principal"] = who.id  # the contract records who asked, not who the body says
     req.aruntime = ext
     _check_confidentiality(request, state, ext.get("confidentiality"))
+    assign_served(state, request, ext["tenant"], session_of(request, req))
     ctx = request_context(state, ext)
     decide(request, Action.INVOKE_MODEL, model_resource(state), ctx)
     if ext.get("shared_prefix_tokens"):
@@ -75,7 +77,7 @@ def check_output(state: ServerState, gen: Generation) -> None:
     found: set[str] = set()
     for c in gen.choices:
         found |= findings(c.text)
-    decision = state.authorizer.decide(
+    decision = (gen.uses.policy or state.authorizer).decide(
         gen.principal, Action.CHECK_OUTPUT, model_resource(state),
         {"tenant": gen.tenant, "model": state.model_name, "findings": sorted(found)})
     gen.decisions.append(decision)

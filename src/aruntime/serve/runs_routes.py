@@ -13,7 +13,6 @@ with the decision that let them make it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,9 +51,9 @@ def open_runner(data_dir: Path, signer: DeploymentKey, models: Models,
     """The server's runner: the journal named by $ARUNTIME_JOURNAL, else runs.db in the data
     directory (where `aruntime run` puts it too); its flows call models through `models`, and
     their calls are decided by `authorizer` (the server's)."""
-    from aruntime.durable.journal import JOURNAL_ENV
+    from aruntime.durable.journal import default_journal
 
-    journal = open_journal(os.environ.get(JOURNAL_ENV) or data_dir / "runs.db")
+    journal = open_journal(default_journal(data_dir))
     return Runner(journal, signer=signer, models=models, artifacts=default_artifacts(journal),
                   tracer=tracer, authorizer=authorizer)
 

@@ -16,7 +16,9 @@ from starlette.requests import Request
 
 from aruntime import telemetry
 from aruntime.adapt.controller import RolloutController
-from aruntime.adapt.prompts import PromptReleases
+from aruntime.adapt.request_releases import RequestReleases
+from aruntime.adapt.retrieval import Retriever
+from aruntime.adapt.versions import Versions
 from aruntime.agents.tools import Tool
 from aruntime.cluster.serving import ServingPool
 from aruntime.confidential.attester import boundary_attester
@@ -31,6 +33,7 @@ from aruntime.policy.cedar_authorizer import CedarAuthorizer
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.identity import Authenticator, NoAuth
 from aruntime.policy.quotas import Quotas
+from aruntime.route_policy import RoutePolicy
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
 from aruntime.serve.tool_parsers import HermesParser, ToolParser
@@ -59,7 +62,9 @@ class ServerState:
     boundary: Boundary | None = None  # the attester and HPKE key of confidential requests
     # releases and rollouts on the server's journal (serve/adaptation.py sets both at start)
     adaptation: RolloutController = field(init=False)
-    prompts: PromptReleases = field(init=False)  # `aruntime.prompt`, resolved and verified
+    prompts: RequestReleases[str] = field(init=False)  # `aruntime.prompt`, verified
+    retrievals: RequestReleases[Retriever] = field(init=False)  # `aruntime.retrieval`
+    route: Versions[RoutePolicy] | None = None  # serve --release route=NAME: the router's
     # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
     longest_token_bytes: int | None = None
     _salts: dict[str, bytes] = field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""`aruntime serve --release KIND=NAME`: the server's own releases, served at NAME's stable
+version and moved by NAME's rollouts — its Cedar bundle (`policy=NAME`, in place of `--policy
+PATH`; `--policy-mode` and `--policy-key` apply to every version) and its router policy
+(`route=NAME`). A request's prompt is its own (`aruntime.prompt`).
+
+Each is checked before the engine starts — the name holds that kind, has a stable version, and
+it verifies — so a missing or tampered one is one line, not a server that serves without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aruntime.adapt.artifact import Kind, ReleaseError
+from aruntime.errors import UsageError, first_line
+from aruntime.policy import policy_args
+from aruntime.policy.decision import Authorizer, Mode
+from aruntime.policy.reloader import PolicyReloader
+from aruntime.serve.released_policy import ReleasedPolicy
+
+if TYPE_CHECKING:
+    from aruntime.adapt.registry import Registry
+
+SERVED_KINDS = (Kind.POLICY, Kind.ROUTE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", action="append", default=[], metavar="KIND=NAME",
+                        help="serve a release of the registry at its stable version, moved by "
+                             "its rollouts: policy=NAME (a Cedar bundle, in place of "
+                             "--policy) or route=NAME (the router's policy and weights); "
+                             "repeatable")
+
+
+def served(args: argparse.Namespace) -> dict[Kind, str]:
+    out: dict[Kind, str] = {}
+    for item in args.release:
+        kind, sep, name = str(item).partition("=")
+        if not sep or not name or kind not in {k.value for k in SERVED_KINDS}:
+            raise UsageError(f"--release {item}: give KIND=NAME, KIND one of "
+                             f"{', '.join(k.value for k in SERVED_KINDS)}")
+        if Kind(kind) in out:
+            raise UsageError(f"--release {item}: {kind} is already {out[Kind(kind)]}")
+        out[Kind(kind)] = name
+    if Kind.POLICY in out and args.policy is not None:
+        raise UsageError("--release policy=NAME serves the policy from the registry: drop "
+                         "--policy PATH (or serve that bundle alone)")
+    return out
+
+
+def authorizer_from(args: argparse.Namespace, releases: dict[Kind, str], data_dir: Path
+                    ) -> tuple[Authorizer, PolicyReloader | None]:
+    """`--release policy=NAME`'s authorizer, its stable version checked now; else the
+    --policy flags' (policy/policy_args.py)."""
+    name = releases.get(Kind.POLICY)
+    if name is None:
+        return policy_args.authorizer_from(args)
+    released = ReleasedPolicy(name, Mode(args.policy_mode), policy_args.trusted_key(args))
+    check(data_dir, lambda registry: released.attach(registry))
+    return released, None
+
+
+def check_route(releases: dict[Kind, str], data_dir: Path) -> str | None:
+    """`--release route=NAME`'s name, its stable version checked now."""
+    from aruntime.serve.adaptation import released_route
+
+    name = releases.get(Kind.ROUTE)
+    if name is not None:
+        check(data_dir, lambda registry: released_route(registry, name))
+    return name
+
+
+def check(data_dir: Path, attach: Callable[[Registry], object]) -> None:
+    """Attach to the registry on the server's journal, once, before the engine starts (the
+    server attaches again to its own): one line for a release it cannot serve."""
+    from aruntime.adapt.registry import Registry
+    from aruntime.durable.journal import JournalError, default_journal, open_journal
+    from aruntime.evidence.signing import DeploymentKey, SigningError, default_key_path
+
+    try:
+        journal = open_journal(default_journal(data_dir))
+    except JournalError as exc:
+        raise UsageError(f"--release: {first_line(exc)}") from None
+    try:
+        signer = DeploymentKey.load_or_create(default_key_path(data_dir))
+        attach(Registry(journal, data_dir / "releases", signer))
+    except (ReleaseError, SigningError) as exc:
+        raise UsageError(f"--release: {first_line(exc)}") from None
+    finally:
+        journal.close()
