@@ -34,6 +34,7 @@ from aruntime.policy.identity import Principal
 from aruntime.policy.reloader import PolicyReloader
 from aruntime.route_policy import RoutePolicy
 from aruntime.serve.release_uses import with_releases
+from aruntime.serve.released_model import ModelEngines
 from aruntime.serve.released_policy import ReleasedPolicy
 from aruntime.serve.tool_specs import NO_TOOLS
 
@@ -47,7 +48,8 @@ CONTROLLER = Principal("aruntime-controller", "system", frozenset({"controller"}
 
 
 def open_adaptation(state: ServerState, journal: SqlJournal,
-                    reloader: PolicyReloader | None, route_release: str | None = None) -> None:
+                    reloader: PolicyReloader | None, route_release: str | None = None,
+                    model_release: ModelEngines | None = None) -> None:
     """The registry and controller on the server's journal, and the server's own releases
     attached to it (each stable version verified now, or no server); called on the server's
     loop, where offline evaluations run their requests."""
@@ -76,6 +78,9 @@ def open_adaptation(state: ServerState, journal: SqlJournal,
 
     state.adaptation = RolloutController(registry, RolloutStore(journal, state.signer),
                                          unattended=unattended, answer=answer)
+    if model_release is not None:
+        model_release.attach(state)
+        state.models = model_release
     state.prompts = RequestReleases(state.adaptation, Kind.PROMPT, decoded(decode_prompt))
     state.retrievals = RequestReleases(state.adaptation, Kind.RETRIEVAL,
                                        decoded(decode_retrieval))
@@ -125,6 +130,12 @@ async def _answer(state: ServerState, name: str, version: str,
     return gen.choices[0].text
 
 
+def _tick(state: ServerState) -> None:
+    state.adaptation.tick()
+    if state.models is not None:  # the engines a model release's rollouts want
+        state.models.sync()
+
+
 @asynccontextmanager
 async def ticking(state: ServerState) -> AsyncIterator[None]:
     """The controller's loop, for the life of the app."""
@@ -132,7 +143,7 @@ async def ticking(state: ServerState) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(TICK_S)  # a period, not a wait for something to happen
             try:
-                await asyncio.to_thread(state.adaptation.tick)
+                await asyncio.to_thread(_tick, state)
             except Exception:  # one bad tick must not stop the rollouts
                 logger.exception("the rollout controller's tick failed")
 

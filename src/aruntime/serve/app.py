@@ -34,9 +34,10 @@ from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
-from aruntime.serve.metrics import Metrics, PolicyCollector
+from aruntime.serve.metrics import Metrics, PolicyCollector, ServingCollector
 from aruntime.serve.openai_routes import router as openai_router
 from aruntime.serve.prompt_bound import longest_token_bytes
+from aruntime.serve.released_model import ModelEngines
 from aruntime.serve.releases_routes import router as releases_router
 from aruntime.serve.runs_routes import open_runner
 from aruntime.serve.runs_routes import router as runs_router
@@ -53,7 +54,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               tools: Sequence[Tool] = (),
               policy_reloader: PolicyReloader | None = None,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-              route_release: str | None = None) -> FastAPI:
+              route_release: str | None = None,
+              model_release: ModelEngines | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer` (default: the key under `data_dir`); spans go to `tracer` (default:
     the process's); tool calls are read in `tool_call_parser`'s format (default: the
@@ -61,7 +63,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     what they may do (default: the built-in policy; a `policy_reloader`'s own when given),
     `quotas` how much (default: unlimited); `tools` are served over MCP at /mcp; a body
     over `max_body_bytes` is refused unread (413). The router's policy is the route release
-    `route_release`'s, when given (a policy release is an authorizer: serve/released_policy.py)."""
+    `route_release`'s, when given (a policy release is an authorizer: serve/released_policy.py);
+    `model_release` starts its rollouts' candidates beside `client`, stable's engine."""
     mcp = build_mcp()
     authorizer = _authorizer_of(authorizer, policy_reloader)
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
@@ -73,8 +76,10 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(data / "evidence.jsonl", key)
         decision_log = EvidenceLog(data / "decisions.jsonl", key, contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
-                            Metrics(model_name, [*client.collectors(),
-                                                 PolicyCollector(authorizer, policy_reloader)]),
+                            Metrics(model_name, [
+                                # a promoted model release's engine takes over the series
+                                ServingCollector(lambda: state.client),
+                                PolicyCollector(authorizer, policy_reloader)]),
                             evidence, key,
                             tracer=tracer or telemetry.process_tracer(),
                             tool_parser=tool_parser,
@@ -86,7 +91,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
         app.state.runner = open_runner(data, key,  # flows call models as requests do
                                        ServedModels(state, asyncio.get_running_loop()),
                                        state.tracer, state.authorizer)
-        open_adaptation(state, app.state.runner.journal, policy_reloader, route_release)
+        open_adaptation(state, app.state.runner.journal, policy_reloader, route_release,
+                        model_release)
         try:
             async with mcp.run(), _running(policy_reloader), ticking(state):
                 yield
@@ -94,8 +100,12 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
             evidence.close()
             decision_log.close()
             app.state.runner.journal.close()
+            if model_release is not None:
+                model_release.close()  # the candidates' engines (and a promoted one's)
             if owns_client:
                 await client.shutdown()
+                if state.client is not client:  # a promoted model release's engine serves
+                    await state.client.shutdown()
 
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")

@@ -37,6 +37,7 @@ from aruntime.serve.release_uses import Uses, record_sample, released
 from aruntime.serve.tool_specs import NO_TOOLS, ToolPlan
 
 if TYPE_CHECKING:
+    from aruntime.cluster.serving import ServingPool
     from aruntime.serve.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def admit_slo(state: ServerState, gen: Generation) -> None:
     first = gen.choices[0].prompt
     # Every choice is an engine request: the first prompt may hit the cache, the rest count whole.
     rest = sum(len(c.prompt) for c in gen.choices[1:])
-    candidates = state.client.candidate_loads(first, gen.scope)
+    candidates = engine_of(state, gen).candidate_loads(first, gen.scope)
     predictions: list[Prediction] = [
         state.admission.predict(load, len(first) - cached + rest, len(gen.choices))
         for load, cached in candidates]
@@ -241,20 +242,25 @@ async def _engine_stream(state: ServerState, gen: Generation,
     """One choice's engine request; feeds admission's costs from the engine's own timings when
     it finishes."""
     first, batch, generated = False, 1, 0
+    client, engine = engine_of(state, gen), gen.uses.engine_for(gen.shadow)
     route = gen.uses.route_for(gen.shadow)
     if route is not None:  # a route release's version, as its rollout assigned it
-        state.client.route_by(c.request_id, route)
-    stream = state.client.generate(c.request_id, c.prompt, c.params, gen.scope)
+        client.route_by(c.request_id, route)
+    stream = client.generate(c.request_id, c.prompt, c.params, gen.scope)
+    if engine is not None:
+        engine.streams += 1  # a retired model version's engine closes only when none are left
     try:
         async for out in stream:
             generated += len(out.new_token_ids)
             if not first:
                 first = True
-                batch = state.client.running_beside(c.request_id)
+                batch = client.running_beside(c.request_id)
             if out.finished:
                 state.admission.costs.observe(out, generated, batch)
             yield out
     finally:
+        if engine is not None:
+            engine.streams -= 1
         await stream.aclose()
 
 
@@ -274,6 +280,12 @@ async def collect(state: ServerState, gen: Generation,
     finally:
         await stream.aclose()
         finalize(state, gen)
+
+
+def engine_of(state: ServerState, gen: Generation) -> ServingPool:
+    """The pool a generation runs on: its model version's engine, else the server's."""
+    engine = gen.uses.engine_for(gen.shadow)
+    return engine.client if engine is not None else state.client
 
 
 def finalize(state: ServerState, gen: Generation) -> None:
@@ -314,7 +326,8 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
     tpots = [(c.last.finish_time - c.last.first_token_time) / (c.num_tokens - 1)
              for c in gen.choices if c.last is not None and c.last.finish_time is not None
              and c.last.first_token_time is not None and c.num_tokens > 1]
-    info = state.info
+    engine = gen.uses.engine_for(gen.shadow)
+    info = engine.info if engine is not None else state.info
     return EvidenceRecord(
         request_id=gen.id, tenant=gen.tenant, model=state.model_name,
         model_revision=info.revision, engine_version=f"aruntime-engine/{__version__}",
@@ -339,7 +352,7 @@ def _route(state: ServerState, gen: Generation, used: int) -> Route:
     """Where the request ran and the cached tokens the router predicted there (a request that
     never reached a worker names the device it was meant for)."""
     routes = [(c, r) for c in gen.choices
-              if (r := state.client.route_of(c.request_id)) is not None]
+              if (r := engine_of(state, gen).route_of(c.request_id)) is not None]
     if not routes:
         return Route(worker=f"none:{state.info.device}", cached_tokens_used=used)
     predicted: dict[int, int] = {}  # per prompt, like usage's cached tokens

@@ -25,6 +25,7 @@ from aruntime.serve import model_args, release_args
 from aruntime.serve.model_args import check_backends, check_model_dir, check_sealed
 
 if TYPE_CHECKING:
+    from aruntime.adapt.artifact import Kind
     from aruntime.cluster.serving import ServingPool
     from aruntime.engine.config import EngineConfig
 
@@ -117,15 +118,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check_arguments(args)
-    model = _model_dir(args.model)
+    data_dir = Path(args.data_dir or paths.data_dir())
+    releases = release_args.served(args)
+    # --release model=NAME: its stable version, verified; else --model
+    model = release_args.model_path(args, releases, data_dir) or _model_dir(args.model)
     check_sealed(model, args.kbs)
-    data_dir = args.data_dir or paths.data_dir()
     try:  # before the model loads: a second server on this directory stops here, in one line
         claim = DataDirClaim(data_dir)
     except (DataDirInUseError, OSError) as exc:
         raise UsageError(str(exc)) from None
     try:
-        return _serve(args, model, data_dir)
+        return _serve(args, model, data_dir, releases)
     finally:
         claim.release()
 
@@ -166,7 +169,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
                          "goes through Ray's object store")
 
 
-def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
+def _serve(args: argparse.Namespace, model: Path, data_dir: Path,
+           releases: dict[Kind, str]) -> int:
     """Sign, start the engine client, serve until stopped."""
     import uvicorn
 
@@ -188,12 +192,11 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
     quotas = quota_args.quotas_from(args)  # a bad quota file is one line, before the engine
     tools = _tools(args.tools)
     authenticator = auth_args.authenticator_from(args, data_dir)
-    releases = release_args.served(args)
     # a bad bundle, or a release that is missing or refused: one line
     authorizer, policy_reloader = release_args.authorizer_from(args, releases, data_dir)
     route_release = release_args.check_route(releases, data_dir)
     logger.info("evidence is signed by %s (%s)", signer.key_id, signer.path)
-    client = _started_client(args, model)
+    client, config = _started_client(args, model)
     info = client.model_info
     name = args.served_model_name or info.name
     app = build_app(client, tokenizer, name, model_info=info,
@@ -201,7 +204,8 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path) -> int:
                     signer=signer, tracer=tracer, tool_call_parser=args.tool_call_parser,
                     quotas=quotas, tools=tools, authenticator=authenticator,
                     authorizer=authorizer, policy_reloader=policy_reloader,
-                    max_body_bytes=args.max_body_bytes, route_release=route_release)
+                    max_body_bytes=args.max_body_bytes, route_release=route_release,
+                    model_release=release_args.model_engines(releases, config))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, **uvicorn_limits())
@@ -223,7 +227,8 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or paths.data_dir())
 
 
-def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
+def _started_client(args: argparse.Namespace, model: Path
+                    ) -> tuple[ServingPool, EngineConfig]:
     from aruntime.cluster.factory import open_pool
     from aruntime.cluster.ray.cluster import RayUnavailableError, connect
     from aruntime.engine.config import EngineConfig
@@ -254,7 +259,7 @@ def _started_client(args: argparse.Namespace, model: Path) -> ServingPool:
     logger.info("engine workers ready (pids %s): %s (%s) on %s, max_model_len %d, %d KV blocks "
                 "each", pids, info.name, info.revision[:19], info.device, info.max_model_len,
                 info.num_blocks)
-    return pool
+    return pool, config
 
 
 class BackgroundServer:

@@ -8,7 +8,8 @@ no series is formatted by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -23,6 +24,9 @@ from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.kv.tiered_cache import LOAD_BUCKETS_S
 from aruntime.policy.decision import Authorizer
 from aruntime.policy.reloader import PolicyReloader
+
+if TYPE_CHECKING:
+    from aruntime.cluster.serving import ServingPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -90,6 +94,18 @@ def _tier_metrics(model_name: str, s: EngineStats) -> Iterator[Metric]:
     yield load
 
 
+class ServingCollector(Collector):
+    """The collectors of whichever pool serves now (`serving()`): a promoted model release's
+    engine takes over from the one the server started with (serve/released_model.py)."""
+
+    def __init__(self, serving: Callable[[], ServingPool]) -> None:
+        self.serving = serving
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.serving().collectors():
+            yield from collector.collect()
+
+
 class PolicyCollector(Collector):
     """The policy in force (`aruntime:policy_info`: its version, signature and mode) and, with
     a watched bundle (serve --policy), its reloads and refused reloads by reason."""
@@ -102,7 +118,8 @@ class PolicyCollector(Collector):
         r = self.reloader
         info = GaugeMetricFamily("aruntime:policy_info", "The policy set in force (always 1).",
                                  labels=["version", "signature", "mode"])
-        info.add_metric([self.authorizer.version, r.bundle.signature if r else "builtin",
+        signature = r.bundle.signature if r else getattr(self.authorizer, "signature", "builtin")
+        info.add_metric([self.authorizer.version, signature,
                          str(getattr(self.authorizer, "mode", "enforce"))], 1)
         yield info
         if r is None:

@@ -44,6 +44,7 @@ from aruntime.serve.generation import (
     admit_quota,
     admit_slo,
     collect,
+    engine_of,
     finalize,
     merged,
     plan,
@@ -240,7 +241,7 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
     tracing.begin(state, gen, telemetry.parent_context(request.headers, trace_context),
                   stream=req.stream, server=request.scope.get("server"))
     try:
-        if not state.client.is_alive:  # before a 200 starts a stream
+        if not engine_of(state, gen).is_alive:  # before a 200 starts a stream
             raise EngineUnavailableError("the engine is not running")
         admit_quota(state, gen)
         admit_slo(state, gen)

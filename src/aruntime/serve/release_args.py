@@ -1,7 +1,9 @@
 """`aruntime serve --release KIND=NAME`: the server's own releases, served at NAME's stable
 version and moved by NAME's rollouts — its Cedar bundle (`policy=NAME`, in place of `--policy
-PATH`; `--policy-mode` and `--policy-key` apply to every version) and its router policy
-(`route=NAME`). A request's prompt is its own (`aruntime.prompt`).
+PATH`; `--policy-mode` and `--policy-key` apply to every version), its router policy
+(`route=NAME`) and its model (`model=NAME`, in place of `--model`: a rollout's candidate is
+loaded beside it, serve/released_model.py). A request's prompt and retrieval config are its own
+(`aruntime.prompt`, `aruntime.retrieval`).
 
 Each is checked before the engine starts — the name holds that kind, has a stable version, and
 it verifies — so a missing or tampered one is one line, not a server that serves without it.
@@ -10,6 +12,7 @@ it verifies — so a missing or tampered one is one line, not a server that serv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,16 +26,18 @@ from aruntime.serve.released_policy import ReleasedPolicy
 
 if TYPE_CHECKING:
     from aruntime.adapt.registry import Registry
+    from aruntime.engine.config import EngineConfig
+    from aruntime.serve.released_model import ModelEngines
 
-SERVED_KINDS = (Kind.POLICY, Kind.ROUTE)
+SERVED_KINDS = (Kind.MODEL, Kind.POLICY, Kind.ROUTE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--release", action="append", default=[], metavar="KIND=NAME",
                         help="serve a release of the registry at its stable version, moved by "
-                             "its rollouts: policy=NAME (a Cedar bundle, in place of "
-                             "--policy) or route=NAME (the router's policy and weights); "
-                             "repeatable")
+                             "its rollouts: model=NAME (a checkpoint, in place of --model), "
+                             "policy=NAME (a Cedar bundle, in place of --policy) or route=NAME "
+                             "(the router's policy and weights); repeatable")
 
 
 def served(args: argparse.Namespace) -> dict[Kind, str]:
@@ -45,6 +50,9 @@ def served(args: argparse.Namespace) -> dict[Kind, str]:
         if Kind(kind) in out:
             raise UsageError(f"--release {item}: {kind} is already {out[Kind(kind)]}")
         out[Kind(kind)] = name
+    if Kind.MODEL in out and args.model is not None:
+        raise UsageError("--release model=NAME serves the model from the registry: drop "
+                         "--model")
     if Kind.POLICY in out and args.policy is not None:
         raise UsageError("--release policy=NAME serves the policy from the registry: drop "
                          "--policy PATH (or serve that bundle alone)")
@@ -61,6 +69,41 @@ def authorizer_from(args: argparse.Namespace, releases: dict[Kind, str], data_di
     released = ReleasedPolicy(name, Mode(args.policy_mode), policy_args.trusted_key(args))
     check(data_dir, lambda registry: released.attach(registry))
     return released, None
+
+
+def model_path(args: argparse.Namespace, releases: dict[Kind, str], data_dir: Path
+               ) -> Path | None:
+    """`--release model=NAME`'s checkpoint: its stable version's, verified now."""
+    name = releases.get(Kind.MODEL)
+    if name is None:
+        return None
+    found: list[Path] = []
+
+    def stable(registry: Registry) -> None:
+        from aruntime.adapt.registry import STABLE
+
+        version = registry.aliases(name).get(STABLE)
+        if registry.kind_of(name) is not Kind.MODEL or version is None:
+            raise ReleaseError(f"no model release named {name!r} with a stable version")
+        release = registry.get(name, version)
+        registry.verify(release)
+        found.append(Path(release.stored))
+
+    check(data_dir, stable)
+    return found[0]
+
+
+def model_engines(releases: dict[Kind, str], config: EngineConfig) -> ModelEngines | None:
+    """`--release model=NAME`'s engines: a rollout's candidate gets one worker of its own, with
+    the server's engine settings."""
+    from aruntime.cluster.factory import open_pool
+    from aruntime.serve.released_model import ModelEngines
+
+    name = releases.get(Kind.MODEL)
+    if name is None:
+        return None
+    return ModelEngines(name, lambda path: open_pool(dataclasses.replace(config,
+                                                                         model=str(path))))
 
 
 def check_route(releases: dict[Kind, str], data_dir: Path) -> str | None:

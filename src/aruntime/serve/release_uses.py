@@ -12,6 +12,7 @@ user's answer is complete (serve/openai_routes.py), which is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from aruntime.contracts import EvidenceRecord
 from aruntime.policy.decision import Authorizer
 from aruntime.route_policy import RoutePolicy
 from aruntime.serve.errors import InvalidRequestError, ReleaseUnavailableError
+from aruntime.serve.released_model import Engine
 from aruntime.serve.released_policy import ReleasedPolicy
 
 if TYPE_CHECKING:
@@ -47,6 +49,12 @@ class Uses:
     shadow_refused: bool = False  # whether the candidate would have refused it
     route: RoutePolicy | None = None  # the router policy that places it
     shadow_route: RoutePolicy | None = None  # a shadow route rollout's candidate
+    engine: Engine | None = None  # the model version's engine (None: the server's own)
+    shadow_engine: Engine | None = None  # a shadow model rollout's candidate's
+
+    def engine_for(self, shadow: bool) -> Engine | None:
+        """The engine a request (or, `shadow`, its mirrored copy) runs on."""
+        return self.shadow_engine if shadow and self.shadow_engine is not None else self.engine
 
     def route_for(self, shadow: bool) -> RoutePolicy | None:
         """The router policy a request (or, `shadow`, its mirrored copy) is placed by."""
@@ -87,9 +95,27 @@ def assign_served(state: ServerState, request: Request, tenant: str, session: st
                                                                     session)
             uses.route = state.route.at(a.version)
             uses.shadow_route = state.route.at(a.shadow) if a.shadow is not None else None
+        if state.models is not None:
+            _assign_model(state, uses, tenant, session)
     except ReleaseError as exc:  # the version assigned cannot serve, and nothing else may
         record_failure(state, uses)
         raise ReleaseUnavailableError(f"this request cannot be served: {exc}") from None
+
+
+def _assign_model(state: ServerState, uses: Uses, tenant: str, session: str) -> None:
+    """The engine of the model version assigned; stable's, and no sample, while a candidate's
+    engine is not ready yet (traffic shifts only to a candidate that can take it)."""
+    models = state.models
+    assert models is not None
+    a = state.adaptation.assign(models.name, tenant, session)
+    engine = models.ready(a.version)
+    if engine is None:
+        engine = models.primary()
+        a = Assignment(models.name, engine.version)
+    shadow = models.ready(a.shadow) if a.shadow is not None else None
+    if shadow is None and a.shadow is not None:
+        a = dataclasses.replace(a, shadow=None)
+    uses.assigned[Kind.MODEL], uses.engine, uses.shadow_engine = a, engine, shadow
 
 
 def resolve_named(state: ServerState, request: Request, tenant: str,
@@ -132,7 +158,7 @@ def with_releases(messages: list[dict[str, Any]], named: Mapping[Kind, Use[Any]]
 
 def released(state: ServerState, uses: Uses) -> dict[str, str]:
     """What serves a request, each named as a release (kind -> name@version)."""
-    out = {"model": f"{state.model_name}@{state.info.revision}",
+    out = {"model": f"{state.model_name}@{(uses.engine or state).info.revision}",
            "policy": f"policy@{state.authorizer.version}"}
     router = getattr(state.client, "policy", None)
     if isinstance(router, str):

@@ -71,6 +71,11 @@ class ReleasedPolicy(Authorizer):
         """Whether the stable bundle's signature verified under the trusted key."""
         return self.trusted is not None and self.bundle(self.stable()).signed
 
+    @property
+    def signature(self) -> str:
+        """What `aruntime:policy_info` says of the stable bundle's signature."""
+        return f"release {self.name}: {self.bundle(self.stable()).signature}"
+
     def decide(self, principal: Principal, action: Action, resource: Resource,
                context: Mapping[str, Any] | None = None) -> Decision:
         return self.at(self.stable()).decide(principal, action, resource, context)

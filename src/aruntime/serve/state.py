@@ -36,6 +36,7 @@ from aruntime.policy.quotas import Quotas
 from aruntime.route_policy import RoutePolicy
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
+from aruntime.serve.released_model import ModelEngines
 from aruntime.serve.tool_parsers import HermesParser, ToolParser
 
 
@@ -65,6 +66,7 @@ class ServerState:
     prompts: RequestReleases[str] = field(init=False)  # `aruntime.prompt`, verified
     retrievals: RequestReleases[Retriever] = field(init=False)  # `aruntime.retrieval`
     route: Versions[RoutePolicy] | None = None  # serve --release route=NAME: the router's
+    models: ModelEngines | None = None  # serve --release model=NAME: each version's engine
     # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
     longest_token_bytes: int | None = None
     _salts: dict[str, bytes] = field(default_factory=dict)
