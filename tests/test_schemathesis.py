@@ -24,7 +24,13 @@ from schemathesis.checks import not_a_server_error
 
 from aruntime.engine.config import EngineConfig
 from aruntime.policy.api_keys import KEYS_FILE, KeyAuth, KeyStore
-from aruntime.serve import confidential_routes, openai_routes, releases_routes, runs_routes
+from aruntime.serve import (
+    confidential_routes,
+    info_routes,
+    openai_routes,
+    releases_routes,
+    runs_routes,
+)
 from aruntime.serve.launch import BackgroundServer, background_server
 
 MODEL = "tiny"
@@ -117,7 +123,8 @@ def test_no_5xx_and_every_error_in_openai_shape(server: BackgroundServer, mode: 
 
 def test_the_description_covers_every_route(server: BackgroundServer) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    routes = {(m, r.path_format) for router in (openai_routes.router, runs_routes.router,
+    routes = {(m, r.path_format) for router in (info_routes.router, openai_routes.router,
+                                                runs_routes.router,
                                                 confidential_routes.router,
                                                 releases_routes.router)
               for r in router.routes if isinstance(r, APIRoute) for m in r.methods}

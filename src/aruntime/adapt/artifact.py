@@ -5,8 +5,10 @@ digest of its file, or of a directory's (name, sha256) pairs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aruntime.adapt.retrieval import Retriever
 from aruntime.engine.loader import file_sha256, revision_digest
@@ -14,6 +16,7 @@ from aruntime.jsonfile import json_object
 from aruntime.route_policy import RoutePolicy
 
 MAX_PROMPT_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 class Kind(StrEnum):
@@ -70,20 +73,19 @@ def check_artifact(kind: Kind, path: Path) -> None:
 
 def decode_route(data: bytes, where: str) -> RoutePolicy:
     """A route release's router policy and weights; ReleaseError when they are not one."""
-    try:
-        return RoutePolicy.from_json(json_object(data, where, ReleaseError))
-    except ReleaseError:
-        raise
-    except ValueError as exc:
-        raise ReleaseError(f"{where}: {exc}") from None
+    return _parsed(RoutePolicy.from_json, data, where)
 
 
 def decode_retrieval(data: bytes, where: str) -> Retriever:
     """A retrieval release's documents, indexed; ReleaseError when it is not one."""
+    return _parsed(Retriever.from_json, data, where)
+
+
+def _parsed(parse: Callable[[dict[str, Any]], T], data: bytes, where: str) -> T:
+    """A JSON release's object, parsed; its parser's ValueError as a ReleaseError."""
+    config = json_object(data, where, ReleaseError)
     try:
-        return Retriever.from_json(json_object(data, where, ReleaseError))
-    except ReleaseError:
-        raise
+        return parse(config)
     except ValueError as exc:
         raise ReleaseError(f"{where}: {exc}") from None
 

@@ -32,6 +32,7 @@ from aruntime.serve import openapi
 from aruntime.serve.adaptation import open_adaptation, ticking
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.info_routes import router as info_router
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
 from aruntime.serve.metrics import Metrics, PolicyCollector, ServingCollector
@@ -100,22 +101,29 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
             evidence.close()
             decision_log.close()
             app.state.runner.journal.close()
-            if model_release is not None:
-                model_release.close()  # the candidates' engines (and a promoted one's)
-            if owns_client:
-                await client.shutdown()
-                if state.client is not client:  # a promoted model release's engine serves
-                    await state.client.shutdown()
+            await _shut_engines(state, client if owns_client else None, model_release)
 
     app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     return _routed(app, mcp, max_body_bytes)
 
 
+async def _shut_engines(state: ServerState, owned: ServingPool | None,
+                        model_release: ModelEngines | None) -> None:
+    """A model release's candidates' engines; then, when the app owns it, the engine it was
+    built with and the one serving now (a promoted model release's)."""
+    if model_release is not None:
+        model_release.close()
+    if owned is not None:
+        await owned.shutdown()
+        if state.client is not owned:
+            await state.client.shutdown()
+
+
 def _routed(app: FastAPI, mcp: Any, max_body_bytes: int) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(McpEndpoint, manager=mcp)
-    for router in (openai_router, runs_router, releases_router):
+    for router in (info_router, openai_router, runs_router, releases_router):
         app.include_router(router)
     openapi.install(app)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads

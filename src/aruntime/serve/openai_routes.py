@@ -4,10 +4,8 @@ A request is parsed and checked here
 (400s in OpenAI's shape), fanned out into one engine request per choice, and streamed back or
 collected; when it ends, however it ends, its metrics are observed and one evidence record is
 appended, signed with the deployment's Ed25519 key. Closing a stream early closes the engine
-iterators, which aborts their requests.
-
-`GET /v1/evidence/key` serves what a verifier needs: the public key (PEM), its key id, and the
-log's current head hash (an anchor that later shows records cut from the end).
+iterators, which aborts their requests. What the server says of itself (health, metrics,
+models, the evidence key) is serve/info_routes.py's.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -26,17 +24,14 @@ from aruntime.adapt.artifact import Kind
 from aruntime.engine.client import EngineDeadError
 from aruntime.engine.outputs import RequestOutput, TokenLogprob
 from aruntime.engine.tokenizer import Tokenizer
-from aruntime.policy.decision import Action
 from aruntime.serve import confidential_routes, logprobs, tracing
 from aruntime.serve import protocol as p
-from aruntime.serve.auth import acting, decide, decisions, principal, require_principal
+from aruntime.serve.auth import acting, decisions, principal
 from aruntime.serve.errors import (
     APIError,
     EngineUnavailableError,
     InvalidRequestError,
-    NotFoundError,
     PermissionDeniedError,
-    error_body,
 )
 from aruntime.serve.generation import (
     Choice,
@@ -49,7 +44,7 @@ from aruntime.serve.generation import (
     merged,
     plan,
 )
-from aruntime.serve.metrics import CONTENT_TYPE
+from aruntime.serve.info_routes import check_model
 from aruntime.serve.openapi import request_body
 from aruntime.serve.prompt_bound import chat_prompt, completion_prompts, off_loop, prompt_chars
 from aruntime.serve.release_uses import (
@@ -60,82 +55,17 @@ from aruntime.serve.release_uses import (
     uses_of,
     with_releases,
 )
-from aruntime.serve.request_policy import check_output, decide_request, model_resource
+from aruntime.serve.request_policy import check_output, decide_request
 from aruntime.serve.state import ServerState, state_of
 from aruntime.serve.tool_responses import StreamedTools, finish_reason, full_message
 from aruntime.serve.tool_specs import tool_plan
 
 logger = logging.getLogger(__name__)
 
-DEMO_NOTE = ("random demo weights; pass --model DIR to serve a real Hugging Face checkpoint")
-HEALTH_TIMEOUT_S = 5.0
-
-
 router = APIRouter()
 
 
-@router.get("/health")
-async def health(request: Request) -> Response:
-    try:
-        await asyncio.wait_for(state_of(request).client.stats(), HEALTH_TIMEOUT_S)
-    except (EngineDeadError, TimeoutError, RuntimeError) as exc:
-        return JSONResponse(error_body(f"engine unavailable: {exc}", "server_error",
-                                       code="engine_unavailable"), status_code=503)
-    return JSONResponse({"status": "ok"})
-
-
-@router.get("/metrics", dependencies=[Depends(require_principal)])  # a scraper gets a key too
-async def metrics(request: Request) -> Response:
-    state = state_of(request)
-    try:
-        stats = await asyncio.wait_for(state.client.stats(), HEALTH_TIMEOUT_S)
-    except (EngineDeadError, TimeoutError, RuntimeError):
-        stats = None  # still serve the API-side series
-    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE)
-
-
-def _model_card(state: ServerState) -> dict[str, Any]:
-    ext: dict[str, Any] = {"revision": state.info.revision, "demo": state.demo}
-    if state.demo:
-        ext["note"] = DEMO_NOTE
-    return {"id": state.model_name, "object": "model", "created": state.created,
-            "owned_by": "aruntime", "root": state.info.model,
-            "max_model_len": state.info.max_model_len, "aruntime": ext}
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    """The models this principal may invoke (a denial hides a model rather than refusing)."""
-    state = state_of(request)
-    allowed = decide(request, Action.INVOKE_MODEL, model_resource(state),
-                     {"model": state.model_name}, enforce=False)
-    return {"object": "list", "data": [_model_card(state)] if not allowed.enforced else []}
-
-
-@router.get("/v1/models/{model:path}")
-async def get_model(model: str, request: Request) -> dict[str, Any]:
-    state = state_of(request)
-    _check_model(state, model)
-    decide(request, Action.INVOKE_MODEL, model_resource(state), {"model": state.model_name})
-    return _model_card(state)
-
-
-@router.get("/v1/evidence/key", dependencies=[Depends(require_principal)])
-async def evidence_key(request: Request) -> dict[str, Any]:
-    """The key that signs this server's evidence, and the chain's head now."""
-    state = state_of(request)
-    return {"object": "evidence.key", "alg": "Ed25519", "key_id": state.signer.key_id,
-            "public_key_pem": state.signer.public_pem(), "head": state.evidence.last_hash}
-
-
 RequestT = TypeVar("RequestT", bound=p._GenerationRequest)
-
-
-def _check_model(state: ServerState, model: str) -> None:
-    name, _, revision = model.partition("@")
-    if name != state.model_name or (revision and revision != state.info.revision):
-        raise NotFoundError(f"The model '{model}' does not exist", param="model",
-                            code="model_not_found")
 
 
 async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, RequestT]:
@@ -144,7 +74,7 @@ async def _admit(request: Request, model: type[RequestT]) -> tuple[ServerState, 
     state = state_of(request)
     principal(request)  # a 401 before the body is read
     req = p.validate(model, p.parse_body(await request.body()))
-    _check_model(state, req.model)
+    check_model(state, req.model)
     p.check_request(req)
     try:
         decide_request(request, state, req)
