@@ -132,7 +132,8 @@ def test_backends_list_and_bad_backends_at_serve(tmp_path: Path) -> None:
     listed = subprocess.run([sys.executable, "-m", "aruntime.cli", "backends", "list", "--json"],
                             capture_output=True, text=True, timeout=120)
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
-    assert set(rows) == {"eager", "torch-compile", *COMPILED}
+    bases = {"eager", "torch-compile", *COMPILED}
+    assert set(rows) == bases | {f"{b}+graph" for b in bases}
     assert all(rows[n]["available"] for n in COMPILED)
     bad = subprocess.run([sys.executable, "-m", "aruntime.cli", "serve", "--model", "demo",
                           "--backends", "tensorrt", "--data-dir", str(tmp_path)],

@@ -16,6 +16,7 @@ from aruntime.engine.attention import (
     NativeDecodeInputs,
     PrefillSegment,
 )
+from aruntime.engine.backends.graph import run_graph
 from aruntime.engine.backends.parts import PartDispatch
 from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
@@ -134,10 +135,22 @@ class ModelRunner:
         elif decode_tables:
             self._decode_groups(batch, decode_tables, decode_lens)
         rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
-        dispatch = None if self.dispatch is None else self.dispatch.for_step(
+        tokens = torch.tensor(token_ids, dtype=torch.long, device=dev)
+        name = None if self.dispatch is None else self.dispatch.choose(
             "prefill" if batch.prefills else "decode", len(token_ids))
-        logits = self.model(torch.tensor(token_ids, dtype=torch.long, device=dev), batch,
-                            torch.tensor(rows, dtype=torch.long, device=dev), dispatch)
+        graph = None if name is None or batch.prefills or len(rows) != len(token_ids) \
+            else self.dispatch.graph_of(name)  # type: ignore[union-attr]
+        if graph is not None:  # every row a decode that samples: the whole step, one call
+            try:
+                return sampling, run_graph(graph, self.model, self.kv_cache, tokens,
+                                           batch.positions, batch.slot_mapping, decode_tables,
+                                           bs), []
+            except Exception as exc:  # a runtime failing at serving time: eager from now on
+                assert self.dispatch is not None and name is not None
+                name = self.dispatch.drop(name, "the decode graph", exc)
+        dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
+        logits = self.model(tokens, batch, torch.tensor(rows, dtype=torch.long, device=dev),
+                            dispatch)
         prompt, at = [], len(sample_rows)
         for seq, first, _, n in spans:
             prompt.append((seq, first, logits[at:at + n]))

@@ -53,12 +53,14 @@ def check_model_dir(model: Path) -> None:
 
 
 def check_backends(spec: str) -> None:
-    from aruntime.engine.backends.registry import BACKENDS
+    from aruntime.engine.backends.registry import known
+    from aruntime.engine.backends.registry import names as backend_names
 
     names = [n.strip() for n in spec.split(",")]
-    unknown = [n for n in names if n not in BACKENDS and not (n == "auto" and len(names) == 1)]
+    unknown = [n for n in names if not known(n) and not (n == "auto" and len(names) == 1)]
     if unknown:
-        raise UsageError(f"--backends: no backend {unknown[0]!r} (auto, {', '.join(BACKENDS)})")
+        raise UsageError(f"--backends: no backend {unknown[0]!r} "
+                         f"(auto, {', '.join(backend_names())})")
 
 
 def check_sealed(model: Path, kbs: str | None) -> None:

@@ -14,6 +14,9 @@ from torch import nn
 
 Compiled = Callable[..., tuple[torch.Tensor, ...]]  # a part's inputs -> its outputs, as a tuple
 ROWS = 0  # the dimension of activations that varies with the step (tokens in it)
+# Which inputs vary, and where: the first N inputs along ROWS (a part's activations), or per
+# input its dynamic dimensions by name (a whole step's graph: rows and context, say)
+Dynamic = int | tuple[dict[int, str] | None, ...]
 
 
 class BackendUnavailable(RuntimeError):
@@ -36,11 +39,12 @@ class Backend(ABC):
         """What its compiled artefacts depend on (the package's version)."""
 
     @abstractmethod
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         """`part` for inputs shaped like `examples`, whose first `activations` inputs have a
-        dynamic rows dimension (the rest are weights, fixed in shape). Artefacts go to
-        `cache_dir` under `key`, which names the model, the part and its weights."""
+        dynamic rows dimension (the rest are weights, fixed in shape), or whose dimensions
+        named per input vary. Artefacts go to `cache_dir` under `key`, which names the model,
+        the part and its weights."""
 
 
 def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from aruntime.engine.backends.base import Compiled
 from aruntime.engine.backends.parts import compile_parts, eager_parts, probing
-from aruntime.engine.backends.registry import BACKENDS, EAGER, backend
+from aruntime.engine.backends.registry import EAGER, backend, names
 from aruntime.engine.backends.table import CostTable
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.keys import CacheScope
@@ -87,4 +87,4 @@ def calibrate(engine: LLMEngine, names: Iterable[str], backends_dir: Path,
 
 
 def all_backends() -> list[str]:
-    return list(BACKENDS)
+    return names()

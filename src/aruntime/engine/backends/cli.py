@@ -48,7 +48,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         all_backends,
         calibrate,
     )
-    from aruntime.engine.backends.registry import BACKENDS
+    from aruntime.engine.backends.registry import known
+    from aruntime.engine.backends.registry import names as backend_names
     from aruntime.engine.backends.table import table_path
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.default_model import checked_model
@@ -56,9 +57,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from aruntime.engine.loader import CheckpointError
 
     names = all_backends() if args.backends == "all" else args.backends.split(",")
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if not known(n)]
     if unknown:
-        raise UsageError(f"--backends: no backend {unknown[0]!r} ({', '.join(BACKENDS)})")
+        raise UsageError(f"--backends: no backend {unknown[0]!r} ({', '.join(backend_names())})")
     try:
         engine = LLMEngine(EngineConfig(model=str(checked_model(args.model or "default")),
                                         dtype=args.dtype))

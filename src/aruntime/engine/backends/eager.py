@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, as_tuple
+from aruntime.engine.backends.base import Backend, Compiled, Dynamic, as_tuple
 
 
 class EagerBackend(Backend):
@@ -19,6 +19,6 @@ class EagerBackend(Backend):
     def version(self) -> str:
         return f"torch-{torch.__version__}"
 
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         return lambda *inputs: as_tuple(part(*inputs))

@@ -18,6 +18,7 @@ from aruntime.engine.backends.base import (
     Backend,
     BackendUnavailable,
     Compiled,
+    Dynamic,
     missing_packages,
     package_version,
 )
@@ -34,8 +35,8 @@ class IreeBackend(Backend):
     def version(self) -> str:
         return f"iree-{package_version('iree-base-compiler')}"
 
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         import iree.runtime as rt
 
         onnx_file = export(part, examples, activations, cache_dir, key)

@@ -16,6 +16,7 @@ from aruntime.engine.backends.base import (
     ROWS,
     BackendUnavailable,
     BoundWeights,
+    Dynamic,
     package_version,
 )
 
@@ -25,7 +26,7 @@ OPSET = 20
 ONNX_PACKAGES = ("onnx", "onnxscript")  # what the export itself needs
 
 
-def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
+def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: Dynamic,
            cache_dir: Path, key: str) -> Path:
     """The part as an ONNX file (exported once, then read from the cache). `key` names the
     model, the part and the layer whose weights it binds; the shapes and the exporter's
@@ -37,9 +38,7 @@ def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    rows = torch.export.Dim("rows", min=1, max=1 << 16)
-    dynamic: tuple[object, ...] = tuple({ROWS: rows} if i < activations else None
-                                        for i in range(len(examples)))
+    dynamic = _dynamic_shapes(activations, len(examples))
     if isinstance(part, BoundWeights):  # its forward takes the activations as one *args
         dynamic = (dynamic,)
     tmp = path.with_suffix(".part.onnx")
@@ -54,3 +53,13 @@ def export(part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int
                                  f"{type(exc).__name__}: {str(exc)[:200]}") from None
     tmp.replace(path)
     return path
+
+
+def _dynamic_shapes(activations: Dynamic, count: int) -> tuple[object, ...]:
+    """torch.export's dynamic shapes: one Dim per name, shared by the inputs that name it."""
+    if isinstance(activations, int):
+        activations = tuple({ROWS: "rows"} if i < activations else None for i in range(count))
+    dims: dict[str, object] = {}
+    return tuple(None if spec is None else {
+        axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=1 << 16))
+        for axis, name in spec.items()} for spec in activations)

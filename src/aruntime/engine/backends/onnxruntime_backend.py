@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, missing_packages, package_version
+from aruntime.engine.backends.base import (
+    Backend,
+    Compiled,
+    Dynamic,
+    missing_packages,
+    package_version,
+)
 from aruntime.engine.backends.onnx_export import ONNX_PACKAGES, export
 
 
@@ -22,8 +28,8 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return f"onnxruntime-{package_version('onnxruntime')}"
 
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         import onnxruntime as ort
 
         options = ort.SessionOptions()

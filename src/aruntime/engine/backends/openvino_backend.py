@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, missing_packages, package_version
+from aruntime.engine.backends.base import (
+    Backend,
+    Compiled,
+    Dynamic,
+    missing_packages,
+    package_version,
+)
 from aruntime.engine.backends.onnx_export import ONNX_PACKAGES, export
 
 
@@ -24,8 +30,8 @@ class OpenVinoBackend(Backend):
     def version(self) -> str:
         return f"openvino-{package_version('openvino')}"
 
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
 
         precision = "f32" if examples[0].dtype == torch.float32 else "bf16"
         compiled = _core().compile_model(

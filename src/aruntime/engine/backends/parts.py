@@ -18,7 +18,7 @@ import torch
 
 from aruntime.engine.backends.base import BackendUnavailable, BoundWeights, Compiled, as_tuple
 from aruntime.engine.backends.gate import PROBE_ROWS, Probe, check
-from aruntime.engine.backends.registry import EAGER, backend
+from aruntime.engine.backends.registry import EAGER, GRAPH, backend
 from aruntime.engine.backends.table import CostTable
 from aruntime.engine.model import HEAD
 
@@ -67,6 +67,12 @@ def compile_parts(model: LlamaForCausalLM, name: str, cache_dir: Path,
     missing = b.missing()
     if missing is not None:
         raise BackendUnavailable(f"backend {name}: {missing}")
+    if name.endswith(GRAPH):  # its parts for prefill steps, and the decode graph
+        from aruntime.engine.backends.graph import compile_graph
+
+        base = name.removesuffix(GRAPH)
+        parts = compile_parts(model, base, cache_dir, revision)
+        return {**parts, "graph": compile_graph(model, base, cache_dir, revision)}
     examples = {(p.part, p.layer): tuple(t.detach() for t in p.inputs)
                 for p in probes(model, (8,))}
     dtype = str(model.norm.weight.dtype).removeprefix("torch.")
@@ -98,11 +104,20 @@ class PartDispatch:
     forced: str | None = None  # one backend for every step
     used: dict[str, int] = field(default_factory=dict)  # steps per backend, for the stats
 
-    def for_step(self, phase: str, rows: int) -> Any:
+    def choose(self, phase: str, rows: int) -> str:
+        """The backend a step of this phase and bucket runs on."""
         name = self.forced or (self.table.choose(phase, rows, set(self.compiled))
                                if self.table else EAGER)
-        parts = self.compiled.get(name) or self.compiled[EAGER]
         self.used[name] = self.used.get(name, 0) + 1
+        return name if name in self.compiled else EAGER
+
+    def graph_of(self, name: str) -> Compiled | None:
+        """Its whole decode-step graph, if it has one."""
+        return self.compiled.get(name, {}).get("graph")
+
+    def for_step(self, name: str) -> Any:
+        """`run(part, layer, *inputs)` on backend `name`'s parts."""
+        parts = self.compiled.get(name) or self.compiled[EAGER]
 
         def run(part: str, layer: int, *inputs: torch.Tensor) -> Any:
             try:
@@ -114,11 +129,15 @@ class PartDispatch:
         return run
 
     def _fall_back(self, name: str, part: str, exc: Exception) -> Compiled:
-        logger.error("backend %s failed on part %s (%s: %s); eager serves instead from now on",
-                     name, part, type(exc).__name__, str(exc)[:200])
+        return self.compiled[self.drop(name, f"part {part}", exc)][part]
+
+    def drop(self, name: str, what: str, exc: Exception) -> str:
+        """Backend `name` failed on `what` while serving: eager serves from now on."""
+        logger.error("backend %s failed on %s (%s: %s); eager serves instead from now on",
+                     name, what, type(exc).__name__, str(exc)[:200])
         if name != EAGER:
             self.compiled.pop(name, None)
-        return self.compiled[EAGER][part]
+        return EAGER
 
 
 @contextmanager

@@ -14,17 +14,31 @@ from aruntime.engine.backends.torch_compile import TorchCompileBackend
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (
     EagerBackend, TorchCompileBackend, OnnxRuntimeBackend, OpenVinoBackend, IreeBackend)}
 EAGER = "eager"
+# NAME+graph: the backend runs each decode step as one graph, the KV cache its explicit inputs
+# and outputs (engine/backends/graph.py); prefill steps run on its parts
+GRAPH = "+graph"
+
+
+def names() -> list[str]:
+    """Every backend, and each one's whole-graph variant (eager's runs the graph in PyTorch)."""
+    return [*BACKENDS, *(f"{n}{GRAPH}" for n in BACKENDS)]
+
+
+def known(name: str) -> bool:
+    return name in names()
 
 
 def backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise ValueError(f"no backend {name!r}; there are {', '.join(BACKENDS)}")
-    return BACKENDS[name]()
+    """The backend behind `name` (a graph variant's is its base's)."""
+    base = name.removesuffix(GRAPH)
+    if not known(name):
+        raise ValueError(f"no backend {name!r}; there are {', '.join(names())}")
+    return BACKENDS[base]()
 
 
 def listing() -> list[dict[str, Any]]:
     out = []
-    for name in BACKENDS:
+    for name in names():
         b = backend(name)
         missing = b.missing()
         out.append({"name": name, "available": missing is None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aruntime.engine.backends.base import Backend, Compiled, as_tuple
+from aruntime.engine.backends.base import Backend, Compiled, Dynamic, as_tuple
 
 RECOMPILE_LIMIT = 64
 
@@ -25,8 +25,8 @@ class TorchCompileBackend(Backend):
     def version(self) -> str:
         return f"torch-{torch.__version__}"
 
-    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
-                cache_dir: Path, key: str) -> Compiled:
+    def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
+                activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         import torch._dynamo
 
         # every engine of the process compiles the same parts' code again, and sizes 1 and 2
