@@ -97,11 +97,32 @@ def test_three_compiled_backends_pass_the_gate_and_decode_like_eager(
         (backends_dir / "cache").glob("*.vmfb"))
 
 
+def test_a_delegate_takes_its_part_and_eager_the_rest_gated_as_a_whole(
+        tiny_model_dir: Path, tmp_path: Path, eager: LLMEngine) -> None:
+    engine = LLMEngine(dataclasses.replace(config(tiny_model_dir), backends="onnxruntime@after",
+                                           backends_dir=str(tmp_path)))
+    assert greedy(engine) == greedy(eager)  # the greedy gate passed it, and so does this
+    exported = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.onnx"))
+    layers = eager.model_config.num_hidden_layers
+    assert exported == [f"after{i}" for i in range(layers)]  # the MLP blocks, nothing else
+
+
 def test_a_perturbed_backend_is_refused_naming_part_bucket_and_difference(
         eager: LLMEngine, backends_dir: Path, perturbed: None) -> None:
     with pytest.raises(GateRefused, match=r"perturbed: part after, bucket 1 rows: largest "
                                           r"difference 0\.001"):
         compile_parts(eager.runner.model, "perturbed", backends_dir / "cache")
+
+
+def test_a_decode_step_is_costed_at_the_nearest_measured_context_at_or_above_its_own() -> None:
+    table = CostTable("sha256:x", "float32", "test", {}, seconds={
+        "decode/8/32": {"eager": 2.0, "onnxruntime+graph": 1.0},
+        "decode/8/256": {"eager": 1.0, "onnxruntime+graph": 2.0},
+        "prefill/64": {"eager": 1.0}})
+    assert [table.choose("decode", 8, context=c) for c in (10, 32, 33, 256, 4000)] == \
+        ["onnxruntime+graph", "onnxruntime+graph", "eager", "eager", "eager"]
+    assert table.choose("decode", 8) == "eager"  # no context: the plain bucket (not measured)
+    assert table.key("prefill", 50, 900) == "prefill/64"  # contexts are a decode's
 
 
 def test_auto_takes_the_cheapest_backend_per_phase_and_bucket_from_the_table(
@@ -133,7 +154,8 @@ def test_backends_list_and_bad_backends_at_serve(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     bases = {"eager", "torch-compile", *COMPILED}
-    assert set(rows) == bases | {f"{b}+graph" for b in bases}
+    assert set(rows) == bases | {f"{b}+graph" for b in bases} | {
+        f"{b}@after" for b in bases - {"eager"}}
     assert all(rows[n]["available"] for n in COMPILED)
     bad = subprocess.run([sys.executable, "-m", "aruntime.cli", "serve", "--model", "demo",
                           "--backends", "tensorrt", "--data-dir", str(tmp_path)],

@@ -20,6 +20,7 @@ from aruntime.bench.report import Outcome, Report, add_json_argument, json_path,
 @dataclass(frozen=True)
 class Workload:
     buckets: dict[str, tuple[int, ...]]
+    contexts: tuple[int, ...]  # each decode bucket's, measured at each
     repeats: int  # timings per bucket and backend (their median)
     prompts: int  # the end-to-end batch
     prompt_tokens: int
@@ -28,25 +29,29 @@ class Workload:
 
     def describe(self) -> str:
         b = "; ".join(f"{p} {','.join(map(str, r))}" for p, r in self.buckets.items())
-        return (f"buckets {b}, median of {self.repeats}; end to end {self.prompts} prompts x "
+        c = ",".join(map(str, self.contexts))
+        return (f"buckets {b} (decode at contexts {c}), median of {self.repeats}; end to end "
+                f"{self.prompts} prompts x "
                 f"{self.prompt_tokens} tokens, {self.new_tokens} new (greedy), {self.runs} runs "
                 "of each mode alternating")
 
 
-FULL = Workload({"decode": (1, 8, 32), "prefill": (64, 256)}, 5, 8, 96, 24, 3)
-QUICK = Workload({"decode": (1, 8), "prefill": (64,)}, 2, 4, 40, 6, 1)
+FULL = Workload({"decode": (1, 8, 32), "prefill": (64, 256)}, (32, 256), 5, 8, 96, 24, 3)
+QUICK = Workload({"decode": (1, 8), "prefill": (64,)}, (32,), 2, 4, 40, 6, 1)
 
 
 def calibrated(path: Path, w: Workload, root: Path) -> Any:
     """The cost table of this model's backends, measured now as engine steps (and stored
     where `auto` reads it)."""
-    from aruntime.engine.backends.calibrate import all_backends, calibrate
+    from aruntime.engine.backends.calibrate import KV_BYTES, all_backends, calibrate
     from aruntime.engine.backends.table import table_path
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.llm_engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=str(path), max_num_seqs=max(w.buckets["decode"])))
-    table = calibrate(engine, all_backends(), root, w.buckets, repeats=w.repeats)
+    engine = LLMEngine(EngineConfig(model=str(path), max_num_seqs=max(w.buckets["decode"]),
+                                    kv_cache_bytes=KV_BYTES))
+    table = calibrate(engine, all_backends(), root, w.buckets, repeats=w.repeats,
+                      contexts=w.contexts)
     table.save(table_path(root, engine.revision, "float32"))
     return table
 
@@ -85,7 +90,7 @@ def _per_phase(report: Report, label: str, table: Any) -> dict[str, float]:
     """Tokens/s lines per backend and bucket; the best gain over eager per phase."""
     gains: dict[str, float] = {}
     for key, costs in sorted(table.seconds.items()):
-        phase, rows = key.split("/")
+        phase, rows = key.split("/")[:2]
         shown = ", ".join(f"{b} {int(rows) / s:,.0f}" for b, s in sorted(costs.items()))
         report.line(f"  {label} {key:<12} tokens/s: {shown}")
         best = min(costs.values())

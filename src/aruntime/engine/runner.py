@@ -137,17 +137,13 @@ class ModelRunner:
         rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
         tokens = torch.tensor(token_ids, dtype=torch.long, device=dev)
         name = None if self.dispatch is None else self.dispatch.choose(
-            "prefill" if batch.prefills else "decode", len(token_ids))
-        graph = None if name is None or batch.prefills or len(rows) != len(token_ids) \
-            else self.dispatch.graph_of(name)  # type: ignore[union-attr]
-        if graph is not None:  # every row a decode that samples: the whole step, one call
-            try:
-                return sampling, run_graph(graph, self.model, self.kv_cache, tokens,
-                                           batch.positions, batch.slot_mapping, decode_tables,
-                                           bs), []
-            except Exception as exc:  # a runtime failing at serving time: eager from now on
-                assert self.dispatch is not None and name is not None
-                name = self.dispatch.drop(name, "the decode graph", exc)
+            "prefill" if batch.prefills else "decode", len(token_ids),
+            max(decode_lens) if decode_lens and not batch.prefills else None)
+        if name is not None and not batch.prefills and len(rows) == len(token_ids):
+            # every row a decode that samples: the backend's whole-step graph, if it has one
+            logits, name = self._graph_step(name, tokens, batch, decode_tables)
+            if logits is not None:
+                return sampling, logits, []
         dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
         logits = self.model(tokens, batch, torch.tensor(rows, dtype=torch.long, device=dev),
                             dispatch)
@@ -156,6 +152,20 @@ class ModelRunner:
             prompt.append((seq, first, logits[at:at + n]))
             at += n
         return sampling, logits[:len(sample_rows)], prompt
+
+    def _graph_step(self, name: str, tokens: torch.Tensor, batch: AttentionBatch,
+                    tables: list[list[int]]) -> tuple[torch.Tensor | None, str]:
+        """The decode step in one call of `name`'s graph: (its logits, `name`); (None, the
+        backend to run it on instead) when it has none, or when it fails (eager from then on)."""
+        assert self.dispatch is not None
+        graph = self.dispatch.graph_of(name)
+        if graph is None:
+            return None, name
+        try:
+            return run_graph(graph, self.model, self.kv_cache, tokens, batch.positions,
+                             batch.slot_mapping, tables, self.block_size), name
+        except Exception as exc:  # a runtime failing at serving time
+            return None, self.dispatch.drop(name, "the decode graph", exc)
 
     def _segment(self, row: int, c: ScheduledChunk, table: list[int]) -> PrefillSegment:
         if c.start == 0:

@@ -44,6 +44,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     from aruntime.engine.backends.calibrate import (
         DECODE_BUCKETS,
+        DECODE_CONTEXTS,
+        KV_BYTES,
         PREFILL_BUCKETS,
         all_backends,
         calibrate,
@@ -62,13 +64,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"--backends: no backend {unknown[0]!r} ({', '.join(backend_names())})")
     try:
         engine = LLMEngine(EngineConfig(model=str(checked_model(args.model or "default")),
-                                        dtype=args.dtype))
+                                        dtype=args.dtype, kv_cache_bytes=KV_BYTES,
+                                        max_num_seqs=max(DECODE_BUCKETS)))
     except (CheckpointError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     buckets = ({"decode": (1, 8), "prefill": (64,)} if args.quick
                else {"decode": DECODE_BUCKETS, "prefill": PREFILL_BUCKETS})
     root = (args.data_dir or paths.data_dir()) / "backends"
-    table = calibrate(engine, names, root, buckets, repeats=3 if args.quick else 7)
+    table = calibrate(engine, names, root, buckets, repeats=3 if args.quick else 7,
+                      contexts=DECODE_CONTEXTS[:1] if args.quick else DECODE_CONTEXTS)
     path = table_path(root, engine.revision, args.dtype)
     table.save(path)
     for key, costs in table.seconds.items():

@@ -61,8 +61,9 @@ def _layers(model: LlamaForCausalLM, part: str) -> list[int]:
 
 def compile_parts(model: LlamaForCausalLM, name: str, cache_dir: Path,
                   revision: str = "") -> dict[str, Compiled]:
-    """Every part of the model on backend `name` — once, or once per layer with its weights
-    bound — gated against eager (GateRefused, or BackendUnavailable, when it cannot serve)."""
+    """Every part of the model on backend `name` (a delegate, `NAME@PART`: that part, eager
+    the rest) — once, or once per layer with its weights bound — gated against eager
+    (GateRefused, or BackendUnavailable, when it cannot serve)."""
     b = backend(name)
     missing = b.missing()
     if missing is not None:
@@ -78,8 +79,12 @@ def compile_parts(model: LlamaForCausalLM, name: str, cache_dir: Path,
     dtype = str(model.norm.weight.dtype).removeprefix("torch.")
     started = time.monotonic()
     compiled: dict[str, Compiled] = {}
+    delegated = name.partition("@")[2]
     for part, module in model.parts.items():
         n = ACTIVATIONS[part]
+        if delegated and part != delegated:
+            compiled[part] = eager_parts(model)[part]
+            continue
         if not b.binds_weights:
             one = b.compile(module, examples[(part, _layers(model, part)[0])], n, cache_dir,
                             f"{revision}/{dtype}/{part}")
@@ -104,9 +109,9 @@ class PartDispatch:
     forced: str | None = None  # one backend for every step
     used: dict[str, int] = field(default_factory=dict)  # steps per backend, for the stats
 
-    def choose(self, phase: str, rows: int) -> str:
-        """The backend a step of this phase and bucket runs on."""
-        name = self.forced or (self.table.choose(phase, rows, set(self.compiled))
+    def choose(self, phase: str, rows: int, context: int | None = None) -> str:
+        """The backend a step of this phase and bucket (and context, for a decode) runs on."""
+        name = self.forced or (self.table.choose(phase, rows, set(self.compiled), context)
                                if self.table else EAGER)
         self.used[name] = self.used.get(name, 0) + 1
         return name if name in self.compiled else EAGER

@@ -17,23 +17,31 @@ EAGER = "eager"
 # NAME+graph: the backend runs each decode step as one graph, the KV cache its explicit inputs
 # and outputs (engine/backends/graph.py); prefill steps run on its parts
 GRAPH = "+graph"
+# NAME@PART: a delegate — the backend takes that part of every layer (`after`: the output
+# projection and the MLP), eager the rest; the gate checks the partitioned model as a whole
+DELEGATED = ("after",)
 
 
 def names() -> list[str]:
-    """Every backend, and each one's whole-graph variant (eager's runs the graph in PyTorch)."""
-    return [*BACKENDS, *(f"{n}{GRAPH}" for n in BACKENDS)]
+    """Every backend, each one's whole-graph variant (eager's runs the graph in PyTorch), and
+    each compiled one as a delegate of its parts."""
+    return [*BACKENDS, *(f"{n}{GRAPH}" for n in BACKENDS),
+            *(f"{n}@{part}" for n in BACKENDS if n != EAGER for part in DELEGATED)]
 
 
 def known(name: str) -> bool:
     return name in names()
 
 
+def base_of(name: str) -> str:
+    return name.removesuffix(GRAPH).partition("@")[0]
+
+
 def backend(name: str) -> Backend:
-    """The backend behind `name` (a graph variant's is its base's)."""
-    base = name.removesuffix(GRAPH)
+    """The backend behind `name` (a variant's is its base's)."""
     if not known(name):
         raise ValueError(f"no backend {name!r}; there are {', '.join(names())}")
-    return BACKENDS[base]()
+    return BACKENDS[base_of(name)]()
 
 
 def listing() -> list[dict[str, Any]]:

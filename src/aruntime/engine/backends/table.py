@@ -32,13 +32,26 @@ class CostTable:
     dtype: str
     hardware: str
     versions: dict[str, str]
-    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # "phase/bucket" -> ...
+    # "phase/rows" (or "decode/rows/context": a decode step's cost grows with the context its
+    # rows hold, and a whole-step graph's gather with it) -> backend -> seconds
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # backend -> why the gate refused it
 
-    def choose(self, phase: str, rows: int, allowed: set[str] | None = None) -> str:
-        costs = self.seconds.get(f"{phase}/{bucket(rows)}", {})
+    def choose(self, phase: str, rows: int, allowed: set[str] | None = None,
+               context: int | None = None) -> str:
+        costs = self.seconds.get(self.key(phase, rows, context), {})
         usable = {b: s for b, s in costs.items() if allowed is None or b in allowed}
         return min(usable, key=lambda b: usable[b]) if usable else EAGER
+
+    def key(self, phase: str, rows: int, context: int | None) -> str:
+        """The entry a step is costed by: its rows' bucket and, where the table measured
+        contexts, the smallest measured at or above its own (else the largest)."""
+        plain = f"{phase}/{bucket(rows)}"
+        measured = sorted(int(k.rsplit("/", 1)[1]) for k in self.seconds
+                          if k.count("/") == 2 and k.rsplit("/", 1)[0] == plain)
+        if context is None or not measured:
+            return plain
+        return f"{plain}/{next((c for c in measured if c >= context), measured[-1])}"
 
     def winners(self) -> set[str]:
         """The backends that are cheapest somewhere."""
