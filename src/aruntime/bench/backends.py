@@ -98,6 +98,18 @@ def _per_phase(report: Report, label: str, table: Any) -> dict[str, float]:
     return gains
 
 
+def _calibrated_lines(report: Report, label: str, table: Any,
+                      figures: dict[str, float | int | str]) -> list[str]:
+    """What passed the gate, and the tokens/s per backend and bucket; the backends beyond
+    eager that passed."""
+    passing = sorted(set(table.versions) - {"eager"})
+    report.line(f"{label}: passed the gate: {', '.join(passing) or 'none'}"
+                + "".join(f"; refused {b}: {why[:80]}" for b, why in table.refused.items()))
+    for phase, gain in _per_phase(report, label, table).items():
+        figures[f"{label}_{phase}_best_gain"] = round(gain, 3)
+    return passing
+
+
 def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None = None,
               smoke: bool = False, models: tuple[tuple[str, str | Path], ...] | None = None,
               ) -> Outcome:
@@ -105,6 +117,7 @@ def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None 
     model, then the demo model)."""
     from aruntime.bench import hardware
     from aruntime.bench.claim import ClaimSpec
+    from aruntime.engine.backends.registry import BACKENDS
     from aruntime.engine.default_model import DEFAULT, DEMO, checked_model
     from aruntime.engine.loader import load_checkpoint
 
@@ -121,15 +134,12 @@ def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None 
         for n, (label, name) in enumerate(models or (("default", DEFAULT), ("demo", DEMO))):
             path = checked_model(name)
             note(f"{label}: calibrating every backend")
-            table = calibrated(path, w, Path(tmp) / label)
-            passing = sorted(set(table.versions) - {"eager"})
-            report.line(f"{label}: passed the gate: {', '.join(passing) or 'none'}"
-                        + "".join(f"; refused {b}: {why[:80]}" for b, why in
-                                  table.refused.items()))
-            for phase, gain in _per_phase(report, label, table).items():
-                figures[f"{label}_{phase}_best_gain"] = round(gain, 3)
-            if n == 0:
-                figures["backends_passing_gate"] = len(passing)
+            passing = _calibrated_lines(report, label, calibrated(path, w, Path(tmp) / label),
+                                        figures)
+            if n == 0:  # the backends themselves; their graph and delegate variants apart
+                plain = [b for b in passing if b in BACKENDS]
+                figures["backends_passing_gate"] = len(plain)
+                figures["variants_passing_gate"] = len(passing) - len(plain)
                 revision = f"{label}@{load_checkpoint(path).revision}"
                 note(f"{label}: the engine end to end, eager and auto")
                 rates = end_to_end(path, w, Path(tmp) / label)
@@ -146,7 +156,9 @@ def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None 
         statement=(f"On the default model the engine with --backends auto (each step on the "
                    f"backend calibrated cheapest for its phase and bucket) generates "
                    f"{auto:.1f} tokens/s against {eager:.1f} eager only ({ratio:.2f}x); "
-                   f"{figures['backends_passing_gate']} backends beyond eager pass the gate"),
+                   f"{figures['backends_passing_gate']} backends beyond eager pass the gate, "
+                   f"and {figures['variants_passing_gate']} of their whole-step graph and "
+                   "delegate variants"),
         metric="engine_tokens_per_s_auto", value=round(auto, 2), unit="tokens/s",
         direction="higher-is-better", baseline_name="the same engine, eager only",
         baseline_value=round(eager, 2), metrics=figures, model=revision,

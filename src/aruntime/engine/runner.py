@@ -130,10 +130,6 @@ class ModelRunner:
         dev = self.device
         batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
         batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        if decode_tables and self.native is not None:
-            batch.native_inputs = self._native_inputs(decode_tables, decode_lens)
-        elif decode_tables:
-            self._decode_groups(batch, decode_tables, decode_lens)
         rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
         tokens = torch.tensor(token_ids, dtype=torch.long, device=dev)
         name = None if self.dispatch is None else self.dispatch.choose(
@@ -144,14 +140,14 @@ class ModelRunner:
             logits, name = self._graph_step(name, tokens, batch, decode_tables)
             if logits is not None:
                 return sampling, logits, []
+        if decode_tables and self.native is not None:
+            batch.native_inputs = self._native_inputs(decode_tables, decode_lens)
+        elif decode_tables:
+            self._decode_groups(batch, decode_tables, decode_lens)
         dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
         logits = self.model(tokens, batch, torch.tensor(rows, dtype=torch.long, device=dev),
                             dispatch)
-        prompt, at = [], len(sample_rows)
-        for seq, first, _, n in spans:
-            prompt.append((seq, first, logits[at:at + n]))
-            at += n
-        return sampling, logits[:len(sample_rows)], prompt
+        return sampling, logits[:len(sample_rows)], _prompt_logits(spans, logits, len(sample_rows))
 
     def _graph_step(self, name: str, tokens: torch.Tensor, batch: AttentionBatch,
                     tables: list[list[int]]) -> tuple[torch.Tensor | None, str]:
@@ -207,6 +203,16 @@ class ModelRunner:
         if self._scratch.numel() < need:  # grows to the largest group seen, then is reused
             self._scratch = torch.empty(need, dtype=self.dtype, device=dev)
         batch.scratch = self._scratch
+
+
+def _prompt_logits(spans: list[tuple[Sequence, int, int, int]], logits: torch.Tensor,
+                   at: int) -> list[PromptLogits]:
+    """Each span's rows of the logits, which follow the sampling rows from `at` on."""
+    out = []
+    for seq, first, _, n in spans:
+        out.append((seq, first, logits[at:at + n]))
+        at += n
+    return out
 
 
 def _prompt_span(c: ScheduledChunk) -> tuple[int, int]:
