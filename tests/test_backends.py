@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_engine import config, prompt
+from tiny_engine import config, fails_on_two_rows, prompt
 from torch import nn
 
 from aruntime.engine.backends import registry
@@ -54,14 +54,7 @@ class FailingBackend(EagerBackend):
 
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...], activations: int,
                 cache_dir: Path, key: str) -> Compiled:
-        run = super().compile(part, examples, activations, cache_dir, key)
-
-        def maybe(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            if inputs[0].shape[0] == 2:
-                raise RuntimeError("the runtime fell over")
-            return run(*inputs)
-
-        return maybe
+        return fails_on_two_rows(super().compile(part, examples, activations, cache_dir, key))
 
 
 @pytest.fixture(scope="module")

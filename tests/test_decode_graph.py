@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_engine import config, prompt
+from tiny_engine import config, fails_on_two_rows, prompt
 from torch import nn
 
 from aruntime.engine.backends import registry
@@ -50,15 +50,7 @@ class FailingGraph(EagerBackend):
     def compile(self, part: nn.Module, examples: tuple[torch.Tensor, ...],
                 activations: Dynamic, cache_dir: Path, key: str) -> Compiled:
         run = super().compile(part, examples, activations, cache_dir, key)
-        if type(part).__name__ != "DecodeGraph":
-            return run
-
-        def maybe(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            if inputs[0].shape[0] == 2:
-                raise RuntimeError("the runtime fell over")
-            return run(*inputs)
-
-        return maybe
+        return fails_on_two_rows(run) if type(part).__name__ == "DecodeGraph" else run
 
 
 @pytest.fixture(scope="module")
