@@ -158,8 +158,11 @@ def with_releases(messages: list[dict[str, Any]], named: Mapping[Kind, Use[Any]]
 
 def released(state: ServerState, uses: Uses) -> dict[str, str]:
     """What serves a request, each named as a release (kind -> name@version)."""
-    out = {"model": f"{state.model_name}@{(uses.engine or state).info.revision}",
-           "policy": f"policy@{state.authorizer.version}"}
+    out = {"model": f"{state.model_name}@{(uses.engine or state).info.revision}"}
+    policy = state.authorizer
+    if Kind.POLICY not in uses.assigned:  # decided outside a request's assignment (a flow's)
+        out["policy"] = (f"{policy.name}@{policy.stable()}" if isinstance(policy, ReleasedPolicy)
+                         else f"policy@{policy.version}")
     router = getattr(state.client, "policy", None)
     if isinstance(router, str):
         out["route"] = f"router@{router}"
