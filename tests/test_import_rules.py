@@ -24,6 +24,8 @@ FORBIDDEN = {
     "confidential": ("engine", "serve", "cluster", "agents"),
     # releases and rollouts: the serve plane calls them; they read checkpoints (engine/loader)
     "adapt": ("serve", "cluster", "agents"),
+    # real-time loops run beside the serving planes, never through them
+    "realtime": ("serve", "cluster", "agents"),
 }
 # contracts/ is a leaf: besides itself, only these helpers of ours
 CONTRACTS_MAY_IMPORT = ("aruntime", "aruntime.timeutil", "aruntime.errors")  # and __version__
