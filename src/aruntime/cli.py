@@ -61,6 +61,8 @@ COMMANDS: tuple[Command, ...] = (
             "policy decisions' cost: cached, uncached, against re-parsing the policy"),
     Command(("bench", "backends"), "aruntime.bench.backends",
             "the dense parts per backend and phase; the engine with auto against eager"),
+    Command(("bench", "realtime"), "aruntime.bench.realtime",
+            "a 1 kHz loop's lateness beside the engine, with control, against a naive loop"),
     Command(("bench", "confidential"), "aruntime.bench.confidential",
             "attestation handshake, seal/open per KiB, a sealed chat against one in clear"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),
