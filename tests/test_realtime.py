@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,55 @@ def test_the_real_time_setup_reports_each_setting_applied_or_refused() -> None:
     for name in ("sched_fifo", "mlockall"):  # granted here or not, it says which and why
         applied, detail = settings[name]
         assert applied or detail, name
+
+
+def test_the_policy_network_steps_in_its_own_buffers_and_equals_the_plain_step() -> None:
+    import torch
+
+    from aruntime.realtime.policy_net import StaticPolicy
+
+    policy = StaticPolicy(obs_dim=12, hidden=32, act_dim=4)
+    buffers = (id(policy.action), policy.action.data_ptr(), policy.hidden.data_ptr())
+    gen = torch.Generator().manual_seed(1)
+    hidden = policy.hidden.clone()
+    for _ in range(50):
+        obs = torch.randn(12, generator=gen)
+        policy.obs.copy_(obs)
+        action = policy.step()
+        want, hidden = policy.reference(obs, hidden)
+        assert torch.allclose(action, want, atol=1e-6) and torch.allclose(policy.hidden, hidden,
+                                                                         atol=1e-6)
+    assert (id(action), action.data_ptr(), policy.hidden.data_ptr()) == buffers  # no new tensor
+
+
+def test_action_chunks_from_the_engine_are_consumed_and_refilled_under_threshold(
+        tiny_model_dir: Path) -> None:
+    from tiny_engine import config
+
+    from aruntime.engine.llm_engine import LLMEngine
+    from aruntime.engine.sampling import SamplingParams
+    from aruntime.realtime.action_chunks import ActionChunks
+
+    engine = LLMEngine(config(tiny_model_dir))
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    plans: list[list[int]] = []
+
+    def plan() -> list[int]:  # the planner: a chunk of 8 actions from the model's tokens
+        tokens = engine.generate([[5, 6, 7, 8 + len(plans)]], params)[0].new_token_ids
+        plans.append([t % 10 for t in tokens])
+        return plans[-1]
+
+    chunks = ActionChunks(plan, threshold=3).start()
+    try:
+        assert chunks.wait_chunks(1, 60)
+        first = [chunks.pop() for _ in range(5)]
+        assert first == plans[0][:5]  # in order; 3 left: under threshold is below 3
+        assert chunks.pop() == plans[0][5]  # now 2 left: the next chunk is asked for
+        assert chunks.wait_chunks(2, 60) and chunks.queued() == 2 + 8
+        rest = [chunks.pop() for _ in range(10)]
+        assert rest == plans[0][6:] + plans[1] and chunks.empty == 0
+    finally:
+        chunks.stop()  # a chunk in flight lands before it returns
+    while chunks.queued():
+        chunks.pop()
+    assert chunks.pop() is None and chunks.empty == 1  # an empty period gets no action
