@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request
 
+from aruntime.adapt.artifact import Kind
 from aruntime.policy.decision import Action, Decision, Resource
 from aruntime.policy.identity import AuthError, ForbiddenError, Principal
 from aruntime.serve.errors import AuthenticationError, PermissionDeniedError
@@ -89,11 +90,10 @@ def decide(request: Request, action: Action, resource: Resource,
     who = acting(request)
     state = state_of(request)
     uses = getattr(request.state, "uses", None)  # a policy rollout's assignment, if any
-    policy = uses.policy if uses is not None and uses.policy is not None else state.authorizer
-    decision = policy.decide(who, action, resource, context)
-    if uses is not None and uses.shadow_policy is not None:  # beside it, never enforced
-        shadow = uses.shadow_policy.decide(who, action, resource, context)
-        uses.shadow_refused |= not shadow.allowed
+    use = None if uses is None else uses.releases.get(Kind.POLICY)
+    decision = (use.value if use else state.authorizer).decide(who, action, resource, context)
+    if uses is not None and use is not None and use.shadow is not None:  # never enforced
+        uses.shadow_refused |= not use.shadow.decide(who, action, resource, context).allowed
     decisions(request).append(decision)
     if log or decision.enforced:
         record_decision(state, who, decision, "http")

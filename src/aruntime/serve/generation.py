@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from aruntime import __version__
+from aruntime.adapt.artifact import Kind
 from aruntime.contracts import EvidenceRecord, PolicyDecision, Route, Timings, Usage
 from aruntime.contracts.request import SLO, Confidentiality
 from aruntime.engine.guided_grammar import GuidedDecodingError, check_guided
@@ -242,8 +243,8 @@ async def _engine_stream(state: ServerState, gen: Generation,
     """One choice's engine request; feeds admission's costs from the engine's own timings when
     it finishes."""
     first, batch, generated = False, 1, 0
-    client, engine = engine_of(state, gen), gen.uses.engine_for(gen.shadow)
-    route = gen.uses.route_for(gen.shadow)
+    client, engine = engine_of(state, gen), gen.uses.served(Kind.MODEL, gen.shadow)
+    route = gen.uses.served(Kind.ROUTE, gen.shadow)
     if route is not None:  # a route release's version, as its rollout assigned it
         client.route_by(c.request_id, route)
     stream = client.generate(c.request_id, c.prompt, c.params, gen.scope)
@@ -284,7 +285,7 @@ async def collect(state: ServerState, gen: Generation,
 
 def engine_of(state: ServerState, gen: Generation) -> ServingPool:
     """The pool a generation runs on: its model version's engine, else the server's."""
-    engine = gen.uses.engine_for(gen.shadow)
+    engine = gen.uses.served(Kind.MODEL, gen.shadow)
     return engine.client if engine is not None else state.client
 
 
@@ -326,7 +327,7 @@ def _evidence(state: ServerState, gen: Generation, now: float) -> EvidenceRecord
     tpots = [(c.last.finish_time - c.last.first_token_time) / (c.num_tokens - 1)
              for c in gen.choices if c.last is not None and c.last.finish_time is not None
              and c.last.first_token_time is not None and c.num_tokens > 1]
-    engine = gen.uses.engine_for(gen.shadow)
+    engine = gen.uses.served(Kind.MODEL, gen.shadow)
     info = engine.info if engine is not None else state.info
     return EvidenceRecord(
         request_id=gen.id, tenant=gen.tenant, model=state.model_name,

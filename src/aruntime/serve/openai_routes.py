@@ -120,11 +120,11 @@ async def _chat_plan(state: ServerState, req: p.ChatCompletionRequest,
                      shadow: bool = False) -> Generation:
     """The generation of a chat request, with its released prompt and retrieved passages (the
     shadow's, for a mirrored copy) set before the messages."""
-    if Kind.RETRIEVAL in uses.named:  # a search over the release's documents: off the loop
-        messages, retrieved = await asyncio.to_thread(with_releases, messages, uses.named,
+    if Kind.RETRIEVAL in uses.releases:  # a search over the release's documents: off the loop
+        messages, retrieved = await asyncio.to_thread(with_releases, messages, uses.releases,
                                                       shadow)
     else:
-        messages, retrieved = with_releases(messages, uses.named, shadow)
+        messages, retrieved = with_releases(messages, uses.releases, shadow)
     tools = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls)
     prompt = await off_loop(prompt_chars(messages), chat_prompt, state.tokenizer, messages,
                             tools, state.tool_parser, state.longest_token_bytes,

@@ -13,7 +13,7 @@ user's answer is complete (serve/openai_routes.py), which is dropped.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +25,7 @@ from aruntime.adapt.request_releases import Use
 from aruntime.adapt.retrieval import Retriever
 from aruntime.adapt.samples import Sample
 from aruntime.contracts import EvidenceRecord
-from aruntime.policy.decision import Authorizer
-from aruntime.route_policy import RoutePolicy
 from aruntime.serve.errors import InvalidRequestError, ReleaseUnavailableError
-from aruntime.serve.released_model import Engine
 from aruntime.serve.released_policy import ReleasedPolicy
 
 if TYPE_CHECKING:
@@ -37,28 +34,22 @@ if TYPE_CHECKING:
     from aruntime.serve.state import ServerState
 
 
-NAMED = (Kind.PROMPT, Kind.RETRIEVAL)  # what a request names itself: `aruntime.<kind>`
-
-
 @dataclass
 class Uses:
-    assigned: dict[Kind, Assignment] = field(default_factory=dict)
-    named: dict[Kind, Use[Any]] = field(default_factory=dict)  # a prompt's text, a retriever
-    policy: Authorizer | None = None  # the policy version that decides this request
-    shadow_policy: Authorizer | None = None  # a shadow policy rollout's candidate
-    shadow_refused: bool = False  # whether the candidate would have refused it
-    route: RoutePolicy | None = None  # the router policy that places it
-    shadow_route: RoutePolicy | None = None  # a shadow route rollout's candidate
-    engine: Engine | None = None  # the model version's engine (None: the server's own)
-    shadow_engine: Engine | None = None  # a shadow model rollout's candidate's
+    # by kind: the assignment and what serves it (a policy version's authorizer, a router
+    # policy, a model version's engine, a prompt's text, a retriever), with a shadow's candidate
+    releases: dict[Kind, Use[Any]] = field(default_factory=dict)
+    shadow_refused: bool = False  # whether a shadow policy's candidate would have refused it
 
-    def engine_for(self, shadow: bool) -> Engine | None:
-        """The engine a request (or, `shadow`, its mirrored copy) runs on."""
-        return self.shadow_engine if shadow and self.shadow_engine is not None else self.engine
+    @property
+    def assigned(self) -> dict[Kind, Assignment]:
+        return {kind: use.assignment for kind, use in self.releases.items()}
 
-    def route_for(self, shadow: bool) -> RoutePolicy | None:
-        """The router policy a request (or, `shadow`, its mirrored copy) is placed by."""
-        return self.shadow_route if shadow and self.shadow_route is not None else self.route
+    def served(self, kind: Kind, shadow: bool = False) -> Any:
+        """What serves `kind` for the request (or, `shadow`, its mirrored copy); None when
+        the kind is not a release here."""
+        use = self.releases.get(kind)
+        return None if use is None else use.at(shadow)
 
     def mirrored(self) -> bool:
         """Whether a copy of the request goes to a candidate (a shadow of a kind that answers)."""
@@ -87,19 +78,22 @@ def assign_served(state: ServerState, request: Request, tenant: str, session: st
     policy = state.authorizer
     try:
         if isinstance(policy, ReleasedPolicy):
-            a = uses.assigned[Kind.POLICY] = state.adaptation.assign(policy.name, tenant, session)
-            uses.policy = policy.at(a.version)
-            uses.shadow_policy = policy.at(a.shadow) if a.shadow is not None else None
+            uses.releases[Kind.POLICY] = _use(state, policy.name, policy.at, tenant, session)
         if state.route is not None:
-            a = uses.assigned[Kind.ROUTE] = state.adaptation.assign(state.route.name, tenant,
-                                                                    session)
-            uses.route = state.route.at(a.version)
-            uses.shadow_route = state.route.at(a.shadow) if a.shadow is not None else None
+            uses.releases[Kind.ROUTE] = _use(state, state.route.name, state.route.at, tenant,
+                                             session)
         if state.models is not None:
             _assign_model(state, uses, tenant, session)
     except ReleaseError as exc:  # the version assigned cannot serve, and nothing else may
         record_failure(state, uses)
         raise ReleaseUnavailableError(f"this request cannot be served: {exc}") from None
+
+
+def _use(state: ServerState, name: str, at: Callable[[str], Any], tenant: str,
+         session: str) -> Use[Any]:
+    """Release `name`'s assignment, with what serves its version (and a shadow's candidate)."""
+    a = state.adaptation.assign(name, tenant, session)
+    return Use(a, at(a.version), at(a.shadow) if a.shadow is not None else None)
 
 
 def _assign_model(state: ServerState, uses: Uses, tenant: str, session: str) -> None:
@@ -115,7 +109,7 @@ def _assign_model(state: ServerState, uses: Uses, tenant: str, session: str) -> 
     shadow = models.ready(a.shadow) if a.shadow is not None else None
     if shadow is None and a.shadow is not None:
         a = dataclasses.replace(a, shadow=None)
-    uses.assigned[Kind.MODEL], uses.engine, uses.shadow_engine = a, engine, shadow
+    uses.releases[Kind.MODEL] = Use(a, engine, shadow)
 
 
 def resolve_named(state: ServerState, request: Request, tenant: str,
@@ -133,7 +127,7 @@ def resolve_named(state: ServerState, request: Request, tenant: str,
             use = releases.resolve(ref, tenant, session_of(request, req))
         except ReleaseError as exc:
             raise InvalidRequestError(str(exc), param=param, code="release_unavailable") from None
-        uses.named[kind], uses.assigned[kind] = use, use.assignment
+        uses.releases[kind] = use
 
 
 def with_releases(messages: list[dict[str, Any]], named: Mapping[Kind, Use[Any]],
@@ -158,7 +152,7 @@ def with_releases(messages: list[dict[str, Any]], named: Mapping[Kind, Use[Any]]
 
 def released(state: ServerState, uses: Uses) -> dict[str, str]:
     """What serves a request, each named as a release (kind -> name@version)."""
-    out = {"model": f"{state.model_name}@{(uses.engine or state).info.revision}"}
+    out = {"model": f"{state.model_name}@{(uses.served(Kind.MODEL) or state).info.revision}"}
     policy = state.authorizer
     if Kind.POLICY not in uses.assigned:  # decided outside a request's assignment (a flow's)
         out["policy"] = (f"{policy.name}@{policy.stable()}" if isinstance(policy, ReleasedPolicy)

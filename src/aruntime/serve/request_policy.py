@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
+from aruntime.adapt.artifact import Kind
 from aruntime.policy.decision import Action, Resource
 from aruntime.policy.detectors import findings
 from aruntime.serve import protocol as p
@@ -77,7 +78,7 @@ def check_output(state: ServerState, gen: Generation) -> None:
     found: set[str] = set()
     for c in gen.choices:
         found |= findings(c.text)
-    decision = (gen.uses.policy or state.authorizer).decide(
+    decision = (gen.uses.served(Kind.POLICY) or state.authorizer).decide(
         gen.principal, Action.CHECK_OUTPUT, model_resource(state),
         {"tenant": gen.tenant, "model": state.model_name, "findings": sorted(found)})
     gen.decisions.append(decision)
