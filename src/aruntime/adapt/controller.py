@@ -97,9 +97,13 @@ class RolloutController:
             self._active[name] = rollout
             return rollout
 
-    def assign(self, name: str, tenant: str, session: str) -> Assignment:
+    def active(self, name: str) -> Rollout | None:
+        """`name`'s rollout in progress, as of the last tick (or start, or refresh)."""
         with self._lock:
-            r = self._active.get(name)
+            return self._active.get(name)
+
+    def assign(self, name: str, tenant: str, session: str) -> Assignment:
+        r = self.active(name)
         if r is None:
             version = self.registry.aliases(name).get(STABLE)
             if version is None:

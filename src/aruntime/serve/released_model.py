@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from aruntime.adapt.artifact import Kind, ReleaseError
 from aruntime.adapt.controller import RolloutController
+from aruntime.adapt.registry import STABLE
 from aruntime.cluster.serving import ServingPool
 from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.tokenizer import Tokenizer
@@ -59,7 +60,7 @@ class ModelEngines:
 
     def attach(self, state: ServerState) -> None:
         """The server's own engine is the stable version's (ReleaseError if it is not)."""
-        stable = state.adaptation.registry.aliases(self.name).get("stable")
+        stable = state.adaptation.registry.aliases(self.name).get(STABLE)
         if stable != state.info.revision:
             raise ReleaseError(f"the server's model {state.info.revision[:19]} is not "
                                f"{self.name}'s stable version ({str(stable)[:19]})")
@@ -102,9 +103,8 @@ class ModelEngines:
     def _sync(self) -> None:
         assert self._state is not None
         registry = self.controller.registry
-        stable = registry.aliases(self.name).get("stable")
-        rollout = next((r for r in self.controller.store.all(active_only=True)
-                        if r.name == self.name), None)
+        stable = registry.aliases(self.name).get(STABLE)
+        rollout = self.controller.active(self.name)  # read back by the tick just before
         wanted = {v for v in (stable, rollout.candidate if rollout else None) if v is not None}
         for version in wanted - self._engines.keys() - self._busy:
             self._busy.add(version)
