@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aruntime.adapt.artifact import Kind, ReleaseError
 from aruntime.errors import UsageError, first_line
@@ -25,10 +25,11 @@ from aruntime.policy.reloader import PolicyReloader
 from aruntime.serve.released_policy import ReleasedPolicy
 
 if TYPE_CHECKING:
-    from aruntime.adapt.registry import Registry
+    from aruntime.adapt.registry import Registry, Release
     from aruntime.engine.config import EngineConfig
     from aruntime.serve.released_model import ModelEngines
 
+T = TypeVar("T")
 SERVED_KINDS = (Kind.MODEL, Kind.POLICY, Kind.ROUTE)
 
 
@@ -74,23 +75,22 @@ def authorizer_from(args: argparse.Namespace, releases: dict[Kind, str], data_di
 def model_path(args: argparse.Namespace, releases: dict[Kind, str], data_dir: Path
                ) -> Path | None:
     """`--release model=NAME`'s checkpoint: its stable version's, verified now."""
+    from aruntime.adapt.versions import Versions
+
     name = releases.get(Kind.MODEL)
     if name is None:
         return None
-    found: list[Path] = []
 
-    def stable(registry: Registry) -> None:
-        from aruntime.adapt.registry import STABLE
+    def stable(registry: Registry) -> Path:
+        versions = Versions(registry, name, Kind.MODEL, _verified_path)
+        return versions.at(versions.stable())
 
-        version = registry.aliases(name).get(STABLE)
-        if registry.kind_of(name) is not Kind.MODEL or version is None:
-            raise ReleaseError(f"no model release named {name!r} with a stable version")
-        release = registry.get(name, version)
-        registry.verify(release)
-        found.append(Path(release.stored))
+    return check(data_dir, stable)
 
-    check(data_dir, stable)
-    return found[0]
+
+def _verified_path(registry: Registry, release: Release) -> Path:
+    registry.verify(release)  # a checkpoint changed after `release add` never serves
+    return Path(release.stored)
 
 
 def model_engines(releases: dict[Kind, str], config: EngineConfig) -> ModelEngines | None:
@@ -116,7 +116,7 @@ def check_route(releases: dict[Kind, str], data_dir: Path) -> str | None:
     return name
 
 
-def check(data_dir: Path, attach: Callable[[Registry], object]) -> None:
+def check(data_dir: Path, attach: Callable[[Registry], T]) -> T:
     """Attach to the registry on the server's journal, once, before the engine starts (the
     server attaches again to its own): one line for a release it cannot serve."""
     from aruntime.adapt.registry import Registry
@@ -129,7 +129,7 @@ def check(data_dir: Path, attach: Callable[[Registry], object]) -> None:
         raise UsageError(f"--release: {first_line(exc)}") from None
     try:
         signer = DeploymentKey.load_or_create(default_key_path(data_dir))
-        attach(Registry(journal, data_dir / "releases", signer))
+        return attach(Registry(journal, data_dir / "releases", signer))
     except (ReleaseError, SigningError) as exc:
         raise UsageError(f"--release: {first_line(exc)}") from None
     finally:
