@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aruntime"
 
 # package -> packages it must never import
 FORBIDDEN = {
-    "engine": ("serve", "cluster", "agents"),
+    # a loop's board is the engine's (engine/loop_board.py): the loop writes it
+    "engine": ("serve", "cluster", "agents", "realtime"),
     "kv": ("engine", "serve", "cluster"),
     "durable": ("engine", "serve", "cluster"),
     "evidence": ("engine", "serve", "cluster"),

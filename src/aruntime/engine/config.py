@@ -147,6 +147,9 @@ class EngineConfig:
     # in `backends_dir` (default: the data directory's backends/)
     backends: str = "eager"
     backends_dir: str | None = None
+    # a real-time loop's board beside the engine (engine/loop_board.py): yield between steps
+    # while the loop runs short of slack, and follow the CPUs the engine is left
+    loop_board: str | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -19,12 +19,14 @@ from aruntime.engine.config import EngineConfig
 from aruntime.engine.guided import GuidedDecoder, GuidedMatcher
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.logits_processors import LogitsProcessors
+from aruntime.engine.loop_board import BoardReader
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
 from aruntime.engine.runner import ModelRunner, PromptLogits
 from aruntime.engine.sampler import logprobs_of, prompt_logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
 from aruntime.engine.scheduler import ScheduledChunk, Scheduler
 from aruntime.engine.sequence import Sequence
+from aruntime.engine.step_gate import StepGate
 from aruntime.engine.stopping import StopChecker
 from aruntime.kv.events import EventBuffer, KVEventBatch
 from aruntime.kv.keys import (
@@ -76,6 +78,7 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self._use_backends(config)
+        self.gate = self._step_gate(config)
 
     def _use_backends(self, config: EngineConfig) -> None:
         """The dense parts on the backends `config.backends` names, each through the gate."""
@@ -91,6 +94,12 @@ class LLMEngine:
                                   table_path(root, self.revision, config.dtype), self.revision)
         if dispatch is not None:
             greedy_gate(self, dispatch)
+
+    @staticmethod
+    def _step_gate(config: EngineConfig) -> StepGate | None:
+        if config.loop_board is None:
+            return None
+        return StepGate(BoardReader(config.loop_board), torch.get_num_threads())
 
     @property
     def tiers(self) -> TieredKVCache | None:
@@ -177,6 +186,8 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     def step(self) -> list[RequestOutput]:
+        if self.gate is not None and self.scheduler.has_work():
+            self.gate.before_step()
         sched = self.scheduler.schedule()
         if not sched.chunks:
             return []

@@ -1,10 +1,13 @@
 """`Loop(period, deadline, on_miss)`: a step every period on absolute monotonic deadlines —
 the k-th step is due at start + k * period, never after a sleep(period) that drifts by every
-step's own time. Lateness (start past due), misses (periods that passed with no step) and
-overruns (a step finishing past its deadline) are counted per loop; `on_miss` says what a late
-loop does: `skip` to the next period due (the default; a controller wants the present, not a
+step's own time. Lateness (how late each wake-up came after the instant it waited for, as
+cyclictest measures it: a stall past a period counts in full), misses (periods that passed
+with no step) and overruns (a step finishing past its deadline) are counted per loop;
+`on_miss` says what a late loop does: `skip` to the next period due (the default; a controller wants the present, not a
 backlog) or `catch-up` (run every missed period at once, as a fixed-step integrator needs).
-Each step's outcome goes to the watchdog, whose mode the next step runs in."""
+Each step's outcome goes to the watchdog, whose mode the next step runs in, and its slack (the
+time left before its deadline) to the loop's board, which the engine beside reads to yield
+(engine/loop_board.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from aruntime.engine.loop_board import LoopBoard
 from aruntime.realtime.clock import Clock, MonotonicClock
 from aruntime.realtime.stats import Lateness
 from aruntime.realtime.watchdog import Mode, Watchdog
@@ -45,6 +49,7 @@ class Loop:
     on_miss: OnMiss = OnMiss.SKIP
     clock: Clock = field(default_factory=MonotonicClock)
     watchdog: Watchdog | None = None
+    board: LoopBoard | None = None
     lateness: Lateness = field(default_factory=Lateness)
     steps: int = 0
     misses: int = 0
@@ -67,7 +72,7 @@ class Loop:
 
     def _one(self, step: Step, k: int, due: int) -> int:
         """Run period k's step; the next period to run."""
-        started = self.clock.now_ns()
+        started, woke_for = self.clock.now_ns(), due
         late_periods = (started - due) // self.period_ns
         if late_periods and self.on_miss is OnMiss.SKIP:  # start in the period we are in
             self.misses += late_periods
@@ -76,10 +81,12 @@ class Loop:
         fresh = step(Tick(k, due, started, mode))
         ended = self.clock.now_ns()
         self.steps += 1
-        self.lateness.add(started - due)
-        overrun = ended > due + (self.deadline_ns or self.period_ns)
-        self.overruns += overrun
+        self.lateness.add(started - woke_for)
+        slack = due + (self.deadline_ns or self.period_ns) - ended
+        self.overruns += slack < 0
+        if self.board is not None:
+            self.board.publish(ended, slack)
         if self.watchdog is not None:
-            self.watchdog.report(ended, missed=bool(late_periods) or overrun,
+            self.watchdog.report(ended, missed=bool(late_periods) or slack < 0,
                                  stale=not fresh, step_ns=ended - started)
         return k + 1

@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--loop-board", default=None, metavar="PATH",
+                        help="a real-time loop's board on this machine (its --board): the "
+                             "engine yields between steps while the loop runs short of slack, "
+                             "and runs as many threads as the CPUs it is left")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="engine core processes on this machine, behind one router")
     parser.add_argument("--router-policy", default="kv",
@@ -242,7 +246,8 @@ def _started_client(args: argparse.Namespace, model: Path
             model=str(model), kv_cache_bytes=args.kv_cache_bytes, block_size=args.block_size,
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs,
-            backends=args.backends, backends_dir=str(_data_dir(args) / "backends"))
+            backends=args.backends, backends_dir=str(_data_dir(args) / "backends"),
+            loop_board=args.loop_board)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
