@@ -1,10 +1,12 @@
 """`aruntime bench realtime [--quick] [--json FILE]`: a 1 kHz loop (realtime/probe.py, a process
 of its own) idle, then while the LLM engine serves a batch load in another process — without
-control, with control (the loop's SCHED_FIFO, mlockall and frozen GC, pinned to the last CPU;
-and again with the engine's threads kept off that CPU) — against a naive `time.sleep` loop under
-the same load, in one run: lateness p50/p99/p99.9/max, misses, the engine's tokens/s in each
-phase, and a 1 MB state restore's time. Ratio last: naive p99.9 / ours p99.9 under load (with
-the loop's control; the engine's affinity is reported beside it).
+control; with control (the loop's SCHED_FIFO, mlockall and frozen GC, pinned to the last CPU);
+with control and the engine yielding between steps while the loop runs short of slack (its
+board, engine/loop_board.py); with control and the engine's threads kept off the loop's CPU
+(the engine then runs as many threads as the CPUs it is left) — against a naive `time.sleep`
+loop under the same load, in one run: lateness p50/p99/p99.9/max, misses, the engine's tokens/s
+in each phase, and a 1 MB state restore's time. Ratio last: naive p99.9 / ours p99.9 under
+load (with the loop's control; the other forms of control are reported beside it).
 """
 
 from __future__ import annotations
@@ -15,88 +17,138 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from aruntime.bench.report import Outcome, Report, add_json_argument, json_path, progress_notes
+from aruntime.realtime.stats import Lateness
 
-# the engine's load: batches of greedy requests, one line of cumulative tokens after each
+# the engine's load: 8 greedy requests in flight, each finished one replaced; after each step,
+# one line of the cumulative tokens and the times the engine yielded to the loop
 LOAD = """
 import sys, time
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.default_model import checked_model
 from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.sampling import SamplingParams
-engine = LLMEngine(EngineConfig(model=str(checked_model(sys.argv[1]))))
+engine = LLMEngine(EngineConfig(model=str(checked_model(sys.argv[1])), loop_board=sys.argv[2]))
 params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-done = 0
+done, k = 0, 0
 while True:
-    prompts = [[(7 * i + j) % 200 + 10 for j in range(48)] for i in range(8)]
-    done += sum(len(o.new_token_ids) for o in engine.generate(prompts, params))
-    print(time.monotonic(), done, flush=True)
+    while len(engine.seqs) < 8:
+        engine.add_request(str(k), [(7 * k + j) % 200 + 10 for j in range(48)], params)
+        k += 1
+    done += sum(len(o.new_token_ids) for o in engine.step())
+    print(time.monotonic(), done, engine.gate.yields, flush=True)
 """
 
 
 @dataclass(frozen=True)
 class Workload:
-    seconds: float  # each phase
+    seconds: float  # each phase, in each round
     period_us: int
     model: str
+    rounds: int = 1  # the phases in turn, this many times; each phase's samples pooled
 
     def describe(self) -> str:
-        return (f"a {1e6 / self.period_us:.0f} Hz loop, {self.seconds:g} s a phase; the engine "
-                f"({self.model}) generating 8 x 48-token prompts, 16 new tokens, back to back")
+        return (f"a {1e6 / self.period_us:.0f} Hz loop, {self.rounds} rounds of the phases in "
+                f"turn, {self.seconds:g} s a phase a round; the engine ({self.model}) keeping "
+                f"8 greedy requests of 48 prompt tokens and 16 new tokens in flight")
 
 
-# (label, loop, its real-time setup, the engine's threads kept off the loop's CPU)
-PHASES = (("loaded, no control", "ours", False, False),
-          ("loaded, control", "ours", True, False),
-          ("loaded, control+affinity", "ours", True, True),
-          ("loaded, naive sleep", "naive", False, False))
-FULL = Workload(10.0, 1000, "default")
+@dataclass(frozen=True)
+class Phase:
+    label: str
+    loop: str  # ours | naive
+    rt: bool = False  # the loop's real-time setup
+    yields: bool = False  # the engine yields to the loop's board
+    affinity: bool = False  # the engine's threads kept off the loop's CPU
+    key: str = ""  # its figures' suffix (the claimed phase has none)
+
+
+PHASES = (Phase("loaded, no control", "ours", key="_no_control"),
+          Phase("loaded, yield only", "ours", yields=True, key="_yield_only"),
+          Phase("loaded, control", "ours", rt=True),
+          Phase("loaded, control+yield", "ours", rt=True, yields=True, key="_yield"),
+          Phase("loaded, control+affinity", "ours", rt=True, affinity=True, key="_affinity"),
+          Phase("loaded, naive sleep", "naive", key="_naive"))
+FULL = Workload(2.0, 1000, "default", rounds=5)
 QUICK = Workload(2.0, 1000, "demo")
 
 
 class EngineLoad:
     """The engine in a process of its own, and the cumulative tokens it reports."""
 
-    def __init__(self, model: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", LOAD, model],
+    def __init__(self, model: str, board: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", LOAD, model, str(board)],
                                      stdout=subprocess.PIPE, text=True)
-        self.progress: list[tuple[float, int]] = []
+        self.progress: list[tuple[float, int, int]] = []
         self._first = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            t, n = line.split()
-            self.progress.append((float(t), int(n)))
+            t, n, y = line.split()
+            self.progress.append((float(t), int(n), int(y)))
             self._first.set()
 
     def warm(self, timeout: float = 600.0) -> None:
         if not self._first.wait(timeout):
             raise RuntimeError("the engine load did not start")
 
-    def tokens_per_s(self, start: float, end: float) -> float:
-        inside = [(t, n) for t, n in self.progress if start <= t <= end]
+    def between(self, start: float, end: float) -> tuple[float, int, int]:
+        """Seconds, tokens and yields between the first and the last step inside a window."""
+        inside = [p for p in self.progress if start <= p[0] <= end]
         if len(inside) < 2:
-            return 0.0
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+            return 0.0, 0, 0
+        (t0, n0, y0), (t1, n1, y1) = inside[0], inside[-1]
+        return t1 - t0, n1 - n0, y1 - y0
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
-def probe(w: Workload, mode: str, rt: bool, cpu: int | None) -> dict[str, Any]:
+@dataclass
+class Pooled:
+    """One phase over its rounds: every lateness sample, and the engine's tokens and time."""
+
+    lateness: Lateness = field(default_factory=Lateness)
+    misses: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    yields: int = 0
+
+    def add(self, result: dict[str, Any], engine: tuple[float, int, int]) -> None:
+        self.lateness.samples_ns.extend(result["lateness_ns"])
+        self.misses += result["misses"]
+        seconds, tokens, yields = engine
+        self.seconds += seconds
+        self.tokens += tokens
+        self.yields += yields
+
+    def result(self) -> dict[str, Any]:
+        return {"lateness_us": self.lateness.summary_us(), "misses": self.misses,
+                "steps": len(self.lateness.samples_ns)}
+
+    def engine(self) -> tuple[float, int]:
+        return (self.tokens / self.seconds if self.seconds else 0.0), self.yields
+
+
+def probe(w: Workload, mode: str, rt: bool, cpu: int | None,
+          board: Path | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "aruntime.realtime.probe", "--seconds", str(w.seconds),
            "--period-us", str(w.period_us), "--mode", mode]
     cmd += ["--rt"] if rt else []
     cmd += ["--cpu", str(cpu)] if cpu is not None else []
+    # the engine yields while a step ends with under 3/4 of its period left (a quarter late)
+    floor = ["--floor-us", str(w.period_us * 3 // 4)]
+    cmd += ["--board", str(board), *floor] if board is not None else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=True,
                           timeout=w.seconds * 10 + 60)
     result: dict[str, Any] = json.loads(done.stdout)
@@ -120,35 +172,65 @@ def restore_us(nbytes: int = 1 << 20, repeats: int = 1000) -> float:
     return statistics.median(times) / 1e3
 
 
-def _phase(report: Report, label: str, result: dict[str, Any], tps: float | None) -> None:
+def _phase(report: Report, label: str, result: dict[str, Any],
+           engine: tuple[float, int] | None) -> None:
     lat = result["lateness_us"]
-    report.line(f"  {label:<22} lateness p50 {lat['p50']} us, p99 {lat['p99']} us, p99.9 "
+    report.line(f"  {label:<24} lateness p50 {lat['p50']} us, p99 {lat['p99']} us, p99.9 "
                 f"{lat['p999']} us, max {lat['max']} us; misses {result['misses']}"
-                + (f"; engine {tps:.1f} tokens/s" if tps is not None else ""))
-    report.reading(label.replace(" ", "_"), result)
+                + (f"; engine {engine[0]:.1f} tokens/s, {engine[1]} yields" if engine else ""))
+    report.reading(label.replace(" ", "_"), {k: v for k, v in result.items()
+                                              if k != "lateness_ns"})
 
 
-def _loaded(w: Workload, report: Report, note: Any, cpu: int) -> dict[str, Any]:
-    """The three loaded phases, the engine serving throughout; their results and tokens/s."""
+def _loaded(w: Workload, report: Report, note: Any, cpu: int, board: Path) -> dict[str, Any]:
+    """The loaded phases in turn, round after round, the engine serving throughout; each
+    phase's pooled results and tokens/s (a burst of the machine's noise falls on every phase)."""
     from aruntime.realtime.contention import keep_off
 
-    load = EngineLoad(w.model)
+    load = EngineLoad(w.model, board)
+    pooled = {ph.label: Pooled() for ph in PHASES}
     out: dict[str, Any] = {}
     try:
         load.warm()
-        for label, mode, rt, control in PHASES:
-            note(label)
-            if control:
-                out["engine_affinity"] = keep_off(load.proc.pid, [cpu])
-            start = time.monotonic()
-            result = probe(w, mode, rt, cpu if rt else None)
-            tps = load.tokens_per_s(start, time.monotonic())
-            if control:  # the engine back on every CPU: the next phase meets the same load
-                keep_off(load.proc.pid, [])
-            _phase(report, label, result, tps)
-            out[label] = (result, tps)
+        for r in range(w.rounds):
+            for ph in PHASES:
+                note(f"{ph.label} (round {r + 1} of {w.rounds})")
+                if ph.affinity:
+                    out["engine_affinity"] = keep_off(load.proc.pid, [cpu])
+                start = time.monotonic()
+                result = probe(w, ph.loop, ph.rt, cpu if ph.rt else None,
+                               board if ph.yields else None)
+                pooled[ph.label].add(result, load.between(start, time.monotonic()))
+                if ph.affinity:  # the engine back on every CPU: the next phase meets the load
+                    keep_off(load.proc.pid, [])
     finally:
         load.stop()
+    for ph in PHASES:
+        result, engine = pooled[ph.label].result(), pooled[ph.label].engine()
+        _phase(report, ph.label, result, engine)
+        out[ph.label] = (result, engine)
+    return out
+
+
+def _figures(phases: dict[str, Any], idle: dict[str, Any],
+             restored: float) -> dict[str, float | int | str]:
+    """The claim's metrics: p99.9 lateness, misses, the engine's tokens/s kept (over no
+    control's) and its yields in each loaded phase; the claimed phase's p99 beside."""
+    free_tps = phases["loaded, no control"][1][0]
+    out: dict[str, float | int | str] = {}
+    for ph in PHASES:
+        result, (tps, yields) = phases[ph.label]
+        out[f"p999_us_loaded{ph.key}"] = result["lateness_us"]["p999"]
+        out[f"misses_loaded{ph.key}"] = result["misses"]
+        out[f"engine_throughput_kept{ph.key}"] = round(tps / free_tps if free_tps else 0.0, 3)
+        out[f"engine_yields{ph.key}"] = yields
+    ours = phases["loaded, control"][0]["lateness_us"]
+    naive_p999 = float(out.pop("p999_us_loaded_naive"))
+    out.update(naive_p999_us_loaded=naive_p999, naive_misses_loaded=out.pop("misses_loaded_naive"),
+               p99_us_loaded=ours["p99"], p999_us_idle=idle["lateness_us"]["p999"],
+               restore_1mb_us=round(restored, 1),
+               ratio=round(naive_p999 / max(ours["p999"], 0.1), 2))
+    del out["engine_throughput_kept_no_control"]  # 1 by definition
     return out
 
 
@@ -172,30 +254,19 @@ def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None 
     note("idle")
     idle = probe(w, "ours", True, cpu)
     _phase(report, "idle, control", idle, None)
-    phases = _loaded(w, report, note, cpu)
+    with tempfile.TemporaryDirectory(prefix="aruntime-rt-") as tmp:
+        phases = _loaded(w, report, note, cpu, Path(tmp) / "loop.board")
     restored = restore_us()
     granted = {name: (applied, detail) for name, applied, detail in idle["settings"]}
     engine = phases["engine_affinity"]
-    pinned, pinned_tps = phases["loaded, control+affinity"]
     report.line("  real-time settings: " + "; ".join(
         f"{n} {'applied' if a else 'refused'} ({d})" for n, (a, d) in granted.items())
         + f"; engine_affinity {'applied' if engine.applied else 'refused'} ({engine.detail})")
     report.line(f"  a 1 MB state restores in {restored:.1f} us (median of 1000)")
-    ours, kept_tps = phases["loaded, control"]
-    free, free_tps = phases["loaded, no control"]
-    naive, _ = phases["loaded, naive sleep"]
-    p999, naive_p999 = ours["lateness_us"]["p999"], naive["lateness_us"]["p999"]
-    ratio = naive_p999 / max(p999, 0.1)
-    kept = kept_tps / free_tps if free_tps else 0.0
-    figures: dict[str, float | int | str] = {
-        "p99_us_loaded": ours["lateness_us"]["p99"], "p999_us_loaded": p999,
-        "naive_p999_us_loaded": naive_p999, "engine_throughput_kept": round(kept, 3),
-        "p999_us_loaded_no_control": free["lateness_us"]["p999"],
-        "p999_us_loaded_affinity": pinned["lateness_us"]["p999"],
-        "engine_throughput_kept_affinity": round(pinned_tps / free_tps if free_tps else 0.0, 3),
-        "p999_us_idle": idle["lateness_us"]["p999"], "misses_loaded": ours["misses"],
-        "naive_misses_loaded": naive["misses"], "restore_1mb_us": round(restored, 1),
-        "ratio": round(ratio, 2)}
+    figures = _figures(phases, idle, restored)
+    ours = phases["loaded, control"][0]
+    p999, naive_p999, ratio, kept = (float(figures[k]) for k in (
+        "p999_us_loaded", "naive_p999_us_loaded", "ratio", "engine_throughput_kept"))
     report.reading("metrics", figures)
     claim = ClaimSpec(
         statement=(f"A {1e6 / w.period_us:.0f} Hz loop beside the engine under load, with "
