@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 	# the journal's tests start a real, throwaway PostgreSQL server
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq postgresql)
+	# the console's tests drive Debian's chromium with Playwright (never its browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)
 
 run: setup

@@ -31,6 +31,7 @@ from aruntime.serve import (
     releases_routes,
     runs_routes,
 )
+from aruntime.serve.console import routes as console_routes
 from aruntime.serve.launch import BackgroundServer, background_server
 
 MODEL = "tiny"
@@ -126,7 +127,8 @@ def test_the_description_covers_every_route(server: BackgroundServer) -> None:
     routes = {(m, r.path_format) for router in (info_routes.router, openai_routes.router,
                                                 runs_routes.router,
                                                 confidential_routes.router,
-                                                releases_routes.router)
+                                                releases_routes.router,
+                                                console_routes.router)
               for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
     assert len(routes) >= 17
     described = {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}

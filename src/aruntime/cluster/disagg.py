@@ -45,6 +45,7 @@ from aruntime.cluster.serving import (
     RouteRecord,
     ServingPool,
     WorkerInfo,
+    WorkerNow,
     merge_stats,
 )
 from aruntime.engine.client import EngineDeadError
@@ -161,6 +162,16 @@ class DisaggregatedPool(ServingPool):
     def running_beside(self, request_id: str) -> int:
         return self.decode.running_beside(request_id)  # decodes run on the decode worker
 
+    async def workers_now(self) -> list[WorkerNow]:
+        prefill, decode = await asyncio.gather(self.prefill.workers_now(),
+                                               self.decode.workers_now())
+        return prefill + decode
+
+    def recent_routes(self, n: int) -> list[RouteRecord]:
+        """Both groups' decisions (a prefill leg and a decode leg each), oldest first."""
+        both = self.prefill.recent_routes(n) + self.decode.recent_routes(n)
+        return sorted(both, key=lambda r: r.at)[-n:] if n > 0 else []
+
     def route_of(self, request_id: str) -> RouteRecord | None:
         """Both legs as one route: the cached tokens predicted are those the transport should
         carry, the used ones those the decode worker reused."""
@@ -171,7 +182,7 @@ class DisaggregatedPool(ServingPool):
         worker = f"{hand.prefill_worker}>{route.worker}" if hand.prefill_worker else route.worker
         predicted = hand.expected_transport_tokens or route.predicted_cached_tokens
         return RouteRecord(request_id, worker, predicted, route.cached_tokens_used,
-                           route.attempts)
+                           route.attempts, route.at)
 
     def _record(self, hand: Handoff) -> None:
         self._handoffs[hand.request_id] = hand

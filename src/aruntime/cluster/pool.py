@@ -36,10 +36,12 @@ from aruntime.cluster.metrics import PoolCollector
 from aruntime.cluster.router import RoutePolicy, Router, WorkerLoad
 from aruntime.cluster.serving import (
     ROUTES_KEPT,
+    STATS_TIMEOUT_S,
     PoolWorker,
     RouteRecord,
     ServingPool,
     WorkerInfo,
+    WorkerNow,
     merge_stats,
 )
 from aruntime.engine.client import EngineDeadError
@@ -63,6 +65,7 @@ class PrefixDirectory(Protocol):
 
 
 class WorkerPool(ServingPool):
+    PLACEMENT = "local"  # engine core processes on this machine
     def __init__(self, config: EngineConfig, num_workers: int = 1, policy: str = "kv", *,
                  seed: int | None = None, startup_timeout: float = 600.0,
                  role: str = "colocated", worker_prefix: str = "w") -> None:
@@ -152,6 +155,25 @@ class WorkerPool(ServingPool):
         self._route_by[request_id] = route
         while len(self._route_by) > ROUTES_KEPT:
             self._route_by.popitem(last=False)
+
+    async def workers_now(self) -> list[WorkerNow]:
+        ids = list(self.workers)
+        stats = await asyncio.gather(*(self._stats_of(w) for w in ids))
+        return [WorkerNow(wid, self.role, self.PLACEMENT, self.workers[wid].core_pid,
+                          self.workers[wid].is_alive, self.router.load(wid), got)
+                for wid, got in zip(ids, stats, strict=True)]
+
+    async def _stats_of(self, worker_id: str) -> EngineStats | None:
+        w = self.workers[worker_id]
+        if not w.is_alive:
+            return None
+        try:
+            return await asyncio.wait_for(w.stats(), STATS_TIMEOUT_S)
+        except Exception:  # a worker that cannot answer shows as such, nothing more
+            return None
+
+    def recent_routes(self, n: int) -> list[RouteRecord]:
+        return list(self._routes.values())[-n:] if n > 0 else []
 
     def running_beside(self, request_id: str) -> int:
         route = self._routes.get(request_id)

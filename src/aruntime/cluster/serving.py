@@ -5,14 +5,16 @@ serve/ drives every deployment through it — one engine core process, several b
 router, prefill and decode workers, or the same as Ray actors — and never learns which. Beyond
 the engine seam (generate, abort, stats, shutdown) a pool answers what only it knows: where a
 request would go and what it would find cached there (admission), where it went (evidence), and
-its own metrics (collectors for the server's one registry).
+its own metrics (collectors for the server's one registry), and what the operator console
+shows of its workers and recent routes.
 """
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client.registry import Collector
@@ -24,8 +26,9 @@ from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.keys import NO_SCOPE, CacheScope, KeyScheme
 
-__all__ = ["PoolWorker", "RouteRecord", "ServingPool", "WorkerInfo", "merge_stats"]
+__all__ = ["PoolWorker", "RouteRecord", "ServingPool", "WorkerInfo", "WorkerNow", "merge_stats"]
 
+STATS_TIMEOUT_S = 2.0
 ROUTES_KEPT = 4096  # per-request records kept for the evidence log to pick up
 
 
@@ -50,6 +53,21 @@ class RouteRecord:
     predicted_cached_tokens: int
     cached_tokens_used: int | None = None
     attempts: int = 1
+    at: float = field(default_factory=time.time)  # when it was routed
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerNow:
+    """One worker as an operator sees it now: what it registered as, whether it lives, the
+    router's view of its load and its engine's counters (None: it did not answer in time)."""
+
+    worker_id: str
+    role: str
+    placement: str  # "local" (a process on this machine) or "ray" (an actor)
+    pid: int | None
+    alive: bool
+    load: WorkerLoad
+    stats: EngineStats | None
 
 
 class PoolWorker(Protocol):
@@ -111,6 +129,15 @@ class ServingPool(EngineClient):
     @abstractmethod
     def route_of(self, request_id: str) -> RouteRecord | None:
         """Where a recent request ran; None once forgotten (the last ROUTES_KEPT are kept)."""
+
+    @abstractmethod
+    async def workers_now(self) -> list[WorkerNow]:
+        """Every worker now, its engine asked for its counters (at most STATS_TIMEOUT_S each).
+        Called by the console, at most once a second; changes nothing."""
+
+    @abstractmethod
+    def recent_routes(self, n: int) -> list[RouteRecord]:
+        """The last `n` routing decisions, oldest first."""
 
     @abstractmethod
     def collectors(self) -> Iterable[Collector]:

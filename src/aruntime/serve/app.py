@@ -32,6 +32,8 @@ from aruntime.serve import openapi
 from aruntime.serve.adaptation import open_adaptation, ticking
 from aruntime.serve.errors import install_error_handlers
 from aruntime.serve.flow_models import ServedModels
+from aruntime.serve.console.routes import page_router as console_page_router
+from aruntime.serve.console.routes import router as console_router
 from aruntime.serve.info_routes import router as info_router
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
@@ -56,7 +58,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               policy_reloader: PolicyReloader | None = None,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               route_release: str | None = None,
-              model_release: ModelEngines | None = None) -> FastAPI:
+              model_release: ModelEngines | None = None,
+              claims_root: Path | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
     is signed by `signer` (default: the key under `data_dir`); spans go to `tracer` (default:
     the process's); tool calls are read in `tool_call_parser`'s format (default: the
@@ -65,7 +68,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     `quotas` how much (default: unlimited); `tools` are served over MCP at /mcp; a body
     over `max_body_bytes` is refused unread (413). The router's policy is the route release
     `route_release`'s, when given (a policy release is an authorizer: serve/released_policy.py);
-    `model_release` starts its rollouts' candidates beside `client`, stable's engine."""
+    `model_release` starts its rollouts' candidates beside `client`, stable's engine. The
+    console (/console) lists the claims under `claims_root` (default: the working directory)."""
     mcp = build_mcp()
     authorizer = _authorizer_of(authorizer, policy_reloader)
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
@@ -87,7 +91,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                             authenticator=authenticator or NoAuth(), authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
                             decisions=decision_log,
-                            longest_token_bytes=longest_token_bytes(tokenizer))  # once
+                            longest_token_bytes=longest_token_bytes(tokenizer),  # once
+                            claims_root=Path(claims_root or Path.cwd()))
         app.state.server = state
         app.state.runner = open_runner(data, key,  # flows call models as requests do
                                        ServedModels(state, asyncio.get_running_loop()),
@@ -123,7 +128,8 @@ async def _shut_engines(state: ServerState, owned: ServingPool | None,
 def _routed(app: FastAPI, mcp: Any, max_body_bytes: int) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(McpEndpoint, manager=mcp)
-    for router in (info_router, openai_router, runs_router, releases_router):
+    for router in (info_router, openai_router, runs_router, releases_router, console_router,
+                   console_page_router):
         app.include_router(router)
     openapi.install(app)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # before any route reads

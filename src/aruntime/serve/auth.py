@@ -95,6 +95,7 @@ def decide(request: Request, action: Action, resource: Resource,
     if uses is not None and use is not None and use.shadow is not None:  # never enforced
         uses.shadow_refused |= not use.shadow.decide(who, action, resource, context).allowed
     decisions(request).append(decision)
+    state.recent_decisions.add(who, decision, "http")
     if log or decision.enforced:
         record_decision(state, who, decision, "http")
     if enforce and decision.enforced:

@@ -289,6 +289,13 @@ def engine_of(state: ServerState, gen: Generation) -> ServingPool:
     return engine.client if engine is not None else state.client
 
 
+def served_model(state: ServerState, gen: Generation) -> str:
+    """The model as the console names what served a request: a model release's version
+    (`NAME@VERSION`, its first 19 characters), else the served model's name."""
+    engine = gen.uses.served(Kind.MODEL, gen.shadow)
+    return f"{state.model_name}@{engine.version[:19]}" if engine is not None else state.model_name
+
+
 def finalize(state: ServerState, gen: Generation) -> None:
     """Observe metrics and append the evidence record; once per API request, however it ended.
     Synchronous on purpose: it runs in `finally` blocks of cancelled tasks."""
@@ -296,6 +303,7 @@ def finalize(state: ServerState, gen: Generation) -> None:
         return
     gen._done = True
     now = time.time()
+    ended = []
     for c in gen.choices:
         last = c.last or RequestOutput(c.request_id, [], "", arrival_time=gen.started)
         if c.finish_reason is None:
@@ -304,6 +312,8 @@ def finalize(state: ServerState, gen: Generation) -> None:
                                  arrival_time=last.arrival_time,
                                  first_token_time=last.first_token_time)
         state.metrics.observe_finished(last, c.num_tokens, last.finish_time or now)
+        ended.append((last, c.num_tokens, last.finish_time or now))
+    state.traffic.end(gen, ended)
     if gen.lease is not None:
         used = gen.usage()
         gen.lease.release(used["prompt_tokens"] + used["completion_tokens"])

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--claims-root", type=Path, default=None, metavar="DIR",
+                        help="the repository root whose claims/ the console lists (default: "
+                             "the working directory)")
     parser.add_argument("--loop-board", default=None, metavar="PATH",
                         help="a real-time loop's board on this machine (its --board): the "
                              "engine yields between steps while the loop runs short of slack, "
@@ -209,7 +212,8 @@ def _serve(args: argparse.Namespace, model: Path, data_dir: Path,
                     quotas=quotas, tools=tools, authenticator=authenticator,
                     authorizer=authorizer, policy_reloader=policy_reloader,
                     max_body_bytes=args.max_body_bytes, route_release=route_release,
-                    model_release=release_args.model_engines(releases, config))
+                    model_release=release_args.model_engines(releases, config),
+                    claims_root=args.claims_root)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=10, **uvicorn_limits())

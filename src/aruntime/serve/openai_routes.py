@@ -43,6 +43,7 @@ from aruntime.serve.generation import (
     finalize,
     merged,
     plan,
+    served_model,
 )
 from aruntime.serve.info_routes import check_model
 from aruntime.serve.openapi import request_body
@@ -181,6 +182,7 @@ async def _respond(state: ServerState, request: Request, gen: Generation,
         tracing.fail(gen, exc)
         tracing.end(state, gen)
         raise
+    state.traffic.begin(gen, served_model(state, gen))
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 

@@ -36,8 +36,10 @@ from aruntime.policy.quotas import Quotas
 from aruntime.route_policy import RoutePolicy
 from aruntime.serve.admission import Admission
 from aruntime.serve.metrics import Metrics
+from aruntime.serve.recent_decisions import RecentDecisions
 from aruntime.serve.released_model import ModelEngines
 from aruntime.serve.tool_parsers import HermesParser, ToolParser
+from aruntime.serve.traffic import Traffic
 
 
 @dataclass
@@ -69,6 +71,9 @@ class ServerState:
     models: ModelEngines | None = None  # serve --release model=NAME: each version's engine
     # the most bytes one token stands for; None: a prompt's bytes bound nothing (prompt_bound.py)
     longest_token_bytes: int | None = None
+    traffic: Traffic = field(default_factory=Traffic)  # the console's window on requests
+    claims_root: Path = field(default_factory=Path.cwd)  # the repository root holding claims/
+    recent_decisions: RecentDecisions = field(default_factory=RecentDecisions)
     _salts: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -241,6 +241,8 @@ def _cause(exc: ray.exceptions.RayError) -> str:
 class RayPool(WorkerPool):
     """`WorkerPool` over Ray actors; `handoffs` is given to the groups of a disaggregated pool."""
 
+    PLACEMENT = "ray"
+
     def __init__(self, config: EngineConfig, num_workers: int, policy: str = "kv", *,
                  seed: int | None = None, startup_timeout: float = 600.0,
                  role: str = "colocated", worker_prefix: str = "w",
