@@ -1,7 +1,8 @@
 """`aruntime bench realtime` at small size: the loop idle, then beside the engine in another
 process without control, with the engine yielding, with control (alone, with the engine
-yielding, with the engine kept off the loop's CPU) and as a naive sleep loop; the real-time settings said;
-a 1 MB restore timed; the ratio last and the claim's metrics as the issue names them."""
+yielding, with the engine kept off the loop's CPU) and as a naive sleep loop; the real-time
+settings said; a 1 MB restore timed; the ratio last and the claim's metrics as the issue
+names them."""
 
 from __future__ import annotations
 

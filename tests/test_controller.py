@@ -5,6 +5,8 @@ safe action) until the conditions held for the recovery time. Its state restores
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_without_fresh_input_the_fallback_decelerates_to_a_stop_then_the_policy_
     assert rig.modes[12] is Mode.NOMINAL and rig.modes[13] is Mode.FALLBACK
     stopping = magnitude[12:20]
     assert magnitude[11] > 0.4  # moving: stopping takes more than one period
-    assert all(b <= a and a - b <= 0.2 + 1e-6 for a, b in zip(stopping, stopping[1:]))
+    assert all(b <= a and a - b <= 0.2 + 1e-6 for a, b in itertools.pairwise(stopping))
     assert magnitude[12] == pytest.approx(max(0.0, magnitude[11] - 0.2), abs=1e-6)
     assert magnitude[19] == 0.0  # stopped, and stays stopped while the sensor is out
     # the sensor is back at 20; nominal after 4 ms of good reports, the policy commanding again

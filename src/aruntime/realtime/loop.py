@@ -3,8 +3,9 @@ the k-th step is due at start + k * period, never after a sleep(period) that dri
 step's own time. Lateness (how late each wake-up came after the instant it waited for, as
 cyclictest measures it: a stall past a period counts in full), misses (periods that passed
 with no step) and overruns (a step finishing past its deadline) are counted per loop;
-`on_miss` says what a late loop does: `skip` to the next period due (the default; a controller wants the present, not a
-backlog) or `catch-up` (run every missed period at once, as a fixed-step integrator needs).
+`on_miss` says what a late loop does: `skip` to the next period due (the default; a
+controller wants the present, not a backlog) or `catch-up` (run every missed period at once,
+as a fixed-step integrator needs).
 Each step's outcome goes to the watchdog, whose mode the next step runs in, and its slack (the
 time left before its deadline) to the loop's board, which the engine beside reads to yield
 (engine/loop_board.py)."""

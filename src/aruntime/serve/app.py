@@ -30,10 +30,10 @@ from aruntime.policy.quotas import Quotas
 from aruntime.policy.reloader import PolicyReloader
 from aruntime.serve import openapi
 from aruntime.serve.adaptation import open_adaptation, ticking
-from aruntime.serve.errors import install_error_handlers
-from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.console.routes import page_router as console_page_router
 from aruntime.serve.console.routes import router as console_router
+from aruntime.serve.errors import install_error_handlers
+from aruntime.serve.flow_models import ServedModels
 from aruntime.serve.info_routes import router as info_router
 from aruntime.serve.limits import DEFAULT_MAX_BODY_BYTES, RequestLimits
 from aruntime.serve.mcp_server import McpEndpoint, build_mcp
