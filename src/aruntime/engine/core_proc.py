@@ -288,7 +288,10 @@ def run_engine_core(config: EngineConfig, input_addr: str, output_addr: str,
         threading.Thread(
             target=_recv_loop, args=(ctx, input_addr, commands), name="core-input", daemon=True
         ).start()
-        EngineLoop(engine, commands, outbox.put, publisher).run()
+        try:
+            EngineLoop(engine, commands, outbox.put, publisher).run()
+        finally:
+            engine.close()  # a tensor-parallel group's other ranks
     except BaseException as exc:  # the client must hear why, whatever it was
         from aruntime.engine.loader import CheckpointError
 

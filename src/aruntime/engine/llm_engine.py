@@ -21,6 +21,7 @@ from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.logits_processors import LogitsProcessors
 from aruntime.engine.loop_board import BoardReader
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
+from aruntime.engine.parallel.group import TensorParallelGroup
 from aruntime.engine.runner import ModelRunner, PromptLogits
 from aruntime.engine.sampler import logprobs_of, prompt_logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
@@ -54,7 +55,10 @@ class LLMEngine:
                       mc.max_position_embeddings)
         if mc.sliding_window:  # within the window, sliding attention is full attention
             max_len = min(max_len, mc.sliding_window)
-        self.runner = ModelRunner(config, mc, ckpt.weights(config.kbs_url), max_len)
+        self.group = TensorParallelGroup(config, max_len) if config.tensor_parallel > 1 else None
+        self.runner = ModelRunner(config, mc, ckpt.weights(config.kbs_url), max_len,
+                                  self.group.collectives if self.group else None)
+        self.runner.group = self.group
         self.device = str(self.runner.device)
         # A sequence that cannot fit the whole pool could never be scheduled: cap the context.
         self.max_model_len = min(max_len, self.runner.num_blocks * config.block_size)
@@ -181,6 +185,12 @@ class LLMEngine:
         seq = self.seqs.get(request_id)
         if seq is not None:
             self._drop(seq)
+
+    def close(self) -> None:
+        """The other tensor-parallel ranks told to exit (nothing else holds a process)."""
+        if self.group is not None:
+            self.group.close()
+            self.group = None
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()

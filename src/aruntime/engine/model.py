@@ -125,15 +125,18 @@ Dispatch = Callable[..., Any]  # (part name, layer index or -1, *inputs) -> the 
 class LlamaForCausalLM(nn.Module):
     """Serves LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM checkpoints."""
 
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, *, head_rows: int | None = None,
+                 parts: dict[str, nn.Module] | None = None) -> None:
+        """`head_rows` and `parts`: a tensor-parallel rank's slice of the vocabulary and its
+        parts with their collectives (engine/parallel/); by default, the whole model's."""
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = Dense(cfg.hidden_size, cfg.vocab_size)
+        self.lm_head = Dense(cfg.hidden_size, head_rows or cfg.vocab_size)
         self.rotary = Rotary(cfg, max_positions)
-        self.parts = parts_of(cfg)  # not submodules: they hold no weights
+        self.parts = parts or parts_of(cfg)  # not submodules: they hold no weights
 
     def forward(self, token_ids: torch.Tensor, batch: AttentionBatch,
                 logits_rows: torch.Tensor, dispatch: Dispatch | None = None) -> torch.Tensor:

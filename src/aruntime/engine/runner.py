@@ -7,6 +7,9 @@ prompt positions of requests that asked for prompt logprobs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Protocol
+
 import torch
 
 from aruntime.engine.attention import (
@@ -26,6 +29,37 @@ from aruntime.kv.block_format import BlockPayload, StaleBlockError
 
 PromptLogits = tuple[Sequence, int, torch.Tensor]  # (seq, first position, a row per position)
 
+
+class StepSender(Protocol):
+    """Rank 0's side of a tensor-parallel group (engine/parallel/group.py)."""
+
+    def send(self, step: PlainStep) -> None: ...
+
+
+class TPCollectives(Protocol):
+    """One rank's group (engine/parallel/group.py's Collectives)."""
+
+    rank: int
+    world: int
+
+    def reduce(self, t: torch.Tensor) -> None: ...
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+@dataclass(slots=True)
+class PlainStep:
+    """One step's inputs as plain lists, free of the scheduler's objects: what the runner turns
+    into tensors, and what rank 0 of a tensor-parallel group sends the other ranks."""
+
+    token_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # cache slot of each new token
+    prefills: list[tuple[int, int, int, list[int]]] = field(default_factory=list)  # row,
+    # tokens, start, block table of each prefill chunk
+    decode_tables: list[list[int]] = field(default_factory=list)
+    decode_lens: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # logits rows: sampling, then prompt ones
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -39,12 +73,17 @@ def resolve_device(name: str) -> torch.device:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_config: ModelConfig,
-                 weights: dict[str, torch.Tensor], max_positions: int) -> None:
+                 weights: dict[str, torch.Tensor], max_positions: int,
+                 collectives: TPCollectives | None = None) -> None:
+        """With `collectives`, this rank's shard of the model and of the KV pool."""
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.block_size = config.block_size
         mc = model_config
-        self.model = LlamaForCausalLM(mc, max_positions)
+        if collectives is not None:
+            self.model, weights, mc = _shard_model(mc, weights, max_positions, collectives)
+        else:
+            self.model = LlamaForCausalLM(mc, max_positions)
         self.model.load_weights(weights)
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
@@ -63,6 +102,7 @@ class ModelRunner:
                      and config.native_kernels)
         self.native = NativeDecode.create() if native_ok else None
         self.dispatch: PartDispatch | None = None  # compiled backends (LLMEngine builds it)
+        self.group: StepSender | None = None  # rank 0 of a tensor-parallel group sends each step
 
     def read_block(self, block_id: int) -> BlockPayload:
         """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
@@ -98,56 +138,63 @@ class ModelRunner:
         bs = self.block_size
         # Single-token steps first, longest context first, so similar lengths sit together.
         chunks = sorted(out.chunks, key=lambda c: (c.num_tokens != 1, -(c.start + c.num_tokens)))
-        token_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
+        step = PlainStep()
         sample_rows: list[int] = []
         sampling: list[ScheduledChunk] = []
         spans: list[tuple[Sequence, int, int, int]] = []  # seq, first position, row, count
-        batch = AttentionBatch(self.kv_cache, torch.empty(0), torch.empty(0), native=self.native)
-        decode_tables: list[list[int]] = []
-        decode_lens: list[int] = []
         for c in chunks:
-            seq, row = c.seq, len(token_ids)
+            seq, row = c.seq, len(step.token_ids)
             span = range(c.start, c.start + c.num_tokens)
-            token_ids += seq.token_ids[c.start:c.start + c.num_tokens]
-            positions += span
+            step.token_ids += seq.token_ids[c.start:c.start + c.num_tokens]
+            step.positions += span
             table = seq.block_table
-            slots += [table[p // bs] * bs + p % bs for p in span]
+            step.slots += [table[p // bs] * bs + p % bs for p in span]
             length = c.start + c.num_tokens
             num_blocks = -(-length // bs)
             if c.num_tokens == 1:
-                decode_tables.append(table[:num_blocks])
-                decode_lens.append(length)
+                step.decode_tables.append(table[:num_blocks])
+                step.decode_lens.append(length)
             else:
-                batch.prefills.append(self._segment(row, c, table[:num_blocks]))
+                step.prefills.append((row, c.num_tokens, c.start, table[:num_blocks]))
             if c.samples:
                 sample_rows.append(row + c.num_tokens - 1)
                 sampling.append(c)
             first, end = _prompt_span(c)
             if end > first:
                 spans.append((seq, first, row + first - c.start, end - first))
-        dev = self.device
-        batch.positions = torch.tensor(positions, dtype=torch.long, device=dev)
-        batch.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
-        tokens = torch.tensor(token_ids, dtype=torch.long, device=dev)
-        name = None if self.dispatch is None else self.dispatch.choose(
-            "prefill" if batch.prefills else "decode", len(token_ids),
-            max(decode_lens) if decode_lens and not batch.prefills else None)
-        if name is not None and not batch.prefills and len(rows) == len(token_ids):
-            # every row a decode that samples: the backend's whole-step graph, if it has one
-            logits, name = self._graph_step(name, tokens, batch, decode_tables)
-            if logits is not None:
-                return sampling, logits, []
-        if decode_tables and self.native is not None:
-            batch.native_inputs = self._native_inputs(decode_tables, decode_lens)
-        elif decode_tables:
-            self._decode_groups(batch, decode_tables, decode_lens)
-        dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
-        logits = self.model(tokens, batch, torch.tensor(rows, dtype=torch.long, device=dev),
-                            dispatch)
+        step.rows = sample_rows + [r + j for _, _, r, n in spans for j in range(n)]
+        logits = self.run(step)
         return sampling, logits[:len(sample_rows)], _prompt_logits(spans, logits, len(sample_rows))
+
+    def run(self, step: PlainStep) -> torch.Tensor:
+        """The model over one step's plain inputs: the logits of `step.rows`. What every
+        tensor-parallel rank runs, rank 0 having sent the step to the others first."""
+        if self.group is not None:
+            self.group.send(step)
+        dev = self.device
+        batch = AttentionBatch(self.kv_cache, torch.tensor(step.positions, dtype=torch.long,
+                                                           device=dev),
+                               torch.tensor(step.slots, dtype=torch.long, device=dev),
+                               native=self.native)
+        batch.prefills = [self._segment(*p) for p in step.prefills]
+        tokens = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
+        tables, lens = step.decode_tables, step.decode_lens
+        name = None if self.dispatch is None else self.dispatch.choose(
+            "prefill" if batch.prefills else "decode", len(step.token_ids),
+            max(lens) if lens and not batch.prefills else None)
+        if name is not None and not batch.prefills and len(step.rows) == len(step.token_ids):
+            # every row a decode that samples: the backend's whole-step graph, if it has one
+            logits, name = self._graph_step(name, tokens, batch, tables)
+            if logits is not None:
+                return logits
+        if tables and self.native is not None:
+            batch.native_inputs = self._native_inputs(tables, lens)
+        elif tables:
+            self._decode_groups(batch, tables, lens)
+        dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
+        out: torch.Tensor = self.model(tokens, batch, torch.tensor(step.rows, dtype=torch.long,
+                                                                   device=dev), dispatch)
+        return out
 
     def _graph_step(self, name: str, tokens: torch.Tensor, batch: AttentionBatch,
                     tables: list[list[int]]) -> tuple[torch.Tensor | None, str]:
@@ -163,13 +210,14 @@ class ModelRunner:
         except Exception as exc:  # a runtime failing at serving time
             return None, self.dispatch.drop(name, "the decode graph", exc)
 
-    def _segment(self, row: int, c: ScheduledChunk, table: list[int]) -> PrefillSegment:
-        if c.start == 0:
-            return PrefillSegment(row, c.num_tokens, 0, None, None)
+    def _segment(self, row: int, num_tokens: int, start: int,
+                 table: list[int]) -> PrefillSegment:
+        if start == 0:
+            return PrefillSegment(row, num_tokens, 0, None, None)
         dev = self.device
-        q_pos = torch.arange(c.start, c.start + c.num_tokens, device=dev)
-        mask = torch.arange(c.start + c.num_tokens, device=dev)[None, :] <= q_pos[:, None]
-        return PrefillSegment(row, c.num_tokens, c.start,
+        q_pos = torch.arange(start, start + num_tokens, device=dev)
+        mask = torch.arange(start + num_tokens, device=dev)[None, :] <= q_pos[:, None]
+        return PrefillSegment(row, num_tokens, start,
                               torch.tensor(table, dtype=torch.long, device=dev), mask)
 
     def _native_inputs(self, tables: list[list[int]], lens: list[int]) -> NativeDecodeInputs:
@@ -203,6 +251,19 @@ class ModelRunner:
         if self._scratch.numel() < need:  # grows to the largest group seen, then is reused
             self._scratch = torch.empty(need, dtype=self.dtype, device=dev)
         batch.scratch = self._scratch
+
+
+def _shard_model(mc: ModelConfig, weights: dict[str, torch.Tensor], max_positions: int,
+                 c: TPCollectives) -> tuple[LlamaForCausalLM, dict[str, torch.Tensor], ModelConfig]:
+    """A tensor-parallel rank's model, its weights and the config its KV pool is sized by."""
+    from aruntime.engine.parallel.shard import Shard, local_config, local_weights, vocab_rows
+    from aruntime.engine.parallel.tp_parts import tp_parts_of
+
+    shard = Shard(c.rank, c.world)
+    local = local_config(mc, shard)
+    model = LlamaForCausalLM(local, max_positions, head_rows=vocab_rows(mc, c.world),
+                             parts=tp_parts_of(local, c.reduce, c.gather, mc.vocab_size))
+    return model, local_weights(weights, mc, shard), local
 
 
 def _prompt_logits(spans: list[tuple[Sequence, int, int, int]], logits: torch.Tensor,

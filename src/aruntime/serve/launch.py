@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                        help="each engine worker shards the model over N ranks (processes on "
+                             "this machine joined by gloo): heads, MLP columns, vocabulary")
     parser.add_argument("--claims-root", type=Path, default=None, metavar="DIR",
                         help="the repository root whose claims/ the console lists (default: "
                              "the working directory)")
@@ -251,7 +254,7 @@ def _started_client(args: argparse.Namespace, model: Path
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs,
             backends=args.backends, backends_dir=str(_data_dir(args) / "backends"),
-            loop_board=args.loop_board)
+            loop_board=args.loop_board, tensor_parallel=args.tensor_parallel)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

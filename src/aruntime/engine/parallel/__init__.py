@@ -1,0 +1,1 @@
+"""Model parallelism: one model definition sharded across ranks (tensor parallel)."""

@@ -1,0 +1,104 @@
+"""A tensor-parallel group on one machine: rank 0 is the engine (its scheduler, its sampler),
+ranks 1..N-1 are processes of their own (engine/parallel/rank.py) running the same model
+shard by shard, joined by torch.distributed's gloo over loopback TCP (a process group of its
+own, not the process-global default, so one process may hold several). Each step, rank 0 sends
+the step's plain inputs (runner.PlainStep, pickled) and every rank runs it; the collectives
+inside the model (engine/parallel/tp_parts.py) keep them in lockstep. A rank that dies makes
+the next collective fail (gloo sees its socket close, or TIMEOUT_S passes), so a step never
+hangs: the engine fails its requests and the group is closed."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from aruntime.engine.config import EngineConfig
+from aruntime.engine.runner import PlainStep
+
+TIMEOUT_S = 60.0
+
+
+class RankLostError(RuntimeError):
+    """A collective failed: a rank of the group is gone (or stalled past TIMEOUT_S)."""
+
+
+def _waited(work: Any, what: str) -> None:
+    try:
+        work.wait()
+    except RuntimeError as exc:
+        raise RankLostError(f"a tensor-parallel rank is gone ({what} failed: {exc})") from None
+
+
+class Collectives:
+    """One rank's gloo group: sum in place, gather, and the steps rank 0 broadcasts."""
+
+    def __init__(self, store: dist.TCPStore, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        # Any: torch's stubs leave out the group's own collectives
+        self.pg: Any = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=TIMEOUT_S))
+
+    def reduce(self, t: torch.Tensor) -> None:
+        _waited(self.pg.allreduce([t]), "all-reduce")
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        _waited(self.pg.allgather([out], [t]), "all-gather")
+        return out
+
+    def broadcast(self, payload: bytes | None) -> bytes | None:
+        """Rank 0's bytes on every rank (None: the group is closing)."""
+        size = torch.tensor([-1 if payload is None else len(payload)], dtype=torch.int64)
+        self._from_root(size)
+        if size.item() < 0:
+            return None
+        data = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload is not None
+                else torch.empty(int(size.item()), dtype=torch.uint8))
+        self._from_root(data)
+        return data.numpy().tobytes()
+
+    def _from_root(self, t: torch.Tensor) -> None:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        _waited(self.pg.broadcast([t], opts), "the step's broadcast")
+
+
+class TensorParallelGroup:
+    """Rank 0's side: starts the other ranks, joins them, sends each step (the runner's
+    StepSender), and closes them."""
+
+    def __init__(self, config: EngineConfig, max_positions: int) -> None:
+        world = config.tensor_parallel
+        store = dist.TCPStore("127.0.0.1", 0, world, True, timedelta(seconds=TIMEOUT_S),
+                              wait_for_workers=False)  # they start below
+        self.procs = [subprocess.Popen([sys.executable, "-m", "aruntime.engine.parallel.rank"],
+                                       stdin=subprocess.PIPE)
+                      for _ in range(1, world)]
+        for rank, proc in enumerate(self.procs, start=1):
+            assert proc.stdin is not None
+            proc.stdin.write(pickle.dumps((config, rank, store.port, max_positions)))
+            proc.stdin.close()
+        self.store = store
+        self.collectives = Collectives(store, 0, world)
+
+    def send(self, step: PlainStep) -> None:
+        self.collectives.broadcast(pickle.dumps(step))
+
+    def close(self) -> None:
+        """Tell every rank to exit (if the group still stands), then make sure they have."""
+        try:
+            if all(p.poll() is None for p in self.procs):
+                self.collectives.broadcast(None)
+        except RuntimeError:
+            pass  # a rank is gone: the others' next collective fails and they exit
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
