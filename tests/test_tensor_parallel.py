@@ -117,3 +117,21 @@ def test_a_server_with_tensor_parallel_answers_as_one_rank_does(tiny_model_dir: 
             "ignore_eos": True})
         assert got.status_code == 200, got.text
         assert got.json()["choices"][0]["text"] == want
+
+
+def test_a_tensor_parallel_group_is_one_worker_to_the_router(tiny_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    import httpx
+
+    from aruntime.serve.launch import background_server
+
+    want = LLMEngine(config(tiny_model_dir, 1)).generate(PROMPTS[:2], PARAMS)
+    with background_server(config(tiny_model_dir, 2), tmp_path, served_model_name="tiny",
+                           workers=2, router_policy="round-robin") as srv:
+        assert sorted(srv.app.state.server.client.registry) == ["w0", "w1"]
+        for _ in range(2):  # round robin: each prompt once on each group
+            for prompt, out in zip(PROMPTS[:2], want, strict=True):
+                got = httpx.post(f"{srv.url}/v1/completions", timeout=60, json={
+                    "model": "tiny", "prompt": prompt, "max_tokens": 8, "temperature": 0,
+                    "ignore_eos": True})
+                assert got.json()["choices"][0]["text"] == out.new_text

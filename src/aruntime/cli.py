@@ -63,6 +63,8 @@ COMMANDS: tuple[Command, ...] = (
             "the dense parts per backend and phase; the engine with auto against eager"),
     Command(("bench", "realtime"), "aruntime.bench.realtime",
             "a 1 kHz loop's lateness beside the engine, with control, against a naive loop"),
+    Command(("bench", "parallel"), "aruntime.bench.parallel",
+            "the engine sharded over tensor-parallel ranks against one: compute, communication"),
     Command(("bench", "confidential"), "aruntime.bench.confidential",
             "attestation handshake, seal/open per KiB, a sealed chat against one in clear"),
     _word("sim", "aruntime.sim.cli", "run", "simulate a cluster on a trace: goodput per policy"),

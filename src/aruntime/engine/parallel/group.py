@@ -9,9 +9,11 @@ hangs: the engine fails its requests and the group is closed."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -36,20 +38,33 @@ def _waited(work: Any, what: str) -> None:
 
 
 class Collectives:
-    """One rank's gloo group: sum in place, gather, and the steps rank 0 broadcasts."""
+    """One rank's gloo group: sum in place, gather, and the steps rank 0 broadcasts; the time
+    spent in the model's collectives and the bytes each contributed (`aruntime bench
+    parallel` reads them), and the step broadcasts' bytes apart."""
 
     def __init__(self, store: dist.TCPStore, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
+        self.comm_ns = 0  # inside all-reduce and all-gather
+        self.comm_bytes = 0  # this rank's tensors into them
+        self.step_bytes = 0  # the steps' plain inputs broadcast
         # Any: torch's stubs leave out the group's own collectives
         self.pg: Any = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=TIMEOUT_S))
 
     def reduce(self, t: torch.Tensor) -> None:
+        started = time.perf_counter_ns()
         _waited(self.pg.allreduce([t]), "all-reduce")
+        self._count(t, started)
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        started = time.perf_counter_ns()
         out = [torch.empty_like(t) for _ in range(self.world)]
         _waited(self.pg.allgather([out], [t]), "all-gather")
+        self._count(t, started)
         return out
+
+    def _count(self, t: torch.Tensor, started: int) -> None:
+        self.comm_ns += time.perf_counter_ns() - started
+        self.comm_bytes += t.numel() * t.element_size()
 
     def broadcast(self, payload: bytes | None) -> bytes | None:
         """Rank 0's bytes on every rank (None: the group is closing)."""
@@ -60,6 +75,7 @@ class Collectives:
         data = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload is not None
                 else torch.empty(int(size.item()), dtype=torch.uint8))
         self._from_root(data)
+        self.step_bytes += data.numel()
         return data.numpy().tobytes()
 
     def _from_root(self, t: torch.Tensor) -> None:
@@ -74,6 +90,10 @@ class TensorParallelGroup:
 
     def __init__(self, config: EngineConfig, max_positions: int) -> None:
         world = config.tensor_parallel
+        # the ranks share this machine's CPUs: each runs its share of torch's threads
+        self.threads_before = torch.get_num_threads()
+        threads = threads_per_rank(world)
+        torch.set_num_threads(threads)
         store = dist.TCPStore("127.0.0.1", 0, world, True, timedelta(seconds=TIMEOUT_S),
                               wait_for_workers=False)  # they start below
         self.procs = [subprocess.Popen([sys.executable, "-m", "aruntime.engine.parallel.rank"],
@@ -81,7 +101,7 @@ class TensorParallelGroup:
                       for _ in range(1, world)]
         for rank, proc in enumerate(self.procs, start=1):
             assert proc.stdin is not None
-            proc.stdin.write(pickle.dumps((config, rank, store.port, max_positions)))
+            proc.stdin.write(pickle.dumps((config, rank, store.port, max_positions, threads)))
             proc.stdin.close()
         self.store = store
         self.collectives = Collectives(store, 0, world)
@@ -102,3 +122,8 @@ class TensorParallelGroup:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        torch.set_num_threads(self.threads_before)
+
+
+def threads_per_rank(world: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // world)

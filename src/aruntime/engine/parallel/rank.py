@@ -9,6 +9,7 @@ import pickle
 import sys
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 
 from aruntime.engine.config import EngineConfig
@@ -18,8 +19,9 @@ from aruntime.engine.runner import ModelRunner, PlainStep
 
 
 def main() -> int:
-    config, rank, port, max_positions = pickle.loads(sys.stdin.buffer.read())
+    config, rank, port, max_positions, threads = pickle.loads(sys.stdin.buffer.read())
     assert isinstance(config, EngineConfig)
+    torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, config.tensor_parallel, False,
                           timedelta(seconds=TIMEOUT_S))
     ckpt = load_checkpoint(config.model)
