@@ -54,10 +54,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
               tracer: Tracer | None = None, tool_call_parser: str | None = None,
               authenticator: Authenticator | None = None,
               authorizer: Authorizer | None = None, quotas: Quotas | None = None,
-              tools: Sequence[Tool] = (),
-              policy_reloader: PolicyReloader | None = None,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-              route_release: str | None = None,
+              tools: Sequence[Tool] = (), policy_reloader: PolicyReloader | None = None,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, route_release: str | None = None,
               model_release: ModelEngines | None = None,
               claims_root: Path | None = None) -> FastAPI:
     """The app; with `owns_client` its lifespan shuts the engine client down on exit. Evidence
@@ -68,16 +66,15 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
     `quotas` how much (default: unlimited); `tools` are served over MCP at /mcp; a body
     over `max_body_bytes` is refused unread (413). The router's policy is the route release
     `route_release`'s, when given (a policy release is an authorizer: serve/released_policy.py);
-    `model_release` starts its rollouts' candidates beside `client`, stable's engine. The
-    console (/console) lists the claims under `claims_root` (default: the working directory)."""
+    `model_release` starts its rollouts' candidates beside `client`, stable's engine; the
+    console lists the claims under `claims_root` (default: the working directory)."""
     mcp = build_mcp()
     authorizer = _authorizer_of(authorizer, policy_reloader)
     tool_parser = parser_for(tokenizer.chat_template, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        data = Path(data_dir)
-        key = signer or DeploymentKey.load_or_create(default_key_path(data))
+        key = signer or DeploymentKey.load_or_create(default_key_path(data := Path(data_dir)))
         evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(data / "evidence.jsonl", key)
         decision_log = EvidenceLog(data / "decisions.jsonl", key, contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
@@ -86,12 +83,11 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
                                 ServingCollector(lambda: state.client),
                                 PolicyCollector(authorizer, policy_reloader)]),
                             evidence, key,
-                            tracer=tracer or telemetry.process_tracer(),
-                            tool_parser=tool_parser,
+                            tracer=tracer or telemetry.process_tracer(), tool_parser=tool_parser,
                             authenticator=authenticator or NoAuth(), authorizer=authorizer,
                             quotas=quotas or Quotas(), tools={t.name: t for t in tools},
-                            decisions=decision_log,
-                            longest_token_bytes=longest_token_bytes(tokenizer),  # once
+                            decisions=decision_log,  # and the longest token's bytes, once:
+                            longest_token_bytes=longest_token_bytes(tokenizer),
                             claims_root=Path(claims_root or Path.cwd()))
         app.state.server = state
         app.state.runner = open_runner(data, key,  # flows call models as requests do

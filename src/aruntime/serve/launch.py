@@ -63,9 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=1024)
     parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                        help="each engine worker shards the model over N ranks (processes on "
-                             "this machine joined by gloo): heads, MLP columns, vocabulary")
     parser.add_argument("--claims-root", type=Path, default=None, metavar="DIR",
                         help="the repository root whose claims/ the console lists (default: "
                              "the working directory)")
@@ -73,31 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a real-time loop's board on this machine (its --board): the "
                              "engine yields between steps while the loop runs short of slack, "
                              "and runs as many threads as the CPUs it is left")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="engine core processes on this machine, behind one router")
-    parser.add_argument("--router-policy", default="kv",
-                        choices=("kv", "round-robin", "random", "least-loaded"),
-                        help="how the router picks a worker (with --workers > 1)")
-    parser.add_argument("--prefill-workers", type=int, default=0, metavar="P",
-                        help="disaggregated: P prefill workers hand KV to the decode workers")
-    parser.add_argument("--decode-workers", type=int, default=0, metavar="D",
-                        help="disaggregated: D decode workers stream the tokens")
-    parser.add_argument("--kv-transport-dir", default=None, metavar="DIR",
-                        help="where prefill workers hand KV to decode workers "
-                             "(default: a fresh directory under /dev/shm)")
-    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS",
-                        help="run the workers as Ray actors, placed by role (custom resources "
-                             "aruntime_prefill, aruntime_decode, aruntime_colocated), KV handed "
-                             "over through Ray's object store: 'auto' joins RAY_ADDRESS or this "
-                             "machine's cluster, else starts one; or a head's HOST:PORT")
-    tiers = parser.add_argument_group("KV tiers below the device")
-    tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
-                       help="host RAM for KV blocks (write-through from the device)")
-    tiers.add_argument("--kv-disk-dir", default=None, metavar="DIR",
-                       help="local directory for KV blocks demoted from host RAM")
-    tiers.add_argument("--kv-disk-bytes", type=int, default=0, metavar="N")
-    tiers.add_argument("--kv-redis", default=None, metavar="URL",
-                       help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
+    _worker_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     model_args.add_arguments(parser)
     parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
@@ -118,6 +91,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     auth_args.add_arguments(parser)
     policy_args.add_arguments(parser)
     release_args.add_arguments(parser)
+
+
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    workers = parser.add_argument_group("engine workers")
+    workers.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                         help="each engine worker shards the model over N ranks (processes on "
+                              "this machine joined by gloo): heads, MLP columns, vocabulary")
+    workers.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="engine core processes on this machine, behind one router")
+    workers.add_argument("--router-policy", default="kv",
+                         choices=("kv", "round-robin", "random", "least-loaded"),
+                         help="how the router picks a worker (with --workers > 1)")
+    workers.add_argument("--prefill-workers", type=int, default=0, metavar="P",
+                         help="disaggregated: P prefill workers hand KV to the decode workers")
+    workers.add_argument("--decode-workers", type=int, default=0, metavar="D",
+                         help="disaggregated: D decode workers stream the tokens")
+    workers.add_argument("--kv-transport-dir", default=None, metavar="DIR",
+                         help="where prefill workers hand KV to decode workers "
+                              "(default: a fresh directory under /dev/shm)")
+    workers.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                         help="run the workers as Ray actors, placed by role (custom resources "
+                              "aruntime_prefill, aruntime_decode, aruntime_colocated), KV handed "
+                              "over through Ray's object store: 'auto' joins RAY_ADDRESS or this "
+                              "machine's cluster, else starts one; or a head's HOST:PORT")
+    tiers = parser.add_argument_group("KV tiers below the device")
+    tiers.add_argument("--kv-host-bytes", type=int, default=0, metavar="N",
+                       help="host RAM for KV blocks (write-through from the device)")
+    tiers.add_argument("--kv-disk-dir", default=None, metavar="DIR",
+                       help="local directory for KV blocks demoted from host RAM")
+    tiers.add_argument("--kv-disk-bytes", type=int, default=0, metavar="N")
+    tiers.add_argument("--kv-redis", default=None, metavar="URL",
+                       help="Redis server shared by workers, e.g. redis://127.0.0.1:6379/0")
 
 
 def run(args: argparse.Namespace) -> int:
