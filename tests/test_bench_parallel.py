@@ -1,5 +1,6 @@
-"""`aruntime bench parallel` at small size: one rank and two on the tiny model, the same greedy
-tokens, each step split into compute and communication, bytes per token, ratio last."""
+"""`aruntime bench parallel` at small size: one rank, two tensor-parallel ranks and two
+pipeline stages on the tiny model, the same greedy tokens, each step split into compute and
+communication, bytes per token, ratio last."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from aruntime.cli import main
 def test_the_bench_splits_each_step_and_reports_the_ratio_last(tiny_model_dir: Path,
                                                               tmp_path: Path) -> None:
     out = io.StringIO()
-    outcome = run_bench(Workload(str(tiny_model_dir), 2, 2, 12, 3, 1),
+    outcome = run_bench(Workload(str(tiny_model_dir), 2, 2, 2, 12, 3, 1),
                         json_file=tmp_path / "claim.json", out=out)
     lines = out.getvalue().strip().splitlines()
     assert lines[-1].startswith("tokens/s on 2 ranks / on 1: ")
-    assert any("greedy tokens equal on both" in line for line in lines)
+    assert any("greedy tokens equal in every configuration" in line for line in lines)
     m = outcome.record["metrics"]
-    assert m["comm_ms_tpn"] > 0 and m["compute_ms_tpn"] > 0
+    assert m["comm_ms_tpn"] > 0 and m["compute_ms_tpn"] > 0 and m["comm_ms_ppm"] > 0
     # two all-reduces a layer of the hidden state (64 floats a token) at the least
     assert m["comm_bytes_per_token"] >= 2 * 2 * 64 * 4
+    # a stage's hidden states to the next: 64 floats a token, at the least
+    assert m["pp_comm_bytes_per_token"] >= 64 * 4
     assert (tmp_path / "claim.json").is_file()
 
 

@@ -1,6 +1,7 @@
-"""Tensor parallelism on CPU with gloo: the tiny model sharded over 2 ranks (each its own
-attention heads, KV head and MLP columns) and over 4 (fewer KV heads than ranks: each KV head
-replicated on the ranks whose query heads use it) answers token for token as one rank does,
+"""Tensor and pipeline parallelism on CPU with gloo: the tiny model sharded over 2 ranks (each
+its own attention heads, KV head and MLP columns), over 4 (fewer KV heads than ranks: each KV
+head replicated on the ranks whose query heads use it), split into 2 pipeline stages of a
+layer each, and both at once (2 stages of 2 shards), answers token for token as one rank does,
 with logprobs within 1e-4, in mixed batches (prefill beside decode, chunked prefill) and with
 prefix-cache hits; a model that does not divide is refused naming why."""
 
@@ -25,10 +26,10 @@ PROMPTS = [[5, 9, 12, 40, 41, 7, 300, 2, 18, 90, 11, 4, 4, 61, 77, 8, 19, 23],
 PARAMS = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=0)
 
 
-def config(model: Path, tp: int) -> EngineConfig:
+def config(model: Path, tp: int, pp: int = 1) -> EngineConfig:
     # a small token budget: long prompts are prefilled in chunks beside running decodes
     return EngineConfig(model=str(model), kv_cache_bytes=1 << 21, block_size=4,
-                        max_num_batched_tokens=24, tensor_parallel=tp)
+                        max_num_batched_tokens=24, tensor_parallel=tp, pipeline_parallel=pp)
 
 
 def answers(engine: LLMEngine) -> list[tuple[list[int], list[float]]]:
@@ -41,9 +42,10 @@ def single(tiny_model_dir: Path) -> list[tuple[list[int], list[float]]]:
     return answers(LLMEngine(config(tiny_model_dir, 1)))
 
 
-@pytest.fixture(scope="module", params=[2, 4])
+@pytest.fixture(scope="module", params=[(2, 1), (4, 1), (1, 2), (2, 2)],
+                ids=["tp2", "tp4", "pp2", "tp2xpp2"])
 def parallel(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[LLMEngine]:
-    engine = LLMEngine(config(tiny_model_dir, request.param))
+    engine = LLMEngine(config(tiny_model_dir, *request.param))
     try:
         yield engine
     finally:
@@ -96,7 +98,7 @@ def test_a_rank_killed_mid_stream_fails_the_step_clearly(tiny_model_dir: Path) -
         rank1 = engine.group.procs[0]
         rank1.kill()
         rank1.wait()
-        with pytest.raises(RankLostError, match="tensor-parallel rank is gone"):
+        with pytest.raises(RankLostError, match="parallel rank is gone"):
             while engine.has_unfinished_requests():
                 engine.step()
     finally:

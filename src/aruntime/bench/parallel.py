@@ -1,10 +1,12 @@
-"""`aruntime bench parallel [--quick] [--json FILE] [--model M] [--tensor-parallel N]`: the
-engine on one rank, then sharded over N ranks (processes joined by gloo, each with its share of
-the machine's threads), on the same greedy batch in the same run: each step's time split into
-compute and communication (rank 0's time inside the model's all-reduces and all-gathers), the
-bytes rank 0 put into them per token processed and per token generated, the steps' own
-broadcast bytes, tokens/s and the scaling efficiency (speed-up over N). Ratio last: tokens/s
-with N ranks over one. The greedy tokens of both are checked equal before any figure counts.
+"""`aruntime bench parallel [--quick] [--json FILE] [--model M] [--tensor-parallel N]
+[--pipeline-parallel M]`: the engine on one rank, sharded over N ranks, and split into M
+pipeline stages (processes joined by gloo, each with its share of the machine's threads), on the
+same greedy batch in the same run: each step's time split into compute and communication (rank
+0's time inside the collectives and the stage-to-stage sends and receives — for a pipeline,
+waiting on the later stages counts as communication), the bytes rank 0 put into them per token
+processed and per token generated, the steps' own broadcast bytes, tokens/s and the scaling
+efficiency (speed-up over the ranks). Ratio last: tokens/s with N tensor-parallel ranks over
+one. The greedy tokens of every configuration are checked equal before any figure counts.
 
 On the default model (SmolLM2-135M: 9 attention heads, 3 KV heads) N must divide 9: the bench
 runs the demo model (8 heads) by default, so that N = 2 applies."""
@@ -26,6 +28,7 @@ from aruntime.errors import UsageError
 class Workload:
     model: str
     tensor_parallel: int
+    pipeline_parallel: int
     prompts: int
     prompt_tokens: int
     new_tokens: int
@@ -33,12 +36,16 @@ class Workload:
 
     def describe(self) -> str:
         return (f"{self.prompts} greedy prompts of {self.prompt_tokens} tokens, "
-                f"{self.new_tokens} new tokens each, on 1 rank and on {self.tensor_parallel} "
-                f"(gloo on loopback); the median of {self.repeats} runs each")
+                f"{self.new_tokens} new tokens each, on 1 rank, on {self.tensor_parallel} "
+                f"tensor-parallel ranks and on {self.pipeline_parallel} pipeline stages (gloo "
+                f"on loopback); the median of {self.repeats} runs each")
+
+    def configs(self) -> list[tuple[int, int]]:
+        return [(1, 1), (self.tensor_parallel, 1), (1, self.pipeline_parallel)]
 
 
-FULL = Workload("demo", 2, 8, 64, 32, 3)
-QUICK = Workload("demo", 2, 4, 32, 8, 1)
+FULL = Workload("demo", 2, 2, 8, 64, 32, 3)
+QUICK = Workload("demo", 2, 2, 4, 32, 8, 1)
 
 
 @dataclass
@@ -75,17 +82,18 @@ def _run(engine: Any, w: Workload) -> Run:
     generated = sum(len(t) for t in out.values())
     return Run([out[k] for k in sorted(out)], seconds, steps, comm,
                (c.comm_bytes - bytes0) if c else 0, (c.step_bytes - steps0) if c else 0,
-               w.prompts * w.prompt_tokens + generated, generated)
+               # each sequence's last token is sampled, never run through the model
+               w.prompts * (w.prompt_tokens - 1) + generated, generated)
 
 
-def _measure(model: Path, w: Workload, ranks: int) -> list[Run]:
+def _measure(model: Path, w: Workload, tp: int, pp: int) -> list[Run]:
     from aruntime.engine.config import EngineConfig
     from aruntime.engine.llm_engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=str(model), tensor_parallel=ranks,
+    engine = LLMEngine(EngineConfig(model=str(model), tensor_parallel=tp, pipeline_parallel=pp,
                                     enable_prefix_caching=False))
     try:
-        _run(engine, Workload(w.model, ranks, 2, 8, 2, 1))  # warm: first calls, thread pools
+        _run(engine, Workload(w.model, tp, pp, 2, 8, 2, 1))  # warm: first calls, thread pools
         return [_run(engine, w) for _ in range(w.repeats)]
     finally:
         engine.close()
@@ -110,6 +118,27 @@ def _report(report: Report, label: str, s: dict[str, float]) -> None:
     report.reading(label.replace(" ", "_"), s)
 
 
+def _figures(w: Workload, s1: dict[str, float], sn: dict[str, float],
+             sp: dict[str, float]) -> dict[str, float | int | str]:
+    ratio = sn["tokens_per_s"] / s1["tokens_per_s"]
+    return {"tokens_per_s_tp1": round(s1["tokens_per_s"], 2),
+            "tokens_per_s_tpn": round(sn["tokens_per_s"], 2),
+            "tokens_per_s_ppm": round(sp["tokens_per_s"], 2),
+            "tensor_parallel": w.tensor_parallel, "pipeline_parallel": w.pipeline_parallel,
+            "step_ms_tp1": round(s1["step_ms"], 3),
+            "step_ms_tpn": round(sn["step_ms"], 3), "comm_ms_tpn": round(sn["comm_ms"], 3),
+            "compute_ms_tpn": round(sn["step_ms"] - sn["comm_ms"], 3),
+            "step_ms_ppm": round(sp["step_ms"], 3), "comm_ms_ppm": round(sp["comm_ms"], 3),
+            "compute_ms_ppm": round(sp["step_ms"] - sp["comm_ms"], 3),
+            "comm_bytes_per_token": round(sn["comm_bytes_per_token"], 1),
+            "comm_bytes_per_generated_token": round(sn["comm_bytes_per_generated_token"], 1),
+            "pp_comm_bytes_per_token": round(sp["comm_bytes_per_token"], 1),
+            "scaling_efficiency": round(ratio / w.tensor_parallel, 3),
+            "pp_scaling_efficiency": round(sp["tokens_per_s"] / s1["tokens_per_s"]
+                                           / w.pipeline_parallel, 3),
+            "ratio": round(ratio, 3)}
+
+
 def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None = None,
               smoke: bool = False) -> Outcome:
     from aruntime.bench import hardware
@@ -121,28 +150,26 @@ def run_bench(w: Workload, *, json_file: Path | None = None, out: TextIO | None 
     model = f"{path.name}@{load_checkpoint(path).revision}"
     note, started, report = progress_notes(), time.perf_counter(), Report(out)
     hw = hardware.describe("cpu")
-    report.lines([f"aruntime bench parallel: the engine on 1 rank and on {w.tensor_parallel}",
-                  f"hardware: {hardware.summary(hw)}", f"workload: {w.describe()}", ""])
-    note("1 rank")
-    one = _measure(path, w, 1)
-    note(f"{w.tensor_parallel} ranks")
-    many = _measure(path, w, w.tensor_parallel)
-    if any(a.tokens != b.tokens for a, b in zip(one, many, strict=True)):
-        raise RuntimeError("the sharded engine's greedy tokens differ from one rank's")
-    s1, sn = _summary(one), _summary(many)
-    _report(report, "TP=1", s1)
-    _report(report, f"TP={w.tensor_parallel}", sn)
-    ratio = sn["tokens_per_s"] / s1["tokens_per_s"]
-    efficiency = ratio / w.tensor_parallel
-    report.line(f"  greedy tokens equal on both; scaling efficiency {efficiency:.0%}")
-    figures: dict[str, float | int | str] = {
-        "tokens_per_s_tp1": round(s1["tokens_per_s"], 2),
-        "tokens_per_s_tpn": round(sn["tokens_per_s"], 2), "tensor_parallel": w.tensor_parallel,
-        "step_ms_tpn": round(sn["step_ms"], 3), "comm_ms_tpn": round(sn["comm_ms"], 3),
-        "compute_ms_tpn": round(sn["step_ms"] - sn["comm_ms"], 3),
-        "comm_bytes_per_token": round(sn["comm_bytes_per_token"], 1),
-        "comm_bytes_per_generated_token": round(sn["comm_bytes_per_generated_token"], 1),
-        "scaling_efficiency": round(efficiency, 3), "ratio": round(ratio, 3)}
+    report.lines(["aruntime bench parallel: the engine on 1 rank, tensor-parallel and "
+                  "pipeline-parallel", f"hardware: {hardware.summary(hw)}",
+                  f"workload: {w.describe()}", ""])
+    runs = {}
+    for tp, pp in w.configs():
+        note(f"TP={tp} PP={pp}")
+        runs[tp, pp] = _measure(path, w, tp, pp)
+    base = runs[1, 1]
+    if any(a.tokens != b.tokens for rs in runs.values() for a, b in zip(base, rs, strict=True)):
+        raise RuntimeError("a parallel engine's greedy tokens differ from one rank's")
+    summary = {k: _summary(v) for k, v in runs.items()}
+    for (tp, pp), sm in summary.items():
+        _report(report, f"TP={tp} PP={pp}", sm)
+    s1 = summary[1, 1]
+    sn, sp = summary[w.tensor_parallel, 1], summary[1, w.pipeline_parallel]
+    figures = _figures(w, s1, sn, sp)
+    ratio, efficiency = float(figures["ratio"]), float(figures["scaling_efficiency"])
+    report.line(f"  greedy tokens equal in every configuration; scaling efficiency: tensor "
+                f"parallel {efficiency:.0%}, pipeline {float(figures['pp_scaling_efficiency']):.0%}"
+                f" (its stages run one after another: no micro-batches yet)")
     report.reading("metrics", figures)
     claim = ClaimSpec(
         statement=(f"Sharded over {w.tensor_parallel} tensor-parallel ranks on this machine, "
@@ -164,13 +191,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a few short prompts, one run")
     parser.add_argument("--model", default=None, help="demo (default), default, or a path")
     parser.add_argument("--tensor-parallel", type=int, default=2, metavar="N")
+    parser.add_argument("--pipeline-parallel", type=int, default=2, metavar="M")
     add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     base = QUICK if args.quick else FULL
-    w = Workload(args.model or base.model, args.tensor_parallel, base.prompts,
-                 base.prompt_tokens, base.new_tokens, base.repeats)
+    w = Workload(args.model or base.model, args.tensor_parallel, args.pipeline_parallel,
+                 base.prompts, base.prompt_tokens, base.new_tokens, base.repeats)
     try:
         run_bench(w, json_file=json_path(args), smoke=args.quick)
     except ValueError as exc:  # a model the ranks cannot share: one line

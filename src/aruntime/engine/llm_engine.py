@@ -21,7 +21,7 @@ from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.logits_processors import LogitsProcessors
 from aruntime.engine.loop_board import BoardReader
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
-from aruntime.engine.parallel.group import TensorParallelGroup
+from aruntime.engine.parallel.group import ParallelGroup
 from aruntime.engine.runner import ModelRunner, PromptLogits
 from aruntime.engine.sampler import logprobs_of, prompt_logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
@@ -55,7 +55,7 @@ class LLMEngine:
                       mc.max_position_embeddings)
         if mc.sliding_window:  # within the window, sliding attention is full attention
             max_len = min(max_len, mc.sliding_window)
-        self.group = TensorParallelGroup(config, max_len) if config.tensor_parallel > 1 else None
+        self.group = ParallelGroup(config, max_len) if config.ranks > 1 else None
         self.runner = ModelRunner(config, mc, ckpt.weights(config.kbs_url), max_len,
                                   self.group.collectives if self.group else None)
         self.runner.group = self.group

@@ -143,8 +143,13 @@ class LlamaForCausalLM(nn.Module):
         """Logits for the rows in `logits_rows` only: the LM head is the largest matmul, and only
         each sampling sequence's last token needs it. `dispatch` runs each dense part (a
         compiled backend's, engine/backends/); by default, eagerly."""
+        x = self.run_layers(self.embed_tokens(token_ids), batch, dispatch)
+        return self.logits(x, logits_rows, dispatch)
+
+    def run_layers(self, x: torch.Tensor, batch: AttentionBatch,
+                   dispatch: Dispatch | None = None) -> torch.Tensor:
+        """The decoder layers over hidden states x [T, hidden] (a pipeline stage's alone)."""
         run = dispatch or self.run_part
-        x = self.embed_tokens(token_ids)
         cos, sin = self.rotary.tables(batch.positions, x.dtype)
         t = x.shape[0]
         for layer in self.decoder_layers():
@@ -152,9 +157,13 @@ class LlamaForCausalLM(nn.Module):
             q, k, v = run("before", i, x, cos, sin, *layer.before_weights())
             attn = paged_attention(q, k, v, batch, i)
             x = run("after", i, x, attn.reshape(t, -1), *layer.after_weights())
-        logits: torch.Tensor = run("head", HEAD, x[logits_rows], self.norm.weight,
-                                   self.lm_head.weight_t)
-        return logits
+        return x
+
+    def logits(self, x: torch.Tensor, rows: torch.Tensor,
+               dispatch: Dispatch | None = None) -> torch.Tensor:
+        out: torch.Tensor = (dispatch or self.run_part)("head", HEAD, x[rows], self.norm.weight,
+                                                        self.lm_head.weight_t)
+        return out
 
     def weights_of(self, part: str, layer: int) -> tuple[torch.Tensor, ...]:
         """The weights a part takes after its activations, for one layer (the head: -1)."""

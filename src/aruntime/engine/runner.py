@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from aruntime.engine.attention import (
     AttentionBatch,
@@ -37,13 +38,18 @@ class StepSender(Protocol):
 
 
 class TPCollectives(Protocol):
-    """One rank's group (engine/parallel/group.py's Collectives)."""
+    """One rank's groups (engine/parallel/group.py's Collectives)."""
 
-    rank: int
-    world: int
+    stage: int  # its pipeline stage, of pp
+    pp: int
+    tp_rank: int  # its shard of the stage, of tp
+    tp: int
 
+    def peer(self, stage: int) -> int: ...
     def reduce(self, t: torch.Tensor) -> None: ...
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]: ...
+    def send(self, t: torch.Tensor, dst: int) -> None: ...
+    def recv(self, t: torch.Tensor, src: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -80,11 +86,17 @@ class ModelRunner:
         self.dtype = DTYPES[config.dtype]
         self.block_size = config.block_size
         mc = model_config
+        whole = mc
         if collectives is not None:
-            self.model, weights, mc = _shard_model(mc, weights, max_positions, collectives)
+            self.model, weights, mc = _parallel_model(mc, weights, max_positions, collectives)
         else:
             self.model = LlamaForCausalLM(mc, max_positions)
         self.model.load_weights(weights)
+        self.forward: nn.Module = self.model  # a pipeline stage's: its part of the step
+        if collectives is not None and config.pipeline_parallel > 1:
+            from aruntime.engine.parallel.pipeline import PipelineStage
+
+            self.forward = PipelineStage(self.model, collectives, whole.vocab_size)
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
         per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
@@ -192,8 +204,8 @@ class ModelRunner:
         elif tables:
             self._decode_groups(batch, tables, lens)
         dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
-        out: torch.Tensor = self.model(tokens, batch, torch.tensor(step.rows, dtype=torch.long,
-                                                                   device=dev), dispatch)
+        out: torch.Tensor = self.forward(tokens, batch, torch.tensor(step.rows, dtype=torch.long,
+                                                                     device=dev), dispatch)
         return out
 
     def _graph_step(self, name: str, tokens: torch.Tensor, batch: AttentionBatch,
@@ -253,17 +265,24 @@ class ModelRunner:
         batch.scratch = self._scratch
 
 
-def _shard_model(mc: ModelConfig, weights: dict[str, torch.Tensor], max_positions: int,
-                 c: TPCollectives) -> tuple[LlamaForCausalLM, dict[str, torch.Tensor], ModelConfig]:
-    """A tensor-parallel rank's model, its weights and the config its KV pool is sized by."""
+def _parallel_model(mc: ModelConfig, weights: dict[str, torch.Tensor], max_positions: int,
+                    c: TPCollectives) -> tuple[LlamaForCausalLM, dict[str, torch.Tensor],
+                                               ModelConfig]:
+    """A rank's model — its stage's layers, its shard of them — its weights, and the config
+    its KV pool is sized by."""
+    from aruntime.engine.parallel.pipeline import stage_config, stage_weights
     from aruntime.engine.parallel.shard import Shard, local_config, local_weights, vocab_rows
     from aruntime.engine.parallel.tp_parts import tp_parts_of
 
-    shard = Shard(c.rank, c.world)
-    local = local_config(mc, shard)
-    model = LlamaForCausalLM(local, max_positions, head_rows=vocab_rows(mc, c.world),
+    staged = stage_config(mc, c.pp)
+    weights = stage_weights(weights, mc, c.stage, c.pp)
+    if c.tp == 1:
+        return LlamaForCausalLM(staged, max_positions), weights, staged
+    shard = Shard(c.tp_rank, c.tp)
+    local = local_config(staged, shard)
+    model = LlamaForCausalLM(local, max_positions, head_rows=vocab_rows(mc, c.tp),
                              parts=tp_parts_of(local, c.reduce, c.gather, mc.vocab_size))
-    return model, local_weights(weights, mc, shard), local
+    return model, local_weights(weights, staged, shard), local
 
 
 def _prompt_logits(spans: list[tuple[Sequence, int, int, int]], logits: torch.Tensor,

@@ -98,6 +98,9 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                          help="each engine worker shards the model over N ranks (processes on "
                               "this machine joined by gloo): heads, MLP columns, vocabulary")
+    workers.add_argument("--pipeline-parallel", type=int, default=1, metavar="M",
+                         help="each engine worker's layers split into M stages, a rank each "
+                              "(with --tensor-parallel N: M stages of N shards)")
     workers.add_argument("--workers", type=int, default=1, metavar="N",
                          help="engine core processes on this machine, behind one router")
     workers.add_argument("--router-policy", default="kv",
@@ -259,7 +262,8 @@ def _started_client(args: argparse.Namespace, model: Path
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs,
             backends=args.backends, backends_dir=str(_data_dir(args) / "backends"),
-            loop_board=args.loop_board, tensor_parallel=args.tensor_parallel)
+            loop_board=args.loop_board, tensor_parallel=args.tensor_parallel,
+            pipeline_parallel=args.pipeline_parallel)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

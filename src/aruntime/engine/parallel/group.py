@@ -1,7 +1,8 @@
-"""A tensor-parallel group on one machine: rank 0 is the engine (its scheduler, its sampler),
-ranks 1..N-1 are processes of their own (engine/parallel/rank.py) running the same model
-shard by shard, joined by torch.distributed's gloo over loopback TCP (a process group of its
-own, not the process-global default, so one process may hold several). Each step, rank 0 sends
+"""A tensor- and pipeline-parallel group on one machine: rank 0 is the engine (its scheduler,
+its sampler), ranks 1..N-1 are processes of their own (engine/parallel/rank.py), rank
+`stage * tp + t` holding stage `stage`'s layers, shard t; joined by torch.distributed's gloo
+over loopback TCP (process groups of their own — one over every rank, one over each stage's
+shards — never the process-global default, so one process may hold several). Each step, rank 0 sends
 the step's plain inputs (runner.PlainStep, pickled) and every rank runs it; the collectives
 inside the model (engine/parallel/tp_parts.py) keep them in lockstep. A rank that dies makes
 the next collective fail (gloo sees its socket close, or TIMEOUT_S passes), so a step never
@@ -19,6 +20,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed import (  # type: ignore[attr-defined]  # not in torch's stubs
+    PrefixStore,
+    TCPStore,
+)
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.runner import PlainStep
@@ -34,7 +39,7 @@ def _waited(work: Any, what: str) -> None:
     try:
         work.wait()
     except RuntimeError as exc:
-        raise RankLostError(f"a tensor-parallel rank is gone ({what} failed: {exc})") from None
+        raise RankLostError(f"a parallel rank is gone ({what} failed: {exc})") from None
 
 
 class Collectives:
@@ -42,25 +47,46 @@ class Collectives:
     spent in the model's collectives and the bytes each contributed (`aruntime bench
     parallel` reads them), and the step broadcasts' bytes apart."""
 
-    def __init__(self, store: dist.TCPStore, rank: int, world: int) -> None:
-        self.rank, self.world = rank, world
-        self.comm_ns = 0  # inside all-reduce and all-gather
+    def __init__(self, store: TCPStore, rank: int, tp: int, pp: int) -> None:
+        self.rank, self.world, self.tp, self.pp = rank, tp * pp, tp, pp
+        self.stage, self.tp_rank = divmod(rank, tp)
+        self.comm_ns = 0  # inside all-reduce, all-gather, send and receive
         self.comm_bytes = 0  # this rank's tensors into them
         self.step_bytes = 0  # the steps' plain inputs broadcast
+        timeout = timedelta(seconds=TIMEOUT_S)
         # Any: torch's stubs leave out the group's own collectives
-        self.pg: Any = dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=TIMEOUT_S))
+        self.pg: Any = dist.ProcessGroupGloo(store, rank, self.world, timeout)
+        self.tp_pg: Any = self.pg  # the stage's shards: every rank, without stages
+        if tp > 1 and pp > 1:
+            self.tp_pg = dist.ProcessGroupGloo(PrefixStore(f"stage{self.stage}", store),
+                                               self.tp_rank, tp, timeout)
+
+    def peer(self, stage: int) -> int:
+        """The rank holding this rank's shard of `stage`."""
+        return stage * self.tp + self.tp_rank
 
     def reduce(self, t: torch.Tensor) -> None:
         started = time.perf_counter_ns()
-        _waited(self.pg.allreduce([t]), "all-reduce")
+        _waited(self.tp_pg.allreduce([t]), "all-reduce")
         self._count(t, started)
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter_ns()
-        out = [torch.empty_like(t) for _ in range(self.world)]
-        _waited(self.pg.allgather([out], [t]), "all-gather")
+        out = [torch.empty_like(t) for _ in range(self.tp)]
+        _waited(self.tp_pg.allgather([out], [t]), "all-gather")
         self._count(t, started)
         return out
+
+    def send(self, t: torch.Tensor, dst: int) -> None:
+        """A pipeline stage's output to the next stage (or the logits to rank 0)."""
+        started = time.perf_counter_ns()
+        _waited(self.pg.send([t], dst, 0), "a send to the next stage")
+        self._count(t, started)
+
+    def recv(self, t: torch.Tensor, src: int) -> None:
+        started = time.perf_counter_ns()
+        _waited(self.pg.recv([t], src, 0), "a receive from the previous stage")
+        self.comm_ns += time.perf_counter_ns() - started
 
     def _count(self, t: torch.Tensor, started: int) -> None:
         self.comm_ns += time.perf_counter_ns() - started
@@ -84,17 +110,17 @@ class Collectives:
         _waited(self.pg.broadcast([t], opts), "the step's broadcast")
 
 
-class TensorParallelGroup:
+class ParallelGroup:
     """Rank 0's side: starts the other ranks, joins them, sends each step (the runner's
     StepSender), and closes them."""
 
     def __init__(self, config: EngineConfig, max_positions: int) -> None:
-        world = config.tensor_parallel
+        world = config.ranks
         # the ranks share this machine's CPUs: each runs its share of torch's threads
         self.threads_before = torch.get_num_threads()
         threads = threads_per_rank(world)
         torch.set_num_threads(threads)
-        store = dist.TCPStore("127.0.0.1", 0, world, True, timedelta(seconds=TIMEOUT_S),
+        store = TCPStore("127.0.0.1", 0, world, True, timedelta(seconds=TIMEOUT_S),
                               wait_for_workers=False)  # they start below
         self.procs = [subprocess.Popen([sys.executable, "-m", "aruntime.engine.parallel.rank"],
                                        stdin=subprocess.PIPE)
@@ -104,7 +130,8 @@ class TensorParallelGroup:
             proc.stdin.write(pickle.dumps((config, rank, store.port, max_positions, threads)))
             proc.stdin.close()
         self.store = store
-        self.collectives = Collectives(store, 0, world)
+        self.collectives = Collectives(store, 0, config.tensor_parallel,
+                                       config.pipeline_parallel)
 
     def send(self, step: PlainStep) -> None:
         self.collectives.broadcast(pickle.dumps(step))

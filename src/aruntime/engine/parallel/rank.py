@@ -1,4 +1,4 @@
-"""A tensor-parallel rank other than 0, started by engine/parallel/group.py: its shard of the
+"""A parallel rank other than 0, started by engine/parallel/group.py: its shard of the
 model and of the KV pool, each step rank 0 sends it run in lockstep, until the group closes
 (or a collective fails: a rank is gone, and this one exits too). Its arguments come pickled on
 stdin from its parent, never from a command line."""
@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # not in torch's stubs
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.loader import load_checkpoint
@@ -22,10 +22,10 @@ def main() -> int:
     config, rank, port, max_positions, threads = pickle.loads(sys.stdin.buffer.read())
     assert isinstance(config, EngineConfig)
     torch.set_num_threads(threads)
-    store = dist.TCPStore("127.0.0.1", port, config.tensor_parallel, False,
+    store = TCPStore("127.0.0.1", port, config.ranks, False,
                           timedelta(seconds=TIMEOUT_S))
     ckpt = load_checkpoint(config.model)
-    group = Collectives(store, rank, config.tensor_parallel)
+    group = Collectives(store, rank, config.tensor_parallel, config.pipeline_parallel)
     runner = ModelRunner(config, ckpt.config, ckpt.weights(config.kbs_url), max_positions,
                          collectives=group)
     try:
