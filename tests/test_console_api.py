@@ -11,41 +11,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from console_server import console_server, make_keys
 
-from aruntime.engine.config import EngineConfig
-from aruntime.policy.api_keys import KEYS_FILE, KeyAuth, KeyStore
-from aruntime.policy.cedar_authorizer import CedarAuthorizer, CedarPolicy
-from aruntime.serve.launch import BackgroundServer, background_server
-
-POLICY = """
-@id("own-tenant")
-permit (principal, action, resource) when { context.tenant == principal.tenant };
-@id("console-for-operators")
-forbid (principal, action == ARuntime::Action::"admin", resource == ARuntime::Console::"console")
-unless { principal.roles.contains("operator") };
-"""
-REPO = Path(__file__).resolve().parents[1]
+from aruntime.serve.launch import BackgroundServer
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     data = tmp_path_factory.mktemp("console")
-    store = KeyStore(data / KEYS_FILE)
-    made = {"operator": store.create("acme", "olga", ("operator",))[1].reveal(),
-            "user": store.create("acme", "ursula", ("user",))[1].reveal()}
-    return data, made
+    return data, make_keys(data)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, keys: tuple[Path, dict[str, str]]
            ) -> Iterator[BackgroundServer]:
-    data, _ = keys
-    config = EngineConfig(model=str(tiny_model_dir), kv_cache_bytes=2 * 1024 * 1024,
-                          max_model_len=128)
-    with background_server(config, data, served_model_name="tiny", workers=2,
-                           authenticator=KeyAuth(KeyStore(data / KEYS_FILE)),
-                           authorizer=CedarAuthorizer(CedarPolicy.parse(POLICY)),
-                           claims_root=REPO) as srv:
+    with console_server(tiny_model_dir, keys[0]) as srv:
         yield srv
 
 
@@ -88,7 +68,7 @@ def test_every_view_shows_what_the_server_did(server: BackgroundServer,
         assert answer.status_code == 200
         request_id = answer.json()["id"]
         traffic = c.get("/v1/console/traffic").json()
-        mine = [r for r in traffic["requests"] if r["tenant"] == "acme"]
+        mine = [r for r in traffic["requests"] if r["response_id"] == answer.json()["id"]]
         assert mine and mine[-1]["tokens"] == 5 and mine[-1]["ttft_s"] is not None
         assert mine[-1]["model"] == "tiny" and mine[-1]["e2e_s"] >= mine[-1]["ttft_s"]
         assert c.get("/v1/console/traffic", params={"since": traffic["now"]}).json()[
@@ -102,6 +82,7 @@ def test_every_view_shows_what_the_server_did(server: BackgroundServer,
         assert policy["version"] == server.app.state.server.authorizer.version
         assert any(d["action"] == "invoke_model" and d["principal"] == "olga"
                    for d in policy["decisions"])
+        assert {d["via"] for d in policy["decisions"] if d["action"] == "admin"} == {"console"}
         assert policy["denials_by_rule"]["console-for-operators"] == denied  # none since
         assert any(d["decision"] == "deny" and d["principal"] == "ursula"
                    for d in policy["decisions"])

@@ -82,11 +82,12 @@ def record_decision(state: ServerState, who: Principal, decision: Decision, via:
 
 def decide(request: Request, action: Action, resource: Resource,
            context: Mapping[str, Any] | None = None, *, enforce: bool = True,
-           log: bool = False) -> Decision:
+           log: bool = False, via: str = "http") -> Decision:
     """Ask the policy; record the decision; 403 when it denies and the mode enforces (unless
     `enforce` is False: a filter, such as listing only the permitted models). The decision log
     gets it when `log` says no other record will (a read), and whenever it refuses: a refused
-    request writes no evidence record of its own."""
+    request writes no evidence record of its own. `via` names the decision point in the
+    records (the console's own reads say "console", so an operator can tell them apart)."""
     who = acting(request)
     state = state_of(request)
     uses = getattr(request.state, "uses", None)  # a policy rollout's assignment, if any
@@ -95,9 +96,9 @@ def decide(request: Request, action: Action, resource: Resource,
     if uses is not None and use is not None and use.shadow is not None:  # never enforced
         uses.shadow_refused |= not use.shadow.decide(who, action, resource, context).allowed
     decisions(request).append(decision)
-    state.recent_decisions.add(who, decision, "http")
+    state.recent_decisions.add(who, decision, via)
     if log or decision.enforced:
-        record_decision(state, who, decision, "http")
+        record_decision(state, who, decision, via)
     if enforce and decision.enforced:
         raise PermissionDeniedError(
             f"policy denies {action} on {decision.resource} to {who.id} (tenant {who.tenant})",

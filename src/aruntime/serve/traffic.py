@@ -21,7 +21,8 @@ RECENT = 2000
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    request_id: str
+    request_id: str  # the engine's, one per choice (`cmpl-…-0`)
+    response_id: str  # the API's (`cmpl-…`): the id the client was given
     at: float  # when it ended (Unix seconds)
     model: str
     tenant: str
@@ -52,7 +53,7 @@ class Traffic:
             arrived, first = last.arrival_time, last.first_token_time
             ttft = first - arrived if arrived and first is not None else None
             tpot = (end_time - first) / (tokens - 1) if first is not None and tokens > 1 else None
-            self.recent.append(Served(last.request_id, end_time, live[1], gen.tenant,
+            self.recent.append(Served(last.request_id, gen.id, end_time, live[1], gen.tenant,
                                       last.finish_reason or "abort", tokens, _s(ttft),
                                       _s(tpot), _s(end_time - arrived) if arrived else None))
 

@@ -25,7 +25,8 @@ from aruntime.serve.json_body import JsonBodyRoute
 from aruntime.serve.state import state_of
 from aruntime.timeutil import utc_now
 
-ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+ASSETS = {"console.js": "text/javascript", "ui.js": "text/javascript",
+          "actions.js": "text/javascript", "console.css": "text/css"}
 # the page runs only its own script and style, and talks only to this server
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -59,7 +60,7 @@ def console_asset(name: str) -> Response:
 
 
 def _operator(request: Request) -> None:
-    decide(request, Action.ADMIN, CONSOLE)
+    decide(request, Action.ADMIN, CONSOLE, via="console")
 
 
 @router.get("/me")
