@@ -20,10 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed import (  # type: ignore[attr-defined]  # not in torch's stubs
-    PrefixStore,
-    TCPStore,
-)
+from torch._C._distributed_c10d import PrefixStore, TCPStore  # where torch's stubs have them
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.runner import PlainStep

@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 
 import torch
-from torch.distributed import TCPStore  # type: ignore[attr-defined]  # not in torch's stubs
+from torch._C._distributed_c10d import TCPStore  # where torch's stubs have it
 
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.loader import load_checkpoint
