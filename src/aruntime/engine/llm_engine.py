@@ -81,8 +81,8 @@ class LLMEngine:
         self._matchers: dict[str, GuidedMatcher] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        self._use_backends(config)
         self.gate = self._step_gate(config)
+        self._use_backends(config)  # its gate steps the engine
 
     def _use_backends(self, config: EngineConfig) -> None:
         """The dense parts on the backends `config.backends` names, each through the gate."""
