@@ -74,7 +74,8 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        key = signer or DeploymentKey.load_or_create(default_key_path(data := Path(data_dir)))
+        data = Path(data_dir)
+        key = signer or DeploymentKey.load_or_create(default_key_path(data))
         evidence: EvidenceLog[EvidenceRecord] = EvidenceLog(data / "evidence.jsonl", key)
         decision_log = EvidenceLog(data / "decisions.jsonl", key, contract=DecisionRecord)
         state = ServerState(client, tokenizer, model_name, model_info, demo, Path(data_dir),
@@ -104,9 +105,9 @@ def build_app(client: ServingPool, tokenizer: Tokenizer, model_name: str, *,
             app.state.runner.journal.close()
             await _shut_engines(state, client if owns_client else None, model_release)
 
-    app = FastAPI(title="ARuntime", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url="/openapi.json")
-    return _routed(app, mcp, max_body_bytes)
+    return _routed(FastAPI(title="ARuntime", version=__version__, lifespan=lifespan,
+                           docs_url=None, redoc_url=None, openapi_url="/openapi.json"),
+                   mcp, max_body_bytes)
 
 
 async def _shut_engines(state: ServerState, owned: ServingPool | None,
