@@ -25,6 +25,11 @@ SIZE = HEADER.size + SLOTS * ENTRY.size
 SEQ_AT = HEADER.size - 8
 
 
+def _slot(k: int) -> int:
+    """Where entry k lies."""
+    return HEADER.size + (k % SLOTS) * ENTRY.size
+
+
 def _open(path: Path, create: bool) -> mmap.mmap:
     fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
     try:
@@ -51,8 +56,7 @@ class LoopBoard:
     def publish(self, ended_ns: int, slack_ns: int) -> None:
         """A step ended at `ended_ns` with `slack_ns` left before its deadline (negative: over)."""
         self._seq += 1
-        ENTRY.pack_into(self._map, HEADER.size + (self._seq % SLOTS) * ENTRY.size,
-                        self._seq, ended_ns, slack_ns)
+        ENTRY.pack_into(self._map, _slot(self._seq), self._seq, ended_ns, slack_ns)
         struct.pack_into("<q", self._map, SEQ_AT, self._seq)
 
     def close(self) -> None:
@@ -97,7 +101,7 @@ class BoardReader:
             self._epoch, self._seen = epoch, 0
         least, last, new = None, 0, 0
         for k in range(max(self._seen + 1, seq - SLOTS + 1), seq + 1):
-            at, ended, slack = ENTRY.unpack_from(self._map, HEADER.size + (k % SLOTS) * ENTRY.size)
+            at, ended, slack = ENTRY.unpack_from(self._map, _slot(k))
             if at != k:  # being overwritten, or never written
                 continue
             new += 1
@@ -105,7 +109,7 @@ class BoardReader:
             last = max(last, ended)
         self._seen = seq
         if not new and seq:
-            at, last, _ = ENTRY.unpack_from(self._map, HEADER.size + (seq % SLOTS) * ENTRY.size)
+            _, last, _ = ENTRY.unpack_from(self._map, _slot(seq))
         return Reading(period, floor, new, least, last)
 
     def close(self) -> None:

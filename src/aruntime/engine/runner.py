@@ -86,7 +86,6 @@ class ModelRunner:
         self.dtype = DTYPES[config.dtype]
         self.block_size = config.block_size
         mc = model_config
-        whole = mc
         if collectives is not None:
             self.model, weights, mc = _parallel_model(mc, weights, max_positions, collectives)
         else:
@@ -96,7 +95,7 @@ class ModelRunner:
         if collectives is not None and config.pipeline_parallel > 1:
             from aruntime.engine.parallel.pipeline import PipelineStage
 
-            self.forward = PipelineStage(self.model, collectives, whole.vocab_size)
+            self.forward = PipelineStage(self.model, collectives, model_config.vocab_size)
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
         per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
