@@ -1,5 +1,5 @@
 """`aruntime bench parallel` at small size: one rank, two tensor-parallel ranks and two
-pipeline stages on the tiny model, the same greedy tokens, each step split into compute and
+pipeline stages (whole steps, and in micro-batches) on the tiny model, the same greedy tokens, each step split into compute and
 communication, bytes per token, ratio last."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def test_the_bench_splits_each_step_and_reports_the_ratio_last(tiny_model_dir: P
     assert m["comm_bytes_per_token"] >= 2 * 2 * 64 * 4
     # a stage's hidden states to the next: 64 floats a token, at the least
     assert m["pp_comm_bytes_per_token"] >= 64 * 4
+    assert m["micro_batch_gain"] > 0 and m["tokens_per_s_ppm_whole_steps"] > 0
     assert (tmp_path / "claim.json").is_file()
 
 
@@ -34,4 +35,4 @@ def test_a_model_the_ranks_cannot_share_is_one_line(tiny_model_dir: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "parallel", "--quick", "--model", str(tiny_model_dir),
                  "--tensor-parallel", "3"]) == 2
-    assert "do not divide by 3" in capsys.readouterr().err
+    assert "3 ranks do not split their 4 attention heads" in capsys.readouterr().err

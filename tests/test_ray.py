@@ -1,7 +1,8 @@
 """`aruntime serve --ray` on a real local Ray cluster (one for the module): workers are Ray
 actors placed by role, the KV goes from prefill to decode through Ray's object store, greedy
-outputs equal a single engine's, routing reuses a worker's prefix, and a decode actor killed
-mid-stream fails its request clearly while the other one serves the next."""
+outputs equal a single engine's (tensor-parallel groups of actors too), routing reuses a
+worker's prefix, and a decode actor killed mid-stream fails its request clearly while the
+other one serves the next."""
 
 from __future__ import annotations
 
@@ -99,6 +100,23 @@ def test_an_exported_prefix_is_reused_by_another_engine_and_a_foreign_one_is_ref
     out = second.generate([ids], GREEDY)[0]
     assert out.num_cached_tokens == blocks * BLOCK
     assert out.new_token_ids == first.generate([ids], GREEDY)[0].new_token_ids
+
+
+def test_parallel_groups_of_ray_actors_hand_whole_blocks_and_equal_one_engine(
+        cluster: None, tiny_model_dir: Path, prompts: list[list[int]],
+        expected: list[list[int]]) -> None:
+    """--ray, disaggregated, --tensor-parallel 2: each worker's second rank is a Ray actor,
+    and the prefill group's whole blocks restore into the decode group's shards."""
+    tp2 = dataclasses.replace(config(tiny_model_dir), tensor_parallel=2)
+    for pool in _started(RayDisaggregatedPool(tp2, 1, 1)):
+        async def main(group: RayDisaggregatedPool) -> None:
+            for i, ids in enumerate(prompts):
+                assert await tokens(group, f"tp{i}", ids) == expected[i], f"prompt {i}"
+
+        within(main(pool))
+        assert pool.handoffs.blocks == sum((len(ids) - 1) // BLOCK for ids in prompts)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+        assert sum(n.startswith("aruntime-rank1-of-") for n in names) == 2, names
 
 
 def test_disaggregated_actors_hand_kv_through_the_object_store_and_equal_one_engine(

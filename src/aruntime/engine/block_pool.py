@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aruntime.kv.events import BlockRemoved, BlockStored, EventBuffer
+from aruntime.kv.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBuffer
 from aruntime.kv.keys import BlockKey
 
 
@@ -112,3 +112,13 @@ class BlockPool:
         self._cached[key] = block_id
         if self.events is not None:
             self.events.emit(BlockStored([key], None, list(token_ids), len(token_ids), "device"))
+
+    def forget_all(self) -> None:
+        """Every block unheld is forgotten (the memory behind them was lost: a parallel group
+        restarted). No sequence may still hold one."""
+        assert self.num_free == self.num_blocks, "forgetting blocks a sequence still holds"
+        self._cached.clear()
+        for block in self.blocks:
+            block.key, block.token_ids = None, ()
+        if self.events is not None:
+            self.events.emit(AllBlocksCleared("device"))

@@ -153,6 +153,8 @@ class EngineConfig:
     # ranks sharing the model (engine/parallel/): rank 0 is this engine, the others processes
     tensor_parallel: int = 1
     pipeline_parallel: int = 1  # the layers split into this many stages, a rank each
+    micro_batches: int = 0  # the parts a pipeline step is cut into, so stages overlap (0: one
+    # per stage; 1: none, each stage waiting on the one before it)
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -163,17 +165,13 @@ class EngineConfig:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError("dtype must be float32, bfloat16 or float16")
+        if self.micro_batches < 0:
+            raise ValueError("micro_batches must be 0 (one per stage) or more")
         if min(self.tensor_parallel, self.pipeline_parallel) < 1:
             raise ValueError("tensor_parallel and pipeline_parallel must be at least 1")
         if self.ranks > 1 and self.backends != "eager":
             raise ValueError("--tensor-parallel runs the eager parts (their collectives); "
                              "compiled --backends are for one rank")
-        kv = self.kv
-        if self.ranks > 1 and (kv.host_bytes or kv.disk_dir or kv.redis_url
-                                         or kv.transport_dir or kv.staged):
-            # a tier would keep rank 0's shard of each block only (issue 20, not yet)
-            raise ValueError("--tensor-parallel and --pipeline-parallel do not take KV tiers or "
-                             "a KV transport yet")
 
     @property
     def ranks(self) -> int:

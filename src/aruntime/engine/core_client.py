@@ -33,6 +33,7 @@ from aruntime.engine.core_proc import (
     ModelInfo,
     Outputs,
     RequestFailed,
+    RequestsLost,
     Shutdown,
     StatsReply,
     Stopped,
@@ -45,6 +46,7 @@ from aruntime.kv.keys import NO_SCOPE, CacheScope
 
 if TYPE_CHECKING:
     from aruntime.engine.llm_engine import LLMEngine
+    from aruntime.engine.parallel.launch import RankLauncher
 
 __all__ = ["EngineStartError", "InprocClient", "ModelInfo"]
 
@@ -155,6 +157,11 @@ class RoutingClient(EngineClient):
             q = self._queues.get(message.request_id)
             if q is not None:
                 q.put_nowait(ValueError(message.message))
+        elif isinstance(message, RequestsLost):
+            for request_id in message.request_ids:
+                q = self._queues.get(request_id)
+                if q is not None:
+                    q.put_nowait(EngineDeadError(message.message))
         elif isinstance(message, EngineFailed):
             self._fail(EngineDeadError(f"engine core failed: {message.message}"))
         elif isinstance(message, Stopped):
@@ -173,9 +180,10 @@ class RoutingClient(EngineClient):
 class InprocClient(RoutingClient):
     """An LLMEngine stepped on a background thread of this process; same semantics as MPClient."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, rank_launcher: RankLauncher | None = None) -> None:
         super().__init__()
         self.config = config
+        self.rank_launcher = rank_launcher  # a parallel group's other ranks: where they start
         self._commands: Any = None
         self._thread: threading.Thread | None = None
 
@@ -187,7 +195,7 @@ class InprocClient(RoutingClient):
         from aruntime.engine.llm_engine import LLMEngine
 
         try:
-            engine = LLMEngine(self.config)
+            engine = LLMEngine(self.config, self.rank_launcher)
         except Exception as exc:
             raise EngineStartError(f"engine failed to start: {described(exc)}") from exc
         self._commands = queue.Queue()

@@ -118,6 +118,14 @@ class RequestFailed(msgspec.Struct, tag="request_failed"):
     message: str
 
 
+class RequestsLost(msgspec.Struct, tag="requests_lost"):
+    """The engine lost these requests (a parallel rank died under them) and serves on: each
+    fails as if its worker had died (retried elsewhere if nothing was streamed yet)."""
+
+    request_ids: list[str]
+    message: str
+
+
 class EngineFailed(msgspec.Struct, tag="engine_failed"):
     """The engine could not start, or crashed; the core exits after sending this."""
 
@@ -128,7 +136,8 @@ class Stopped(msgspec.Struct, tag="stopped"):
     """The loop ended after a Shutdown; every live request was aborted before this."""
 
 
-CoreMessage = Ready | Outputs | StatsReply | RequestFailed | EngineFailed | Stopped
+CoreMessage = (Ready | Outputs | StatsReply | RequestFailed | RequestsLost | EngineFailed
+               | Stopped)
 
 command_encoder = msgspec.msgpack.Encoder()
 command_decoder = msgspec.msgpack.Decoder(Command)
@@ -208,7 +217,15 @@ class EngineLoop:
             self._handle(command)
 
     def _step(self) -> None:
-        outputs = self.engine.step()
+        from aruntime.engine.parallel.group import RankLostError
+
+        try:
+            outputs = self.engine.step()
+        except RankLostError as exc:  # its requests fail now; the group restarts after
+            self.emit(RequestsLost(sorted(self.live), str(exc)))
+            self.live.clear()
+            self.engine.recover_group()
+            return
         if self.publisher is not None:
             self.publisher.on_step()
         for out in outputs:

@@ -44,6 +44,8 @@ class DemoSize:
 
 SIZES = {
     "tiny": DemoSize(64, 2, 4, 2, 160, 2048),
+    # the default model's 3 query heads per KV head and 3 KV heads, which 2 ranks split unevenly
+    "tiny-gqa3": DemoSize(144, 2, 9, 3, 160, 2048),
     "small": DemoSize(512, 8, 8, 4, 1408, 32000),
 }
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",

@@ -22,6 +22,7 @@ from aruntime.engine.logits_processors import LogitsProcessors
 from aruntime.engine.loop_board import BoardReader
 from aruntime.engine.outputs import EngineStats, RequestOutput, TierStats, TokenLogprob
 from aruntime.engine.parallel.group import ParallelGroup
+from aruntime.engine.parallel.launch import RankLauncher
 from aruntime.engine.runner import ModelRunner, PromptLogits
 from aruntime.engine.sampler import logprobs_of, prompt_logprobs_of, sample
 from aruntime.engine.sampling import SamplingParams
@@ -29,6 +30,7 @@ from aruntime.engine.scheduler import ScheduledChunk, Scheduler
 from aruntime.engine.sequence import Sequence
 from aruntime.engine.step_gate import StepGate
 from aruntime.engine.stopping import StopChecker
+from aruntime.kv.connector import DeviceBlocks
 from aruntime.kv.events import EventBuffer, KVEventBatch
 from aruntime.kv.keys import (
     NO_SCOPE,
@@ -45,7 +47,9 @@ logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, rank_launcher: RankLauncher | None = None) -> None:
+        """`rank_launcher`: where a parallel group's other ranks start (default: processes of
+        this machine)."""
         ckpt = load_checkpoint(config.model)
         self.config = config
         self.tokenizer = ckpt.tokenizer
@@ -55,7 +59,8 @@ class LLMEngine:
                       mc.max_position_embeddings)
         if mc.sliding_window:  # within the window, sliding attention is full attention
             max_len = min(max_len, mc.sliding_window)
-        self.group = ParallelGroup(config, max_len) if config.ranks > 1 else None
+        self.group = (ParallelGroup(config, max_len, rank_launcher) if config.ranks > 1
+                      else None)
         self.runner = ModelRunner(config, mc, ckpt.weights(config.kbs_url), max_len,
                                   self.group.collectives if self.group else None)
         self.runner.group = self.group
@@ -65,7 +70,8 @@ class LLMEngine:
         self.events = EventBuffer() if config.kv.publishes else None
         self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, self.events)
         self.key_scheme = KeyScheme(config.block_size, self.revision)
-        self.kv = TierConnector.open(self.key_scheme, config.kv, self.runner, self.events)
+        self.kv = TierConnector.open(self.key_scheme, config.kv, self._device_blocks(),
+                                     self.events)
         self.scheduler = Scheduler(self.pool, config.block_size, config.max_num_seqs,
                                    config.max_num_batched_tokens, self.kv)
         eos = set(mc.eos_token_ids)
@@ -98,6 +104,16 @@ class LLMEngine:
                                   table_path(root, self.revision, config.dtype), self.revision)
         if dispatch is not None:
             greedy_gate(self, dispatch)
+
+    def _device_blocks(self) -> DeviceBlocks:
+        """The KV pool as the connector sees it: whole blocks, a parallel group's gathered."""
+        if self.group is None:
+            return self.runner
+        from aruntime.engine.parallel.kv_shards import WholeBlocks
+
+        c = self.config
+        return WholeBlocks(self.runner.kv_cache, self.model_config, c.tensor_parallel,
+                           c.pipeline_parallel, self.group)
 
     @staticmethod
     def _step_gate(config: EngineConfig) -> StepGate | None:
@@ -191,6 +207,19 @@ class LLMEngine:
         if self.group is not None:
             self.group.close()
             self.group = None
+
+    def recover_group(self) -> None:
+        """After a parallel rank was lost (RankLostError from `step`): every request dropped
+        (the caller fails them), the group's other ranks restarted, and the blocks they held
+        forgotten. Raises when the group cannot start again."""
+        if self.group is None:
+            raise RuntimeError("this engine runs no parallel group")
+        for seq in list(self.seqs.values()):
+            self._drop(seq)
+        self.group.restart()
+        self.pool.forget_all()
+        logger.warning("the parallel group restarted (%d so far); its requests were failed",
+                       self.group.restarts)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()

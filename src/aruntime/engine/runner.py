@@ -8,10 +8,9 @@ prompt positions of requests that asked for prompt logprobs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import nn
 
 from aruntime.engine.attention import (
     AttentionBatch,
@@ -27,6 +26,9 @@ from aruntime.engine.model import LlamaForCausalLM
 from aruntime.engine.scheduler import ScheduledChunk, SchedulerOutput
 from aruntime.engine.sequence import Sequence
 from aruntime.kv.block_format import BlockPayload, StaleBlockError
+
+if TYPE_CHECKING:
+    from aruntime.engine.parallel.pipeline import PipelineStage
 
 PromptLogits = tuple[Sequence, int, torch.Tensor]  # (seq, first position, a row per position)
 
@@ -48,8 +50,9 @@ class TPCollectives(Protocol):
     def peer(self, stage: int) -> int: ...
     def reduce(self, t: torch.Tensor) -> None: ...
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]: ...
-    def send(self, t: torch.Tensor, dst: int) -> None: ...
-    def recv(self, t: torch.Tensor, src: int) -> None: ...
+    def isend(self, t: torch.Tensor, dst: int, tag: int) -> Any: ...
+    def recv(self, t: torch.Tensor, src: int, tag: int = 0) -> None: ...
+    def wait(self, work: Any, what: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -65,6 +68,14 @@ class PlainStep:
     decode_tables: list[list[int]] = field(default_factory=list)
     decode_lens: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # logits rows: sampling, then prompt ones
+
+def payload_of(t: torch.Tensor) -> BlockPayload:
+    """A tensor's bytes, copied to host memory, as a block's payload."""
+    data = t.to("cpu").contiguous()
+    # bytes through a uint8 view: numpy has no bfloat16
+    return BlockPayload(bytearray(data.view(torch.uint8).numpy()),
+                        str(data.dtype).removeprefix("torch."), tuple(data.shape))
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -91,11 +102,12 @@ class ModelRunner:
         else:
             self.model = LlamaForCausalLM(mc, max_positions)
         self.model.load_weights(weights)
-        self.forward: nn.Module = self.model  # a pipeline stage's: its part of the step
+        self.stage: PipelineStage | None = None  # a pipeline stage's part of each step
         if collectives is not None and config.pipeline_parallel > 1:
             from aruntime.engine.parallel.pipeline import PipelineStage
 
-            self.forward = PipelineStage(self.model, collectives, model_config.vocab_size)
+            self.stage = PipelineStage(self.model, collectives, model_config.vocab_size)
+        self.micro_batches = config.micro_batches or config.pipeline_parallel
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
         per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
@@ -117,11 +129,7 @@ class ModelRunner:
 
     def read_block(self, block_id: int) -> BlockPayload:
         """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
-        data = self.kv_cache[:, :, :, block_id].to("cpu").contiguous()
-        # bytes through a uint8 view: numpy has no bfloat16
-        return BlockPayload(bytearray(data.view(torch.uint8).numpy()),
-                            str(data.dtype).removeprefix("torch."),
-                            tuple(data.shape))
+        return payload_of(self.kv_cache[:, :, :, block_id])
 
     def write_blocks(self, block_ids: list[int], payloads: list[BlockPayload]) -> None:
         """Restore blocks in one batched copy: per-block dispatch would cost a third of it.
@@ -182,13 +190,9 @@ class ModelRunner:
         tensor-parallel rank runs, rank 0 having sent the step to the others first."""
         if self.group is not None:
             self.group.send(step)
-        dev = self.device
-        batch = AttentionBatch(self.kv_cache, torch.tensor(step.positions, dtype=torch.long,
-                                                           device=dev),
-                               torch.tensor(step.slots, dtype=torch.long, device=dev),
-                               native=self.native)
-        batch.prefills = [self._segment(*p) for p in step.prefills]
-        tokens = torch.tensor(step.token_ids, dtype=torch.long, device=dev)
+        if self.stage is not None:
+            return self._run_stage(step)
+        tokens, batch = self._batch(step)
         tables, lens = step.decode_tables, step.decode_lens
         name = None if self.dispatch is None else self.dispatch.choose(
             "prefill" if batch.prefills else "decode", len(step.token_ids),
@@ -198,14 +202,46 @@ class ModelRunner:
             logits, name = self._graph_step(name, tokens, batch, tables)
             if logits is not None:
                 return logits
+        self._decode_inputs(batch, tables, lens)
+        dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
+        out: torch.Tensor = self.model(tokens, batch, self._rows(step), dispatch)
+        return out
+
+    def _run_stage(self, step: PlainStep) -> torch.Tensor:
+        """A pipeline stage's part of the step, in micro-batches: on rank 0 the logits, on the
+        other ranks nothing (an empty tensor)."""
+        from aruntime.engine.parallel.pipeline import micro_steps
+
+        assert self.stage is not None
+        parts, place = micro_steps(step, self.micro_batches)
+        for tag, part in enumerate(parts):
+            tokens, batch = self._batch(part)
+            self._decode_inputs(batch, part.decode_tables, part.decode_lens)
+            self.stage.part(tag, tokens, batch, self._rows(part))
+        logits = self.stage.finish([len(p.rows) for p in parts])
+        if logits is None:
+            return torch.empty(0)
+        return logits[torch.tensor(place, dtype=torch.long)]
+
+    def _rows(self, step: PlainStep) -> torch.Tensor:
+        return torch.tensor(step.rows, dtype=torch.long, device=self.device)
+
+    def _batch(self, step: PlainStep) -> tuple[torch.Tensor, AttentionBatch]:
+        """The step's tokens, and its attention inputs but the decodes'."""
+        dev = self.device
+        batch = AttentionBatch(self.kv_cache, torch.tensor(step.positions, dtype=torch.long,
+                                                           device=dev),
+                               torch.tensor(step.slots, dtype=torch.long, device=dev),
+                               native=self.native)
+        batch.prefills = [self._segment(*p) for p in step.prefills]
+        return torch.tensor(step.token_ids, dtype=torch.long, device=dev), batch
+
+    def _decode_inputs(self, batch: AttentionBatch, tables: list[list[int]],
+                       lens: list[int]) -> None:
         if tables and self.native is not None:
             batch.native_inputs = self._native_inputs(tables, lens)
         elif tables:
             self._decode_groups(batch, tables, lens)
-        dispatch = None if name is None else self.dispatch.for_step(name)  # type: ignore[union-attr]
-        out: torch.Tensor = self.forward(tokens, batch, torch.tensor(step.rows, dtype=torch.long,
-                                                                     device=dev), dispatch)
-        return out
 
     def _graph_step(self, name: str, tokens: torch.Tensor, batch: AttentionBatch,
                     tables: list[list[int]]) -> tuple[torch.Tensor | None, str]:

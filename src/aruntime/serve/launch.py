@@ -101,6 +101,9 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--pipeline-parallel", type=int, default=1, metavar="M",
                          help="each engine worker's layers split into M stages, a rank each "
                               "(with --tensor-parallel N: M stages of N shards)")
+    workers.add_argument("--micro-batches", type=int, default=0, metavar="K",
+                         help="with --pipeline-parallel: each step cut into K parts that flow "
+                              "stage to stage, so the stages overlap (default: one per stage)")
     workers.add_argument("--workers", type=int, default=1, metavar="N",
                          help="engine core processes on this machine, behind one router")
     workers.add_argument("--router-policy", default="kv",
@@ -263,7 +266,7 @@ def _started_client(args: argparse.Namespace, model: Path
             max_model_len=args.max_model_len, device=args.device, kv=kv, kbs_url=args.kbs,
             backends=args.backends, backends_dir=str(_data_dir(args) / "backends"),
             loop_board=args.loop_board, tensor_parallel=args.tensor_parallel,
-            pipeline_parallel=args.pipeline_parallel)
+            pipeline_parallel=args.pipeline_parallel, micro_batches=args.micro_batches)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import ray
 
+from aruntime.cluster.ray.ranks import RayRanks
 from aruntime.engine.config import EngineConfig
 from aruntime.engine.core_client import InprocClient
 from aruntime.engine.core_proc import ModelInfo
@@ -58,7 +59,9 @@ class EngineActor:
     """One worker. Ray runs its async methods on one event loop, the one InprocClient binds."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.client = InprocClient(config)
+        # a parallel group's other ranks: actors too, placed by Ray
+        launcher = RayRanks() if config.ranks > 1 else None
+        self.client = InprocClient(config, launcher)
         self.info = self.client.start()
 
     def ready(self) -> tuple[ModelInfo, int, dict[str, float]]:

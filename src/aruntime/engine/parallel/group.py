@@ -1,7 +1,7 @@
 """A tensor- and pipeline-parallel group on one machine: rank 0 is the engine (its scheduler,
 its sampler), ranks 1..N-1 are processes of their own (engine/parallel/rank.py), rank
 `stage * tp + t` holding stage `stage`'s layers, shard t; joined by torch.distributed's gloo
-over loopback TCP (process groups of their own — one over every rank, one over each stage's
+over TCP (process groups of their own — one over every rank, one over each stage's
 shards — never the process-global default, so one process may hold several). Each step, rank 0 sends
 the step's plain inputs (runner.PlainStep, pickled) and every rank runs it; the collectives
 inside the model (engine/parallel/tp_parts.py) keep them in lockstep. A rank that dies makes
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,6 +22,8 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import PrefixStore, TCPStore  # where torch's stubs have them
 
 from aruntime.engine.config import EngineConfig
+from aruntime.engine.parallel.kv_shards import ReadBlocks, WriteBlocks
+from aruntime.engine.parallel.launch import LocalRanks, RankArgs, RankLauncher
 from aruntime.engine.runner import PlainStep
 
 TIMEOUT_S = 60.0
@@ -50,13 +51,18 @@ class Collectives:
         self.comm_ns = 0  # inside all-reduce, all-gather, send and receive
         self.comm_bytes = 0  # this rank's tensors into them
         self.step_bytes = 0  # the steps' plain inputs broadcast
+        self.join(store)
+
+    def join(self, store: TCPStore) -> None:
+        """(Re)join the group the ranks at `store` form; a restarted group is joined in place,
+        so the model's parts, which hold this object's methods, use the new one."""
         timeout = timedelta(seconds=TIMEOUT_S)
         # Any: torch's stubs leave out the group's own collectives
-        self.pg: Any = dist.ProcessGroupGloo(store, rank, self.world, timeout)
+        self.pg: Any = dist.ProcessGroupGloo(store, self.rank, self.world, timeout)
         self.tp_pg: Any = self.pg  # the stage's shards: every rank, without stages
-        if tp > 1 and pp > 1:
+        if self.tp > 1 and self.pp > 1:
             self.tp_pg = dist.ProcessGroupGloo(PrefixStore(f"stage{self.stage}", store),
-                                               self.tp_rank, tp, timeout)
+                                               self.tp_rank, self.tp, timeout)
 
     def peer(self, stage: int) -> int:
         """The rank holding this rank's shard of `stage`."""
@@ -75,14 +81,25 @@ class Collectives:
         return out
 
     def send(self, t: torch.Tensor, dst: int) -> None:
-        """A pipeline stage's output to the next stage (or the logits to rank 0)."""
-        started = time.perf_counter_ns()
-        _waited(self.pg.send([t], dst, 0), "a send to the next stage")
-        self._count(t, started)
+        """A tensor to one rank, waited for (a stage's KV shard to rank 0)."""
+        self.wait(self.isend(t, dst, 0), "a send to rank 0")
 
-    def recv(self, t: torch.Tensor, src: int) -> None:
+    def isend(self, t: torch.Tensor, dst: int, tag: int) -> Any:
+        """A pipeline stage's output to the next stage (or the logits to rank 0), not waited
+        for: the caller keeps `t` until `wait` says it is sent."""
         started = time.perf_counter_ns()
-        _waited(self.pg.recv([t], src, 0), "a receive from the previous stage")
+        work = self.pg.send([t], dst, tag)
+        self._count(t, started)
+        return work
+
+    def wait(self, work: Any, what: str) -> None:
+        started = time.perf_counter_ns()
+        _waited(work, what)
+        self.comm_ns += time.perf_counter_ns() - started
+
+    def recv(self, t: torch.Tensor, src: int, tag: int = 0) -> None:
+        started = time.perf_counter_ns()
+        _waited(self.pg.recv([t], src, tag), "a receive from another stage")
         self.comm_ns += time.perf_counter_ns() - started
 
     def _count(self, t: torch.Tensor, started: int) -> None:
@@ -109,29 +126,45 @@ class Collectives:
 
 class ParallelGroup:
     """Rank 0's side: starts the other ranks, joins them, sends each step (the runner's
-    StepSender), and closes them."""
+    StepSender), restarts them when one is lost, and closes them."""
 
-    def __init__(self, config: EngineConfig, max_positions: int) -> None:
-        world = config.ranks
+    def __init__(self, config: EngineConfig, max_positions: int,
+                 launcher: RankLauncher | None = None) -> None:
+        self.config, self.max_positions = config, max_positions
+        self.launcher = launcher or LocalRanks()
         # the ranks share this machine's CPUs: each runs its share of torch's threads
         self.threads_before = torch.get_num_threads()
-        threads = threads_per_rank(world)
-        torch.set_num_threads(threads)
-        store = TCPStore("127.0.0.1", 0, world, True, timedelta(seconds=TIMEOUT_S),
-                              wait_for_workers=False)  # they start below
-        self.procs = [subprocess.Popen([sys.executable, "-m", "aruntime.engine.parallel.rank"],
-                                       stdin=subprocess.PIPE)
-                      for _ in range(1, world)]
-        for rank, proc in enumerate(self.procs, start=1):
-            assert proc.stdin is not None
-            proc.stdin.write(pickle.dumps((config, rank, store.port, max_positions, threads)))
-            proc.stdin.close()
-        self.store = store
-        self.collectives = Collectives(store, 0, config.tensor_parallel,
+        self.threads = threads_per_rank(config.ranks)
+        torch.set_num_threads(self.threads)
+        self.restarts = 0
+        self.collectives = Collectives(self._spawn(), 0, config.tensor_parallel,
                                        config.pipeline_parallel)
 
-    def send(self, step: PlainStep) -> None:
-        self.collectives.broadcast(pickle.dumps(step))
+    def _spawn(self) -> TCPStore:
+        """A new store and ranks 1..N-1 started against it (they join when rank 0 does)."""
+        host = self.launcher.host
+        store = TCPStore(host, 0, self.config.ranks, True, timedelta(seconds=TIMEOUT_S),
+                         wait_for_workers=False)
+        self.procs = [self.launcher.start(RankArgs(self.config, rank, host, store.port,
+                                                   self.max_positions, self.threads))
+                      for rank in range(1, self.config.ranks)]
+        self.store = store
+        return store
+
+    def restart(self) -> None:
+        """After a rank was lost: the survivors stopped, fresh ranks started and joined (their
+        KV pools empty: the engine forgets its cached blocks). A rank that cannot start
+        raises, and the engine fails as a whole."""
+        self._stop(kill=True)
+        self.collectives.join(self._spawn())
+        self.restarts += 1
+
+    def send(self, message: PlainStep | ReadBlocks | WriteBlocks) -> None:
+        """A step, or a request for the ranks' KV shards (engine/parallel/kv_shards.py)."""
+        self.collectives.broadcast(pickle.dumps(message))
+
+    def recv_from(self, t: torch.Tensor, rank: int) -> None:
+        self.collectives.recv(t, rank)
 
     def close(self) -> None:
         """Tell every rank to exit (if the group still stands), then make sure they have."""
@@ -140,13 +173,20 @@ class ParallelGroup:
                 self.collectives.broadcast(None)
         except RuntimeError:
             pass  # a rank is gone: the others' next collective fails and they exit
+        self._stop(kill=False)
+        torch.set_num_threads(self.threads_before)
+
+    def _stop(self, kill: bool) -> None:
+        """Every other rank gone; `kill`: now (a survivor of a lost rank may be waiting on a
+        broadcast until TIMEOUT_S), else after 10 s to exit on its own."""
         for proc in self.procs:
+            if kill and proc.poll() is None:
+                proc.kill()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        torch.set_num_threads(self.threads_before)
 
 
 def threads_per_rank(world: int) -> int:

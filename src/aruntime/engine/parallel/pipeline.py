@@ -1,21 +1,24 @@
 """Pipeline parallelism: the decoder's layers split into M stages of L/M each, stage s a rank
 of its own (rank 0, the engine, is stage 0). A stage's model is the plain decoder over its own
 layers (renumbered from 0, so its KV pool holds its layers' blocks under the same block ids
-as every other stage's). Each step, stage 0 embeds the tokens and runs its layers, the hidden
-states go to stage 1 and on, and the last stage's logits come back to rank 0, which samples."""
+as every other stage's). Each step is cut into micro-batches (`EngineConfig.micro_batches`);
+stage 0 embeds each part's tokens and runs its layers, the hidden states go to stage 1 and
+on while stage 0 starts the next part, and the last stage's logits come back to rank 0,
+which samples."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from aruntime.engine.attention import AttentionBatch
 from aruntime.engine.config import ModelConfig
-from aruntime.engine.model import Dispatch, LlamaForCausalLM
+from aruntime.engine.model import LlamaForCausalLM
+from aruntime.engine.runner import PlainStep
 
 LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
 
@@ -26,8 +29,9 @@ class PointToPoint(Protocol):
     tp_rank: int
 
     def peer(self, stage: int) -> int: ...
-    def send(self, t: torch.Tensor, dst: int) -> None: ...
-    def recv(self, t: torch.Tensor, src: int) -> None: ...
+    def isend(self, t: torch.Tensor, dst: int, tag: int) -> Any: ...
+    def recv(self, t: torch.Tensor, src: int, tag: int = 0) -> None: ...
+    def wait(self, work: Any, what: str) -> None: ...
 
 
 def check_stages(mc: ModelConfig, stages: int) -> None:
@@ -60,32 +64,71 @@ def stage_weights(weights: dict[str, torch.Tensor], mc: ModelConfig, stage: int,
     return out
 
 
-class PipelineStage(nn.Module):
-    """One stage's step: its input (the tokens, or the previous stage's hidden states), its
-    layers, its output (to the next stage, or the logits to rank 0)."""
+def micro_steps(step: PlainStep, n: int) -> tuple[list[PlainStep], list[int]]:
+    """The step cut at chunk boundaries (each decode row, each prefill chunk) into at most n
+    parts of about equal tokens; and, for each of its logits rows, where that row is among
+    the parts' rows laid end to end."""
+    decodes, total = len(step.decode_tables), len(step.token_ids)
+    bounds = {*range(decodes + 1), *(p[0] for p in step.prefills), total}
+    edges = sorted({0, total} | {_nearest(bounds, k * total / n) for k in range(1, n)})
+    parts, flat = [], []
+    for a, b in itertools.pairwise(edges):
+        mine = [j for j, r in enumerate(step.rows) if a <= r < b]
+        flat += mine
+        parts.append(PlainStep(
+            step.token_ids[a:b], step.positions[a:b], step.slots[a:b],
+            [(row - a, num, start, table) for row, num, start, table in step.prefills
+             if a <= row < b],
+            step.decode_tables[a:min(b, decodes)], step.decode_lens[a:min(b, decodes)],
+            [step.rows[j] - a for j in mine]))
+    place = [0] * len(flat)
+    for i, j in enumerate(flat):
+        place[j] = i
+    return parts, place
+
+
+def _nearest(bounds: set[int], at: float) -> int:
+    return min(bounds, key=lambda b: abs(b - at))
+
+
+class PipelineStage:
+    """One stage's side of a step in micro-batches: each part's input (the tokens, or the
+    previous stage's hidden states), its layers, its output sent on without waiting (to the
+    next stage, or the logits to rank 0), so that stage s runs part i+1 while stage s+1 runs
+    part i; then rank 0 receives every part's logits."""
 
     def __init__(self, model: LlamaForCausalLM, comm: PointToPoint, vocab_size: int) -> None:
-        super().__init__()
         self.model, self.comm, self.vocab_size = model, comm, vocab_size
         self.stage, self.last = comm.stage, comm.pp - 1
+        self._sent: list[tuple[Any, torch.Tensor]] = []  # (work, tensor kept alive until done)
 
-    def forward(self, tokens: torch.Tensor, batch: AttentionBatch, rows: torch.Tensor,
-                dispatch: Dispatch | None = None) -> torch.Tensor:
-        m = self.model
+    def part(self, tag: int, tokens: torch.Tensor, batch: AttentionBatch,
+             rows: torch.Tensor) -> None:
+        m, comm = self.model, self.comm
         if self.stage == 0:
             x = m.embed_tokens(tokens)
         else:
             x = torch.empty(tokens.shape[0], m.cfg.hidden_size, dtype=m.norm.weight.dtype)
-            self.comm.recv(x, self.comm.peer(self.stage - 1))
-        x = m.run_layers(x, batch, dispatch)
+            comm.recv(x, comm.peer(self.stage - 1), tag)
+        x = m.run_layers(x, batch)
         if self.stage < self.last:
-            self.comm.send(x.contiguous(), self.comm.peer(self.stage + 1))
-            if self.stage > 0 or self.comm.tp_rank > 0:
-                return x  # nothing to return to anyone: only rank 0 samples
-            logits = torch.empty(rows.shape[0], self.vocab_size, dtype=torch.float32)
-            self.comm.recv(logits, self.comm.peer(self.last))
-            return logits
-        logits = m.logits(x, rows, dispatch).contiguous()  # whole: the shards gathered
-        if self.comm.tp_rank == 0 and self.last > 0:
-            self.comm.send(logits, 0)
+            out = x.contiguous()
+            self._sent.append((comm.isend(out, comm.peer(self.stage + 1), tag), out))
+        else:  # the whole logits (the shards gathered), the first shard's back to rank 0
+            logits = m.logits(x, rows).contiguous()
+            if comm.tp_rank == 0:
+                self._sent.append((comm.isend(logits, 0, tag), logits))
+
+    def finish(self, rows: list[int]) -> torch.Tensor | None:
+        """Rank 0: the parts' logits (`rows` of each), end to end; other ranks: None. Every
+        send this stage started has completed when it returns."""
+        logits = None
+        if self.stage == 0 and self.comm.tp_rank == 0:
+            parts = [torch.empty(n, self.vocab_size, dtype=torch.float32) for n in rows]
+            for tag, part in enumerate(parts):
+                self.comm.recv(part, self.comm.peer(self.last), tag)
+            logits = torch.cat(parts)
+        sent, self._sent = self._sent, []
+        for work, _ in sent:
+            self.comm.wait(work, "a send to the next stage")
         return logits

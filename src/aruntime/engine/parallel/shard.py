@@ -27,26 +27,47 @@ class Shard:
 
 
 def check_shardable(mc: ModelConfig, world: int) -> None:
-    """A model N ranks can share, or a ValueError naming what does not divide."""
+    """A model N ranks can share, or a ValueError naming what does not divide. With at least
+    as many KV heads as ranks, each rank takes whole KV groups (their query heads with them),
+    as even as they go: SmolLM2's 3 KV heads over 2 ranks are 2 and 1. With fewer, each KV
+    head is replicated on the ranks its query heads are split over, which must divide."""
     heads, kv = mc.num_attention_heads, mc.num_key_value_heads
-    for what, n in (("attention heads", heads), ("MLP columns", mc.intermediate_size)):
-        if n % world:
-            raise ValueError(f"--tensor-parallel {world}: the model's {n} {what} do not "
-                             f"divide by {world}")
-    if kv % world and world % kv:
-        raise ValueError(f"--tensor-parallel {world}: its {kv} KV heads neither divide by "
-                         f"{world} nor divide {world}")
+    if mc.intermediate_size < world:
+        raise ValueError(f"--tensor-parallel {world}: the model's MLP has only "
+                         f"{mc.intermediate_size} columns")
+    if kv < world and (world % kv or heads % world):
+        raise ValueError(f"--tensor-parallel {world}: its {kv} KV heads are fewer than the "
+                         f"ranks, and {world} ranks do not split their {heads} attention "
+                         f"heads evenly between them")
+
+
+def split(n: int, world: int, rank: int) -> range:
+    """Rank r's contiguous share of n things, the first n % world ranks one more (rank 0 has
+    the most KV heads, so its pool, sized by the same bytes as every rank's, has the fewest
+    blocks: every block id its scheduler hands out exists on every rank)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))
 
 
 def kv_heads_of(mc: ModelConfig, shard: Shard) -> range:
     """The KV heads rank r holds: its share, or the one its query heads use (replicated)."""
     kv, world = mc.num_key_value_heads, shard.world
     if kv >= world:
-        per = kv // world
-        return range(shard.rank * per, (shard.rank + 1) * per)
+        return split(kv, world, shard.rank)
+    first_q = q_heads_of(mc, shard).start
     group = mc.num_attention_heads // kv  # query heads per KV head
-    first_q = shard.rank * (mc.num_attention_heads // world)
     return range(first_q // group, first_q // group + 1)
+
+
+def q_heads_of(mc: ModelConfig, shard: Shard) -> range:
+    """The attention heads rank r computes: those of its KV heads, or its even share."""
+    heads, kv = mc.num_attention_heads, mc.num_key_value_heads
+    if kv >= shard.world:
+        mine, group = kv_heads_of(mc, shard), heads // kv
+        return range(mine.start * group, mine.stop * group)
+    per = heads // shard.world
+    return range(shard.rank * per, (shard.rank + 1) * per)
 
 
 def vocab_rows(mc: ModelConfig, world: int) -> int:
@@ -56,9 +77,10 @@ def vocab_rows(mc: ModelConfig, world: int) -> int:
 def local_config(mc: ModelConfig, shard: Shard) -> ModelConfig:
     check_shardable(mc, shard.world)
     return dataclasses.replace(
-        mc, num_attention_heads=mc.num_attention_heads // shard.world,
+        mc, num_attention_heads=len(q_heads_of(mc, shard)),
         num_key_value_heads=len(kv_heads_of(mc, shard)),
-        intermediate_size=mc.intermediate_size // shard.world, tie_word_embeddings=False)
+        intermediate_size=len(split(mc.intermediate_size, shard.world, shard.rank)),
+        tie_word_embeddings=False)
 
 
 def _rows(t: torch.Tensor, first: int, count: int) -> torch.Tensor:
@@ -69,9 +91,9 @@ def local_weights(weights: dict[str, torch.Tensor], mc: ModelConfig,
                   shard: Shard) -> dict[str, torch.Tensor]:
     """Rank r's tensors, Hugging Face-named, from the whole checkpoint's."""
     w = {k.removeprefix("model."): v for k, v in weights.items()}
-    d, r, n = mc.head_dim, shard.rank, shard.world
-    q_per, i_per, v_per = mc.num_attention_heads // n, mc.intermediate_size // n, vocab_rows(mc, n)
-    kv = kv_heads_of(mc, shard)
+    d, r, v_per = mc.head_dim, shard.rank, vocab_rows(mc, shard.world)
+    q, kv = q_heads_of(mc, shard), kv_heads_of(mc, shard)
+    cols = split(mc.intermediate_size, shard.world, r)
     lm = w.get("lm_head.weight", w["embed_tokens.weight"])
     if mc.tie_word_embeddings:
         lm = w["embed_tokens.weight"]
@@ -86,13 +108,13 @@ def local_weights(weights: dict[str, torch.Tensor], mc: ModelConfig,
         for name in ("weight", "bias"):
             if a + "q_proj." + name not in w:
                 continue
-            out[a + "q_proj." + name] = _rows(w[a + "q_proj." + name], r * q_per * d, q_per * d)
+            out[a + "q_proj." + name] = _rows(w[a + "q_proj." + name], q.start * d, len(q) * d)
             for kv_name in ("k_proj.", "v_proj."):
                 out[a + kv_name + name] = _rows(w[a + kv_name + name], kv.start * d, len(kv) * d)
-        out[a + "o_proj.weight"] = w[a + "o_proj.weight"][:, r * q_per * d:(r + 1) * q_per * d]
+        out[a + "o_proj.weight"] = w[a + "o_proj.weight"][:, q.start * d:q.stop * d]
         for proj in ("gate_proj", "up_proj"):
-            out[m + proj + ".weight"] = _rows(w[m + proj + ".weight"], r * i_per, i_per)
-        out[m + "down_proj.weight"] = w[m + "down_proj.weight"][:, r * i_per:(r + 1) * i_per]
+            out[m + proj + ".weight"] = _rows(w[m + proj + ".weight"], cols.start, len(cols))
+        out[m + "down_proj.weight"] = w[m + "down_proj.weight"][:, cols.start:cols.stop]
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[p + norm + ".weight"] = w[p + norm + ".weight"]
     return out
