@@ -1,6 +1,6 @@
 """`aruntime bench parallel` at small size: one rank, two tensor-parallel ranks and two
-pipeline stages (whole steps, and in micro-batches) on the tiny model, the same greedy tokens, each step split into compute and
-communication, bytes per token, ratio last."""
+pipeline stages (whole steps, and in micro-batches) on the tiny model, the same greedy
+tokens, each step split into compute and communication, bytes per token, ratio last."""
 
 from __future__ import annotations
 

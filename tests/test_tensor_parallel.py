@@ -36,8 +36,10 @@ PARAMS = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs
 
 def config(model: Path, tp: int, pp: int = 1) -> EngineConfig:
     # a small token budget: long prompts are prefilled in chunks beside running decodes
+    # and pipeline steps cut into micro-batches however few their tokens
     return EngineConfig(model=str(model), kv_cache_bytes=1 << 21, block_size=4,
-                        max_num_batched_tokens=24, tensor_parallel=tp, pipeline_parallel=pp)
+                        max_num_batched_tokens=24, tensor_parallel=tp, pipeline_parallel=pp,
+                        micro_batch_tokens=1)
 
 
 def answers(engine: LLMEngine) -> list[tuple[list[int], list[float]]]:
@@ -117,16 +119,17 @@ def test_a_pipeline_step_is_cut_into_micro_batches_at_chunk_boundaries() -> None
     # the logits rows: the three that sample, then prompt logprobs rows 2-3
     step = PlainStep(list(range(10)), list(range(10)), list(range(10)),
                      [(2, 5, 0, [0, 1]), (7, 3, 4, [2, 3])], [[4], [5]], [3, 4], [0, 1, 6, 9, 2, 3])
-    parts, place = micro_steps(step, 2)
+    parts, place = micro_steps(step, 2, 1)
     assert [p.token_ids for p in parts] == [list(range(0, 7)), list(range(7, 10))]
     assert [p.prefills for p in parts] == [[(2, 5, 0, [0, 1])], [(0, 3, 4, [2, 3])]]
     assert [p.decode_lens for p in parts] == [[3, 4], []]
     starts = [0, 7]
     laid = [r + starts[i] for i, p in enumerate(parts) for r in p.rows]
     assert [laid[i] for i in place] == step.rows
-    assert len(micro_steps(step, 8)[0]) == 4  # no finer than its chunks
+    assert len(micro_steps(step, 8, 1)[0]) == 4  # no finer than its chunks
+    assert len(micro_steps(step, 2, 6)[0]) == 1  # no part under 6 tokens
     assert len(micro_steps(PlainStep([1, 2], [0, 1], [0, 1], [(0, 2, 0, [0])], [], [], [1]),
-                           2)[0]) == 1  # one chunk is one part
+                           2, 1)[0]) == 1  # one chunk is one part
 
 
 def test_each_rank_holds_its_share_and_a_replicated_kv_head(tiny_model_dir: Path) -> None:

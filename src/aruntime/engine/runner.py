@@ -108,6 +108,7 @@ class ModelRunner:
 
             self.stage = PipelineStage(self.model, collectives, model_config.vocab_size)
         self.micro_batches = config.micro_batches or config.pipeline_parallel
+        self.micro_batch_tokens = config.micro_batch_tokens
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
         per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
@@ -213,7 +214,7 @@ class ModelRunner:
         from aruntime.engine.parallel.pipeline import micro_steps
 
         assert self.stage is not None
-        parts, place = micro_steps(step, self.micro_batches)
+        parts, place = micro_steps(step, self.micro_batches, self.micro_batch_tokens)
         for tag, part in enumerate(parts):
             tokens, batch = self._batch(part)
             self._decode_inputs(batch, part.decode_tables, part.decode_lens)

@@ -134,7 +134,7 @@ class ParallelGroup:
         self.launcher = launcher or LocalRanks()
         # the ranks share this machine's CPUs: each runs its share of torch's threads
         self.threads_before = torch.get_num_threads()
-        self.threads = threads_per_rank(config.ranks)
+        self.threads = threads_per_rank(config.tensor_parallel)
         torch.set_num_threads(self.threads)
         self.restarts = 0
         self.collectives = Collectives(self._spawn(), 0, config.tensor_parallel,
@@ -189,5 +189,9 @@ class ParallelGroup:
                 proc.wait()
 
 
-def threads_per_rank(world: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // world)
+def threads_per_rank(tp: int) -> int:
+    """A stage's shards run at once, so each takes its share of the CPUs; the stages of a
+    pipeline mostly take turns (a decode step is never cut), so each takes the whole share:
+    measured on the default model on 2 cores, PP=2 with 2 threads a stage made 16 tokens for
+    8 prompts in 2.75 s, with 1 in 4.4 s."""
+    return max(1, len(os.sched_getaffinity(0)) // tp)

@@ -64,11 +64,12 @@ def stage_weights(weights: dict[str, torch.Tensor], mc: ModelConfig, stage: int,
     return out
 
 
-def micro_steps(step: PlainStep, n: int) -> tuple[list[PlainStep], list[int]]:
+def micro_steps(step: PlainStep, n: int, min_tokens: int) -> tuple[list[PlainStep], list[int]]:
     """The step cut at chunk boundaries (each decode row, each prefill chunk) into at most n
-    parts of about equal tokens; and, for each of its logits rows, where that row is among
-    the parts' rows laid end to end."""
+    parts of about equal tokens, none meant to be under `min_tokens`; and, for each of its
+    logits rows, where that row is among the parts' rows laid end to end."""
     decodes, total = len(step.decode_tables), len(step.token_ids)
+    n = max(1, min(n, total // max(1, min_tokens)))
     bounds = {*range(decodes + 1), *(p[0] for p in step.prefills), total}
     edges = sorted({0, total} | {_nearest(bounds, k * total / n) for k in range(1, n)})
     parts, flat = [], []
