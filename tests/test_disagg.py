@@ -1,11 +1,12 @@
 """Disaggregated serving with real engine core processes: a prefill worker hands the prompt's KV
 to a decode worker through the shared-memory transport; greedy outputs equal a single worker's,
 the decode worker restores the prompt from the transport, and a killed decode worker fails its
-request clearly."""
+request clearly; tensor-parallel workers hand over whole blocks the same way."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Iterator
@@ -17,6 +18,7 @@ from tiny_engine import BLOCK, BLOCK_BYTES, config, kill_at_first_token, metrics
 
 from aruntime.cluster.disagg import DisaggregatedPool
 from aruntime.engine.client import EngineDeadError
+from aruntime.engine.llm_engine import LLMEngine
 from aruntime.engine.mp_client import MPClient
 from aruntime.engine.sampling import SamplingParams
 from aruntime.kv.keys import CacheScope
@@ -89,6 +91,30 @@ def test_greedy_outputs_equal_a_single_workers_and_come_over_the_transport(
     text = metrics_of(disagg)
     assert "aruntime:kv_transport_bandwidth_bytes_per_second" in text
     assert 'aruntime:worker_up{role="decode",worker="d0"} 1.0' in text
+
+
+def test_tensor_parallel_workers_hand_whole_blocks_over_the_transport(
+        tiny_model_dir: Path) -> None:
+    """Each worker a TP=2 group: the prefill group's whole blocks restore into the decode
+    group's shards, and the answers are one engine's."""
+    prompts = [prompt(n, seed) for seed, n in enumerate((12, 29))]
+    expected = [o.new_token_ids for o in LLMEngine(config(tiny_model_dir)).generate(
+        prompts, GREEDY)]
+    pool = DisaggregatedPool(dataclasses.replace(config(tiny_model_dir), tensor_parallel=2),
+                             1, 1)
+    try:
+        pool.start()
+
+        async def main() -> None:
+            for i, p in enumerate(prompts):
+                assert await tokens(pool, f"t{i}", p) == expected[i], f"prompt {i}"
+                hand = pool.handoff_of(f"t{i}")
+                blocks = (len(p) - 1) // BLOCK
+                assert hand is not None and hand.decode_cached_tokens == blocks * BLOCK
+
+        within(main())
+    finally:
+        pool.close()
 
 
 def test_a_confidential_prompt_never_crosses_the_transport(
