@@ -40,7 +40,8 @@ lint: setup
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q
+	# two workers, each file whole on one (its module fixtures: a Ray cluster, a server)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(BIN)/aruntime claims check
 
 bench: setup

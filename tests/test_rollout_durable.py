@@ -21,7 +21,7 @@ from serve_process import free_port, spawn, wait_healthy
 KV_BYTES = 2 * 1024 * 1024
 # 30 of the candidate's requests a measurement: step 1 (10%) takes ~300 requests; at step 2
 # (50%) what is left of a batch and the 12 conversations give it ~16: nothing moves meanwhile
-ANALYSIS = {"metrics": [{"name": "errors", "measure": "error_rate", "max": 0.05, "window": 5}]}
+ANALYSIS = {"metrics": [{"name": "errors", "measure": "error_rate", "max": 0.05, "window": 15}]}
 
 
 def cli(home: Path, *args: str) -> Any:

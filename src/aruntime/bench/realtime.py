@@ -55,10 +55,11 @@ class Workload:
     rounds: int = 1  # the phases in turn, this many times; the rounds' medians reported
 
     def describe(self) -> str:
+        # the model by name: a path can be long (the claim's `model` names it exactly)
         return (f"a {1e6 / self.period_us:.0f} Hz loop, {self.rounds} rounds of the phases in "
-                f"turn, {self.seconds:g} s a phase a round; the engine ({self.model}) keeping "
-                f"8 greedy requests of 48 prompt tokens and 16 new tokens in flight; each "
-                f"phase's percentiles the median over its rounds")
+                f"turn, {self.seconds:g} s a phase a round; the engine "
+                f"({Path(self.model).name}) keeping 8 greedy requests of 48 prompt tokens and "
+                f"16 new tokens in flight; each phase's percentiles the median over its rounds")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from aruntime.engine.core_proc import ModelInfo
 from aruntime.engine.mp_client import MPClient
 from aruntime.engine.outputs import EngineStats, RequestOutput
 from aruntime.engine.sampling import SamplingParams
+from aruntime.ipc_dir import ipc_dir
 from aruntime.kv.directory import CacheDirectory, DirectoryError
 from aruntime.kv.directory_index import PrefixMatch
 from aruntime.kv.keys import NO_SCOPE, BlockKey, CacheScope, KeyScheme, request_keys
@@ -129,7 +129,7 @@ class WorkerPool(ServingPool):
     def _make_worker(self, worker_id: str, startup_timeout: float) -> PoolWorker:
         """An engine core process publishing its KV events for the directory."""
         if self._sockdir is None:
-            self._sockdir = tempfile.mkdtemp(prefix="aruntime-pool-")  # ipc paths must be short
+            self._sockdir = ipc_dir("aruntime-pool-")
         events = (f"ipc://{self._sockdir}/{worker_id}-events",
                   f"ipc://{self._sockdir}/{worker_id}-replay")
         self._events[worker_id] = events

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from aruntime.engine.core_proc import (
     message_decoder,
     run_engine_core,
 )
+from aruntime.ipc_dir import ipc_dir
 
 __all__ = ["MPClient"]
 
@@ -60,7 +60,7 @@ class MPClient(RoutingClient):
     def start(self) -> ModelInfo:
         if self._info is not None:
             return self._info
-        self._sockdir = tempfile.mkdtemp(prefix="aruntime-core-")  # this core's ipc sockets
+        self._sockdir = ipc_dir("aruntime-core-")  # this core's ipc sockets
         in_addr = f"ipc://{self._sockdir}/input"
         out_addr = f"ipc://{self._sockdir}/output"
         self._ctx = zmq.Context()

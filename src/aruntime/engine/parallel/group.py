@@ -68,17 +68,23 @@ class Collectives:
         """The rank holding this rank's shard of `stage`."""
         return stage * self.tp + self.tp_rank
 
+    # gloo moves host memory: a CUDA tensor (ranks sharing one GPU) goes through a host copy
+
     def reduce(self, t: torch.Tensor) -> None:
         started = time.perf_counter_ns()
-        _waited(self.tp_pg.allreduce([t]), "all-reduce")
+        h = t.cpu()
+        _waited(self.tp_pg.allreduce([h]), "all-reduce")
+        if h is not t:
+            t.copy_(h)
         self._count(t, started)
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         started = time.perf_counter_ns()
-        out = [torch.empty_like(t) for _ in range(self.tp)]
-        _waited(self.tp_pg.allgather([out], [t]), "all-gather")
+        h = t.cpu()
+        out = [torch.empty_like(h) for _ in range(self.tp)]
+        _waited(self.tp_pg.allgather([out], [h]), "all-gather")
         self._count(t, started)
-        return out
+        return [o.to(t.device) for o in out]
 
     def send(self, t: torch.Tensor, dst: int) -> None:
         """A tensor to one rank, waited for (a stage's KV shard to rank 0)."""
@@ -86,20 +92,24 @@ class Collectives:
 
     def isend(self, t: torch.Tensor, dst: int, tag: int) -> Any:
         """A pipeline stage's output to the next stage (or the logits to rank 0), not waited
-        for: the caller keeps `t` until `wait` says it is sent."""
+        for: the caller keeps what this returns until `wait` says it is sent."""
         started = time.perf_counter_ns()
-        work = self.pg.send([t], dst, tag)
+        h = t.cpu()
+        work = self.pg.send([h], dst, tag)
         self._count(t, started)
-        return work
+        return work, h  # the host copy lives as long as the send
 
-    def wait(self, work: Any, what: str) -> None:
+    def wait(self, sent: Any, what: str) -> None:
         started = time.perf_counter_ns()
-        _waited(work, what)
+        _waited(sent[0], what)
         self.comm_ns += time.perf_counter_ns() - started
 
     def recv(self, t: torch.Tensor, src: int, tag: int = 0) -> None:
         started = time.perf_counter_ns()
-        _waited(self.pg.recv([t], src, tag), "a receive from another stage")
+        h = t if t.device.type == "cpu" else torch.empty_like(t, device="cpu")
+        _waited(self.pg.recv([h], src, tag), "a receive from another stage")
+        if h is not t:
+            t.copy_(h)
         self.comm_ns += time.perf_counter_ns() - started
 
     def _count(self, t: torch.Tensor, started: int) -> None:

@@ -101,7 +101,7 @@ class PipelineStage:
     def __init__(self, model: LlamaForCausalLM, comm: PointToPoint, vocab_size: int) -> None:
         self.model, self.comm, self.vocab_size = model, comm, vocab_size
         self.stage, self.last = comm.stage, comm.pp - 1
-        self._sent: list[tuple[Any, torch.Tensor]] = []  # (work, tensor kept alive until done)
+        self._sent: list[tuple[Any, torch.Tensor]] = []  # (the send, its tensor kept till done)
 
     def part(self, tag: int, tokens: torch.Tensor, batch: AttentionBatch,
              rows: torch.Tensor) -> None:
@@ -109,7 +109,8 @@ class PipelineStage:
         if self.stage == 0:
             x = m.embed_tokens(tokens)
         else:
-            x = torch.empty(tokens.shape[0], m.cfg.hidden_size, dtype=m.norm.weight.dtype)
+            x = torch.empty(tokens.shape[0], m.cfg.hidden_size, dtype=m.norm.weight.dtype,
+                            device=tokens.device)
             comm.recv(x, comm.peer(self.stage - 1), tag)
         x = m.run_layers(x, batch)
         if self.stage < self.last:
@@ -125,7 +126,9 @@ class PipelineStage:
         send this stage started has completed when it returns."""
         logits = None
         if self.stage == 0 and self.comm.tp_rank == 0:
-            parts = [torch.empty(n, self.vocab_size, dtype=torch.float32) for n in rows]
+            device = self.model.norm.weight.device
+            parts = [torch.empty(n, self.vocab_size, dtype=torch.float32, device=device)
+                     for n in rows]
             for tag, part in enumerate(parts):
                 self.comm.recv(part, self.comm.peer(self.last), tag)
             logits = torch.cat(parts)
