@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aruntime.bench.backends import Workload, run_bench
 
-TINY = Workload({"decode": (1, 4), "prefill": (32,)}, (16,), 1, 2, 20, 4, 1)
+TINY = Workload({"decode": (4,), "prefill": (32,)}, (16,), 1, 2, 20, 4, 1)
 
 
 def test_the_bench_reports_each_backend_and_the_auto_ratio_last(tiny_model_dir: Path,
