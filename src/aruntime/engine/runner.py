@@ -69,6 +69,11 @@ class PlainStep:
     decode_lens: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # logits rows: sampling, then prompt ones
 
+def blocks_of(kv_cache: torch.Tensor, block_ids: list[int]) -> torch.Tensor:
+    """These blocks of a KV pool, [blocks, layers, 2, kv_heads, block_size, head_dim]."""
+    return kv_cache[:, :, :, block_ids].permute(3, 0, 1, 2, 4, 5).contiguous()
+
+
 def payload_of(t: torch.Tensor) -> BlockPayload:
     """A tensor's bytes, copied to host memory, as a block's payload."""
     data = t.to("cpu").contiguous()
@@ -128,9 +133,9 @@ class ModelRunner:
         self.dispatch: PartDispatch | None = None  # compiled backends (LLMEngine builds it)
         self.group: StepSender | None = None  # rank 0 of a tensor-parallel group sends each step
 
-    def read_block(self, block_id: int) -> BlockPayload:
-        """One block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
-        return payload_of(self.kv_cache[:, :, :, block_id])
+    def read_blocks(self, block_ids: list[int]) -> list[BlockPayload]:
+        """Each block's KV for every layer, [layers, 2, kv_heads, block_size, head_dim]."""
+        return [payload_of(b) for b in blocks_of(self.kv_cache, block_ids).cpu()]
 
     def write_blocks(self, block_ids: list[int], payloads: list[BlockPayload]) -> None:
         """Restore blocks in one batched copy: per-block dispatch would cost a third of it.

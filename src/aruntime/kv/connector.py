@@ -25,8 +25,9 @@ from aruntime.kv.keys import BlockKey
 class DeviceBlocks(Protocol):
     """The engine's KV memory as the worker side sees it (the model runner)."""
 
-    def read_block(self, block_id: int) -> BlockPayload:
-        """One block's KV, copied to host memory."""
+    def read_blocks(self, block_ids: list[int]) -> list[BlockPayload]:
+        """These blocks' KV, copied to host memory (in one go: a parallel group's is a round
+        trip to every rank)."""
         ...
 
     def write_blocks(self, block_ids: list[int], payloads: list[BlockPayload]) -> None:

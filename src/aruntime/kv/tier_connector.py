@@ -95,14 +95,16 @@ class TierConnector(KVConnector):
         return len(payloads)
 
     def save(self, blocks: list[tuple[int, BlockKey]]) -> None:
-        for block_id, key in blocks:
-            self.tiers.put(key, self.device.read_block(block_id))
+        payloads = self.device.read_blocks([block_id for block_id, _ in blocks]) if blocks else []
+        for (_, key), payload in zip(blocks, payloads, strict=True):
+            self.tiers.put(key, payload)
 
     def export(self, blocks: list[tuple[int, BlockKey]]) -> list[bytes]:
         """Device blocks encoded with their keys, for a transport outside the engine to carry
         to another worker's staged store (a prefill worker's handoff over Ray)."""
-        return [encode(self.tiers.scheme, key, self.device.read_block(block_id))
-                for block_id, key in blocks]
+        payloads = self.device.read_blocks([block_id for block_id, _ in blocks]) if blocks else []
+        return [encode(self.tiers.scheme, key, payload)
+                for (_, key), payload in zip(blocks, payloads, strict=True)]
 
     def close(self) -> None:
         self.tiers.close()

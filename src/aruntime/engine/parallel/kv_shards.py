@@ -20,7 +20,7 @@ import torch
 from aruntime.engine.config import ModelConfig
 from aruntime.engine.parallel.pipeline import stage_config, stage_layers
 from aruntime.engine.parallel.shard import Shard, kv_heads_of
-from aruntime.engine.runner import payload_of
+from aruntime.engine.runner import blocks_of, payload_of
 from aruntime.kv.block_format import BlockPayload, StaleBlockError
 
 
@@ -65,11 +65,6 @@ def places(mc: ModelConfig, tp: int, pp: int) -> list[ShardPlace]:
     return out
 
 
-def shard_of(kv_cache: torch.Tensor, block_ids: list[int]) -> torch.Tensor:
-    """A rank's part of these blocks, [blocks, its layers, 2, its KV heads, block, dim]."""
-    return kv_cache[:, :, :, block_ids].permute(3, 0, 1, 2, 4, 5).contiguous()
-
-
 def keep_part(kv_cache: torch.Tensor, place: ShardPlace, message: WriteBlocks) -> None:
     """A rank's part of whole blocks written into its own KV pool."""
     layers, heads = place.layers, place.kv_heads
@@ -95,15 +90,12 @@ class WholeBlocks:
         self.shape = (mc.num_hidden_layers, 2, mc.num_key_value_heads, block_size, head_dim)
         self.dtype = str(kv_cache.dtype).removeprefix("torch.")
 
-    def read_block(self, block_id: int) -> BlockPayload:
-        return self.read_blocks([block_id])[0]
-
     def read_blocks(self, block_ids: list[int]) -> list[BlockPayload]:
         self.link.send(ReadBlocks(block_ids))
         whole = torch.empty(len(block_ids), *self.shape, dtype=self.kv_cache.dtype)
         for rank, place in enumerate(self.places):
             if rank == 0:
-                part = shard_of(self.kv_cache, block_ids).cpu()
+                part = blocks_of(self.kv_cache, block_ids).cpu()
             else:
                 part = torch.empty(len(block_ids), len(place.layers), 2, len(place.kv_heads),
                                    *self.shape[3:], dtype=self.kv_cache.dtype)

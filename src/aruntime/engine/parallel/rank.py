@@ -15,9 +15,9 @@ from torch._C._distributed_c10d import TCPStore  # where torch's stubs have it
 
 from aruntime.engine.loader import load_checkpoint
 from aruntime.engine.parallel.group import TIMEOUT_S, Collectives
-from aruntime.engine.parallel.kv_shards import ReadBlocks, WriteBlocks, keep_part, places, shard_of
+from aruntime.engine.parallel.kv_shards import ReadBlocks, WriteBlocks, keep_part, places
 from aruntime.engine.parallel.launch import RankArgs
-from aruntime.engine.runner import ModelRunner, PlainStep
+from aruntime.engine.runner import ModelRunner, PlainStep, blocks_of
 
 
 def main() -> int:
@@ -42,7 +42,7 @@ def serve(args: RankArgs) -> int:
             if isinstance(message, PlainStep):
                 runner.run(message)
             elif isinstance(message, ReadBlocks):
-                group.send(shard_of(runner.kv_cache, message.block_ids), 0)
+                group.send(blocks_of(runner.kv_cache, message.block_ids), 0)
             else:
                 assert isinstance(message, WriteBlocks)
                 keep_part(runner.kv_cache, place, message)
