@@ -208,11 +208,13 @@ class WorkerPool(ServingPool):
                 for w in live]
 
     def _decide(self, request_id: str, keys: list[BlockKey], prompt_tokens: int,
-                exclude: set[str]) -> RouteRecord:
+                exclude: set[str], lost: EngineDeadError | None = None) -> RouteRecord:
+        """`lost`: why the last try failed, told when no worker is left to try."""
         live = [w for w in self.live_workers() if w not in exclude]
         if not live:
             raise EngineDeadError(f"no live worker can take request {request_id} "
-                                  f"(tried {', '.join(sorted(exclude)) or 'none'})")
+                                  f"(tried {', '.join(sorted(exclude)) or 'none'})"
+                                  + (f": {lost}" if lost is not None else ""))
         decision = self.router.choose([self.router.load(w) for w in live], self._matches(keys),
                                       prompt_tokens, self._route_by.get(request_id))
         return RouteRecord(request_id, decision.worker, decision.predicted_cached_tokens,
@@ -226,30 +228,33 @@ class WorkerPool(ServingPool):
         await self._attach_all()
         tried: set[str] = set()
         keys = self._keys(prompt_token_ids, scope)  # once: retries too
+        lost: EngineDeadError | None = None
         try:
             while True:
-                route = self._decide(request_id, keys, len(prompt_token_ids), tried)
+                route = self._decide(request_id, keys, len(prompt_token_ids), tried, lost)
                 self._record(route)
                 tried.add(route.worker)
                 attempt = self._attempt(route, prompt_token_ids, params, scope)
-                died = False
+                lost = None
                 try:
                     async for item in attempt:
-                        if item is None:
-                            died = True  # the worker died before answering: try another
+                        if isinstance(item, EngineDeadError):
+                            lost = item  # the worker failed before answering: try another
                             break
                         yield item
                 finally:
                     await attempt.aclose()
-                if not died:
+                if lost is None:
                     return
                 self.audit.retries += 1
         finally:
             self._route_by.pop(request_id, None)
 
     async def _attempt(self, route: RouteRecord, prompt: list[int], params: SamplingParams,
-                       scope: CacheScope) -> AsyncGenerator[RequestOutput | None, None]:
-        """One worker's try: its outputs, or a single None when it died before the first."""
+                       scope: CacheScope,
+                       ) -> AsyncGenerator[RequestOutput | EngineDeadError, None]:
+        """One worker's try: its outputs, or the error alone when it failed before the first
+        (it died, or lost the request: a parallel rank gone)."""
         worker = route.worker
         prefill = max(1, len(prompt) - route.predicted_cached_tokens)
         self.router.sent(worker, prefill)
@@ -268,7 +273,7 @@ class WorkerPool(ServingPool):
                 self.audit.failed_mid_stream += 1
                 raise EngineDeadError(f"worker {worker} died while request {route.request_id} "
                                       f"was streaming; it cannot be resumed: {exc}") from exc
-            yield None
+            yield exc
         finally:
             self.router.finished(worker, prefill, first)
             await stream.aclose()
