@@ -1,12 +1,13 @@
-"""A tensor- and pipeline-parallel group on one machine: rank 0 is the engine (its scheduler,
-its sampler), ranks 1..N-1 are processes of their own (engine/parallel/rank.py), rank
-`stage * tp + t` holding stage `stage`'s layers, shard t; joined by torch.distributed's gloo
-over TCP (process groups of their own — one over every rank, one over each stage's
-shards — never the process-global default, so one process may hold several). Each step, rank 0 sends
-the step's plain inputs (runner.PlainStep, pickled) and every rank runs it; the collectives
-inside the model (engine/parallel/tp_parts.py) keep them in lockstep. A rank that dies makes
-the next collective fail (gloo sees its socket close, or TIMEOUT_S passes), so a step never
-hangs: the engine fails its requests and the group is closed."""
+"""A tensor- and pipeline-parallel group: rank 0 is the engine (its scheduler, its sampler),
+ranks 1..N-1 run engine/parallel/rank.py's loop — processes of this machine, or Ray actors
+(engine/parallel/launch.py) — rank `stage * tp + t` holding stage `stage`'s layers, shard t;
+joined by torch.distributed's gloo over TCP (process groups of their own, one over every
+rank and one over each stage's shards, never the process-global default, so one process may
+hold several). Each step, rank 0 sends the step's plain inputs (runner.PlainStep, pickled)
+and every rank runs it; the collectives inside the model (engine/parallel/tp_parts.py) keep
+them in lockstep. A rank that dies makes the next collective fail (gloo sees its socket
+close, or TIMEOUT_S passes), so a step never hangs: the engine fails its requests and
+restarts the group (`ParallelGroup.restart`)."""
 
 from __future__ import annotations
 
