@@ -228,6 +228,8 @@ def test_a_server_with_tensor_parallel_answers_and_survives_a_lost_rank(
         assert again.status_code == 200, again.text
         assert again.json()["choices"][0]["text"] == want
         assert _rank_pids(core_pid) and _rank_pids(core_pid) != [rank1]
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=30).text
+        assert 'aruntime:parallel_rank_restarts_total{model_name="tiny"} 1.0' in metrics
 
 
 def test_a_tensor_parallel_group_is_one_worker_to_the_router(tiny_model_dir: Path,

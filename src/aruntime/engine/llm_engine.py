@@ -322,6 +322,7 @@ class LLMEngine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             tier_hit_tokens_total=s.tier_hit_tokens,
+            rank_restarts_total=self.group.restarts if self.group is not None else 0,
             tiers=self._tier_stats())
 
     def _tier_stats(self) -> list[TierStats]:

@@ -63,4 +63,5 @@ class EngineStats(msgspec.Struct):
     prompt_tokens_total: int
     generation_tokens_total: int
     tier_hit_tokens_total: int = 0  # prompt tokens restored from tiers below the device
+    rank_restarts_total: int = 0  # a parallel group's restarts after a rank was lost
     tiers: list[TierStats] = []

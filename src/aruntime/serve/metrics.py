@@ -59,6 +59,8 @@ class _EngineCollector(Collector):
             (C, "prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens_total),
             (C, "generation_tokens", "Tokens generated.", s.generation_tokens_total),
             (C, "num_preemptions", "Requests preempted to free KV blocks.", s.num_preempted_total),
+            (C, "parallel_rank_restarts", "Parallel groups restarted after a rank was lost.",
+             s.rank_restarts_total),
         ):
             family = kind(f"aruntime:{name}", doc, labels=["model_name"])
             family.add_metric([self.model_name], value)

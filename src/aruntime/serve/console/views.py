@@ -32,7 +32,8 @@ def _engine(s: EngineStats | None) -> dict[str, Any] | None:
             "prefix_hit_rate": (round(s.prefix_hit_tokens_total / s.prefix_query_tokens_total, 4)
                                 if s.prefix_query_tokens_total else None),
             "prompt_tokens": s.prompt_tokens_total, "generation_tokens": s.generation_tokens_total,
-            "tier_hit_tokens": s.tier_hit_tokens_total, "tiers": tiers}
+            "tier_hit_tokens": s.tier_hit_tokens_total, "rank_restarts": s.rank_restarts_total,
+            "tiers": tiers}
 
 
 def _worker(w: WorkerNow) -> dict[str, Any]:

@@ -27,7 +27,8 @@ function workerRow(w) {
     [fixed(w.load.running), "num"], [fixed(w.load.queued_requests), "num"],
     [fixed(w.load.queued_prefill_tokens), "num"],
     [e ? `${fixed(e.running)} / ${fixed(e.waiting)}` : "—", "num"], [blocks, "num"],
-    [pct(e?.kv_usage), "num"], [pct(e?.prefix_hit_rate), "num"], tiers(e)]);
+    [pct(e?.kv_usage), "num"], [pct(e?.prefix_hit_rate), "num"],
+    [e ? fixed(e.rank_restarts) : "—", "num"], tiers(e)]);
 }
 
 const cluster = {
