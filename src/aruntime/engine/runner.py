@@ -82,6 +82,19 @@ def payload_of(t: torch.Tensor) -> BlockPayload:
                         str(data.dtype).removeprefix("torch."), tuple(data.shape))
 
 
+def block_tensors(payloads: list[BlockPayload], shape: tuple[int, ...],
+                  dtype: torch.dtype) -> list[torch.Tensor]:
+    """Payloads as tensors over their bytes; StaleBlockError (before any is made) when one is
+    of another layout than `shape` of `dtype`."""
+    name = str(dtype).removeprefix("torch.")
+    for payload in payloads:
+        if payload.shape != shape or payload.dtype != name:
+            raise StaleBlockError(f"block of shape {payload.shape} {payload.dtype}, "
+                                  f"expected {shape} {name}")
+    return [torch.frombuffer(p.data if isinstance(p.data, bytearray) else bytearray(p.data),
+                             dtype=dtype).view(shape) for p in payloads]
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -111,9 +124,7 @@ class ModelRunner:
         if collectives is not None and config.pipeline_parallel > 1:
             from aruntime.engine.parallel.pipeline import PipelineStage
 
-            self.stage = PipelineStage(self.model, collectives, model_config.vocab_size)
-        self.micro_batches = config.micro_batches or config.pipeline_parallel
-        self.micro_batch_tokens = config.micro_batch_tokens
+            self.stage = PipelineStage(self.model, collectives, model_config.vocab_size, config)
         self.model.to(self.device, self.dtype).eval()
         self.model.rotary.to(self.device, torch.float32)
         per_block = mc.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
@@ -142,15 +153,7 @@ class ModelRunner:
         Nothing to restore is nothing to do (a load whose every block was stale)."""
         if not payloads:
             return
-        expected = tuple(self.kv_cache[:, :, :, 0].shape)
-        dtype = str(self.dtype).removeprefix("torch.")
-        sources = []
-        for payload in payloads:
-            if payload.shape != expected or payload.dtype != dtype:
-                raise StaleBlockError(f"block of shape {payload.shape} {payload.dtype}, "
-                                      f"expected {expected} {dtype}")
-            data = payload.data if isinstance(payload.data, bytearray) else bytearray(payload.data)
-            sources.append(torch.frombuffer(data, dtype=self.dtype).view(expected))
+        sources = block_tensors(payloads, tuple(self.kv_cache[:, :, :, 0].shape), self.dtype)
         if self._block_views is None:
             self._block_views = self.kv_cache.unbind(3)
         torch._foreach_copy_([self._block_views[i] for i in block_ids], sources)
@@ -219,7 +222,7 @@ class ModelRunner:
         from aruntime.engine.parallel.pipeline import micro_steps
 
         assert self.stage is not None
-        parts, place = micro_steps(step, self.micro_batches, self.micro_batch_tokens)
+        parts, place = micro_steps(step, self.stage.parts, self.stage.min_tokens)
         for tag, part in enumerate(parts):
             tokens, batch = self._batch(part)
             self._decode_inputs(batch, part.decode_tables, part.decode_lens)

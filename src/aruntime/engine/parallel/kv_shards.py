@@ -20,8 +20,8 @@ import torch
 from aruntime.engine.config import ModelConfig
 from aruntime.engine.parallel.pipeline import stage_config, stage_layers
 from aruntime.engine.parallel.shard import Shard, kv_heads_of
-from aruntime.engine.runner import blocks_of, payload_of
-from aruntime.kv.block_format import BlockPayload, StaleBlockError
+from aruntime.engine.runner import block_tensors, blocks_of, payload_of
+from aruntime.kv.block_format import BlockPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +68,10 @@ def places(mc: ModelConfig, tp: int, pp: int) -> list[ShardPlace]:
 def keep_part(kv_cache: torch.Tensor, place: ShardPlace, message: WriteBlocks) -> None:
     """A rank's part of whole blocks written into its own KV pool."""
     layers, heads = place.layers, place.kv_heads
-    for block_id, payload in zip(message.block_ids, message.payloads, strict=True):
-        whole = _tensor(payload, kv_cache.dtype)
+    wholes = block_tensors(message.payloads, message.payloads[0].shape, kv_cache.dtype)
+    for block_id, whole in zip(message.block_ids, wholes, strict=True):
         kv_cache[:, :, :, block_id] = whole[layers.start:layers.stop, :,
                                             heads.start:heads.stop].to(kv_cache.device)
-
-
-def _tensor(payload: BlockPayload, dtype: torch.dtype) -> torch.Tensor:
-    data = payload.data if isinstance(payload.data, bytearray) else bytearray(payload.data)
-    return torch.frombuffer(data, dtype=dtype).view(payload.shape)
 
 
 class WholeBlocks:
@@ -88,7 +83,6 @@ class WholeBlocks:
         self.places = places(mc, tp, pp)
         _, _, _, _, block_size, head_dim = kv_cache.shape
         self.shape = (mc.num_hidden_layers, 2, mc.num_key_value_heads, block_size, head_dim)
-        self.dtype = str(kv_cache.dtype).removeprefix("torch.")
 
     def read_blocks(self, block_ids: list[int]) -> list[BlockPayload]:
         self.link.send(ReadBlocks(block_ids))
@@ -107,10 +101,8 @@ class WholeBlocks:
     def write_blocks(self, block_ids: list[int], payloads: list[BlockPayload]) -> None:
         if not payloads:
             return
-        for payload in payloads:  # checked here, so no rank ever sees a block it cannot keep
-            if payload.shape != self.shape or payload.dtype != self.dtype:
-                raise StaleBlockError(f"block of shape {payload.shape} {payload.dtype}, "
-                                      f"expected {self.shape} {self.dtype}")
+        # checked here, so no rank ever sees a block it cannot keep
+        block_tensors(payloads, self.shape, self.kv_cache.dtype)
         message = WriteBlocks(block_ids, payloads)
         self.link.send(message)
         keep_part(self.kv_cache, self.places[0], message)

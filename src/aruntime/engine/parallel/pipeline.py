@@ -11,27 +11,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from aruntime.engine.attention import AttentionBatch
-from aruntime.engine.config import ModelConfig
+from aruntime.engine.config import EngineConfig, ModelConfig
 from aruntime.engine.model import LlamaForCausalLM
-from aruntime.engine.runner import PlainStep
+from aruntime.engine.runner import PlainStep, TPCollectives
 
 LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
-
-
-class PointToPoint(Protocol):
-    stage: int
-    pp: int
-    tp_rank: int
-
-    def peer(self, stage: int) -> int: ...
-    def isend(self, t: torch.Tensor, dst: int, tag: int) -> Any: ...
-    def recv(self, t: torch.Tensor, src: int, tag: int = 0) -> None: ...
-    def wait(self, work: Any, what: str) -> None: ...
 
 
 def check_stages(mc: ModelConfig, stages: int) -> None:
@@ -98,9 +87,13 @@ class PipelineStage:
     next stage, or the logits to rank 0), so that stage s runs part i+1 while stage s+1 runs
     part i; then rank 0 receives every part's logits."""
 
-    def __init__(self, model: LlamaForCausalLM, comm: PointToPoint, vocab_size: int) -> None:
+    def __init__(self, model: LlamaForCausalLM, comm: TPCollectives, vocab_size: int,
+                 config: EngineConfig) -> None:
         self.model, self.comm, self.vocab_size = model, comm, vocab_size
         self.stage, self.last = comm.stage, comm.pp - 1
+        # a step's parts: at most this many, none under `min_tokens`
+        self.parts = config.micro_batches or config.pipeline_parallel
+        self.min_tokens = config.micro_batch_tokens
         self._sent: list[tuple[Any, torch.Tensor]] = []  # (the send, its tensor kept till done)
 
     def part(self, tag: int, tokens: torch.Tensor, batch: AttentionBatch,
